@@ -1,0 +1,317 @@
+//! Admin API input: bodies parsed and validated into commands for the Org
+//! Durable Object. Pure; every refusal is a `422 VALIDATION_FAILED` whose
+//! message starts with the offending field (`body` for the document itself).
+//!
+//! Bodies are limited to [`MAX_BODY_BYTES`] by the shell before parsing, and
+//! `serde_json` refuses nesting deeper than 128, so a JSON bomb costs at most
+//! one bounded parse.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+use crate::ids;
+use crate::policy::Policy;
+use crate::records::KeyRecord;
+use crate::scope::Scope;
+use crate::token::KeyKind;
+
+/// Largest admin request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest key or org name, in characters (`seeds/001_*`).
+pub const MAX_NAME_CHARS: usize = 100;
+/// Most scopes on one key.
+pub const MAX_SCOPES: usize = 32;
+
+/// `PUT /admin/orgs/{org_id}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrgInput {
+    /// Display name.
+    pub name: String,
+    /// Whether a BAA is active.
+    pub baa_active: bool,
+}
+
+/// `PUT /admin/orgs/{org_id}/users/{user_id}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserInput {
+    /// A role of the policy.
+    pub role: String,
+    /// Disable (or re-enable) the user.
+    pub disabled: bool,
+}
+
+/// `POST /admin/orgs/{org_id}/api_keys`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInput {
+    /// Label.
+    pub name: String,
+    /// Granted scopes, deduplicated, sorted.
+    pub scopes: Vec<Scope>,
+    /// Kind (only `secret` in this build).
+    pub kind: KeyKind,
+    /// Expiry (ms), in the future.
+    pub expires_at: Option<i64>,
+    /// Bound user.
+    pub user_id: Option<String>,
+}
+
+/// A command for the Org Durable Object, the system of record. The worker
+/// validates, generates ids and key material, and sends one of these; the
+/// object applies it in SQLite, appends to the audit log and writes KV.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum OrgCommand {
+    /// Create or update the org.
+    UpsertOrg {
+        /// Org id.
+        org_id: String,
+        /// Display name.
+        name: String,
+        /// BAA flag.
+        baa_active: bool,
+    },
+    /// Create or update a user.
+    UpsertUser {
+        /// Org id.
+        org_id: String,
+        /// User id.
+        user_id: String,
+        /// Role.
+        role: String,
+        /// Disabled flag.
+        disabled: bool,
+    },
+    /// Store a new key (hash and metadata; never the plaintext).
+    CreateKey {
+        /// The record to store.
+        record: KeyRecord,
+        /// SHA-256 hex of the token.
+        hash: String,
+    },
+    /// Revoke a key of this org.
+    RevokeKey {
+        /// Org id.
+        org_id: String,
+        /// Key id.
+        key_id: String,
+    },
+}
+
+/// The envelope around a command: who asked, when, under which request id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgRequest {
+    /// The command.
+    pub command: OrgCommand,
+    /// `admin` or a key id.
+    pub actor: String,
+    /// Request id (for the audit log and the reply envelope).
+    pub request_id: String,
+    /// Time of the request (ms).
+    pub now_ms: i64,
+}
+
+fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::validation("body", "must be UTF-8 encoded JSON"))?;
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::validation("body", "must be a JSON object")),
+        Err(e) if e.is_eof() && text.trim().is_empty() => Err(ApiError::validation("body", "is required")),
+        Err(_) => Err(ApiError::validation("body", "is not valid JSON")),
+    }
+}
+
+fn only_fields(m: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
+    match m.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => {
+            let shown: String = k.chars().take(40).collect();
+            Err(ApiError::validation(&shown, "unknown field"))
+        }
+        None => Ok(()),
+    }
+}
+
+fn name_field(m: &Map<String, Value>) -> Result<String, ApiError> {
+    match m.get("name") {
+        None | Some(Value::Null) => Err(ApiError::validation("name", "is required")),
+        Some(Value::String(s)) => {
+            let t = s.trim();
+            if t.is_empty() {
+                Err(ApiError::validation("name", "must not be empty"))
+            } else if t.chars().count() > MAX_NAME_CHARS {
+                Err(ApiError::validation("name", "must be at most 100 characters"))
+            } else if t.chars().any(char::is_control) {
+                Err(ApiError::validation("name", "must not contain control characters"))
+            } else {
+                Ok(t.to_owned())
+            }
+        }
+        Some(_) => Err(ApiError::validation("name", "must be a string")),
+    }
+}
+
+fn bool_field(m: &Map<String, Value>, field: &str, default: Option<bool>) -> Result<bool, ApiError> {
+    match (m.get(field), default) {
+        (Some(Value::Bool(b)), _) => Ok(*b),
+        (None, Some(d)) => Ok(d),
+        (None | Some(Value::Null), None) => Err(ApiError::validation(field, "is required")),
+        _ => Err(ApiError::validation(field, "must be true or false")),
+    }
+}
+
+/// Validates `PUT /admin/orgs/{org_id}`.
+pub fn parse_org(body: &[u8]) -> Result<OrgInput, ApiError> {
+    let m = object(body)?;
+    only_fields(&m, &["name", "baa_active"])?;
+    Ok(OrgInput { name: name_field(&m)?, baa_active: bool_field(&m, "baa_active", None)? })
+}
+
+/// Validates `PUT /admin/orgs/{org_id}/users/{user_id}`.
+pub fn parse_user(body: &[u8], policy: &Policy) -> Result<UserInput, ApiError> {
+    let m = object(body)?;
+    only_fields(&m, &["role", "disabled"])?;
+    let role = match m.get("role") {
+        None | Some(Value::Null) => return Err(ApiError::validation("role", "is required")),
+        Some(Value::String(r)) if policy.role(r).is_some() => r.clone(),
+        Some(Value::String(_)) => {
+            let names: Vec<&str> = policy.role_names().collect();
+            return Err(ApiError::validation("role", &format!("must be one of: {}", names.join(", "))));
+        }
+        Some(_) => return Err(ApiError::validation("role", "must be a string")),
+    };
+    Ok(UserInput { role, disabled: bool_field(&m, "disabled", Some(false))? })
+}
+
+/// Validates `POST /admin/orgs/{org_id}/api_keys`.
+pub fn parse_key(body: &[u8], policy: &Policy, now_ms: i64) -> Result<KeyInput, ApiError> {
+    let m = object(body)?;
+    only_fields(&m, &["name", "scopes", "kind", "expires_at", "user_id"])?;
+    let name = name_field(&m)?;
+    let scopes = match m.get("scopes") {
+        None | Some(Value::Null) => return Err(ApiError::validation("scopes", "is required")),
+        Some(Value::Array(a)) if a.is_empty() => return Err(ApiError::validation("scopes", "must not be empty")),
+        Some(Value::Array(a)) if a.len() > MAX_SCOPES => {
+            return Err(ApiError::validation("scopes", "must hold at most 32 scopes"))
+        }
+        Some(Value::Array(a)) => {
+            let mut out = Vec::with_capacity(a.len());
+            for v in a {
+                let Value::String(s) = v else {
+                    return Err(ApiError::validation("scopes", "must be an array of strings"));
+                };
+                match Scope::parse(s) {
+                    Some(sc) if policy.is_grantable(&sc) => out.push(sc),
+                    _ => {
+                        let shown: String = s.chars().take(64).collect();
+                        return Err(ApiError::validation(
+                            "scopes",
+                            &format!("unknown scope {shown:?}; valid scopes: {}", policy.scopes().join(", ")),
+                        ));
+                    }
+                }
+            }
+            out.sort();
+            out.dedup();
+            out
+        }
+        Some(_) => return Err(ApiError::validation("scopes", "must be an array of strings")),
+    };
+    let kind = match m.get("kind") {
+        None | Some(Value::Null) => KeyKind::Secret,
+        Some(Value::String(k)) if k == "secret" => KeyKind::Secret,
+        Some(Value::String(k)) if k == "widget" => {
+            return Err(ApiError::validation("kind", "widget keys are not available in this version; use \"secret\""))
+        }
+        Some(_) => return Err(ApiError::validation("kind", "must be \"secret\"")),
+    };
+    let expires_at = match m.get("expires_at") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => match ids::parse_rfc3339(s) {
+            Some(t) if t > now_ms => Some(t),
+            Some(_) => return Err(ApiError::validation("expires_at", "must be in the future")),
+            None => return Err(ApiError::validation("expires_at", "must be an RFC 3339 timestamp")),
+        },
+        Some(_) => return Err(ApiError::validation("expires_at", "must be an RFC 3339 timestamp string")),
+    };
+    let user_id = match m.get("user_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(u)) if ids::is_valid_id(u) => Some(u.clone()),
+        Some(_) => return Err(ApiError::validation("user_id", "must be 1-64 characters of A-Z, a-z, 0-9, _ and -")),
+    };
+    Ok(KeyInput { name, scopes, kind, expires_at, user_id })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    fn pol() -> Policy {
+        Policy::default_policy().unwrap()
+    }
+
+    fn key_err(body: &str) -> String {
+        let e = parse_key(body.as_bytes(), &pol(), 0).expect_err(body);
+        assert_eq!(e.code, ErrorCode::ValidationFailed);
+        e.message().to_owned()
+    }
+
+    #[test]
+    fn key_bodies() {
+        let k = parse_key(br#"{"name":" chat ","scopes":["ai:chat","ai:chat","ai:*"]}"#, &pol(), 0).unwrap();
+        assert_eq!(k.name, "chat");
+        assert_eq!(k.scopes.iter().map(Scope::as_str).collect::<Vec<_>>(), ["ai:*", "ai:chat"]);
+        assert_eq!(k.kind, KeyKind::Secret);
+        let k = parse_key(br#"{"name":"x","scopes":["*"],"expires_at":"2030-01-01T00:00:00Z","user_id":"u_1"}"#, &pol(), 0).unwrap();
+        assert_eq!(k.expires_at, Some(1_893_456_000_000));
+        assert_eq!(k.user_id.as_deref(), Some("u_1"));
+
+        let cases = [
+            ("", "body: is required"),
+            ("{", "body: is not valid JSON"),
+            ("[]", "body: must be a JSON object"),
+            (r#"{"scopes":["ai:chat"]}"#, "name: is required"),
+            (r#"{"name":"","scopes":["ai:chat"]}"#, "name: must not be empty"),
+            (r#"{"name":5,"scopes":["ai:chat"]}"#, "name: must be a string"),
+            (r#"{"name":"a\u0000b","scopes":["ai:chat"]}"#, "name: must not contain control characters"),
+            (r#"{"name":"x"}"#, "scopes: is required"),
+            (r#"{"name":"x","scopes":[]}"#, "scopes: must not be empty"),
+            (r#"{"name":"x","scopes":"ai:chat"}"#, "scopes: must be an array of strings"),
+            (r#"{"name":"x","scopes":[1]}"#, "scopes: must be an array of strings"),
+            (r#"{"name":"x","scopes":["ai:chatter"]}"#, "scopes: unknown scope \"ai:chatter\""),
+            (r#"{"name":"x","scopes":["billing:*"]}"#, "scopes: unknown scope"),
+            (r#"{"name":"x","scopes":["ai:chat"],"kind":"root"}"#, "kind: must be"),
+            (r#"{"name":"x","scopes":["ai:chat"],"expires_at":"tomorrow"}"#, "expires_at: must be an RFC 3339"),
+            (r#"{"name":"x","scopes":["ai:chat"],"expires_at":1}"#, "expires_at: must be an RFC 3339"),
+            (r#"{"name":"x","scopes":["ai:chat"],"user_id":"a b"}"#, "user_id: must be"),
+            (r#"{"name":"x","scopes":["ai:chat"],"scope":"x"}"#, "scope: unknown field"),
+        ];
+        for (body, want) in cases {
+            let got = key_err(body);
+            assert!(got.starts_with(want), "{body}: {got}");
+        }
+        assert!(key_err(&format!(r#"{{"name":"{}","scopes":["ai:chat"]}}"#, "é".repeat(101))).starts_with("name: must be at most 100"));
+        assert!(parse_key(format!(r#"{{"name":"{}","scopes":["ai:chat"]}}"#, "é".repeat(100)).as_bytes(), &pol(), 0).is_ok());
+        let past = parse_key(br#"{"name":"x","scopes":["ai:chat"],"expires_at":"2020-01-01T00:00:00Z"}"#, &pol(), 1_800_000_000_000);
+        assert_eq!(past.unwrap_err().message(), "expires_at: must be in the future");
+        assert!(key_err("\u{feff}{}").starts_with("body:"));
+        assert_eq!(parse_key(b"\xff\xfe", &pol(), 0).unwrap_err().message(), "body: must be UTF-8 encoded JSON");
+    }
+
+    #[test]
+    fn json_bomb_is_a_422_not_a_crash() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(parse_org(deep.as_bytes()).unwrap_err().message(), "body: is not valid JSON");
+    }
+
+    #[test]
+    fn org_and_user_bodies() {
+        assert_eq!(parse_org(br#"{"name":"Acme","baa_active":true}"#).unwrap(), OrgInput { name: "Acme".into(), baa_active: true });
+        assert_eq!(parse_org(br#"{"name":"Acme"}"#).unwrap_err().message(), "baa_active: is required");
+        assert_eq!(parse_org(br#"{"name":"Acme","baa_active":"yes"}"#).unwrap_err().message(), "baa_active: must be true or false");
+        assert_eq!(parse_user(br#"{"role":"admin"}"#, &pol()).unwrap(), UserInput { role: "admin".into(), disabled: false });
+        assert_eq!(parse_user(br#"{"role":"root"}"#, &pol()).unwrap_err().message(), "role: must be one of: admin, operator, viewer");
+        assert_eq!(parse_user(br#"{"role":"viewer","disabled":1}"#, &pol()).unwrap_err().message(), "disabled: must be true or false");
+        assert_eq!(parse_user(br#"{}"#, &pol()).unwrap_err().message(), "role: is required");
+    }
+}

@@ -1,0 +1,393 @@
+//! The decision: from request facts and the records the shell read, allow
+//! (a [`Grant`]) or refuse (a [`Refusal`]). Pure: no I/O, `now` passed in.
+//!
+//! The shell calls, in order:
+//! 1. [`CanonicalPath::parse`](crate::path::CanonicalPath::parse) — `400` on ambiguity;
+//! 2. [`extract_credential`] and [`ApiKey::parse`] — `401`, no storage read;
+//! 3. reads KV `key:<sha256>`, then the org and user records;
+//! 4. [`authorize`] — every remaining check, in the order of the design.
+
+use crate::error::{ApiError, ErrorCode};
+use crate::path::CanonicalPath;
+use crate::policy::Policy;
+use crate::records::{KeyRecord, OrgRecord, UserRecord};
+use crate::scope::{self, Scope};
+use crate::token::{ApiKey, KeyKind, TokenFormat};
+
+/// Deployment settings that affect decisions (parsed once per isolate).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Key prefixes.
+    pub format: TokenFormat,
+    /// Whether an active BAA is required (`REQUIRE_BAA`, default on).
+    pub require_baa: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { format: TokenFormat::default(), require_baa: true }
+    }
+}
+
+/// Why a request is refused: the error and, for `405`, the `Allow` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The error to answer with.
+    pub error: ApiError,
+    /// `Allow` header for `405 METHOD_NOT_ALLOWED`.
+    pub allow: Option<String>,
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Self {
+        Self { error, allow: None }
+    }
+}
+
+impl From<ErrorCode> for Refusal {
+    fn from(code: ErrorCode) -> Self {
+        Self { error: ApiError::new(code), allow: None }
+    }
+}
+
+/// Picks the presented credential from `Authorization: Bearer <key>` and
+/// `X-API-Key: <key>`.
+///
+/// Missing, empty, a scheme other than `Bearer`, `Bearer` without a single
+/// space, or two headers carrying different values → `401`. (Repeated
+/// headers arrive joined with `, ` and so fail the format check.)
+pub fn extract_credential<'a>(authorization: Option<&'a str>, x_api_key: Option<&'a str>) -> Result<&'a str, ApiError> {
+    let invalid = || ApiError::new(ErrorCode::InvalidApiKey);
+    let from_auth = match authorization {
+        None => None,
+        Some(v) => {
+            // Scheme names are case-insensitive (RFC 9110 §11.1).
+            let (scheme, rest) = v.split_at_checked(7).ok_or_else(invalid)?;
+            if !scheme.eq_ignore_ascii_case("bearer ") || rest.is_empty() {
+                return Err(invalid());
+            }
+            Some(rest)
+        }
+    };
+    match (from_auth, x_api_key) {
+        (Some(a), Some(x)) if a == x => Ok(a),
+        (Some(_), Some(_)) => Err(invalid()),
+        (Some(a), None) => Ok(a),
+        (None, Some(x)) if !x.is_empty() => Ok(x),
+        _ => Err(invalid()),
+    }
+}
+
+/// Parses the credential's format (prefix, length, charset, checksum).
+pub fn parse_key<'a>(format: &TokenFormat, token: &'a str) -> Result<ApiKey<'a>, ApiError> {
+    ApiKey::parse(format, token).map_err(|_| ApiError::new(ErrorCode::InvalidApiKey))
+}
+
+/// What the request says about itself, beyond the credential.
+#[derive(Clone, Copy, Debug)]
+pub struct Facts<'a> {
+    /// HTTP method, as received (case-sensitive, as HTTP methods are).
+    pub method: &'a str,
+    /// The canonical path.
+    pub path: &'a CanonicalPath,
+    /// The `Origin` header, if any.
+    pub origin: Option<&'a str>,
+}
+
+/// The records the shell read for this key. `key: None` means the hash is
+/// not in KV.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Records<'a> {
+    /// `key:<hash>`.
+    pub key: Option<&'a KeyRecord>,
+    /// `org:<key.org_id>`.
+    pub org: Option<&'a OrgRecord>,
+    /// `user:<org>:<key.user_id>` when the key is bound to a user.
+    pub user: Option<&'a UserRecord>,
+}
+
+/// An allowed request: the identity to forward.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct Grant {
+    /// Org id.
+    pub org_id: String,
+    /// Key id (ULID).
+    pub key_id: String,
+    /// Key kind.
+    pub kind: KeyKind,
+    /// The user the key acts for.
+    pub user_id: Option<String>,
+    /// Effective scopes: the key's, capped by the user's role.
+    pub scopes: Vec<Scope>,
+    /// The scope the matched route required.
+    pub route_scope: String,
+}
+
+impl Grant {
+    /// The `X-Keyward-Scopes` value: effective scopes, sorted, space-separated.
+    pub fn scopes_header(&self) -> String {
+        let mut v: Vec<&str> = self.scopes.iter().map(Scope::as_str).collect();
+        v.sort_unstable();
+        v.join(" ")
+    }
+}
+
+/// Decides a request whose credential passed the format check.
+///
+/// Order: key known → kind matches prefix → not revoked → not expired → org
+/// readable → BAA → user enabled and role known → secret keys refuse browser
+/// origins → route → scope. Every credential failure is the same `401`.
+pub fn authorize(
+    facts: &Facts<'_>,
+    presented: &ApiKey<'_>,
+    records: &Records<'_>,
+    policy: &Policy,
+    config: &Config,
+    now_ms: i64,
+) -> Result<Grant, Refusal> {
+    let key = records.key.ok_or(ErrorCode::InvalidApiKey)?;
+    if key.kind != presented.kind() || key.revoked_at.is_some() || key.expires_at.is_some_and(|e| e <= now_ms) {
+        return Err(ErrorCode::InvalidApiKey.into());
+    }
+    // The org record must exist and be this key's: otherwise the read model
+    // is incomplete, and keyward fails closed.
+    let org = records.org.filter(|o| o.id == key.org_id).ok_or(ErrorCode::ServiceUnavailable)?;
+    if config.require_baa && !org.baa_active {
+        return Err(ErrorCode::BaaRequired.into());
+    }
+    let scopes = match &key.user_id {
+        None => key.scopes.clone(),
+        Some(uid) => {
+            let user = records
+                .user
+                .filter(|u| &u.id == uid && u.org_id == key.org_id && !u.disabled)
+                .ok_or(ErrorCode::InvalidApiKey)?;
+            let role = policy.role(&user.role).ok_or(ErrorCode::ServiceUnavailable)?;
+            scope::intersect(&key.scopes, role)
+        }
+    };
+    match key.kind {
+        KeyKind::Secret if facts.origin.is_some() => {
+            return Err(ApiError::with_message(
+                ErrorCode::OriginNotAllowed,
+                "Secret keys are for server-to-server use only and are refused on browser requests (an Origin header was sent). Use a widget key in the browser.",
+            )
+            .into())
+        }
+        KeyKind::Secret => {}
+        // Widget keys need origin rules that this build does not have yet:
+        // refuse them like an unknown key rather than allow.
+        KeyKind::Widget => return Err(ErrorCode::InvalidApiKey.into()),
+    }
+    let route = policy
+        .route(facts.method, facts.path)
+        .map_err(|e| Refusal { error: e.error, allow: e.allow })?;
+    if !scope::grants(&scopes, route.scope()) {
+        return Err(ApiError::missing_scope(route.scope()).into());
+    }
+    Ok(Grant {
+        org_id: key.org_id.clone(),
+        key_id: key.id.clone(),
+        kind: key.kind,
+        user_id: key.user_id.clone(),
+        scopes,
+        route_scope: route.scope().to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::{generate, KeyKind};
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    struct World {
+        policy: Policy,
+        config: Config,
+        token: String,
+        key: KeyRecord,
+        org: OrgRecord,
+        user: UserRecord,
+    }
+
+    fn world() -> World {
+        let config = Config::default();
+        let k = generate(&config.format, KeyKind::Secret, &[5; 32]);
+        World {
+            policy: Policy::default_policy().unwrap(),
+            token: k.plaintext,
+            key: KeyRecord {
+                id: "01KEY".into(),
+                org_id: "org_1".into(),
+                user_id: None,
+                name: "k".into(),
+                kind: KeyKind::Secret,
+                scopes: vec![Scope::parse("ai:chat").unwrap()],
+                prefix: k.prefix,
+                last_four: k.last_four,
+                created_at: NOW - 1000,
+                expires_at: None,
+                revoked_at: None,
+            },
+            org: OrgRecord { id: "org_1".into(), name: "Org".into(), baa_active: true, updated_at: 0 },
+            user: UserRecord { id: "u1".into(), org_id: "org_1".into(), role: "viewer".into(), disabled: false, updated_at: 0 },
+            config,
+        }
+    }
+
+    fn decide(w: &World, method: &str, path: &str, origin: Option<&str>, with_user: bool) -> Result<Grant, Refusal> {
+        let path = CanonicalPath::parse(path).unwrap();
+        let presented = parse_key(&w.config.format, &w.token).unwrap();
+        let facts = Facts { method, path: &path, origin };
+        let records = Records { key: Some(&w.key), org: Some(&w.org), user: with_user.then_some(&w.user) };
+        authorize(&facts, &presented, &records, &w.policy, &w.config, NOW)
+    }
+
+    fn code(r: Result<Grant, Refusal>) -> ErrorCode {
+        r.expect_err("allowed").error.code
+    }
+
+    #[test]
+    fn allows_with_scope() {
+        let w = world();
+        let g = decide(&w, "POST", "/v1/ai/chat", None, false).unwrap();
+        assert_eq!(g.key_id, "01KEY");
+        assert_eq!(g.org_id, "org_1");
+        assert_eq!(g.route_scope, "ai:chat");
+        assert_eq!(g.scopes_header(), "ai:chat");
+        assert_eq!(g.user_id, None);
+    }
+
+    #[test]
+    fn unknown_revoked_expired_and_kind_mismatch_are_one_401() {
+        let w = world();
+        let path = CanonicalPath::parse("/v1/ai/chat").unwrap();
+        let presented = parse_key(&w.config.format, &w.token).unwrap();
+        let facts = Facts { method: "POST", path: &path, origin: None };
+        let none = Records { key: None, org: Some(&w.org), user: None };
+        let e1 = authorize(&facts, &presented, &none, &w.policy, &w.config, NOW).unwrap_err();
+        assert_eq!(e1.error.code, ErrorCode::InvalidApiKey);
+
+        let mut revoked = world();
+        revoked.key.revoked_at = Some(NOW - 1);
+        let e2 = decide(&revoked, "POST", "/v1/ai/chat", None, false).unwrap_err();
+        let mut expired = world();
+        expired.key.expires_at = Some(NOW);
+        let e3 = decide(&expired, "POST", "/v1/ai/chat", None, false).unwrap_err();
+        let mut not_yet = world();
+        not_yet.key.expires_at = Some(NOW + 1);
+        assert!(decide(&not_yet, "POST", "/v1/ai/chat", None, false).is_ok());
+        let mut kind = world();
+        kind.key.kind = KeyKind::Widget;
+        let e4 = decide(&kind, "POST", "/v1/ai/chat", None, false).unwrap_err();
+        // No oracle: the same code and message for every case.
+        for e in [&e2, &e3, &e4] {
+            assert_eq!(e, &e1);
+        }
+        assert_eq!(e1.error.envelope("r"), ApiError::new(ErrorCode::InvalidApiKey).envelope("r"));
+    }
+
+    #[test]
+    fn baa_gate() {
+        let mut w = world();
+        w.org.baa_active = false;
+        assert_eq!(code(decide(&w, "POST", "/v1/ai/chat", None, false)), ErrorCode::BaaRequired);
+        w.config.require_baa = false;
+        assert!(decide(&w, "POST", "/v1/ai/chat", None, false).is_ok());
+    }
+
+    #[test]
+    fn missing_or_foreign_org_fails_closed() {
+        let w = world();
+        let path = CanonicalPath::parse("/v1/ai/chat").unwrap();
+        let presented = parse_key(&w.config.format, &w.token).unwrap();
+        let facts = Facts { method: "POST", path: &path, origin: None };
+        let r = Records { key: Some(&w.key), org: None, user: None };
+        assert_eq!(code(authorize(&facts, &presented, &r, &w.policy, &w.config, NOW)), ErrorCode::ServiceUnavailable);
+        let other = OrgRecord { id: "org_2".into(), ..w.org.clone() };
+        let r = Records { key: Some(&w.key), org: Some(&other), user: None };
+        assert_eq!(code(authorize(&facts, &presented, &r, &w.policy, &w.config, NOW)), ErrorCode::ServiceUnavailable);
+    }
+
+    #[test]
+    fn user_role_caps_scopes() {
+        let mut w = world();
+        w.key.user_id = Some("u1".into());
+        w.key.scopes = vec![Scope::parse("*").unwrap()];
+        // viewer: ai:chat yes, control:read no.
+        let g = decide(&w, "POST", "/v1/ai/chat", None, true).unwrap();
+        assert_eq!(g.scopes_header(), "ai:chat ai:embeddings ai:summarize");
+        assert_eq!(g.user_id.as_deref(), Some("u1"));
+        let e = decide(&w, "GET", "/v1/api_keys", None, true).unwrap_err();
+        assert_eq!(e.error, ApiError::missing_scope("control:read"));
+        // Upgrade to admin: now allowed.
+        w.user.role = "admin".into();
+        assert!(decide(&w, "GET", "/v1/api_keys", None, true).is_ok());
+        // Disabled or missing user: 401.
+        w.user.disabled = true;
+        assert_eq!(code(decide(&w, "POST", "/v1/ai/chat", None, true)), ErrorCode::InvalidApiKey);
+        w.user.disabled = false;
+        assert_eq!(code(decide(&w, "POST", "/v1/ai/chat", None, false)), ErrorCode::InvalidApiKey);
+        // User of another org: 401.
+        w.user.org_id = "org_2".into();
+        assert_eq!(code(decide(&w, "POST", "/v1/ai/chat", None, true)), ErrorCode::InvalidApiKey);
+        // Unknown role: fail closed.
+        w.user.org_id = "org_1".into();
+        w.user.role = "root".into();
+        assert_eq!(code(decide(&w, "POST", "/v1/ai/chat", None, true)), ErrorCode::ServiceUnavailable);
+    }
+
+    #[test]
+    fn secret_key_with_browser_origin_is_refused() {
+        let w = world();
+        for origin in ["https://app.example.com", "null", ""] {
+            let e = decide(&w, "POST", "/v1/ai/chat", Some(origin), false).unwrap_err();
+            assert_eq!(e.error.code, ErrorCode::OriginNotAllowed);
+            assert!(e.error.message().contains("server-to-server"));
+        }
+    }
+
+    #[test]
+    fn route_and_scope() {
+        let w = world();
+        assert_eq!(code(decide(&w, "POST", "/v1/nope", None, false)), ErrorCode::RouteNotFound);
+        let e = decide(&w, "GET", "/v1/ai/chat", None, false).unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::MethodNotAllowed);
+        assert_eq!(e.allow.as_deref(), Some("POST"));
+        let e = decide(&w, "POST", "/v1/embeddings", None, false).unwrap_err();
+        assert_eq!(e.error.message(), "This API key lacks the required scope: ai:embeddings");
+        let mut wild = world();
+        wild.key.scopes = vec![Scope::parse("ai:*").unwrap()];
+        assert!(decide(&wild, "POST", "/v1/embeddings", None, false).is_ok());
+        assert_eq!(code(decide(&wild, "GET", "/v1/audit", None, false)), ErrorCode::MissingScope);
+    }
+
+    #[test]
+    fn credential_extraction() {
+        let t = "kw_live_x";
+        assert_eq!(extract_credential(Some("Bearer kw_live_x"), None), Ok(t));
+        assert_eq!(extract_credential(Some("bearer kw_live_x"), None), Ok(t));
+        assert_eq!(extract_credential(None, Some(t)), Ok(t));
+        assert_eq!(extract_credential(Some("Bearer kw_live_x"), Some(t)), Ok(t));
+        for (a, x) in [
+            (None, None),
+            (Some(""), None),
+            (Some("Bearer"), None),
+            (Some("Bearer "), None),
+            (Some("Bearerkw_live_x"), None),
+            (Some("Basic a3c6"), None),
+            (Some("Bearer kw_live_x"), Some("kw_live_y")),
+            (Some("Basic a3c6"), Some(t)),
+            (None, Some("")),
+            (Some("Bearér kw"), None),
+        ] {
+            assert_eq!(extract_credential(a, x).unwrap_err().code, ErrorCode::InvalidApiKey, "{a:?} {x:?}");
+        }
+        // Two spaces: the token then starts with a space and fails the format check.
+        let f = TokenFormat::default();
+        let tok = extract_credential(Some("Bearer  kw_live_x"), None).unwrap();
+        assert!(parse_key(&f, tok).is_err());
+    }
+}

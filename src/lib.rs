@@ -1,0 +1,62 @@
+//! keyward: an API-key authorizer for the edge.
+//!
+//! # Contract of the core
+//! Every module here except `edge` is pure: no I/O, no clock, no RNG, no
+//! `worker` types. Time (`now_ms`) and randomness (byte arrays) are passed in
+//! by the shell, so the whole decision runs and is tested natively
+//! (`cargo test`, `cargo bench`). The shell (`edge`, wasm32 only) reads KV and
+//! Durable Objects, proxies to the origin, and does nothing that decides.
+//!
+//! # Request flow
+//! ```text
+//!  request ──► CanonicalPath::parse ──400──► envelope
+//!     │
+//!     ├─► extract_credential + ApiKey::parse (prefix, length, charset, CRC32) ──401──►
+//!     │        (no storage read for a malformed key)
+//!     ├─► KV key:<sha256(token)> ─► KV org:<id> ∥ user:<org>:<id>    (store error ──503──►)
+//!     ├─► authorize(facts, records, policy, config, now)
+//!     │        revoked/expired/unknown ─401─ BAA ─402─ user/role ─401─
+//!     │        secret key + Origin ─403─ route ─404/405─ scope ─403─
+//!     └─► proxy: canonical path + query, body streamed, credentials and
+//!         client X-Keyward-* stripped, signed identity added ──► origin
+//!                                        (unreachable 502, timeout 504)
+//! ```
+#![warn(missing_docs, unreachable_pub)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod admin;
+pub mod authorize;
+pub mod error;
+pub mod ids;
+pub mod path;
+pub mod policy;
+pub mod records;
+pub mod scope;
+pub mod signing;
+pub mod token;
+
+#[cfg(target_arch = "wasm32")]
+mod edge;
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 0xf) as usize] as char);
+    }
+    s
+}
+
+/// Compares two secrets in constant time (with respect to their contents).
+///
+/// Both sides are hashed first so that the comparison also does not leak the
+/// length of the expected secret: an admin token is compared this way.
+pub fn secrets_equal(presented: &[u8], expected: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let a: [u8; 32] = Sha256::digest(presented).into();
+    let b: [u8; 32] = Sha256::digest(expected).into();
+    bool::from(a.ct_eq(&b))
+}

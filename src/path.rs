@@ -1,0 +1,179 @@
+//! Path canonicalization: the one place where a request path becomes the
+//! [`CanonicalPath`] that the policy matches and the origin receives.
+//!
+//! Why canonicalize before policy: if keyward and the origin could read one
+//! path two ways (`/v1/x/../api_keys`, `/v1/ai%2Fchat`), a route allowed here
+//! could reach a different handler there. So ambiguity is refused, never
+//! repaired, and what was matched is exactly what is forwarded:
+//!
+//! - the path must start with `/`;
+//! - `.` and `..` segments → refused;
+//! - `%2F`, `%5C`, `%2E` (encoded slash, backslash, dot), `%00`–`%1F`, `%7F`
+//!   and malformed escapes (`%G1`, `%4`) → refused;
+//! - raw control bytes, raw backslashes and non-ASCII bytes → refused;
+//! - empty segments (duplicate slashes, `//v1`) → refused, not collapsed:
+//!   collapsing would make two spellings of one route, and origins disagree
+//!   on whether `//` is significant;
+//! - escapes of unreserved characters (`%61` → `a`, `%7E` → `~`) are decoded
+//!   and every other escape is upper-cased (`%c3` → `%C3`), as RFC 3986 §6.2.2
+//!   normalizes; matching is case-sensitive.
+
+use crate::error::ApiError;
+
+/// A request path that passed canonicalization.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CanonicalPath(String);
+
+impl CanonicalPath {
+    /// Canonicalizes a raw (still percent-encoded) request path.
+    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+        let bytes = raw.as_bytes();
+        if bytes.first() != Some(&b'/') {
+            return Err(ApiError::invalid_request("The path must start with '/'."));
+        }
+        if raw.len() > MAX_PATH_LEN {
+            return Err(ApiError::invalid_request("The path is too long."));
+        }
+        let mut out = String::with_capacity(raw.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            match b {
+                b'%' => {
+                    let hi = bytes.get(i + 1).copied().and_then(hex_val);
+                    let lo = bytes.get(i + 2).copied().and_then(hex_val);
+                    let (Some(hi), Some(lo)) = (hi, lo) else {
+                        return Err(ApiError::invalid_request("The path has a malformed percent-escape."));
+                    };
+                    let v = (hi << 4) | lo;
+                    match v {
+                        b'/' | b'\\' | b'.' => {
+                            return Err(ApiError::invalid_request(
+                                "The path contains an encoded slash, backslash or dot.",
+                            ))
+                        }
+                        0x00..=0x1f | 0x7f => {
+                            return Err(ApiError::invalid_request("The path contains a control character."))
+                        }
+                        _ if v.is_ascii_alphanumeric() || v == b'-' || v == b'_' || v == b'~' => out.push(v as char),
+                        _ => {
+                            out.push('%');
+                            out.push(HEX_UPPER[(v >> 4) as usize] as char);
+                            out.push(HEX_UPPER[(v & 0xf) as usize] as char);
+                        }
+                    }
+                    i += 3;
+                }
+                0x00..=0x1f | 0x7f => {
+                    return Err(ApiError::invalid_request("The path contains a control character."))
+                }
+                b'\\' => return Err(ApiError::invalid_request("The path contains a backslash.")),
+                0x80..=0xff => return Err(ApiError::invalid_request("The path contains a non-ASCII byte.")),
+                _ => {
+                    out.push(b as char);
+                    i += 1;
+                }
+            }
+        }
+        // Segment checks on the normalized form. The first element is the empty
+        // string before the leading '/'.
+        let mut segs = out.split('/').skip(1).peekable();
+        while let Some(seg) = segs.next() {
+            let last = segs.peek().is_none();
+            match seg {
+                "" if !last => {
+                    return Err(ApiError::invalid_request("The path contains an empty segment ('//')."))
+                }
+                "." | ".." => return Err(ApiError::invalid_request("The path contains a dot segment.")),
+                _ => {}
+            }
+        }
+        Ok(Self(out))
+    }
+
+    /// The canonical path, as forwarded.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Segments after the leading `/` (a trailing slash yields a final "").
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/').skip(1)
+    }
+}
+
+/// Longest accepted path, in bytes.
+pub const MAX_PATH_LEN: usize = 2048;
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    fn ok(p: &str) -> String {
+        CanonicalPath::parse(p).unwrap_or_else(|e| panic!("{p:?} refused: {e}")).0
+    }
+
+    fn refused(p: &str) {
+        let e = CanonicalPath::parse(p).expect_err(p);
+        assert_eq!(e.code, ErrorCode::InvalidRequest, "{p:?}");
+    }
+
+    #[test]
+    fn plain_paths_are_unchanged() {
+        for p in ["/", "/v1/ai/chat", "/v1/documents/doc_1-2~x", "/v1/ai/chat/", "/v1/a;b=c", "/v1/x:y@z"] {
+            assert_eq!(ok(p), p);
+        }
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_and_others_uppercased() {
+        assert_eq!(ok("/v1/ai/%63hat"), "/v1/ai/chat");
+        assert_eq!(ok("/v1/%7Euser%5f"), "/v1/~user_");
+        assert_eq!(ok("/v1/documents/caf%c3%a9"), "/v1/documents/caf%C3%A9");
+        assert_eq!(ok("/v1/documents/a%20b"), "/v1/documents/a%20b");
+        assert_eq!(ok("/v1/documents/%25"), "/v1/documents/%25");
+    }
+
+    #[test]
+    fn hostile_paths_are_refused() {
+        for p in [
+            "", "v1/ai/chat", "*",
+            "/v1/x/../api_keys", "/v1/./ai/chat", "/..", "/v1/ai/chat/..", "/v1/ai/chat/.",
+            "/v1/%2e%2e/api_keys", "/v1/%2E/x", "/v1/.%2e/x", "/v1/ai%2Fchat", "/v1/ai%2fchat",
+            "/v1/ai%5Cchat", "/v1/ai\\chat", "/v1/ai%00chat", "/v1/ai%0achat", "/v1/ai%7Fchat",
+            "/v1/ai\0chat", "/v1/ai\nchat", "/v1/ai\rchat", "/v1/ai\tchat", "/v1/ai\x7fchat",
+            "//v1/ai/chat", "/v1//ai/chat", "/v1/ai/chat//",
+            "/v1/%", "/v1/%4", "/v1/%G1", "/v1/%%41",
+            "/v1/ai/\u{0441}hat", // Cyrillic es
+        ] {
+            refused(p);
+        }
+        refused(&format!("/{}", "a".repeat(MAX_PATH_LEN)));
+    }
+
+    #[test]
+    fn canonical_form_is_a_fixed_point() {
+        for p in ["/v1/ai/%63hat", "/v1/documents/caf%c3%a9", "/v1/documents/%25x"] {
+            let once = ok(p);
+            assert_eq!(ok(&once), once);
+        }
+    }
+
+    #[test]
+    fn segments() {
+        let p = CanonicalPath::parse("/v1/documents/abc/").unwrap();
+        assert_eq!(p.segments().collect::<Vec<_>>(), ["v1", "documents", "abc", ""]);
+    }
+}

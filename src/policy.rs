@@ -1,0 +1,365 @@
+//! The route policy: a declarative table shipped in the repo
+//! (`policy/policy.json`), parsed and validated once per isolate.
+//!
+//! ```json
+//! { "scopes": ["ai:chat", …],                  // the scope catalogue
+//!   "roles":  { "viewer": ["ai:chat"], … },      // role → granted scopes
+//!   "routes": [ { "method": "POST" | ["GET","POST"],
+//!                 "path": "/v1/documents/{id}" | "/v1/documents/**",
+//!                 "scope": "ai:documents" }, … ] }
+//! ```
+//!
+//! Path patterns are matched segment by segment against the canonical path,
+//! case-sensitively: a literal segment matches itself, `{name}` matches one
+//! non-empty segment, and `**` (last segment only) matches one or more
+//! remaining non-empty segments. The first route whose pattern and method
+//! match wins. A path that some route matches with another method gets
+//! `405 METHOD_NOT_ALLOWED` (with `Allow`); a path no route matches gets
+//! `404 ROUTE_NOT_FOUND`. Nothing outside the table is ever forwarded.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::path::CanonicalPath;
+use crate::scope::Scope;
+
+/// The policy shipped with keyward.
+pub const DEFAULT_POLICY_JSON: &str = include_str!("../policy/policy.json");
+
+/// A validated policy.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    scopes: Vec<String>,
+    roles: BTreeMap<String, Vec<Scope>>,
+    routes: Vec<Route>,
+}
+
+/// One route of the table.
+#[derive(Clone, Debug)]
+pub struct Route {
+    methods: Vec<String>,
+    pattern: Vec<Segment>,
+    path: String,
+    scope: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param,
+    Rest,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    scopes: Vec<String>,
+    roles: BTreeMap<String, Vec<String>>,
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    method: OneOrMany,
+    path: String,
+    scope: String,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The result of matching a request against the table.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RouteMatch<'p> {
+    /// A route matched; its scope is required.
+    Found(&'p Route),
+    /// The path is known but not with this method; the allowed methods.
+    MethodNotAllowed(Vec<&'p str>),
+    /// No route matches the path.
+    NotFound,
+}
+
+impl PartialEq for Route {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path && self.methods == other.methods
+    }
+}
+impl Eq for Route {}
+
+impl Route {
+    /// The scope this route requires (always concrete).
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+    /// The pattern as written in the policy.
+    pub fn pattern(&self) -> &str {
+        &self.path
+    }
+
+    fn matches_path(&self, path: &CanonicalPath) -> bool {
+        let mut segs = path.segments();
+        for (i, p) in self.pattern.iter().enumerate() {
+            match p {
+                Segment::Rest => {
+                    debug_assert_eq!(i, self.pattern.len() - 1);
+                    let mut n = 0;
+                    for s in segs.by_ref() {
+                        if s.is_empty() {
+                            return false;
+                        }
+                        n += 1;
+                    }
+                    return n > 0;
+                }
+                Segment::Param => match segs.next() {
+                    Some(s) if !s.is_empty() => {}
+                    _ => return false,
+                },
+                Segment::Literal(l) => match segs.next() {
+                    Some(s) if s == l => {}
+                    _ => return false,
+                },
+            }
+        }
+        segs.next().is_none()
+    }
+}
+
+impl Policy {
+    /// The policy shipped in `policy/policy.json`.
+    pub fn default_policy() -> Result<Self, String> {
+        Self::from_json(DEFAULT_POLICY_JSON)
+    }
+
+    /// Parses and validates a policy document.
+    pub fn from_json(json: &str) -> Result<Self, String> {
+        let raw: RawPolicy = serde_json::from_str(json).map_err(|e| format!("policy: {e}"))?;
+        let mut scopes = Vec::new();
+        for s in raw.scopes {
+            match Scope::parse(&s) {
+                Some(sc) if !sc.is_wildcard() => scopes.push(s),
+                _ => return Err(format!("policy: catalogue scope {s:?} must be a concrete scope")),
+            }
+        }
+        let mut roles = BTreeMap::new();
+        for (name, granted) in raw.roles {
+            let mut list = Vec::new();
+            for g in granted {
+                let sc = Scope::parse(&g).ok_or_else(|| format!("policy: role {name}: invalid scope {g:?}"))?;
+                if !sc.is_wildcard() && !scopes.contains(&g) {
+                    return Err(format!("policy: role {name}: unknown scope {g:?}"));
+                }
+                list.push(sc);
+            }
+            roles.insert(name, list);
+        }
+        let mut routes: Vec<Route> = Vec::new();
+        for r in raw.routes {
+            let methods = match r.method {
+                OneOrMany::One(m) => vec![m],
+                OneOrMany::Many(ms) => ms,
+            };
+            if methods.is_empty() || methods.iter().any(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase())) {
+                return Err(format!("policy: route {}: methods must be uppercase tokens", r.path));
+            }
+            if !scopes.contains(&r.scope) {
+                return Err(format!("policy: route {}: scope {:?} is not in the catalogue", r.path, r.scope));
+            }
+            let pattern = parse_pattern(&r.path)?;
+            let route = Route { methods, pattern, path: r.path, scope: r.scope };
+            if routes.iter().any(|o| o.pattern == route.pattern && o.methods.iter().any(|m| route.methods.contains(m))) {
+                return Err(format!("policy: route {} is declared twice for one method", route.path));
+            }
+            routes.push(route);
+        }
+        Ok(Self { scopes, roles, routes })
+    }
+
+    /// Matches a method and canonical path.
+    pub fn match_route(&self, method: &str, path: &CanonicalPath) -> RouteMatch<'_> {
+        let mut allowed: Vec<&str> = Vec::new();
+        for r in &self.routes {
+            if r.matches_path(path) {
+                if r.methods.iter().any(|m| m == method) {
+                    return RouteMatch::Found(r);
+                }
+                allowed.extend(r.methods.iter().map(String::as_str));
+            }
+        }
+        if allowed.is_empty() {
+            RouteMatch::NotFound
+        } else {
+            allowed.sort_unstable();
+            allowed.dedup();
+            RouteMatch::MethodNotAllowed(allowed)
+        }
+    }
+
+    /// Matches and turns a miss into the error to answer with.
+    pub fn route(&self, method: &str, path: &CanonicalPath) -> Result<&Route, RouteError> {
+        match self.match_route(method, path) {
+            RouteMatch::Found(r) => Ok(r),
+            RouteMatch::MethodNotAllowed(allow) => Err(RouteError {
+                error: ApiError::new(ErrorCode::MethodNotAllowed),
+                allow: Some(allow.join(", ")),
+            }),
+            RouteMatch::NotFound => Err(RouteError { error: ApiError::new(ErrorCode::RouteNotFound), allow: None }),
+        }
+    }
+
+    /// The scope catalogue.
+    pub fn scopes(&self) -> &[String] {
+        &self.scopes
+    }
+
+    /// Whether `s` is a scope a key may be given: a catalogue scope, `*`, or
+    /// `resource:*` for a resource that has at least one catalogue scope.
+    pub fn is_grantable(&self, s: &Scope) -> bool {
+        match s.as_str() {
+            "*" => true,
+            x if s.is_wildcard() => {
+                let res = &x[..x.len() - 1];
+                self.scopes.iter().any(|c| c.starts_with(res))
+            }
+            x => self.scopes.iter().any(|c| c == x),
+        }
+    }
+
+    /// The scopes a role grants, or `None` for an unknown role.
+    pub fn role(&self, name: &str) -> Option<&[Scope]> {
+        self.roles.get(name).map(Vec::as_slice)
+    }
+
+    /// Role names, sorted.
+    pub fn role_names(&self) -> impl Iterator<Item = &str> {
+        self.roles.keys().map(String::as_str)
+    }
+}
+
+/// A route miss: the error and, for 405, the `Allow` header value.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RouteError {
+    /// The error to answer with.
+    pub error: ApiError,
+    /// The `Allow` header for 405.
+    pub allow: Option<String>,
+}
+
+fn parse_pattern(path: &str) -> Result<Vec<Segment>, String> {
+    let rest = path.strip_prefix('/').ok_or_else(|| format!("policy: pattern {path:?} must start with '/'"))?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let mut out = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        let seg = if *p == "**" {
+            if i != parts.len() - 1 {
+                return Err(format!("policy: pattern {path:?}: '**' must be the last segment"));
+            }
+            Segment::Rest
+        } else if p.starts_with('{') && p.ends_with('}') && p.len() > 2 {
+            Segment::Param
+        } else if !p.is_empty() && CanonicalPath::parse(&format!("/{p}")).map(|c| c.as_str() == format!("/{p}")).unwrap_or(false) && !p.contains(['*', '{', '}']) {
+            Segment::Literal((*p).to_owned())
+        } else {
+            return Err(format!("policy: pattern {path:?}: invalid segment {p:?}"));
+        };
+        out.push(seg);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> CanonicalPath {
+        CanonicalPath::parse(s).unwrap()
+    }
+
+    fn scope_of(pol: &Policy, m: &str, path: &str) -> Option<String> {
+        match pol.match_route(m, &p(path)) {
+            RouteMatch::Found(r) => Some(r.scope().to_owned()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn default_policy_is_the_seed_table() {
+        let pol = Policy::default_policy().unwrap();
+        let cases = [
+            ("POST", "/v1/ai/chat", "ai:chat"),
+            ("POST", "/v1/messages", "ai:chat"),
+            ("GET", "/v1/documents", "ai:documents"),
+            ("POST", "/v1/documents", "ai:documents"),
+            ("GET", "/v1/documents/doc_1", "ai:documents"),
+            ("DELETE", "/v1/documents/doc_1/pages/2", "ai:documents"),
+            ("POST", "/v1/embeddings", "ai:embeddings"),
+            ("POST", "/v1/summarize", "ai:summarize"),
+            ("GET", "/v1/api_keys", "control:read"),
+            ("POST", "/v1/api_keys", "control:read"),
+            ("DELETE", "/v1/api_keys/01JQKEY", "control:read"),
+            ("GET", "/v1/usage", "control:read"),
+            ("GET", "/v1/usage/budget", "control:read"),
+            ("PUT", "/v1/usage/budget", "control:read"),
+            ("GET", "/v1/audit", "control:read"),
+            ("GET", "/v1/webhooks", "control:webhooks"),
+            ("POST", "/v1/webhooks", "control:webhooks"),
+            ("DELETE", "/v1/webhooks/wh_1", "control:webhooks"),
+        ];
+        for (m, path, scope) in cases {
+            assert_eq!(scope_of(&pol, m, path).as_deref(), Some(scope), "{m} {path}");
+        }
+    }
+
+    #[test]
+    fn misses() {
+        let pol = Policy::default_policy().unwrap();
+        for path in ["/", "/v1", "/v1/ai", "/v1/ai/chat/", "/v1/AI/chat", "/v1/ai/chat/x", "/v1/documents/", "/v1/webhooks/", "/v1/api_keys/a/b", "/admin/orgs"] {
+            assert!(matches!(pol.match_route("POST", &p(path)), RouteMatch::NotFound | RouteMatch::MethodNotAllowed(_)) && scope_of(&pol, "POST", path).is_none(), "{path}");
+        }
+        assert_eq!(pol.match_route("GET", &p("/v1/ai/chat")), RouteMatch::MethodNotAllowed(vec!["POST"]));
+        assert_eq!(pol.match_route("post", &p("/v1/ai/chat")), RouteMatch::MethodNotAllowed(vec!["POST"]));
+        assert_eq!(pol.match_route("DELETE", &p("/v1/api_keys")), RouteMatch::MethodNotAllowed(vec!["GET", "POST"]));
+        assert_eq!(pol.match_route("GET", &p("/nope")), RouteMatch::NotFound);
+        let e = pol.route("PUT", &p("/v1/usage")).unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::MethodNotAllowed);
+        assert_eq!(e.allow.as_deref(), Some("GET"));
+    }
+
+    #[test]
+    fn invalid_policies_are_refused() {
+        let base = |routes: &str| format!(r#"{{"scopes":["a:b"],"roles":{{}},"routes":[{routes}]}}"#);
+        for bad in [
+            base(r#"{"method":"GET","path":"/x","scope":"a:c"}"#),
+            base(r#"{"method":"get","path":"/x","scope":"a:b"}"#),
+            base(r#"{"method":[],"path":"/x","scope":"a:b"}"#),
+            base(r#"{"method":"GET","path":"x","scope":"a:b"}"#),
+            base(r#"{"method":"GET","path":"/**/x","scope":"a:b"}"#),
+            base(r#"{"method":"GET","path":"/x/../y","scope":"a:b"}"#),
+            base(r#"{"method":"GET","path":"/x//y","scope":"a:b"}"#),
+            base(r#"{"method":"GET","path":"/x","scope":"a:b"},{"method":["POST","GET"],"path":"/x","scope":"a:b"}"#),
+            base(r#"{"method":"GET","path":"/x","scope":"a:b","extra":1}"#),
+            r#"{"scopes":["a:*"],"roles":{},"routes":[]}"#.to_owned(),
+            r#"{"scopes":["a:b"],"roles":{"r":["c:d"]},"routes":[]}"#.to_owned(),
+        ] {
+            assert!(Policy::from_json(&bad).is_err(), "accepted {bad}");
+        }
+    }
+
+    #[test]
+    fn grantable() {
+        let pol = Policy::default_policy().unwrap();
+        for ok in ["*", "ai:*", "ai:chat", "control:*", "control:read"] {
+            assert!(pol.is_grantable(&Scope::parse(ok).unwrap()), "{ok}");
+        }
+        for bad in ["ai:chatter", "billing:*", "billing:read", "a:*"] {
+            assert!(!pol.is_grantable(&Scope::parse(bad).unwrap()), "{bad}");
+        }
+    }
+}

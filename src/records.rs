@@ -1,0 +1,85 @@
+//! Records of the edge read model (Workers KV), written by the Org Durable
+//! Object (the system of record) and read on the hot path.
+//!
+//! KV layout: `key:<sha256 hex>` → [`KeyRecord`], `org:<org_id>` →
+//! [`OrgRecord`], `user:<org_id>:<user_id>` → [`UserRecord`]. Times are Unix
+//! milliseconds. No record ever holds a plaintext key.
+
+use serde::{Deserialize, Serialize};
+
+use crate::scope::Scope;
+use crate::token::KeyKind;
+
+/// A key, as the edge sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// ULID.
+    pub id: String,
+    /// Owning org.
+    pub org_id: String,
+    /// The user the key acts for; its scopes are capped by the user's role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// Human label.
+    pub name: String,
+    /// Secret or widget.
+    pub kind: KeyKind,
+    /// Granted scopes (may hold wildcards).
+    pub scopes: Vec<Scope>,
+    /// The key's prefix, e.g. `kw_live_`.
+    pub prefix: String,
+    /// Last four characters of the token.
+    pub last_four: String,
+    /// Creation time (ms).
+    pub created_at: i64,
+    /// Expiry (ms), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    /// Revocation time (ms), if revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<i64>,
+}
+
+/// An organization.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgRecord {
+    /// Org id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Whether a Business Associate Agreement is active.
+    pub baa_active: bool,
+    /// Last change (ms).
+    pub updated_at: i64,
+}
+
+/// A user of an org.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// User id.
+    pub id: String,
+    /// Owning org.
+    pub org_id: String,
+    /// Role name from the policy (`viewer`, `operator`, `admin`).
+    pub role: String,
+    /// A disabled user's keys are refused.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Last change (ms).
+    pub updated_at: i64,
+}
+
+/// KV key of a key record.
+pub fn key_kv_key(hash_hex: &str) -> String {
+    format!("key:{hash_hex}")
+}
+
+/// KV key of an org record.
+pub fn org_kv_key(org_id: &str) -> String {
+    format!("org:{org_id}")
+}
+
+/// KV key of a user record.
+pub fn user_kv_key(org_id: &str, user_id: &str) -> String {
+    format!("user:{org_id}:{user_id}")
+}

@@ -1,0 +1,176 @@
+//! What the origin receives: the header filter and the signed identity.
+//!
+//! keyward adds `X-Keyward-Org`, `X-Keyward-Key-Id`, `X-Keyward-Key-Kind`,
+//! `X-Keyward-Scopes`, `X-Keyward-User` (only for user-bound keys),
+//! `X-Request-Id`, `X-Keyward-Timestamp` (Unix seconds) and
+//! `X-Keyward-Signature: v1=<hex HMAC-SHA256>`, keyed with
+//! `ORIGIN_SIGNING_SECRET`, over this canonical string (fields joined by
+//! `\n`, no trailing newline):
+//!
+//! ```text
+//! keyward-v1
+//! <X-Keyward-Timestamp>
+//! <method>
+//! <path>            the canonical path, exactly as forwarded
+//! <query>           the raw query without '?', or empty
+//! <X-Request-Id>
+//! <X-Keyward-Org>
+//! <X-Keyward-Key-Id>
+//! <X-Keyward-Key-Kind>
+//! <X-Keyward-Scopes>
+//! <X-Keyward-User>  or empty
+//! ```
+//!
+//! An origin recomputes it from the request it received, compares in
+//! constant time, and refuses timestamps more than 5 minutes from its clock
+//! (the request id is a nonce for replay detection). The body is not signed:
+//! it is streamed, and TLS to the origin protects it in transit.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::authorize::Grant;
+
+/// Headers that never reach the origin, besides every `x-keyward-*`:
+/// credentials, cookies, method overrides (so the method that was authorized
+/// is the one the origin runs), a client-chosen request id, and hop-by-hop
+/// headers.
+const DROPPED: &[&str] = &[
+    "authorization",
+    "x-api-key",
+    "cookie",
+    "x-http-method-override",
+    "x-method-override",
+    "x-http-method",
+    "x-request-id",
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether a client request header (any case) may be forwarded.
+pub fn forward_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    !lower.starts_with("x-keyward-") && !DROPPED.contains(&lower.as_str())
+}
+
+/// The identity headers to add, signature included, in a fixed order.
+pub fn identity_headers(
+    grant: &Grant,
+    secret: &[u8],
+    request_id: &str,
+    method: &str,
+    path: &str,
+    query: &str,
+    timestamp_secs: i64,
+) -> Vec<(&'static str, String)> {
+    let scopes = grant.scopes_header();
+    let user = grant.user_id.as_deref().unwrap_or("");
+    let ts = timestamp_secs.to_string();
+    let canonical = canonical_string(&[
+        &ts,
+        method,
+        path,
+        query,
+        request_id,
+        &grant.org_id,
+        &grant.key_id,
+        grant.kind.as_str(),
+        &scopes,
+        user,
+    ]);
+    let mut h = vec![
+        ("X-Keyward-Org", grant.org_id.clone()),
+        ("X-Keyward-Key-Id", grant.key_id.clone()),
+        ("X-Keyward-Key-Kind", grant.kind.as_str().to_owned()),
+        ("X-Keyward-Scopes", scopes),
+    ];
+    if let Some(u) = &grant.user_id {
+        h.push(("X-Keyward-User", u.clone()));
+    }
+    h.push(("X-Request-Id", request_id.to_owned()));
+    h.push(("X-Keyward-Timestamp", ts));
+    h.push(("X-Keyward-Signature", format!("v1={}", sign(secret, &canonical))));
+    h
+}
+
+/// The canonical string: `keyward-v1` and the fields, joined by `\n`.
+pub fn canonical_string(fields: &[&str]) -> String {
+    let mut s = String::from("keyward-v1");
+    for f in fields {
+        s.push('\n');
+        s.push_str(f);
+    }
+    s
+}
+
+/// Lowercase hex HMAC-SHA256.
+pub fn sign(secret: &[u8], message: &str) -> String {
+    // HMAC accepts keys of any length; this cannot fail.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
+    mac.update(message.as_bytes());
+    crate::hex(&mac.finalize().into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scope::Scope;
+    use crate::token::KeyKind;
+
+    fn grant(user: Option<&str>) -> Grant {
+        Grant {
+            org_id: "org_1".into(),
+            key_id: "01KEY".into(),
+            kind: KeyKind::Secret,
+            user_id: user.map(Into::into),
+            scopes: vec![Scope::parse("control:read").unwrap(), Scope::parse("ai:chat").unwrap()],
+            route_scope: "ai:chat".into(),
+        }
+    }
+
+    #[test]
+    fn filter() {
+        for dropped in ["Authorization", "X-API-Key", "cookie", "X-Keyward-Org", "x-keyward-anything", "X-HTTP-Method-Override", "X-Method-Override", "X-HTTP-Method", "X-Request-Id", "Host", "Connection", "Transfer-Encoding"] {
+            assert!(!forward_header(dropped), "{dropped}");
+        }
+        for kept in ["Content-Type", "Accept", "User-Agent", "X-Custom", "Content-Length", "X-Keyward"] {
+            assert!(forward_header(kept), "{kept}");
+        }
+    }
+
+    #[test]
+    fn rfc4231_vector() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            sign(b"Jefe", "what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn headers_and_signature() {
+        let h = identity_headers(&grant(Some("u1")), b"s3cret", "req_1", "POST", "/v1/ai/chat", "a=1", 1_700_000_000);
+        let get = |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
+        assert_eq!(get("X-Keyward-Scopes"), Some("ai:chat control:read"));
+        assert_eq!(get("X-Keyward-User"), Some("u1"));
+        assert_eq!(get("X-Request-Id"), Some("req_1"));
+        let expected = sign(
+            b"s3cret",
+            "keyward-v1\n1700000000\nPOST\n/v1/ai/chat\na=1\nreq_1\norg_1\n01KEY\nsecret\nai:chat control:read\nu1",
+        );
+        assert_eq!(get("X-Keyward-Signature"), Some(format!("v1={expected}").as_str()));
+        let without_user = identity_headers(&grant(None), b"s3cret", "req_1", "POST", "/v1/ai/chat", "", 1);
+        assert!(!without_user.iter().any(|(k, _)| *k == "X-Keyward-User"));
+        // Any field change changes the signature.
+        let other = identity_headers(&grant(Some("u1")), b"s3cret", "req_1", "POST", "/v1/ai/chat", "a=2", 1_700_000_000);
+        assert_ne!(other.last(), h.last());
+    }
+}
