@@ -262,7 +262,9 @@ mod tests {
         assert_eq!(k.name, "chat");
         assert_eq!(k.scopes.iter().map(Scope::as_str).collect::<Vec<_>>(), ["ai:*", "ai:chat"]);
         assert_eq!(k.kind, KeyKind::Secret);
-        let k = parse_key(br#"{"name":"x","scopes":["*"],"expires_at":"2030-01-01T00:00:00Z","user_id":"u_1"}"#, &pol(), 0).unwrap();
+        let k =
+            parse_key(br#"{"name":"x","scopes":["*"],"expires_at":"2030-01-01T00:00:00Z","user_id":"u_1"}"#, &pol(), 0)
+                .unwrap();
         assert_eq!(k.expires_at, Some(1_893_456_000_000));
         assert_eq!(k.user_id.as_deref(), Some("u_1"));
 
@@ -290,9 +292,15 @@ mod tests {
             let got = key_err(body);
             assert!(got.starts_with(want), "{body}: {got}");
         }
-        assert!(key_err(&format!(r#"{{"name":"{}","scopes":["ai:chat"]}}"#, "é".repeat(101))).starts_with("name: must be at most 100"));
-        assert!(parse_key(format!(r#"{{"name":"{}","scopes":["ai:chat"]}}"#, "é".repeat(100)).as_bytes(), &pol(), 0).is_ok());
-        let past = parse_key(br#"{"name":"x","scopes":["ai:chat"],"expires_at":"2020-01-01T00:00:00Z"}"#, &pol(), 1_800_000_000_000);
+        assert!(key_err(&format!(r#"{{"name":"{}","scopes":["ai:chat"]}}"#, "é".repeat(101)))
+            .starts_with("name: must be at most 100"));
+        assert!(parse_key(format!(r#"{{"name":"{}","scopes":["ai:chat"]}}"#, "é".repeat(100)).as_bytes(), &pol(), 0)
+            .is_ok());
+        let past = parse_key(
+            br#"{"name":"x","scopes":["ai:chat"],"expires_at":"2020-01-01T00:00:00Z"}"#,
+            &pol(),
+            1_800_000_000_000,
+        );
         assert_eq!(past.unwrap_err().message(), "expires_at: must be in the future");
         assert!(key_err("\u{feff}{}").starts_with("body:"));
         assert_eq!(parse_key(b"\xff\xfe", &pol(), 0).unwrap_err().message(), "body: must be UTF-8 encoded JSON");
@@ -306,12 +314,27 @@ mod tests {
 
     #[test]
     fn org_and_user_bodies() {
-        assert_eq!(parse_org(br#"{"name":"Acme","baa_active":true}"#).unwrap(), OrgInput { name: "Acme".into(), baa_active: true });
+        assert_eq!(
+            parse_org(br#"{"name":"Acme","baa_active":true}"#).unwrap(),
+            OrgInput { name: "Acme".into(), baa_active: true }
+        );
         assert_eq!(parse_org(br#"{"name":"Acme"}"#).unwrap_err().message(), "baa_active: is required");
-        assert_eq!(parse_org(br#"{"name":"Acme","baa_active":"yes"}"#).unwrap_err().message(), "baa_active: must be true or false");
-        assert_eq!(parse_user(br#"{"role":"admin"}"#, &pol()).unwrap(), UserInput { role: "admin".into(), disabled: false });
-        assert_eq!(parse_user(br#"{"role":"root"}"#, &pol()).unwrap_err().message(), "role: must be one of: admin, operator, viewer");
-        assert_eq!(parse_user(br#"{"role":"viewer","disabled":1}"#, &pol()).unwrap_err().message(), "disabled: must be true or false");
+        assert_eq!(
+            parse_org(br#"{"name":"Acme","baa_active":"yes"}"#).unwrap_err().message(),
+            "baa_active: must be true or false"
+        );
+        assert_eq!(
+            parse_user(br#"{"role":"admin"}"#, &pol()).unwrap(),
+            UserInput { role: "admin".into(), disabled: false }
+        );
+        assert_eq!(
+            parse_user(br#"{"role":"root"}"#, &pol()).unwrap_err().message(),
+            "role: must be one of: admin, operator, viewer"
+        );
+        assert_eq!(
+            parse_user(br#"{"role":"viewer","disabled":1}"#, &pol()).unwrap_err().message(),
+            "disabled: must be true or false"
+        );
         assert_eq!(parse_user(br#"{}"#, &pol()).unwrap_err().message(), "role: is required");
     }
 }

@@ -180,9 +180,7 @@ pub fn authorize(
         // refuse them like an unknown key rather than allow.
         KeyKind::Widget => return Err(ErrorCode::InvalidApiKey.into()),
     }
-    let route = policy
-        .route(facts.method, facts.path)
-        .map_err(|e| Refusal { error: e.error, allow: e.allow })?;
+    let route = policy.route(facts.method, facts.path).map_err(|e| Refusal { error: e.error, allow: e.allow })?;
     if !scope::grants(&scopes, route.scope()) {
         return Err(ApiError::missing_scope(route.scope()).into());
     }
@@ -232,7 +230,13 @@ mod tests {
                 revoked_at: None,
             },
             org: OrgRecord { id: "org_1".into(), name: "Org".into(), baa_active: true, updated_at: 0 },
-            user: UserRecord { id: "u1".into(), org_id: "org_1".into(), role: "viewer".into(), disabled: false, updated_at: 0 },
+            user: UserRecord {
+                id: "u1".into(),
+                org_id: "org_1".into(),
+                role: "viewer".into(),
+                disabled: false,
+                updated_at: 0,
+            },
             config,
         }
     }

@@ -134,10 +134,7 @@ impl ApiError {
 
     /// `403 MISSING_SCOPE` naming the scope.
     pub fn missing_scope(scope: &str) -> Self {
-        Self::with_message(
-            ErrorCode::MissingScope,
-            format!("This API key lacks the required scope: {scope}"),
-        )
+        Self::with_message(ErrorCode::MissingScope, format!("This API key lacks the required scope: {scope}"))
     }
 
     /// The public message.

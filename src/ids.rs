@@ -44,7 +44,13 @@ pub fn rfc3339(ms: i64) -> String {
 /// `T` separator, an offset; fractions are truncated to milliseconds.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b'T' || b[10] == b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
@@ -85,7 +91,11 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
                 return None;
             }
             let o = oh * 3600 + om * 60;
-            if *sign == b'+' { o } else { -o }
+            if *sign == b'+' {
+                o
+            } else {
+                -o
+            }
         }
         _ => return None,
     };
@@ -151,7 +161,19 @@ mod tests {
         assert_eq!(parse_rfc3339("2026-05-02T10:00:00Z"), Some(1_777_716_000_000));
         assert_eq!(parse_rfc3339("2026-05-02T12:00:00.5+02:00"), Some(1_777_716_000_500));
         assert_eq!(parse_rfc3339("2024-02-29T00:00:00Z").map(rfc3339).as_deref(), Some("2024-02-29T00:00:00+00:00"));
-        for bad in ["", "2026-05-02", "2026-05-02 10:00:00Z", "2026-13-02T10:00:00Z", "2025-02-29T00:00:00Z", "2026-05-02T24:00:00Z", "2026-05-02T10:00:00", "2026-05-02T10:00:00+0000", "2026-05-02T10:00:00.Z", "+026-05-02T10:00:00Z", "2026-05-02T10:00:00Zjunk"] {
+        for bad in [
+            "",
+            "2026-05-02",
+            "2026-05-02 10:00:00Z",
+            "2026-13-02T10:00:00Z",
+            "2025-02-29T00:00:00Z",
+            "2026-05-02T24:00:00Z",
+            "2026-05-02T10:00:00",
+            "2026-05-02T10:00:00+0000",
+            "2026-05-02T10:00:00.Z",
+            "+026-05-02T10:00:00Z",
+            "2026-05-02T10:00:00Zjunk",
+        ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
         for ms in [0, 951_782_400_000, 4_102_444_800_000] {

@@ -64,9 +64,7 @@ impl CanonicalPath {
                     }
                     i += 3;
                 }
-                0x00..=0x1f | 0x7f => {
-                    return Err(ApiError::invalid_request("The path contains a control character."))
-                }
+                0x00..=0x1f | 0x7f => return Err(ApiError::invalid_request("The path contains a control character.")),
                 b'\\' => return Err(ApiError::invalid_request("The path contains a backslash.")),
                 0x80..=0xff => return Err(ApiError::invalid_request("The path contains a non-ASCII byte.")),
                 _ => {
@@ -81,9 +79,7 @@ impl CanonicalPath {
         while let Some(seg) = segs.next() {
             let last = segs.peek().is_none();
             match seg {
-                "" if !last => {
-                    return Err(ApiError::invalid_request("The path contains an empty segment ('//')."))
-                }
+                "" if !last => return Err(ApiError::invalid_request("The path contains an empty segment ('//').")),
                 "." | ".." => return Err(ApiError::invalid_request("The path contains a dot segment.")),
                 _ => {}
             }
@@ -149,13 +145,36 @@ mod tests {
     #[test]
     fn hostile_paths_are_refused() {
         for p in [
-            "", "v1/ai/chat", "*",
-            "/v1/x/../api_keys", "/v1/./ai/chat", "/..", "/v1/ai/chat/..", "/v1/ai/chat/.",
-            "/v1/%2e%2e/api_keys", "/v1/%2E/x", "/v1/.%2e/x", "/v1/ai%2Fchat", "/v1/ai%2fchat",
-            "/v1/ai%5Cchat", "/v1/ai\\chat", "/v1/ai%00chat", "/v1/ai%0achat", "/v1/ai%7Fchat",
-            "/v1/ai\0chat", "/v1/ai\nchat", "/v1/ai\rchat", "/v1/ai\tchat", "/v1/ai\x7fchat",
-            "//v1/ai/chat", "/v1//ai/chat", "/v1/ai/chat//",
-            "/v1/%", "/v1/%4", "/v1/%G1", "/v1/%%41",
+            "",
+            "v1/ai/chat",
+            "*",
+            "/v1/x/../api_keys",
+            "/v1/./ai/chat",
+            "/..",
+            "/v1/ai/chat/..",
+            "/v1/ai/chat/.",
+            "/v1/%2e%2e/api_keys",
+            "/v1/%2E/x",
+            "/v1/.%2e/x",
+            "/v1/ai%2Fchat",
+            "/v1/ai%2fchat",
+            "/v1/ai%5Cchat",
+            "/v1/ai\\chat",
+            "/v1/ai%00chat",
+            "/v1/ai%0achat",
+            "/v1/ai%7Fchat",
+            "/v1/ai\0chat",
+            "/v1/ai\nchat",
+            "/v1/ai\rchat",
+            "/v1/ai\tchat",
+            "/v1/ai\x7fchat",
+            "//v1/ai/chat",
+            "/v1//ai/chat",
+            "/v1/ai/chat//",
+            "/v1/%",
+            "/v1/%4",
+            "/v1/%G1",
+            "/v1/%%41",
             "/v1/ai/\u{0441}hat", // Cyrillic es
         ] {
             refused(p);

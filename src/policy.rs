@@ -166,7 +166,8 @@ impl Policy {
                 OneOrMany::One(m) => vec![m],
                 OneOrMany::Many(ms) => ms,
             };
-            if methods.is_empty() || methods.iter().any(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase())) {
+            if methods.is_empty() || methods.iter().any(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()))
+            {
                 return Err(format!("policy: route {}: methods must be uppercase tokens", r.path));
             }
             if !scopes.contains(&r.scope) {
@@ -174,7 +175,8 @@ impl Policy {
             }
             let pattern = parse_pattern(&r.path)?;
             let route = Route { methods, pattern, path: r.path, scope: r.scope };
-            if routes.iter().any(|o| o.pattern == route.pattern && o.methods.iter().any(|m| route.methods.contains(m))) {
+            if routes.iter().any(|o| o.pattern == route.pattern && o.methods.iter().any(|m| route.methods.contains(m)))
+            {
                 return Err(format!("policy: route {} is declared twice for one method", route.path));
             }
             routes.push(route);
@@ -206,10 +208,9 @@ impl Policy {
     pub fn route(&self, method: &str, path: &CanonicalPath) -> Result<&Route, RouteError> {
         match self.match_route(method, path) {
             RouteMatch::Found(r) => Ok(r),
-            RouteMatch::MethodNotAllowed(allow) => Err(RouteError {
-                error: ApiError::new(ErrorCode::MethodNotAllowed),
-                allow: Some(allow.join(", ")),
-            }),
+            RouteMatch::MethodNotAllowed(allow) => {
+                Err(RouteError { error: ApiError::new(ErrorCode::MethodNotAllowed), allow: Some(allow.join(", ")) })
+            }
             RouteMatch::NotFound => Err(RouteError { error: ApiError::new(ErrorCode::RouteNotFound), allow: None }),
         }
     }
@@ -264,7 +265,10 @@ fn parse_pattern(path: &str) -> Result<Vec<Segment>, String> {
             Segment::Rest
         } else if p.starts_with('{') && p.ends_with('}') && p.len() > 2 {
             Segment::Param
-        } else if !p.is_empty() && CanonicalPath::parse(&format!("/{p}")).map(|c| c.as_str() == format!("/{p}")).unwrap_or(false) && !p.contains(['*', '{', '}']) {
+        } else if !p.is_empty()
+            && CanonicalPath::parse(&format!("/{p}")).map(|c| c.as_str() == format!("/{p}")).unwrap_or(false)
+            && !p.contains(['*', '{', '}'])
+        {
             Segment::Literal((*p).to_owned())
         } else {
             return Err(format!("policy: pattern {path:?}: invalid segment {p:?}"));
@@ -320,8 +324,23 @@ mod tests {
     #[test]
     fn misses() {
         let pol = Policy::default_policy().unwrap();
-        for path in ["/", "/v1", "/v1/ai", "/v1/ai/chat/", "/v1/AI/chat", "/v1/ai/chat/x", "/v1/documents/", "/v1/webhooks/", "/v1/api_keys/a/b", "/admin/orgs"] {
-            assert!(matches!(pol.match_route("POST", &p(path)), RouteMatch::NotFound | RouteMatch::MethodNotAllowed(_)) && scope_of(&pol, "POST", path).is_none(), "{path}");
+        for path in [
+            "/",
+            "/v1",
+            "/v1/ai",
+            "/v1/ai/chat/",
+            "/v1/AI/chat",
+            "/v1/ai/chat/x",
+            "/v1/documents/",
+            "/v1/webhooks/",
+            "/v1/api_keys/a/b",
+            "/admin/orgs",
+        ] {
+            assert!(
+                matches!(pol.match_route("POST", &p(path)), RouteMatch::NotFound | RouteMatch::MethodNotAllowed(_))
+                    && scope_of(&pol, "POST", path).is_none(),
+                "{path}"
+            );
         }
         assert_eq!(pol.match_route("GET", &p("/v1/ai/chat")), RouteMatch::MethodNotAllowed(vec!["POST"]));
         assert_eq!(pol.match_route("post", &p("/v1/ai/chat")), RouteMatch::MethodNotAllowed(vec!["POST"]));

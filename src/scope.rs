@@ -56,12 +56,7 @@ impl Scope {
     /// Whether everything this scope grants is also granted by `others`.
     /// Used to refuse privilege escalation and to intersect with roles.
     pub fn within(&self, others: &[Scope]) -> bool {
-        others.iter().any(|o| {
-            o.0 == "*"
-                || o.0 == self.0
-                || (!self.is_wildcard() && o.covers(&self.0))
-                || (self.0.ends_with(":*") && o.0 == self.0)
-        })
+        others.iter().any(|o| o.covers_scope(self))
     }
 }
 
@@ -150,7 +145,22 @@ mod tests {
         for ok in ["*", "ai:chat", "ai:*", "control:read", "a1:b_c-d"] {
             assert!(Scope::parse(ok).is_some(), "{ok}");
         }
-        for bad in ["", "ai", "ai:", ":chat", "AI:chat", "ai:Chat", "ai:chat:x", "*:chat", "ai:ch*", "ai:**", " ai:chat", "ai :chat", "1ai:chat", "ai:ch at"] {
+        for bad in [
+            "",
+            "ai",
+            "ai:",
+            ":chat",
+            "AI:chat",
+            "ai:Chat",
+            "ai:chat:x",
+            "*:chat",
+            "ai:ch*",
+            "ai:**",
+            " ai:chat",
+            "ai :chat",
+            "1ai:chat",
+            "ai:ch at",
+        ] {
             assert!(Scope::parse(bad).is_none(), "{bad}");
         }
         assert!(Scope::parse(&format!("a:{}", "b".repeat(63))).is_none());

@@ -138,7 +138,20 @@ mod tests {
 
     #[test]
     fn filter() {
-        for dropped in ["Authorization", "X-API-Key", "cookie", "X-Keyward-Org", "x-keyward-anything", "X-HTTP-Method-Override", "X-Method-Override", "X-HTTP-Method", "X-Request-Id", "Host", "Connection", "Transfer-Encoding"] {
+        for dropped in [
+            "Authorization",
+            "X-API-Key",
+            "cookie",
+            "X-Keyward-Org",
+            "x-keyward-anything",
+            "X-HTTP-Method-Override",
+            "X-Method-Override",
+            "X-HTTP-Method",
+            "X-Request-Id",
+            "Host",
+            "Connection",
+            "Transfer-Encoding",
+        ] {
             assert!(!forward_header(dropped), "{dropped}");
         }
         for kept in ["Content-Type", "Accept", "User-Agent", "X-Custom", "Content-Length", "X-Keyward"] {
@@ -170,7 +183,8 @@ mod tests {
         let without_user = identity_headers(&grant(None), b"s3cret", "req_1", "POST", "/v1/ai/chat", "", 1);
         assert!(!without_user.iter().any(|(k, _)| *k == "X-Keyward-User"));
         // Any field change changes the signature.
-        let other = identity_headers(&grant(Some("u1")), b"s3cret", "req_1", "POST", "/v1/ai/chat", "a=2", 1_700_000_000);
+        let other =
+            identity_headers(&grant(Some("u1")), b"s3cret", "req_1", "POST", "/v1/ai/chat", "a=2", 1_700_000_000);
         assert_ne!(other.last(), h.last());
     }
 }

@@ -307,10 +307,7 @@ mod tests {
     #[test]
     fn hash_is_sha256_hex() {
         // sha256("abc")
-        assert_eq!(
-            KeyHash::of("abc").to_hex(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(KeyHash::of("abc").to_hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]

@@ -1,0 +1,73 @@
+# keyward — the two commands: `make dev` and `make test`.
+# Every target installs what is missing first (offline-proof: only the
+# package registries are needed) and builds the worker only when its
+# sources changed.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+WORKER_BUILD_VERSION := 0.8.7
+WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/"/,"",$$3); print $$3}' Cargo.lock)
+CARGO_BIN := $(HOME)/.cargo/bin
+export PATH := $(CARGO_BIN):$(PATH)
+# worker-build would download these from the internet; point it at local ones.
+export WASM_BINDGEN_BIN := $(CARGO_BIN)/wasm-bindgen
+export ESBUILD_BIN := $(CURDIR)/node_modules/.bin/esbuild
+export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
+export CI ?= true
+export WRANGLER_SEND_METRICS := false
+
+WORKER := build/index_bg.wasm
+SOURCES := $(shell find src policy -type f) Cargo.toml Cargo.lock
+
+.PHONY: help tools dev test lint deploy clean bench
+
+help:
+	@echo "make dev     run keyward locally (wrangler dev + demo origin), seeded with a demo key"
+	@echo "make test    lint, unit and end-to-end tests (installs tools, builds the worker)"
+	@echo "make bench   performance benchmarks (writes bench/results.md)"
+	@echo "make deploy  wrangler deploy (see README: secrets and KV namespace first)"
+
+tools: .tools/rust .tools/worker-build-$(WORKER_BUILD_VERSION) .tools/wasm-bindgen-$(WASM_BINDGEN_VERSION) node_modules/.package-lock.json
+
+.tools/rust:
+	rustup target add wasm32-unknown-unknown
+	rustup component add clippy rustfmt
+	@mkdir -p .tools && touch $@
+
+.tools/worker-build-$(WORKER_BUILD_VERSION):
+	@if [ "$$(worker-build --version 2>/dev/null)" != "$(WORKER_BUILD_VERSION)" ]; then \
+	  cargo install worker-build --version $(WORKER_BUILD_VERSION); fi
+	@mkdir -p .tools && touch $@
+
+.tools/wasm-bindgen-$(WASM_BINDGEN_VERSION):
+	@test -n "$(WASM_BINDGEN_VERSION)" || { echo "no wasm-bindgen in Cargo.lock"; exit 1; }
+	@if ! wasm-bindgen --version 2>/dev/null | grep -qx "wasm-bindgen $(WASM_BINDGEN_VERSION)"; then \
+	  cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION); fi
+	@mkdir -p .tools && touch $@
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+$(WORKER): $(SOURCES) | tools
+	worker-build --release
+
+build: $(WORKER)
+
+dev: tools $(WORKER)
+	./scripts/dev.sh
+
+lint: tools
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
+
+test: tools $(WORKER) lint
+	cargo test --all-targets
+
+deploy: tools $(WORKER)
+	node_modules/.bin/wrangler deploy
+
+clean:
+	rm -rf build target .tools

@@ -1,0 +1,55 @@
+// Demo and test origin: answers every request with a JSON echo of what it
+// received (method, path, query, headers, body), and keeps the last requests
+// for tests at GET /__origin/log (only reachable directly, never through
+// keyward, whose policy has no such route).
+//
+//   PORT=8788 node demo/origin.mjs
+//
+// A request carrying `x-test-delay-ms: N` is answered after N ms (timeout tests).
+import http from "node:http";
+
+const port = Number(process.env.PORT || 8788);
+const log = [];
+
+const server = http.createServer((req, res) => {
+  if (req.url === "/__origin/log") {
+    res.writeHead(200, { "content-type": "application/json" });
+    res.end(JSON.stringify(log));
+    return;
+  }
+  if (req.url === "/__origin/reset" && req.method === "POST") {
+    log.length = 0;
+    res.writeHead(204);
+    res.end();
+    return;
+  }
+  const chunks = [];
+  req.on("data", (c) => chunks.push(c));
+  req.on("end", () => {
+    const body = Buffer.concat(chunks).toString("utf8");
+    const [path, ...q] = req.url.split("?");
+    const entry = {
+      method: req.method,
+      url: req.url,
+      path,
+      query: q.join("?"),
+      headers: req.headers,
+      body,
+      at: Date.now(),
+    };
+    log.push(entry);
+    if (log.length > 5000) log.shift();
+    const delay = Number(req.headers["x-test-delay-ms"] || 0);
+    setTimeout(() => {
+      res.writeHead(200, {
+        "content-type": "application/json",
+        "x-origin": "demo",
+      });
+      res.end(JSON.stringify({ echo: entry }));
+    }, delay);
+  });
+});
+
+server.listen(port, "127.0.0.1", () => {
+  console.log(`origin listening on http://127.0.0.1:${port}`);
+});

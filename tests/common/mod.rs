@@ -1,0 +1,340 @@
+//! End-to-end harness: the real worker in `workerd` (through `wrangler dev`,
+//! local KV and Durable Objects in a fresh state directory, free ports) in
+//! front of a real origin process (`demo/origin.mjs`) that records what it
+//! received. Requests are sent over raw TCP so tests control every byte.
+//!
+//! The worker must have been built by `make test` (which runs
+//! `worker-build --release`); this harness refuses to run against a missing
+//! or stale build rather than skip.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const SIGNING_SECRET: &str = "test-signing-secret-abcdefghij";
+
+pub struct Harness {
+    pub port: u16,
+    pub origin_port: u16,
+    children: Vec<Child>,
+    _state: PathBuf,
+}
+
+pub struct Options {
+    /// Override ORIGIN_URL (e.g. a closed port). `None`: a fresh origin process.
+    pub origin_url: Option<String>,
+    pub vars: Vec<(&'static str, String)>,
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn newest_mtime(dir: &Path) -> SystemTime {
+    let mut newest = UNIX_EPOCH;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            let t = if p.is_dir() {
+                newest_mtime(&p)
+            } else {
+                e.metadata().and_then(|m| m.modified()).unwrap_or(UNIX_EPOCH)
+            };
+            newest = newest.max(t);
+        }
+    }
+    newest
+}
+
+fn check_build() {
+    let wasm = root().join("build/index_bg.wasm");
+    let wrangler = root().join("node_modules/.bin/wrangler");
+    let built = std::fs::metadata(&wasm).and_then(|m| m.modified()).unwrap_or_else(|_| {
+        panic!("the worker is not built ({} is missing): run `make test`, which builds it with worker-build and then runs cargo test", wasm.display())
+    });
+    assert!(wrangler.exists(), "wrangler is not installed: run `make test` (it runs `npm ci` first)");
+    let src = newest_mtime(&root().join("src")).max(newest_mtime(&root().join("policy")));
+    assert!(
+        src <= built,
+        "the worker build is older than src/ or policy/: run `make test`, which rebuilds it before the tests"
+    );
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Spawns `cmd` in its own process group under a watchdog that kills the
+/// group when this test process exits (statics are never dropped).
+fn spawn_watched(args: &[&str], envs: &[(&str, &str)], log: &Path) -> Child {
+    let script = r#"parent=$1; shift; "$@" & child=$!; while kill -0 "$parent" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 0.3; done; kill -- -$$ 2>/dev/null"#;
+    let logf = std::fs::File::create(log).unwrap();
+    let mut c = Command::new("setsid");
+    c.arg("bash").arg("-c").arg(script).arg("watchdog").arg(std::process::id().to_string()).args(args);
+    c.current_dir(root()).stdin(Stdio::null()).stdout(logf.try_clone().unwrap()).stderr(logf);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.spawn().expect("spawn")
+}
+
+impl Harness {
+    pub fn start(opts: Options) -> Harness {
+        check_build();
+        let state = std::env::temp_dir().join(format!("keyward-e2e-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&state).unwrap();
+        let mut children = Vec::new();
+        let origin_port = free_port();
+        let origin_url = match opts.origin_url {
+            Some(u) => u,
+            None => {
+                let port = origin_port.to_string();
+                children.push(spawn_watched(
+                    &["node", "demo/origin.mjs"],
+                    &[("PORT", &port)],
+                    &state.join("origin.log"),
+                ));
+                wait_for(origin_port, "/__origin/log", &state.join("origin.log"));
+                format!("http://127.0.0.1:{origin_port}")
+            }
+        };
+        // An env file of our own, so a developer's .dev.vars never leaks in.
+        let env_file = state.join("test.env");
+        std::fs::write(&env_file, format!("ADMIN_TOKEN={ADMIN_TOKEN}\nORIGIN_SIGNING_SECRET={SIGNING_SECRET}\n"))
+            .unwrap();
+        let port = free_port();
+        let inspector = free_port();
+        let mut args: Vec<String> = vec![
+            "node_modules/.bin/wrangler".into(),
+            "dev".into(),
+            "--port".into(),
+            port.to_string(),
+            "--ip".into(),
+            "127.0.0.1".into(),
+            "--inspector-port".into(),
+            inspector.to_string(),
+            "--persist-to".into(),
+            state.join("wrangler-state").display().to_string(),
+            "--env-file".into(),
+            env_file.display().to_string(),
+            "--show-interactive-dev-session=false".into(),
+            "--var".into(),
+            format!("ORIGIN_URL:{origin_url}"),
+        ];
+        for (k, v) in &opts.vars {
+            args.push("--var".into());
+            args.push(format!("{k}:{v}"));
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let log = state.join("wrangler.log");
+        children.push(spawn_watched(&argv, &[("CI", "true"), ("WRANGLER_SEND_METRICS", "false")], &log));
+        wait_for(port, "/", &log);
+        Harness { port, origin_port, children, _state: state }
+    }
+
+    pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+        send(self.port, method, path, headers, body)
+    }
+
+    pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let b = body.map(|v| v.to_string());
+        self.send(
+            method,
+            path,
+            &[("authorization", &auth), ("content-type", "application/json")],
+            b.as_deref().map(str::as_bytes),
+        )
+    }
+
+    /// Creates an org (BAA as given) and returns its id.
+    pub fn org(&self, baa: bool) -> String {
+        let id = unique("org");
+        let r =
+            self.admin("PUT", &format!("/admin/orgs/{id}"), Some(serde_json::json!({"name": id, "baa_active": baa})));
+        assert_eq!(r.status, 200, "{}", r.text());
+        id
+    }
+
+    /// Creates a key and returns (plaintext, key id).
+    pub fn key(&self, org: &str, body: Value) -> (String, String) {
+        let r = self.admin("POST", &format!("/admin/orgs/{org}/api_keys"), Some(body));
+        assert_eq!(r.status, 201, "{}", r.text());
+        let v = r.json();
+        (v["data"]["plaintext"].as_str().unwrap().to_owned(), v["data"]["id"].as_str().unwrap().to_owned())
+    }
+
+    /// What the origin received for a request id, if anything.
+    pub fn origin_saw(&self, request_id: &str) -> Option<Value> {
+        let r = send(self.origin_port, "GET", "/__origin/log", &[], None);
+        let log: Vec<Value> = serde_json::from_slice(&r.body).unwrap();
+        log.into_iter().find(|e| e["headers"]["x-request-id"] == request_id)
+    }
+
+    /// Every request the origin received whose path starts with `prefix`.
+    pub fn origin_log(&self) -> Vec<Value> {
+        let r = send(self.origin_port, "GET", "/__origin/log", &[], None);
+        serde_json::from_slice(&r.body).unwrap()
+    }
+}
+
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() % 1_000_000_000;
+    format!("{prefix}_{}_{}_{}", std::process::id(), t, N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn wait_for(port: u16, path: &str, log: &Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+            let mut buf = Vec::new();
+            if s.write_all(req.as_bytes()).is_ok() && s.read_to_end(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 ") {
+                return;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("server on port {port} did not come up; log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    /// Asserts the response is exactly the error envelope for `code` with
+    /// `status`, carrying the same request id as its `X-Request-Id`.
+    pub fn assert_error(&self, status: u16, code: &str) -> Value {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        let v = self.json();
+        let rid = self.header("x-request-id").expect("X-Request-Id header");
+        assert!(rid.starts_with("req_") && rid.len() == 28, "request id {rid}");
+        assert_eq!(v["success"], false);
+        assert_eq!(v["error"]["code"], code, "{v}");
+        assert_eq!(v["error"]["request_id"], rid);
+        assert!(v["error"]["type"].is_string() && v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert_eq!(v["error"]["retryable"], matches!(status, 429 | 500..=599));
+        let keys: Vec<&String> = v["error"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["code", "message", "request_id", "retryable", "type"], "envelope fields");
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        v
+    }
+}
+
+/// Sends raw bytes and reads one response: to its `Content-Length`, to the
+/// end of its chunked body, or to EOF.
+pub fn raw(port: u16, bytes: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        if let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..split]).to_ascii_lowercase();
+            let body = &buf[split + 4..];
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()));
+            if len.is_some_and(|n| body.len() >= n)
+                || (head.contains("transfer-encoding: chunked") && body.ends_with(b"0\r\n\r\n"))
+            {
+                break;
+            }
+            if head.starts_with("http/1.1 204") || head.starts_with("http/1.1 304") {
+                break;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    parse_response(&buf)
+}
+
+pub fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n").into_bytes();
+    for (k, v) in headers {
+        req.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    if let Some(b) = body {
+        req.extend_from_slice(format!("Content-Length: {}\r\n\r\n", b.len()).as_bytes());
+        req.extend_from_slice(b);
+    } else {
+        req.extend_from_slice(b"\r\n");
+    }
+    raw(port, &req)
+}
+
+fn parse_response(buf: &[u8]) -> Resp {
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head: {:?}", String::from_utf8_lossy(buf)));
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).collect();
+    let mut body = buf[split + 4..].to_vec();
+    let chunked =
+        headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        while let Some(nl) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size_str = String::from_utf8_lossy(&rest[..nl]);
+            let size = usize::from_str_radix(size_str.split(';').next().unwrap().trim(), 16).unwrap_or(0);
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[nl + 2..nl + 2 + size]);
+            rest = &rest[nl + 2 + size + 2..];
+        }
+        body = out;
+    }
+    Resp { status, headers, body }
+}
+
+/// HMAC-SHA256 hex, written independently of keyward's own signing code so
+/// that the test checks the documented algorithm, not the implementation.
+pub fn hmac_sha256_hex(key: &[u8], msg: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
+    let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
+    let inner = Sha256::new().chain_update(&ipad).chain_update(msg).finalize();
+    let outer = Sha256::new().chain_update(&opad).chain_update(inner).finalize();
+    outer.iter().map(|b| format!("{b:02x}")).collect()
+}
