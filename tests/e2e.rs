@@ -432,3 +432,39 @@ fn bad_header_bytes_get_an_envelope() {
     .into_bytes();
     raw(h().port, &req).assert_error(401, "INVALID_API_KEY");
 }
+
+/// A second worker whose origin is down, with the BAA gate off and the
+/// test-only panic route on.
+fn down() -> &'static Harness {
+    static H: OnceLock<Harness> = OnceLock::new();
+    H.get_or_init(|| {
+        let closed = format!("http://127.0.0.1:{}", free_port());
+        Harness::start(Options {
+            origin_url: Some(closed),
+            vars: vec![("REQUIRE_BAA", "false".into()), ("KEYWARD_TEST_PANIC", "enabled".into())],
+        })
+    })
+}
+
+#[test]
+fn origin_down_is_502_and_baa_gate_can_be_turned_off() {
+    let org = down().org(false);
+    let (key, _) = down().key(&org, json!({"name": "k", "scopes": ["ai:chat"]}));
+    let r = down().send("POST", "/v1/ai/chat", &[("authorization", &bearer(&key))], Some(b"{}"));
+    // Not 402: REQUIRE_BAA=false. Authorized, then the origin is unreachable.
+    let v = r.assert_error(502, "ORIGIN_UNAVAILABLE");
+    assert_eq!(v["error"]["retryable"], true);
+}
+
+#[test]
+fn a_panic_answers_500_with_the_envelope_and_the_worker_recovers() {
+    let r = down().send("GET", "/__keyward/panic", &[], None);
+    let v = r.assert_error(500, "INTERNAL_ERROR");
+    assert_eq!(v["error"]["message"], "An internal error occurred.");
+    // The next requests are served normally.
+    for _ in 0..3 {
+        down().send("POST", "/v1/ai/chat", &[], None).assert_error(401, "INVALID_API_KEY");
+    }
+    // On the main worker the panic route does not exist (the var is unset).
+    h().send("GET", "/__keyward/panic", &[("x-api-key", "x")], None).assert_error(401, "INVALID_API_KEY");
+}

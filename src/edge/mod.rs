@@ -130,7 +130,19 @@ pub(crate) fn json_response(status: u16, body: String, request_id: &str) -> Resp
 
 #[event(start)]
 fn start() {
-    console_error_panic_hook::set_once();
+    // A panic is a bug; it must still answer. After logging it, tell the JS
+    // entry (worker/entry.mjs), which fails every pending request of this
+    // instance with the `500 INTERNAL_ERROR` envelope instead of letting them
+    // hang (a panic inside a future never settles its promise).
+    std::panic::set_hook(Box::new(|info| {
+        console_error_panic_hook::hook(info);
+        let global = js_sys::global();
+        if let Ok(f) = js_sys::Reflect::get(&global, &wasm_bindgen::JsValue::from_str("__keywardPanic")) {
+            if let Some(f) = wasm_bindgen::JsCast::dyn_ref::<js_sys::Function>(&f) {
+                let _ = f.call0(&global);
+            }
+        }
+    }));
 }
 
 #[event(fetch)]
@@ -142,6 +154,15 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
     };
     let url = req.inner().url();
     let path = raw_path(&url);
+    if path == "/__keyward/panic" && string_binding(&env, "KEYWARD_TEST_PANIC").as_deref() == Some("enabled") {
+        // Test-only (off unless the var is set): proves that a panic still
+        // answers with the envelope (worker/entry.mjs) and that the next
+        // request is served by a fresh instance.
+        #[allow(clippy::panic)]
+        {
+            panic!("deliberate test panic");
+        }
+    }
     let is_admin = path == "/admin" || path.starts_with("/admin/");
     let result = if is_admin {
         admin::handle(req, &env, &request_id, now).await
