@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use crate::error::ApiError;
 use crate::ids;
 use crate::policy::Policy;
+use crate::ratelimit::{RateLimit, MAX_LIMITS};
 use crate::records::KeyRecord;
 use crate::scope::Scope;
 use crate::token::KeyKind;
@@ -54,6 +55,8 @@ pub struct KeyInput {
     pub expires_at: Option<i64>,
     /// Bound user.
     pub user_id: Option<String>,
+    /// Own rate limits (override the policy defaults by name).
+    pub rate_limits: Vec<RateLimit>,
 }
 
 /// A command for the Org Durable Object, the system of record. The worker
@@ -185,7 +188,7 @@ pub fn parse_user(body: &[u8], policy: &Policy) -> Result<UserInput, ApiError> {
 /// Validates `POST /admin/orgs/{org_id}/api_keys`.
 pub fn parse_key(body: &[u8], policy: &Policy, now_ms: i64) -> Result<KeyInput, ApiError> {
     let m = object(body)?;
-    only_fields(&m, &["name", "scopes", "kind", "expires_at", "user_id"])?;
+    only_fields(&m, &["name", "scopes", "kind", "expires_at", "user_id", "rate_limits"])?;
     let name = name_field(&m)?;
     let scopes = match m.get("scopes") {
         None | Some(Value::Null) => return Err(ApiError::validation("scopes", "is required")),
@@ -238,7 +241,37 @@ pub fn parse_key(body: &[u8], policy: &Policy, now_ms: i64) -> Result<KeyInput, 
         Some(Value::String(u)) if ids::is_valid_id(u) => Some(u.clone()),
         Some(_) => return Err(ApiError::validation("user_id", "must be 1-64 characters of A-Z, a-z, 0-9, _ and -")),
     };
-    Ok(KeyInput { name, scopes, kind, expires_at, user_id })
+    let rate_limits = parse_rate_limits(m.get("rate_limits"))?;
+    Ok(KeyInput { name, scopes, kind, expires_at, user_id, rate_limits })
+}
+
+/// `rate_limits`: up to 4 of `{"name", "limit", "window_seconds"}`, names unique.
+fn parse_rate_limits(v: Option<&Value>) -> Result<Vec<RateLimit>, ApiError> {
+    let items = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) if a.len() > MAX_LIMITS => {
+            return Err(ApiError::validation("rate_limits", "must hold at most 4 limits"))
+        }
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(ApiError::validation("rate_limits", "must be an array")),
+    };
+    let mut out: Vec<RateLimit> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let field = format!("rate_limits[{i}]");
+        let Value::Object(o) = item else {
+            return Err(ApiError::validation(&field, "must be an object {name, limit, window_seconds}"));
+        };
+        only_fields(o, &["name", "limit", "window_seconds"])?;
+        let l: RateLimit = serde_json::from_value(item.clone()).map_err(|_| {
+            ApiError::validation(&field, "must have a string name and integer limit and window_seconds")
+        })?;
+        l.validate().map_err(|e| ApiError::validation(&field, e))?;
+        if out.iter().any(|o| o.name == l.name) {
+            return Err(ApiError::validation(&field, "duplicate name"));
+        }
+        out.push(l);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -304,6 +337,28 @@ mod tests {
         assert_eq!(past.unwrap_err().message(), "expires_at: must be in the future");
         assert!(key_err("\u{feff}{}").starts_with("body:"));
         assert_eq!(parse_key(b"\xff\xfe", &pol(), 0).unwrap_err().message(), "body: must be UTF-8 encoded JSON");
+        let k = parse_key(
+            br#"{"name":"x","scopes":["ai:chat"],"rate_limits":[{"name":"hour","limit":100,"window_seconds":3600}]}"#,
+            &pol(),
+            0,
+        )
+        .unwrap();
+        assert_eq!(k.rate_limits, vec![RateLimit { name: "hour".into(), limit: 100, window_seconds: 3600 }]);
+        for (body, want) in [
+            (r#""rate_limits":{}"#, "rate_limits: must be an array"),
+            (r#""rate_limits":[1]"#, "rate_limits[0]: must be an object"),
+            (r#""rate_limits":[{"name":"h","limit":"5","window_seconds":60}]"#, "rate_limits[0]: must have"),
+            (r#""rate_limits":[{"name":"h","limit":0,"window_seconds":60}]"#, "rate_limits[0]: limit must be"),
+            (r#""rate_limits":[{"name":"h","limit":-1,"window_seconds":60}]"#, "rate_limits[0]: must have"),
+            (r#""rate_limits":[{"name":"h","limit":1,"window_seconds":60,"burst":2}]"#, "burst: unknown field"),
+            (
+                r#""rate_limits":[{"name":"h","limit":1,"window_seconds":60},{"name":"h","limit":2,"window_seconds":60}]"#,
+                "rate_limits[1]: duplicate name",
+            ),
+        ] {
+            let got = key_err(&format!(r#"{{"name":"x","scopes":["ai:chat"],{body}}}"#));
+            assert!(got.starts_with(want), "{body}: {got}");
+        }
     }
 
     #[test]

@@ -29,24 +29,32 @@ impl Default for Config {
     }
 }
 
-/// Why a request is refused: the error and, for `405`, the `Allow` value.
+/// Why a request is refused: the error and the headers that go with it
+/// (`Allow` for `405`, `Retry-After` and `RateLimit-*` for `429`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
     /// The error to answer with.
     pub error: ApiError,
-    /// `Allow` header for `405 METHOD_NOT_ALLOWED`.
-    pub allow: Option<String>,
+    /// Extra response headers.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Refusal {
+    /// The value of an extra header, if set.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
 }
 
 impl From<ApiError> for Refusal {
     fn from(error: ApiError) -> Self {
-        Self { error, allow: None }
+        Self { error, headers: Vec::new() }
     }
 }
 
 impl From<ErrorCode> for Refusal {
     fn from(code: ErrorCode) -> Self {
-        Self { error: ApiError::new(code), allow: None }
+        Self::from(ApiError::new(code))
     }
 }
 
@@ -180,7 +188,9 @@ pub fn authorize(
         // refuse them like an unknown key rather than allow.
         KeyKind::Widget => return Err(ErrorCode::InvalidApiKey.into()),
     }
-    let route = policy.route(facts.method, facts.path).map_err(|e| Refusal { error: e.error, allow: e.allow })?;
+    let route = policy
+        .route(facts.method, facts.path)
+        .map_err(|e| Refusal { error: e.error, headers: e.allow.map(|a| ("Allow", a)).into_iter().collect() })?;
     if !scope::grants(&scopes, route.scope()) {
         return Err(ApiError::missing_scope(route.scope()).into());
     }
@@ -228,6 +238,7 @@ mod tests {
                 created_at: NOW - 1000,
                 expires_at: None,
                 revoked_at: None,
+                rate_limits: Vec::new(),
             },
             org: OrgRecord { id: "org_1".into(), name: "Org".into(), baa_active: true, updated_at: 0 },
             user: UserRecord {
@@ -359,7 +370,7 @@ mod tests {
         assert_eq!(code(decide(&w, "POST", "/v1/nope", None, false)), ErrorCode::RouteNotFound);
         let e = decide(&w, "GET", "/v1/ai/chat", None, false).unwrap_err();
         assert_eq!(e.error.code, ErrorCode::MethodNotAllowed);
-        assert_eq!(e.allow.as_deref(), Some("POST"));
+        assert_eq!(e.header("allow"), Some("POST"));
         let e = decide(&w, "POST", "/v1/embeddings", None, false).unwrap_err();
         assert_eq!(e.error.message(), "This API key lacks the required scope: ai:embeddings");
         let mut wild = world();

@@ -27,9 +27,11 @@
 pub mod admin;
 pub mod authorize;
 pub mod error;
+pub mod guard;
 pub mod ids;
 pub mod path;
 pub mod policy;
+pub mod ratelimit;
 pub mod records;
 pub mod scope;
 pub mod signing;

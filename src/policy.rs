@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::path::CanonicalPath;
+use crate::ratelimit::{RateLimit, MAX_LIMITS};
 use crate::scope::Scope;
 
 /// The policy shipped with keyward.
@@ -34,6 +35,7 @@ pub struct Policy {
     scopes: Vec<String>,
     roles: BTreeMap<String, Vec<Scope>>,
     routes: Vec<Route>,
+    default_rate_limits: Vec<RateLimit>,
 }
 
 /// One route of the table.
@@ -58,6 +60,8 @@ struct RawPolicy {
     scopes: Vec<String>,
     roles: BTreeMap<String, Vec<String>>,
     routes: Vec<RawRoute>,
+    #[serde(default)]
+    default_rate_limits: Vec<RateLimit>,
 }
 
 #[derive(Deserialize)]
@@ -181,7 +185,16 @@ impl Policy {
             }
             routes.push(route);
         }
-        Ok(Self { scopes, roles, routes })
+        if raw.default_rate_limits.len() > MAX_LIMITS {
+            return Err("policy: at most 4 default_rate_limits".into());
+        }
+        for (i, l) in raw.default_rate_limits.iter().enumerate() {
+            l.validate().map_err(|e| format!("policy: default_rate_limits[{i}]: {e}"))?;
+            if raw.default_rate_limits[..i].iter().any(|o| o.name == l.name) {
+                return Err(format!("policy: default_rate_limits: {} is declared twice", l.name));
+            }
+        }
+        Ok(Self { scopes, roles, routes, default_rate_limits: raw.default_rate_limits })
     }
 
     /// Matches a method and canonical path.
@@ -213,6 +226,11 @@ impl Policy {
             }
             RouteMatch::NotFound => Err(RouteError { error: ApiError::new(ErrorCode::RouteNotFound), allow: None }),
         }
+    }
+
+    /// The limits every key has unless its own limits override them by name.
+    pub fn default_rate_limits(&self) -> &[RateLimit] {
+        &self.default_rate_limits
     }
 
     /// The scope catalogue.

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ratelimit::RateLimit;
 use crate::scope::Scope;
 use crate::token::KeyKind;
 
@@ -38,6 +39,9 @@ pub struct KeyRecord {
     /// Revocation time (ms), if revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<i64>,
+    /// The key's own rate limits, merged over the policy's defaults by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimit>,
 }
 
 /// An organization.

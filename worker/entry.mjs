@@ -7,9 +7,9 @@
 // instead of hanging. worker-build's shim re-instantiates the wasm module for
 // the next request.
 import { WorkerEntrypoint } from "cloudflare:workers";
-import Inner, { OrgStore } from "../build/index.js";
+import Inner, { KeyGuard, OrgStore } from "../build/index.js";
 
-export { OrgStore };
+export { KeyGuard, OrgStore };
 
 const pending = new Set();
 globalThis.__keywardPanic = () => {

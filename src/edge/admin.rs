@@ -62,7 +62,10 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
         Route::Key(..) => "DELETE",
     };
     if method != allowed {
-        return Err(Refusal { error: ApiError::new(ErrorCode::MethodNotAllowed), allow: Some(allowed.into()) });
+        return Err(Refusal {
+            error: ApiError::new(ErrorCode::MethodNotAllowed),
+            headers: vec![("Allow", allowed.into())],
+        });
     }
     let org_id = match route {
         Route::Org(o) | Route::User(o, _) | Route::Keys(o) | Route::Key(o, _) => o,
@@ -104,6 +107,7 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
                 created_at: now,
                 expires_at: input.expires_at,
                 revoked_at: None,
+                rate_limits: input.rate_limits,
             };
             let hash = new.hash.to_hex();
             plaintext = Some(new.plaintext);

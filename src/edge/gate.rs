@@ -7,7 +7,9 @@ use worker::{AbortController, Delay, Env, Fetch, Headers, Method, Request, Reque
 use super::{settings, split_target, unavailable, Settings, KV_BINDING};
 use crate::authorize::{authorize, extract_credential, parse_key, Facts, Grant, Records, Refusal};
 use crate::error::{ApiError, ErrorCode};
+use crate::guard::{GuardReply, GuardRequest, QuotaWire};
 use crate::path::CanonicalPath;
+use crate::ratelimit::{ceil_seconds, merge_limits};
 use crate::records::{key_kv_key, org_kv_key, user_kv_key, KeyRecord, OrgRecord, UserRecord};
 use crate::signing::{forward_header, identity_headers};
 
@@ -47,7 +49,35 @@ pub(super) async fn handle(req: Request, env: &Env, request_id: &str, now: i64) 
     let facts = Facts { method: &method, path: &path, origin: origin.as_deref() };
     let records = Records { key: key.as_ref(), org: org.as_ref(), user: user.as_ref() };
     let grant = authorize(&facts, &presented, &records, &settings.policy, &settings.config, now)?;
-    proxy(req, settings, &grant, &method, &path, query, request_id, now).await
+    let quota = match (&key, settings.key_guard) {
+        (Some(k), true) => guard_check(env, k, settings).await?,
+        _ => None,
+    };
+    let mut resp = proxy(req, settings, &grant, &method, &path, query, request_id, now).await?;
+    if let Some(q) = quota {
+        let headers = resp.headers_mut();
+        for (name, value) in q.headers() {
+            let _ = headers.set(name, &value);
+        }
+    }
+    Ok(resp)
+}
+
+/// One call to the key's Durable Object: refuses a revoked key (even if KV
+/// still has the old record) and counts the request against its limits.
+async fn guard_check(env: &Env, key: &KeyRecord, settings: &Settings) -> Result<Option<QuotaWire>, Refusal> {
+    let limits = merge_limits(settings.policy.default_rate_limits(), &key.rate_limits);
+    let request = GuardRequest::Check { limits };
+    match super::guard::call(env, &key.id, &request).await.map_err(|e| unavailable("key guard", e))? {
+        GuardReply::Allowed { quota } => Ok(quota),
+        GuardReply::Revoked => Err(ErrorCode::InvalidApiKey.into()),
+        GuardReply::Limited { retry_after_ms, quota } => {
+            let mut headers = vec![("Retry-After", ceil_seconds(retry_after_ms).max(1).to_string())];
+            headers.extend(quota.headers());
+            Err(Refusal { error: ApiError::new(ErrorCode::RateLimited), headers })
+        }
+        GuardReply::RevokeRecorded { .. } => Err(unavailable("key guard", "unexpected reply")),
+    }
 }
 
 /// Reads and decodes a JSON record. A read error or an undecodable record is

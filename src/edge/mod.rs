@@ -8,6 +8,7 @@
 
 mod admin;
 mod gate;
+mod guard;
 mod org;
 
 use std::sync::OnceLock;
@@ -23,6 +24,8 @@ use crate::token::TokenFormat;
 pub(crate) const KV_BINDING: &str = "KEYWARD_KV";
 /// Durable Object namespace binding of the org objects.
 pub(crate) const ORGS_BINDING: &str = "ORGS";
+/// Durable Object namespace binding of the per-key guards.
+pub(crate) const KEYS_BINDING: &str = "KEYS";
 
 /// Settings parsed once per isolate from vars, secrets and the policy.
 pub(crate) struct Settings {
@@ -33,6 +36,10 @@ pub(crate) struct Settings {
     pub(crate) origin_timeout_ms: u32,
     pub(crate) signing_secret: Option<String>,
     pub(crate) admin_token: Option<String>,
+    /// `KEY_GUARD` (default on): consult the key's Durable Object on every
+    /// request (exact rate limits, immediate revocation). `off` exists only
+    /// to measure what the hop costs; it disables both.
+    pub(crate) key_guard: bool,
 }
 
 static SETTINGS: OnceLock<Result<Settings, String>> = OnceLock::new();
@@ -65,6 +72,11 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
             .filter(|t| (1..=600_000).contains(t))
             .ok_or("ORIGIN_TIMEOUT_MS must be 1..600000")?,
     };
+    let key_guard = match string_binding(env, "KEY_GUARD").as_deref().map(str::trim) {
+        None | Some("on") | Some("") => true,
+        Some("off") => false,
+        Some(other) => return Err(format!("KEY_GUARD must be on or off, not {other:?}")),
+    };
     let policy = Policy::default_policy()?;
     let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
     Ok(Settings {
@@ -74,6 +86,7 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
         origin_timeout_ms,
         signing_secret: nonempty(string_binding(env, "ORIGIN_SIGNING_SECRET")),
         admin_token: nonempty(string_binding(env, "ADMIN_TOKEN")),
+        key_guard,
     })
 }
 
@@ -107,8 +120,8 @@ pub(crate) fn error_response(refusal: &Refusal, request_id: &str) -> Response {
     let _ = headers.set("content-type", "application/json");
     let _ = headers.set("cache-control", "no-store");
     let _ = headers.set("x-request-id", request_id);
-    if let Some(allow) = &refusal.allow {
-        let _ = headers.set("allow", allow);
+    for (name, value) in &refusal.headers {
+        let _ = headers.set(name, value);
     }
     if refusal.error.code == ErrorCode::ServiceUnavailable {
         let _ = headers.set("retry-after", "1");

@@ -16,6 +16,7 @@ use worker::{durable_object, DurableObject, Env, Request, Response, SqlStorage, 
 use crate::admin::{OrgCommand, OrgRequest};
 use crate::authorize::Refusal;
 use crate::error::{success, ApiError, ErrorCode};
+use crate::guard::{GuardReply, GuardRequest};
 use crate::ids::rfc3339;
 use crate::records::{key_kv_key, org_kv_key, user_kv_key, KeyRecord, OrgRecord, UserRecord};
 
@@ -203,8 +204,17 @@ async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String)
             };
             let mut record: KeyRecord =
                 serde_json::from_str(&row.record).map_err(|e| super::unavailable("key decode", e))?;
+            // The tombstone in the key's guard first: from its answer on,
+            // every check is refused, whatever KV still says. It keeps the
+            // first revocation time, which the system of record adopts.
+            let tombstone = GuardRequest::Revoke { revoked_at: record.revoked_at.unwrap_or(now) };
+            let revoked_at = match super::guard::call(&env, key_id, &tombstone).await {
+                Ok(GuardReply::RevokeRecorded { revoked_at }) => revoked_at,
+                Ok(other) => return Err(super::unavailable("key guard", format!("unexpected reply {other:?}"))),
+                Err(e) => return Err(super::unavailable("key guard", e)),
+            };
             let first = record.revoked_at.is_none();
-            let revoked_at = *record.revoked_at.get_or_insert(now);
+            record.revoked_at = Some(revoked_at);
             if first {
                 let json_record = serde_json::to_string(&record).map_err(|e| super::unavailable("key encode", e))?;
                 sql.exec(

@@ -24,7 +24,23 @@ pub struct Harness {
     pub port: u16,
     pub origin_port: u16,
     children: Vec<Child>,
-    _state: PathBuf,
+    worker: Option<Child>,
+    worker_args: Vec<String>,
+    pub state: PathBuf,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().chain(self.worker.as_mut()) {
+            kill_group(c);
+        }
+    }
+}
+
+/// Kills a watched child's whole process group (wrangler and its workerd).
+fn kill_group(c: &mut Child) {
+    let _ = Command::new("kill").arg("--").arg(format!("-{}", c.id())).status();
+    let _ = c.wait();
 }
 
 pub struct Options {
@@ -132,11 +148,47 @@ impl Harness {
             args.push("--var".into());
             args.push(format!("{k}:{v}"));
         }
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let log = state.join("wrangler.log");
-        children.push(spawn_watched(&argv, &[("CI", "true"), ("WRANGLER_SEND_METRICS", "false")], &log));
-        wait_for(port, "/", &log);
-        Harness { port, origin_port, children, _state: state }
+        let mut h = Harness { port, origin_port, children, worker: None, worker_args: args, state };
+        h.start_worker();
+        h
+    }
+
+    fn start_worker(&mut self) {
+        let argv: Vec<&str> = self.worker_args.iter().map(String::as_str).collect();
+        let log = self.state.join("wrangler.log");
+        self.worker = Some(spawn_watched(&argv, &[("CI", "true"), ("WRANGLER_SEND_METRICS", "false")], &log));
+        wait_for(self.port, "/", &log);
+    }
+
+    /// Stops `wrangler dev` (and workerd) and starts it again on the same
+    /// state directory and port.
+    pub fn restart_worker(&mut self) {
+        if let Some(mut c) = self.worker.take() {
+            kill_group(&mut c);
+        }
+        // The port is free again once the old workerd is gone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.start_worker();
+    }
+
+    /// Runs `wrangler kv key <args>` against this worker's local KV state.
+    pub fn kv(&self, args: &[&str]) -> String {
+        let persist = self.state.join("wrangler-state");
+        let out = Command::new("node_modules/.bin/wrangler")
+            .current_dir(root())
+            .env("CI", "true")
+            .env("WRANGLER_SEND_METRICS", "false")
+            .args(["kv", "key"])
+            .args(args)
+            .args(["--binding", "KEYWARD_KV", "--local", "--persist-to"])
+            .arg(&persist)
+            .output()
+            .expect("wrangler kv");
+        assert!(out.status.success(), "wrangler kv {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
@@ -337,4 +389,9 @@ pub fn hmac_sha256_hex(key: &[u8], msg: &[u8]) -> String {
     let inner = Sha256::new().chain_update(&ipad).chain_update(msg).finalize();
     let outer = Sha256::new().chain_update(&opad).chain_update(inner).finalize();
     outer.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
