@@ -218,6 +218,21 @@ mod tests {
     }
 
     #[test]
+    fn readme_lists_every_code() {
+        let readme = include_str!("../README.md");
+        for c in ErrorCode::ALL {
+            let row = format!(
+                "| `{}` | {} | `{}` | {} |",
+                c.as_str(),
+                c.status(),
+                c.kind(),
+                if c.retryable() { "yes" } else { "no" }
+            );
+            assert!(readme.contains(&row), "README error table lacks or misstates: {row}");
+        }
+    }
+
+    #[test]
     fn messages_are_escaped() {
         let e = ApiError::validation("name", "contains \"quotes\"\n");
         let v: serde_json::Value = serde_json::from_str(&e.envelope("req_x")).unwrap();
