@@ -46,6 +46,12 @@ tools: .tools/rust .tools/worker-build-$(WORKER_BUILD_VERSION) .tools/wasm-bindg
 	  cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION); fi
 	@mkdir -p .tools && touch $@
 
+# Debian's Chromium for the browser tests (driven by playwright-core; no
+# browser download from npm).
+.tools/chromium:
+	@command -v chromium >/dev/null || { apt-get update && apt-get install -y chromium chromium-driver; }
+	@mkdir -p .tools && touch $@
+
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	@touch $@
@@ -63,7 +69,7 @@ lint: tools
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
 
-test: tools $(WORKER) lint
+test: tools .tools/chromium $(WORKER) lint
 	cargo test --all-targets
 
 deploy: tools $(WORKER)

@@ -5,7 +5,8 @@
 //
 //   PORT=8788 node demo/origin.mjs
 //
-// A request carrying `x-test-delay-ms: N` is answered after N ms (timeout tests).
+// A request carrying `x-test-delay-ms: N` is answered after N ms (timeout tests);
+// one carrying `x-test-origin-cors` gets `access-control-allow-origin: *`.
 import http from "node:http";
 
 const port = Number(process.env.PORT || 8788);
@@ -41,10 +42,10 @@ const server = http.createServer((req, res) => {
     if (log.length > 5000) log.shift();
     const delay = Number(req.headers["x-test-delay-ms"] || 0);
     setTimeout(() => {
-      res.writeHead(200, {
-        "content-type": "application/json",
-        "x-origin": "demo",
-      });
+      const headers = { "content-type": "application/json", "x-origin": "demo" };
+      // Tests: an origin that sets its own CORS headers (keyward must drop them).
+      if (req.headers["x-test-origin-cors"]) headers["access-control-allow-origin"] = "*";
+      res.writeHead(200, headers);
       res.end(JSON.stringify({ echo: entry }));
     }, delay);
   });

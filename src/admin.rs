@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::cors::OriginPattern;
 use crate::error::ApiError;
 use crate::ids;
 use crate::policy::Policy;
@@ -57,7 +58,14 @@ pub struct KeyInput {
     pub user_id: Option<String>,
     /// Own rate limits (override the policy defaults by name).
     pub rate_limits: Vec<RateLimit>,
+    /// Widget keys: allowed browser origins (non-empty for widgets).
+    pub allowed_origins: Vec<OriginPattern>,
+    /// Widget keys: bound bot / resource id.
+    pub resource_id: Option<String>,
 }
+
+/// Most allowed origins on one widget key.
+pub const MAX_ORIGINS: usize = 20;
 
 /// A command for the Org Durable Object, the system of record. The worker
 /// validates, generates ids and key material, and sends one of these; the
@@ -188,7 +196,10 @@ pub fn parse_user(body: &[u8], policy: &Policy) -> Result<UserInput, ApiError> {
 /// Validates `POST /admin/orgs/{org_id}/api_keys`.
 pub fn parse_key(body: &[u8], policy: &Policy, now_ms: i64) -> Result<KeyInput, ApiError> {
     let m = object(body)?;
-    only_fields(&m, &["name", "scopes", "kind", "expires_at", "user_id", "rate_limits"])?;
+    only_fields(
+        &m,
+        &["name", "scopes", "kind", "expires_at", "user_id", "rate_limits", "allowed_origins", "resource_id"],
+    )?;
     let name = name_field(&m)?;
     let scopes = match m.get("scopes") {
         None | Some(Value::Null) => return Err(ApiError::validation("scopes", "is required")),
@@ -222,10 +233,33 @@ pub fn parse_key(body: &[u8], policy: &Policy, now_ms: i64) -> Result<KeyInput, 
     let kind = match m.get("kind") {
         None | Some(Value::Null) => KeyKind::Secret,
         Some(Value::String(k)) if k == "secret" => KeyKind::Secret,
-        Some(Value::String(k)) if k == "widget" => {
-            return Err(ApiError::validation("kind", "widget keys are not available in this version; use \"secret\""))
+        Some(Value::String(k)) if k == "widget" => KeyKind::Widget,
+        Some(_) => return Err(ApiError::validation("kind", "must be \"secret\" or \"widget\"")),
+    };
+    let (allowed_origins, resource_id) = match kind {
+        KeyKind::Secret => {
+            for f in ["allowed_origins", "resource_id"] {
+                if m.get(f).is_some_and(|v| !v.is_null()) {
+                    return Err(ApiError::validation(f, "is only for widget keys (kind \"widget\")"));
+                }
+            }
+            (Vec::new(), None)
         }
-        Some(_) => return Err(ApiError::validation("kind", "must be \"secret\"")),
+        KeyKind::Widget => {
+            // Widget keys are public: only the policy's widget scopes, no wildcards.
+            if let Some(bad) = scopes.iter().find(|s| !policy.widget_scopes().contains(s)) {
+                let allowed: Vec<&str> = policy.widget_scopes().iter().map(Scope::as_str).collect();
+                return Err(ApiError::validation(
+                    "scopes",
+                    &format!(
+                        "{:?} is not allowed on a widget key; widget keys may hold: {}",
+                        bad.as_str(),
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+            (parse_origins(m.get("allowed_origins"))?, parse_resource(m.get("resource_id"))?)
+        }
     };
     let expires_at = match m.get("expires_at") {
         None | Some(Value::Null) => None,
@@ -242,7 +276,40 @@ pub fn parse_key(body: &[u8], policy: &Policy, now_ms: i64) -> Result<KeyInput, 
         Some(_) => return Err(ApiError::validation("user_id", "must be 1-64 characters of A-Z, a-z, 0-9, _ and -")),
     };
     let rate_limits = parse_rate_limits(m.get("rate_limits"))?;
-    Ok(KeyInput { name, scopes, kind, expires_at, user_id, rate_limits })
+    Ok(KeyInput { name, scopes, kind, expires_at, user_id, rate_limits, allowed_origins, resource_id })
+}
+
+fn parse_origins(v: Option<&Value>) -> Result<Vec<OriginPattern>, ApiError> {
+    let items = match v {
+        None | Some(Value::Null) => return Err(ApiError::validation("allowed_origins", "is required for widget keys")),
+        Some(Value::Array(a)) if a.is_empty() => {
+            return Err(ApiError::validation("allowed_origins", "must not be empty"))
+        }
+        Some(Value::Array(a)) if a.len() > MAX_ORIGINS => {
+            return Err(ApiError::validation("allowed_origins", "must hold at most 20 origins"))
+        }
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(ApiError::validation("allowed_origins", "must be an array of origins")),
+    };
+    let mut out: Vec<OriginPattern> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let Value::String(s) = item else {
+            return Err(ApiError::validation(&format!("allowed_origins[{i}]"), "must be a string"));
+        };
+        let p = OriginPattern::parse(s).map_err(|e| ApiError::validation(&format!("allowed_origins[{i}]"), e))?;
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_resource(v: Option<&Value>) -> Result<Option<String>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(r)) if ids::is_valid_id(r) => Ok(Some(r.clone())),
+        Some(_) => Err(ApiError::validation("resource_id", "must be 1-64 characters of A-Z, a-z, 0-9, _ and -")),
+    }
 }
 
 /// `rate_limits`: up to 4 of `{"name", "limit", "window_seconds"}`, names unique.
@@ -299,6 +366,16 @@ mod tests {
             parse_key(br#"{"name":"x","scopes":["*"],"expires_at":"2030-01-01T00:00:00Z","user_id":"u_1"}"#, &pol(), 0)
                 .unwrap();
         assert_eq!(k.expires_at, Some(1_893_456_000_000));
+        let w = parse_key(
+            br#"{"name":"w","scopes":["ai:chat"],"kind":"widget","allowed_origins":["HTTPS://Shop.example.com","https://*.example.com","https://shop.example.com/"],"resource_id":"bot_1"}"#,
+            &pol(),
+            0,
+        )
+        .unwrap();
+        assert_eq!(w.kind, KeyKind::Widget);
+        let origins: Vec<String> = w.allowed_origins.iter().map(ToString::to_string).collect();
+        assert_eq!(origins, ["https://shop.example.com", "https://*.example.com"]);
+        assert_eq!(w.resource_id.as_deref(), Some("bot_1"));
         assert_eq!(k.user_id.as_deref(), Some("u_1"));
 
         let cases = [
@@ -316,6 +393,39 @@ mod tests {
             (r#"{"name":"x","scopes":["ai:chatter"]}"#, "scopes: unknown scope \"ai:chatter\""),
             (r#"{"name":"x","scopes":["billing:*"]}"#, "scopes: unknown scope"),
             (r#"{"name":"x","scopes":["ai:chat"],"kind":"root"}"#, "kind: must be"),
+            (
+                r#"{"name":"x","scopes":["ai:chat"],"allowed_origins":["https://a.com"]}"#,
+                "allowed_origins: is only for widget",
+            ),
+            (r#"{"name":"x","scopes":["ai:chat"],"kind":"widget"}"#, "allowed_origins: is required"),
+            (
+                r#"{"name":"x","scopes":["ai:chat"],"kind":"widget","allowed_origins":[]}"#,
+                "allowed_origins: must not be empty",
+            ),
+            (
+                r#"{"name":"x","scopes":["ai:chat"],"kind":"widget","allowed_origins":["*"]}"#,
+                "allowed_origins[0]: \"*\" is not allowed",
+            ),
+            (
+                r#"{"name":"x","scopes":["ai:chat"],"kind":"widget","allowed_origins":["https://a.com/x"]}"#,
+                "allowed_origins[0]: must be",
+            ),
+            (
+                r#"{"name":"x","scopes":["*"],"kind":"widget","allowed_origins":["https://a.com"]}"#,
+                "scopes: \"*\" is not allowed on a widget key",
+            ),
+            (
+                r#"{"name":"x","scopes":["control:*"],"kind":"widget","allowed_origins":["https://a.com"]}"#,
+                "scopes: \"control:*\" is not allowed",
+            ),
+            (
+                r#"{"name":"x","scopes":["ai:*"],"kind":"widget","allowed_origins":["https://a.com"]}"#,
+                "scopes: \"ai:*\" is not allowed",
+            ),
+            (
+                r#"{"name":"x","scopes":["ai:chat"],"kind":"widget","allowed_origins":["https://a.com"],"resource_id":"a/b"}"#,
+                "resource_id: must be",
+            ),
             (r#"{"name":"x","scopes":["ai:chat"],"expires_at":"tomorrow"}"#, "expires_at: must be an RFC 3339"),
             (r#"{"name":"x","scopes":["ai:chat"],"expires_at":1}"#, "expires_at: must be an RFC 3339"),
             (r#"{"name":"x","scopes":["ai:chat"],"user_id":"a b"}"#, "user_id: must be"),

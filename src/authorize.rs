@@ -7,6 +7,7 @@
 //! 3. reads KV `key:<sha256>`, then the org and user records;
 //! 4. [`authorize`] — every remaining check, in the order of the design.
 
+use crate::cors::{self, BrowserOrigin};
 use crate::error::{ApiError, ErrorCode};
 use crate::path::CanonicalPath;
 use crate::policy::Policy;
@@ -100,6 +101,8 @@ pub struct Facts<'a> {
     pub path: &'a CanonicalPath,
     /// The `Origin` header, if any.
     pub origin: Option<&'a str>,
+    /// The `Referer` header, if any (a widget key's fallback for `Origin`).
+    pub referer: Option<&'a str>,
 }
 
 /// The records the shell read for this key. `key: None` means the hash is
@@ -130,6 +133,10 @@ pub struct Grant {
     pub scopes: Vec<Scope>,
     /// The scope the matched route required.
     pub route_scope: String,
+    /// Widget keys: the bound resource (`X-Keyward-Resource`).
+    pub resource_id: Option<String>,
+    /// Widget keys: the matched browser origin, echoed in CORS headers.
+    pub cors_origin: Option<BrowserOrigin>,
 }
 
 impl Grant {
@@ -143,9 +150,12 @@ impl Grant {
 
 /// Decides a request whose credential passed the format check.
 ///
-/// Order: key known → kind matches prefix → not revoked → not expired → org
-/// readable → BAA → user enabled and role known → secret keys refuse browser
-/// origins → route → scope. Every credential failure is the same `401`.
+/// Order: key known → kind matches prefix → not revoked → not expired →
+/// kind rules (a secret key refuses browser requests; a widget key needs an
+/// allowed origin) → org readable → BAA → user enabled and role known →
+/// route → scope. Every credential failure is the same `401`. For a widget
+/// key, every refusal after its origin matched carries the CORS headers, so
+/// the page can read the error.
 pub fn authorize(
     facts: &Facts<'_>,
     presented: &ApiKey<'_>,
@@ -158,13 +168,56 @@ pub fn authorize(
     if key.kind != presented.kind() || key.revoked_at.is_some() || key.expires_at.is_some_and(|e| e <= now_ms) {
         return Err(ErrorCode::InvalidApiKey.into());
     }
+    let cors_origin = match key.kind {
+        KeyKind::Secret if facts.origin.is_some() => {
+            return Err(ApiError::with_message(
+                ErrorCode::OriginNotAllowed,
+                "Secret keys are for server-to-server use only and are refused on browser requests (an Origin header was sent). Use a widget key in the browser.",
+            )
+            .into())
+        }
+        KeyKind::Secret => None,
+        KeyKind::Widget => {
+            let origin = cors::request_origin(facts.origin, facts.referer).ok_or_else(|| {
+                ApiError::with_message(
+                    ErrorCode::OriginNotAllowed,
+                    "Widget keys work only from a browser page on an allowed origin (no valid Origin or Referer was sent).",
+                )
+            })?;
+            if !key.allowed_origins.iter().any(|p| p.matches(&origin)) {
+                return Err(ApiError::with_message(
+                    ErrorCode::OriginNotAllowed,
+                    "This widget key is not allowed from this origin.",
+                )
+                .into());
+            }
+            Some(origin)
+        }
+    };
+    let with_cors = |mut r: Refusal| {
+        if let Some(o) = &cors_origin {
+            r.headers.extend(cors::response_headers(o));
+        }
+        r
+    };
+    decide_rest(key, records, policy, config, facts, cors_origin.clone()).map_err(with_cors)
+}
+
+fn decide_rest(
+    key: &KeyRecord,
+    records: &Records<'_>,
+    policy: &Policy,
+    config: &Config,
+    facts: &Facts<'_>,
+    cors_origin: Option<BrowserOrigin>,
+) -> Result<Grant, Refusal> {
     // The org record must exist and be this key's: otherwise the read model
     // is incomplete, and keyward fails closed.
     let org = records.org.filter(|o| o.id == key.org_id).ok_or(ErrorCode::ServiceUnavailable)?;
     if config.require_baa && !org.baa_active {
         return Err(ErrorCode::BaaRequired.into());
     }
-    let scopes = match &key.user_id {
+    let mut scopes = match &key.user_id {
         None => key.scopes.clone(),
         Some(uid) => {
             let user = records
@@ -175,18 +228,10 @@ pub fn authorize(
             scope::intersect(&key.scopes, role)
         }
     };
-    match key.kind {
-        KeyKind::Secret if facts.origin.is_some() => {
-            return Err(ApiError::with_message(
-                ErrorCode::OriginNotAllowed,
-                "Secret keys are for server-to-server use only and are refused on browser requests (an Origin header was sent). Use a widget key in the browser.",
-            )
-            .into())
-        }
-        KeyKind::Secret => {}
-        // Widget keys need origin rules that this build does not have yet:
-        // refuse them like an unknown key rather than allow.
-        KeyKind::Widget => return Err(ErrorCode::InvalidApiKey.into()),
+    if key.kind == KeyKind::Widget {
+        // A widget key is public: whatever its record says, it never does
+        // more than the policy lets widget keys do.
+        scopes = scope::intersect(&scopes, policy.widget_scopes());
     }
     let route = policy
         .route(facts.method, facts.path)
@@ -201,6 +246,8 @@ pub fn authorize(
         user_id: key.user_id.clone(),
         scopes,
         route_scope: route.scope().to_owned(),
+        resource_id: key.resource_id.clone(),
+        cors_origin,
     })
 }
 
@@ -239,6 +286,8 @@ mod tests {
                 expires_at: None,
                 revoked_at: None,
                 rate_limits: Vec::new(),
+                allowed_origins: Vec::new(),
+                resource_id: None,
             },
             org: OrgRecord { id: "org_1".into(), name: "Org".into(), baa_active: true, updated_at: 0 },
             user: UserRecord {
@@ -255,7 +304,7 @@ mod tests {
     fn decide(w: &World, method: &str, path: &str, origin: Option<&str>, with_user: bool) -> Result<Grant, Refusal> {
         let path = CanonicalPath::parse(path).unwrap();
         let presented = parse_key(&w.config.format, &w.token).unwrap();
-        let facts = Facts { method, path: &path, origin };
+        let facts = Facts { method, path: &path, origin, referer: None };
         let records = Records { key: Some(&w.key), org: Some(&w.org), user: with_user.then_some(&w.user) };
         authorize(&facts, &presented, &records, &w.policy, &w.config, NOW)
     }
@@ -280,7 +329,7 @@ mod tests {
         let w = world();
         let path = CanonicalPath::parse("/v1/ai/chat").unwrap();
         let presented = parse_key(&w.config.format, &w.token).unwrap();
-        let facts = Facts { method: "POST", path: &path, origin: None };
+        let facts = Facts { method: "POST", path: &path, origin: None, referer: None };
         let none = Records { key: None, org: Some(&w.org), user: None };
         let e1 = authorize(&facts, &presented, &none, &w.policy, &w.config, NOW).unwrap_err();
         assert_eq!(e1.error.code, ErrorCode::InvalidApiKey);
@@ -318,7 +367,7 @@ mod tests {
         let w = world();
         let path = CanonicalPath::parse("/v1/ai/chat").unwrap();
         let presented = parse_key(&w.config.format, &w.token).unwrap();
-        let facts = Facts { method: "POST", path: &path, origin: None };
+        let facts = Facts { method: "POST", path: &path, origin: None, referer: None };
         let r = Records { key: Some(&w.key), org: None, user: None };
         assert_eq!(code(authorize(&facts, &presented, &r, &w.policy, &w.config, NOW)), ErrorCode::ServiceUnavailable);
         let other = OrgRecord { id: "org_2".into(), ..w.org.clone() };
@@ -377,6 +426,94 @@ mod tests {
         wild.key.scopes = vec![Scope::parse("ai:*").unwrap()];
         assert!(decide(&wild, "POST", "/v1/embeddings", None, false).is_ok());
         assert_eq!(code(decide(&wild, "GET", "/v1/audit", None, false)), ErrorCode::MissingScope);
+    }
+
+    fn widget_world() -> World {
+        let mut w = world();
+        let k = generate(&w.config.format, KeyKind::Widget, &[8; 32]);
+        w.token = k.plaintext;
+        w.key.kind = KeyKind::Widget;
+        w.key.allowed_origins = vec![
+            crate::cors::OriginPattern::parse("https://shop.example.com").unwrap(),
+            crate::cors::OriginPattern::parse("https://*.example.org").unwrap(),
+        ];
+        w.key.resource_id = Some("bot_1".into());
+        w
+    }
+
+    fn decide_widget(
+        w: &World,
+        method: &str,
+        path: &str,
+        origin: Option<&str>,
+        referer: Option<&str>,
+    ) -> Result<Grant, Refusal> {
+        let path = CanonicalPath::parse(path).unwrap();
+        let presented = parse_key(&w.config.format, &w.token).unwrap();
+        let facts = Facts { method, path: &path, origin, referer };
+        let records = Records { key: Some(&w.key), org: Some(&w.org), user: None };
+        authorize(&facts, &presented, &records, &w.policy, &w.config, NOW)
+    }
+
+    #[test]
+    fn widget_keys_need_an_allowed_origin() {
+        let w = widget_world();
+        let g = decide_widget(&w, "POST", "/v1/ai/chat", Some("https://shop.example.com"), None).unwrap();
+        assert_eq!(g.kind, KeyKind::Widget);
+        assert_eq!(g.resource_id.as_deref(), Some("bot_1"));
+        assert_eq!(g.cors_origin.unwrap().serialize(), "https://shop.example.com");
+        let g = decide_widget(&w, "POST", "/v1/ai/chat", Some("https://a.b.example.org"), None).unwrap();
+        assert_eq!(g.cors_origin.unwrap().serialize(), "https://a.b.example.org");
+        // Referer only when Origin is absent.
+        assert!(decide_widget(&w, "POST", "/v1/ai/chat", None, Some("https://shop.example.com/cart")).is_ok());
+        for (origin, referer) in [
+            (None, None),
+            (Some("null"), Some("https://shop.example.com/")),
+            (Some("https://evil.com"), Some("https://shop.example.com/")),
+            (Some("https://shop.example.com.evil.net"), None),
+            (Some("https://example.org"), None),
+            (Some("https://Shop.example.com"), None),
+            (Some("https://shop.example.com."), None),
+            (Some("http://shop.example.com"), None),
+            (Some("https://shop.example.com:8443"), None),
+            (Some("https://u@shop.example.com"), None),
+            (None, Some("https://evil.com/?https://shop.example.com")),
+        ] {
+            let e = decide_widget(&w, "POST", "/v1/ai/chat", origin, referer).unwrap_err();
+            assert_eq!(e.error.code, ErrorCode::OriginNotAllowed, "{origin:?} {referer:?}");
+            assert_eq!(e.header("access-control-allow-origin"), None, "no CORS for a refused origin");
+        }
+    }
+
+    #[test]
+    fn widget_refusals_after_the_origin_check_carry_cors() {
+        let mut w = widget_world();
+        let e = decide_widget(&w, "POST", "/v1/embeddings", Some("https://shop.example.com"), None).unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::MissingScope);
+        assert_eq!(e.header("access-control-allow-origin"), Some("https://shop.example.com"));
+        assert_eq!(e.header("vary"), Some("Origin"));
+        let e = decide_widget(&w, "GET", "/v1/nope", Some("https://shop.example.com"), None).unwrap_err();
+        assert_eq!(
+            (e.error.code, e.header("access-control-allow-origin")),
+            (ErrorCode::RouteNotFound, Some("https://shop.example.com"))
+        );
+        w.org.baa_active = false;
+        let e = decide_widget(&w, "POST", "/v1/ai/chat", Some("https://shop.example.com"), None).unwrap_err();
+        assert_eq!(
+            (e.error.code, e.header("access-control-allow-origin")),
+            (ErrorCode::BaaRequired, Some("https://shop.example.com"))
+        );
+    }
+
+    #[test]
+    fn a_widget_key_never_exceeds_the_widget_scopes() {
+        let mut w = widget_world();
+        // A record that somehow holds "*": still only ai:chat.
+        w.key.scopes = vec![Scope::parse("*").unwrap()];
+        let g = decide_widget(&w, "POST", "/v1/ai/chat", Some("https://shop.example.com"), None).unwrap();
+        assert_eq!(g.scopes_header(), "ai:chat");
+        let e = decide_widget(&w, "GET", "/v1/api_keys", Some("https://shop.example.com"), None).unwrap_err();
+        assert_eq!(e.error, ApiError::missing_scope("control:read"));
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct Policy {
     roles: BTreeMap<String, Vec<Scope>>,
     routes: Vec<Route>,
     default_rate_limits: Vec<RateLimit>,
+    widget_scopes: Vec<Scope>,
+    widget_ip_rate_limits: Vec<RateLimit>,
 }
 
 /// One route of the table.
@@ -62,6 +64,10 @@ struct RawPolicy {
     routes: Vec<RawRoute>,
     #[serde(default)]
     default_rate_limits: Vec<RateLimit>,
+    #[serde(default)]
+    widget_scopes: Vec<String>,
+    #[serde(default)]
+    widget_ip_rate_limits: Vec<RateLimit>,
 }
 
 #[derive(Deserialize)]
@@ -185,16 +191,26 @@ impl Policy {
             }
             routes.push(route);
         }
-        if raw.default_rate_limits.len() > MAX_LIMITS {
-            return Err("policy: at most 4 default_rate_limits".into());
+        check_limits("default_rate_limits", &raw.default_rate_limits)?;
+        check_limits("widget_ip_rate_limits", &raw.widget_ip_rate_limits)?;
+        if raw.default_rate_limits.iter().any(|d| raw.widget_ip_rate_limits.iter().any(|w| w.name == d.name)) {
+            return Err("policy: widget_ip_rate_limits names must differ from default_rate_limits names".into());
         }
-        for (i, l) in raw.default_rate_limits.iter().enumerate() {
-            l.validate().map_err(|e| format!("policy: default_rate_limits[{i}]: {e}"))?;
-            if raw.default_rate_limits[..i].iter().any(|o| o.name == l.name) {
-                return Err(format!("policy: default_rate_limits: {} is declared twice", l.name));
+        let mut widget_scopes = Vec::new();
+        for s in raw.widget_scopes {
+            match Scope::parse(&s) {
+                Some(sc) if !sc.is_wildcard() && scopes.contains(&s) => widget_scopes.push(sc),
+                _ => return Err(format!("policy: widget scope {s:?} must be a concrete scope of the catalogue")),
             }
         }
-        Ok(Self { scopes, roles, routes, default_rate_limits: raw.default_rate_limits })
+        Ok(Self {
+            scopes,
+            roles,
+            routes,
+            default_rate_limits: raw.default_rate_limits,
+            widget_scopes,
+            widget_ip_rate_limits: raw.widget_ip_rate_limits,
+        })
     }
 
     /// Matches a method and canonical path.
@@ -226,6 +242,31 @@ impl Policy {
             }
             RouteMatch::NotFound => Err(RouteError { error: ApiError::new(ErrorCode::RouteNotFound), allow: None }),
         }
+    }
+
+    /// The scopes a widget key may hold (concrete, no wildcards).
+    pub fn widget_scopes(&self) -> &[Scope] {
+        &self.widget_scopes
+    }
+
+    /// Limits applied per client IP to widget keys (in addition to the
+    /// key's own limits), so one visitor cannot exhaust a site's budget.
+    pub fn widget_ip_rate_limits(&self) -> &[RateLimit] {
+        &self.widget_ip_rate_limits
+    }
+
+    /// Methods of the routes matching `path` that widget keys may call
+    /// (their scope is a widget scope), sorted. Used to answer preflights.
+    pub fn widget_methods(&self, path: &CanonicalPath) -> Vec<&str> {
+        let mut out: Vec<&str> = self
+            .routes
+            .iter()
+            .filter(|r| r.matches_path(path) && self.widget_scopes.iter().any(|w| w.as_str() == r.scope))
+            .flat_map(|r| r.methods.iter().map(String::as_str))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// The limits every key has unless its own limits override them by name.
@@ -269,6 +310,19 @@ pub struct RouteError {
     pub error: ApiError,
     /// The `Allow` header for 405.
     pub allow: Option<String>,
+}
+
+fn check_limits(field: &str, limits: &[RateLimit]) -> Result<(), String> {
+    if limits.len() > MAX_LIMITS {
+        return Err(format!("policy: at most 4 {field}"));
+    }
+    for (i, l) in limits.iter().enumerate() {
+        l.validate().map_err(|e| format!("policy: {field}[{i}]: {e}"))?;
+        if limits[..i].iter().any(|o| o.name == l.name) {
+            return Err(format!("policy: {field}: {} is declared twice", l.name));
+        }
+    }
+    Ok(())
 }
 
 fn parse_pattern(path: &str) -> Result<Vec<Segment>, String> {
@@ -387,6 +441,16 @@ mod tests {
         ] {
             assert!(Policy::from_json(&bad).is_err(), "accepted {bad}");
         }
+    }
+
+    #[test]
+    fn widget_routes() {
+        let pol = Policy::default_policy().unwrap();
+        assert_eq!(pol.widget_methods(&p("/v1/ai/chat")), vec!["POST"]);
+        assert_eq!(pol.widget_methods(&p("/v1/messages")), vec!["POST"]);
+        assert!(pol.widget_methods(&p("/v1/api_keys")).is_empty());
+        assert!(pol.widget_methods(&p("/v1/nope")).is_empty());
+        assert_eq!(pol.widget_scopes().iter().map(Scope::as_str).collect::<Vec<_>>(), ["ai:chat"]);
     }
 
     #[test]

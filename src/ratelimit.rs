@@ -103,6 +103,12 @@ pub struct State {
     pub last_ms: i64,
     /// Buckets per limit name, oldest first.
     pub windows: BTreeMap<String, Vec<Bucket>>,
+    /// The window (ms) each name was last checked with, so that buckets of
+    /// a name absent from a later check (e.g. another client IP's limit) are
+    /// dropped once they can no longer count, not kept for the longest
+    /// possible window.
+    #[serde(default)]
+    pub spans: BTreeMap<String, i64>,
 }
 
 /// What the limiter decided.
@@ -214,23 +220,32 @@ pub fn step(prev: &State, limits: &[RateLimit], now_ms: i64) -> (Verdict, State)
         }
         quotas.push(quota(buckets, l, now));
     }
+    for l in limits {
+        next.spans.insert(l.name.clone(), l.window_ms());
+    }
     prune(&mut next, limits, now);
     (Verdict::Allowed(tightest(quotas)), next)
 }
 
-/// Drops buckets that can no longer count. Buckets of a name that is not
-/// configured now are kept for the longest window a limit may have, in case
-/// the name comes back. (After a limit's window is *widened*, requests older
-/// than its previous window are no longer known: the limiter then admits at
-/// most what it would have with the old window.)
+/// Drops buckets that can no longer count: under the current limit of that
+/// name, or, for a name not in this check, under the window it was last
+/// checked with. (After a limit's window is *widened*, requests older than
+/// its previous window are no longer known: the limiter then admits at most
+/// what it would have with the old window.)
 fn prune(state: &mut State, limits: &[RateLimit], now: i64) {
+    let spans = &state.spans;
     state.windows.retain(|name, buckets| {
-        match limits.iter().find(|l| &l.name == name) {
-            Some(l) => buckets.retain(|b| expires_at(b, l) > now),
-            None => buckets.retain(|b| b.end + i64::from(MAX_WINDOW_SECONDS) * 1000 > now),
-        }
+        let span = limits
+            .iter()
+            .find(|l| &l.name == name)
+            .map(RateLimit::window_ms)
+            .or_else(|| spans.get(name).copied())
+            .unwrap_or(i64::from(MAX_WINDOW_SECONDS) * 1000);
+        buckets.retain(|b| b.end + span - 1 > now);
         !buckets.is_empty()
     });
+    let windows = &state.windows;
+    state.spans.retain(|name, _| windows.contains_key(name));
 }
 
 /// Whole seconds, rounded up, for `Retry-After` and `RateLimit-Reset`.
@@ -345,6 +360,18 @@ mod tests {
         // Raised to 6: exactly one more.
         assert!(matches!(run(&mut s, &[lim("minute", 6, 60)], T0 + 11), Verdict::Allowed(_)));
         assert!(matches!(run(&mut s, &[lim("minute", 6, 60)], T0 + 12), Verdict::Limited { .. }));
+    }
+
+    #[test]
+    fn names_absent_from_later_checks_are_forgotten_after_their_window() {
+        let mut s = State::default();
+        let ip_a = [lim("minute@a", 5, 60)];
+        let ip_b = [lim("minute@b", 5, 60)];
+        assert!(matches!(run(&mut s, &ip_a, T0), Verdict::Allowed(_)));
+        assert!(matches!(run(&mut s, &ip_b, T0 + 30_000), Verdict::Allowed(_)));
+        assert!(s.windows.contains_key("minute@a"));
+        assert!(matches!(run(&mut s, &ip_b, T0 + 62_000), Verdict::Allowed(_)));
+        assert!(!s.windows.contains_key("minute@a") && !s.spans.contains_key("minute@a"), "{s:?}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cors::OriginPattern;
 use crate::ratelimit::RateLimit;
 use crate::scope::Scope;
 use crate::token::KeyKind;
@@ -42,6 +43,13 @@ pub struct KeyRecord {
     /// The key's own rate limits, merged over the policy's defaults by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<RateLimit>,
+    /// Widget keys: the browser origins they may be used from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<OriginPattern>,
+    /// Widget keys: the bot (or other resource) the key is bound to,
+    /// forwarded as `X-Keyward-Resource`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<String>,
 }
 
 /// An organization.

@@ -2,7 +2,8 @@
 //!
 //! keyward adds `X-Keyward-Org`, `X-Keyward-Key-Id`, `X-Keyward-Key-Kind`,
 //! `X-Keyward-Scopes`, `X-Keyward-User` (only for user-bound keys),
-//! `X-Request-Id`, `X-Keyward-Timestamp` (Unix seconds) and
+//! `X-Keyward-Resource` (only for widget keys bound to a bot or other
+//! resource), `X-Request-Id`, `X-Keyward-Timestamp` (Unix seconds) and
 //! `X-Keyward-Signature: v1=<hex HMAC-SHA256>`, keyed with
 //! `ORIGIN_SIGNING_SECRET`, over this canonical string (fields joined by
 //! `\n`, no trailing newline):
@@ -19,6 +20,7 @@
 //! <X-Keyward-Key-Kind>
 //! <X-Keyward-Scopes>
 //! <X-Keyward-User>  or empty
+//! <X-Keyward-Resource> or empty
 //! ```
 //!
 //! An origin recomputes it from the request it received, compares in
@@ -73,6 +75,7 @@ pub fn identity_headers(
 ) -> Vec<(&'static str, String)> {
     let scopes = grant.scopes_header();
     let user = grant.user_id.as_deref().unwrap_or("");
+    let resource = grant.resource_id.as_deref().unwrap_or("");
     let ts = timestamp_secs.to_string();
     let canonical = canonical_string(&[
         &ts,
@@ -85,6 +88,7 @@ pub fn identity_headers(
         grant.kind.as_str(),
         &scopes,
         user,
+        resource,
     ]);
     let mut h = vec![
         ("X-Keyward-Org", grant.org_id.clone()),
@@ -94,6 +98,9 @@ pub fn identity_headers(
     ];
     if let Some(u) = &grant.user_id {
         h.push(("X-Keyward-User", u.clone()));
+    }
+    if let Some(r) = &grant.resource_id {
+        h.push(("X-Keyward-Resource", r.clone()));
     }
     h.push(("X-Request-Id", request_id.to_owned()));
     h.push(("X-Keyward-Timestamp", ts));
@@ -133,6 +140,8 @@ mod tests {
             user_id: user.map(Into::into),
             scopes: vec![Scope::parse("control:read").unwrap(), Scope::parse("ai:chat").unwrap()],
             route_scope: "ai:chat".into(),
+            resource_id: None,
+            cors_origin: None,
         }
     }
 
@@ -177,7 +186,7 @@ mod tests {
         assert_eq!(get("X-Request-Id"), Some("req_1"));
         let expected = sign(
             b"s3cret",
-            "keyward-v1\n1700000000\nPOST\n/v1/ai/chat\na=1\nreq_1\norg_1\n01KEY\nsecret\nai:chat control:read\nu1",
+            "keyward-v1\n1700000000\nPOST\n/v1/ai/chat\na=1\nreq_1\norg_1\n01KEY\nsecret\nai:chat control:read\nu1\n",
         );
         assert_eq!(get("X-Keyward-Signature"), Some(format!("v1={expected}").as_str()));
         let without_user = identity_headers(&grant(None), b"s3cret", "req_1", "POST", "/v1/ai/chat", "", 1);

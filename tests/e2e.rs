@@ -92,7 +92,7 @@ fn valid_key_is_proxied_with_signed_identity_and_no_credential() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     assert!((ts.parse::<i64>().unwrap() - now).abs() < 60);
     let canonical = format!(
-        "keyward-v1\n{ts}\nPOST\n/v1/ai/chat\nstream=false&x=%2F\n{rid}\n{org}\n{key_id}\nsecret\nai:chat control:read\n"
+        "keyward-v1\n{ts}\nPOST\n/v1/ai/chat\nstream=false&x=%2F\n{rid}\n{org}\n{key_id}\nsecret\nai:chat control:read\n\n"
     );
     let want = format!("v1={}", hmac_sha256_hex(SIGNING_SECRET.as_bytes(), canonical.as_bytes()));
     assert_eq!(hd["x-keyward-signature"], want.as_str());
@@ -115,7 +115,7 @@ fn x_api_key_header_works_and_user_bound_key_forwards_user() {
     // `*` narrowed to the viewer role.
     assert_eq!(hd["x-keyward-scopes"], "ai:chat ai:embeddings ai:summarize");
     let canonical = format!(
-        "keyward-v1\n{}\nPOST\n/v1/ai/chat\n\n{}\n{org}\n{key_id}\nsecret\nai:chat ai:embeddings ai:summarize\nu_1",
+        "keyward-v1\n{}\nPOST\n/v1/ai/chat\n\n{}\n{org}\n{key_id}\nsecret\nai:chat ai:embeddings ai:summarize\nu_1\n",
         hd["x-keyward-timestamp"].as_str().unwrap(),
         hd["x-request-id"].as_str().unwrap()
     );

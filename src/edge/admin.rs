@@ -108,6 +108,8 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
                 expires_at: input.expires_at,
                 revoked_at: None,
                 rate_limits: input.rate_limits,
+                allowed_origins: input.allowed_origins,
+                resource_id: input.resource_id,
             };
             let hash = new.hash.to_hex();
             plaintext = Some(new.plaintext);

@@ -6,12 +6,14 @@ use worker::{AbortController, Delay, Env, Fetch, Headers, Method, Request, Reque
 
 use super::{settings, split_target, unavailable, Settings, KV_BINDING};
 use crate::authorize::{authorize, extract_credential, parse_key, Facts, Grant, Records, Refusal};
+use crate::cors::{self, BrowserOrigin};
 use crate::error::{ApiError, ErrorCode};
 use crate::guard::{GuardReply, GuardRequest, QuotaWire};
 use crate::path::CanonicalPath;
-use crate::ratelimit::{ceil_seconds, merge_limits};
+use crate::ratelimit::{ceil_seconds, merge_limits, RateLimit};
 use crate::records::{key_kv_key, org_kv_key, user_kv_key, KeyRecord, OrgRecord, UserRecord};
 use crate::signing::{forward_header, identity_headers};
+use crate::token::KeyKind;
 
 pub(super) async fn handle(req: Request, env: &Env, request_id: &str, now: i64) -> Result<Response, Refusal> {
     let settings = settings(env)?;
@@ -20,6 +22,12 @@ pub(super) async fn handle(req: Request, env: &Env, request_id: &str, now: i64) 
     let path = CanonicalPath::parse(raw_path)?;
 
     let headers = req.headers();
+    let method = req.inner().method();
+    if method == "OPTIONS" {
+        if let Some(requested) = headers.get("access-control-request-method").ok().flatten() {
+            return preflight(settings, &path, headers.get("origin").ok().flatten().as_deref(), &requested, request_id);
+        }
+    }
     // A header value that is not a valid string is treated as absent here and
     // then fails the credential check; it never reaches a store.
     let authorization = headers.get("authorization").ok().flatten();
@@ -45,28 +53,93 @@ pub(super) async fn handle(req: Request, env: &Env, request_id: &str, now: i64) 
         }
     };
     let origin = headers.get("origin").ok().flatten();
-    let method = req.inner().method();
-    let facts = Facts { method: &method, path: &path, origin: origin.as_deref() };
+    let referer = headers.get("referer").ok().flatten();
+    let facts = Facts { method: &method, path: &path, origin: origin.as_deref(), referer: referer.as_deref() };
     let records = Records { key: key.as_ref(), org: org.as_ref(), user: user.as_ref() };
     let grant = authorize(&facts, &presented, &records, &settings.policy, &settings.config, now)?;
+    let cors_headers = grant.cors_origin.as_ref().map(cors::response_headers).unwrap_or_default();
     let quota = match (&key, settings.key_guard) {
-        (Some(k), true) => guard_check(env, k, settings).await?,
+        (Some(k), true) => {
+            let ip = client_ip(headers.get("cf-connecting-ip").ok().flatten().as_deref());
+            guard_check(env, k, settings, &ip).await.map_err(|mut r| {
+                r.headers.extend(cors_headers.iter().cloned());
+                r
+            })?
+        }
         _ => None,
     };
     let mut resp = proxy(req, settings, &grant, &method, &path, query, request_id, now).await?;
-    if let Some(q) = quota {
-        let headers = resp.headers_mut();
-        for (name, value) in q.headers() {
-            let _ = headers.set(name, &value);
-        }
+    let out = resp.headers_mut();
+    for (name, value) in quota.iter().flat_map(QuotaWire::headers).chain(cors_headers) {
+        let _ = out.set(name, &value);
     }
     Ok(resp)
 }
 
+/// Answers a CORS preflight at the edge; it is never proxied.
+///
+/// A preflight carries no key, so it cannot say which keys or origins are
+/// allowed without becoming an oracle. It is therefore answered the same for
+/// every well-formed origin, from the policy alone: `204` with the
+/// widget-capable methods of the path. The actual request is where the
+/// key's allowed origins are enforced: a disallowed origin gets `403` with no
+/// CORS headers, which the browser reports as a CORS failure.
+fn preflight(
+    settings: &Settings,
+    path: &CanonicalPath,
+    origin: Option<&str>,
+    requested: &str,
+    request_id: &str,
+) -> Result<Response, Refusal> {
+    let origin = origin.and_then(BrowserOrigin::parse).ok_or_else(|| {
+        ApiError::with_message(ErrorCode::OriginNotAllowed, "A CORS preflight needs a valid Origin header.")
+    })?;
+    let methods = settings.policy.widget_methods(path);
+    if methods.is_empty() {
+        return Err(ApiError::new(ErrorCode::RouteNotFound).into());
+    }
+    if !methods.contains(&requested) {
+        return Err(Refusal {
+            error: ApiError::new(ErrorCode::MethodNotAllowed),
+            headers: vec![("Allow", methods.join(", "))],
+        });
+    }
+    let headers = Headers::new();
+    for (name, value) in cors::preflight_headers(&origin, &methods) {
+        let _ = headers.set(name, &value);
+    }
+    let _ = headers.set("x-request-id", request_id);
+    let _ = headers.set("cache-control", "no-store");
+    Ok(Response::builder().with_status(204).with_headers(headers).empty())
+}
+
+/// The client IP for per-IP widget limits: `CF-Connecting-IP`, which
+/// Cloudflare sets (clients cannot), if it looks like an IP; else `unknown`.
+fn client_ip(header: Option<&str>) -> String {
+    match header {
+        Some(ip)
+            if !ip.is_empty()
+                && ip.len() <= 45
+                && ip.bytes().all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b':') =>
+        {
+            ip.to_ascii_lowercase()
+        }
+        _ => "unknown".to_owned(),
+    }
+}
+
 /// One call to the key's Durable Object: refuses a revoked key (even if KV
 /// still has the old record) and counts the request against its limits.
-async fn guard_check(env: &Env, key: &KeyRecord, settings: &Settings) -> Result<Option<QuotaWire>, Refusal> {
-    let limits = merge_limits(settings.policy.default_rate_limits(), &key.rate_limits);
+async fn guard_check(env: &Env, key: &KeyRecord, settings: &Settings, ip: &str) -> Result<Option<QuotaWire>, Refusal> {
+    let mut limits = merge_limits(settings.policy.default_rate_limits(), &key.rate_limits);
+    if key.kind == KeyKind::Widget {
+        // Per visitor as well: one abusive client cannot exhaust the site's budget.
+        limits.extend(settings.policy.widget_ip_rate_limits().iter().map(|l| RateLimit {
+            name: format!("{}@{ip}", l.name),
+            limit: l.limit,
+            window_seconds: l.window_seconds,
+        }));
+    }
     let request = GuardRequest::Check { limits };
     match super::guard::call(env, &key.id, &request).await.map_err(|e| unavailable("key guard", e))? {
         GuardReply::Allowed { quota } => Ok(quota),
@@ -151,6 +224,11 @@ async fn proxy(
     let headers = worker::web_sys::Headers::new_with_headers(&raw.headers())
         .map_err(|e| unavailable("response headers", format!("{e:?}")))?;
     let _ = headers.set("x-request-id", request_id);
+    // CORS is decided at the edge: the origin's own CORS headers never pass.
+    let names: Vec<String> = headers.keys().into_iter().filter_map(|k| k.ok()).filter_map(|k| k.as_string()).collect();
+    for name in names.iter().filter(|n| n.to_ascii_lowercase().starts_with("access-control-")) {
+        let _ = headers.delete(name);
+    }
     let init = worker::web_sys::ResponseInit::new();
     init.set_status(raw.status());
     init.set_headers(&headers);

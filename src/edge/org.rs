@@ -245,6 +245,9 @@ pub(crate) fn key_view(k: &KeyRecord) -> Value {
         "expires_at": k.expires_at.map(rfc3339),
         "created_at": rfc3339(k.created_at),
         "revoked_at": k.revoked_at.map(rfc3339),
+        "rate_limits": k.rate_limits,
+        "allowed_origins": k.allowed_origins,
+        "resource_id": k.resource_id,
     })
 }
 

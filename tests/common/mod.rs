@@ -87,6 +87,24 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A helper process (e.g. `node demo/page.mjs`) owned by a test: killed
+/// with its process group when dropped or when the test process exits.
+pub struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        kill_group(&mut self.0);
+    }
+}
+
+/// Starts `args` (cwd: the repository) and waits until `port` answers `path`.
+pub fn start_process(args: &[&str], envs: &[(&str, &str)], port: u16, path: &str) -> Process {
+    let log = std::env::temp_dir().join(format!("keyward-proc-{}-{port}.log", std::process::id()));
+    let child = spawn_watched(args, envs, &log);
+    wait_for(port, path, &log);
+    Process(child)
+}
+
 /// Spawns `cmd` in its own process group under a watchdog that kills the
 /// group when this test process exits (statics are never dropped).
 fn spawn_watched(args: &[&str], envs: &[(&str, &str)], log: &Path) -> Child {

@@ -1,0 +1,331 @@
+//! Browser origins: parsing the `Origin` (or `Referer`) a request carries,
+//! the allowed-origin patterns of widget keys, and the CORS headers.
+//!
+//! An allowed origin is `scheme://host[:port]` with scheme `http` or `https`,
+//! or a wildcard subdomain pattern `scheme://*.example.com[:port]`. Patterns
+//! are normalized when a key is created (lowercase; a default port dropped)
+//! and `*` alone is refused. A request origin matches a pattern only if the
+//! scheme, the host and the effective port are equal; a wildcard matches one
+//! or more labels in front of its domain, never the bare domain.
+//!
+//! Request origins are parsed strictly, so look-alikes fail: `null`,
+//! userinfo (`https://a@b`), paths, a trailing dot (`example.com.`), upper
+//! case (browsers send lowercase), non-ASCII, empty labels, and anything
+//! that is not `scheme://host[:port]`. The `Referer` is used only where
+//! `Origin` is absent, and only its origin part.
+
+use serde::{Deserialize, Serialize};
+
+/// A parsed browser origin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrowserOrigin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl BrowserOrigin {
+    /// Parses an `Origin` header value strictly.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (scheme, rest) = s.split_once("://")?;
+        let default_port = match scheme {
+            "https" => 443,
+            "http" => 80,
+            _ => return None,
+        };
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') && !h.contains(':') => (h, parse_port(p)?),
+            Some(_) => return None,
+            None => (rest, default_port),
+        };
+        if !valid_host(host) {
+            return None;
+        }
+        Some(Self { scheme: scheme.to_owned(), host: host.to_owned(), port })
+    }
+
+    /// The origin part of a `Referer` URL (`scheme://host[:port]/…`).
+    pub fn from_referer(referer: &str) -> Option<Self> {
+        let (scheme, rest) = referer.split_once("://")?;
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        Self::parse(&format!("{scheme}://{}", &rest[..end]))
+    }
+
+    /// The serialized origin, as a browser sends it (default port omitted).
+    pub fn serialize(&self) -> String {
+        if Some(self.port) == default_port(&self.scheme) {
+            format!("{}://{}", self.scheme, self.host)
+        } else {
+            format!("{}://{}:{}", self.scheme, self.host, self.port)
+        }
+    }
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "https" => Some(443),
+        "http" => Some(80),
+        _ => None,
+    }
+}
+
+fn parse_port(p: &str) -> Option<u16> {
+    if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    p.parse().ok().filter(|&n| n > 0)
+}
+
+/// Lowercase DNS name (labels of `[a-z0-9-]`, no leading/trailing `-`, no
+/// empty label, so no trailing dot), or an IPv4 address.
+fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+/// An allowed origin of a widget key (normalized).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct OriginPattern {
+    scheme: String,
+    /// For a wildcard, the domain after `*.`.
+    host: String,
+    wildcard: bool,
+    port: u16,
+}
+
+impl OriginPattern {
+    /// Parses and normalizes a pattern given at key creation.
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        if s.trim() == "*" {
+            return Err("\"*\" is not allowed; list the exact origins");
+        }
+        let lower = s.to_ascii_lowercase();
+        if !lower.is_ascii() {
+            return Err("must be ASCII (use the punycode form of the host)");
+        }
+        let (wildcard, plain) = match lower.split_once("://") {
+            Some((scheme, rest)) => match rest.strip_prefix("*.") {
+                Some(domain) => (true, format!("{scheme}://{domain}")),
+                None => (false, lower.clone()),
+            },
+            None => return Err("must be scheme://host[:port]"),
+        };
+        let o = BrowserOrigin::parse(plain.trim_end_matches('/'))
+            .ok_or("must be http(s)://host[:port] with no path, userinfo or trailing dot")?;
+        if wildcard && !o.host.contains('.') {
+            return Err("a wildcard needs a domain with at least two labels (https://*.example.com)");
+        }
+        Ok(Self { scheme: o.scheme, host: o.host, wildcard, port: o.port })
+    }
+
+    /// Whether a request origin matches.
+    pub fn matches(&self, o: &BrowserOrigin) -> bool {
+        if self.scheme != o.scheme || self.port != o.port {
+            return false;
+        }
+        if self.wildcard {
+            o.host.len() > self.host.len() + 1
+                && o.host.ends_with(&self.host)
+                && o.host.as_bytes()[o.host.len() - self.host.len() - 1] == b'.'
+        } else {
+            o.host == self.host
+        }
+    }
+}
+
+impl std::fmt::Display for OriginPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let star = if self.wildcard { "*." } else { "" };
+        if Some(self.port) == default_port(&self.scheme) {
+            write!(f, "{}://{star}{}", self.scheme, self.host)
+        } else {
+            write!(f, "{}://{star}{}:{}", self.scheme, self.host, self.port)
+        }
+    }
+}
+
+impl TryFrom<String> for OriginPattern {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        OriginPattern::parse(&s).map_err(|e| format!("{s:?}: {e}"))
+    }
+}
+
+impl From<OriginPattern> for String {
+    fn from(p: OriginPattern) -> String {
+        p.to_string()
+    }
+}
+
+/// The request's browser origin: `Origin` if present (it must parse), else
+/// the origin of `Referer`. `None` when there is none or it is malformed.
+pub fn request_origin(origin: Option<&str>, referer: Option<&str>) -> Option<BrowserOrigin> {
+    match origin {
+        Some(o) => BrowserOrigin::parse(o),
+        None => referer.and_then(BrowserOrigin::from_referer),
+    }
+}
+
+/// Request headers a widget may send (answered in preflights).
+pub const ALLOWED_HEADERS: &str = "authorization, x-api-key, content-type";
+/// Response headers a widget page may read.
+pub const EXPOSED_HEADERS: &str = "RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, Retry-After, X-Request-Id";
+/// How long a browser may cache a preflight, in seconds.
+pub const MAX_AGE_SECONDS: u32 = 600;
+
+/// CORS headers of an actual response to an allowed widget request.
+pub fn response_headers(origin: &BrowserOrigin) -> Vec<(&'static str, String)> {
+    vec![
+        ("Access-Control-Allow-Origin", origin.serialize()),
+        ("Vary", "Origin".to_owned()),
+        ("Access-Control-Expose-Headers", EXPOSED_HEADERS.to_owned()),
+    ]
+}
+
+/// CORS headers of a preflight answer.
+pub fn preflight_headers(origin: &BrowserOrigin, methods: &[&str]) -> Vec<(&'static str, String)> {
+    vec![
+        ("Access-Control-Allow-Origin", origin.serialize()),
+        ("Vary", "Origin".to_owned()),
+        ("Access-Control-Allow-Methods", methods.join(", ")),
+        ("Access-Control-Allow-Headers", ALLOWED_HEADERS.to_owned()),
+        ("Access-Control-Max-Age", MAX_AGE_SECONDS.to_string()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(s: &str) -> BrowserOrigin {
+        BrowserOrigin::parse(s).unwrap_or_else(|| panic!("{s} refused"))
+    }
+
+    fn p(s: &str) -> OriginPattern {
+        OriginPattern::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn request_origins_parse_strictly() {
+        for ok in [
+            "https://shop.example.com",
+            "http://localhost:8789",
+            "https://a-b.c1.example.com:8443",
+            "http://127.0.0.1:3000",
+        ] {
+            assert_eq!(o(ok).serialize(), ok);
+        }
+        assert_eq!(o("https://x.com:443").serialize(), "https://x.com");
+        for bad in [
+            "",
+            "null",
+            "*",
+            "https://",
+            "https://Example.com",
+            "HTTPS://example.com",
+            "https://example.com.",
+            "https://example.com/",
+            "https://example.com/path",
+            "https://user@example.com",
+            "https://user:pw@example.com",
+            "https://example..com",
+            "https://-a.example.com",
+            "https://exa mple.com",
+            "https://ex\u{0430}mple.com",
+            "ftp://example.com",
+            "https://example.com:0",
+            "https://example.com:99999",
+            "https://example.com:",
+            "https://example.com:80a",
+            "https://[::1]:80",
+            "https://example.com?x",
+            "https://example.com#x",
+            " https://example.com",
+            "https://example.com\n",
+        ] {
+            assert!(BrowserOrigin::parse(bad).is_none(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn patterns_normalize_and_refuse() {
+        assert_eq!(p("HTTPS://Shop.Example.com").to_string(), "https://shop.example.com");
+        assert_eq!(p("https://shop.example.com/").to_string(), "https://shop.example.com");
+        assert_eq!(p("https://shop.example.com:443").to_string(), "https://shop.example.com");
+        assert_eq!(p("https://*.example.com").to_string(), "https://*.example.com");
+        assert_eq!(p("http://localhost:8789").to_string(), "http://localhost:8789");
+        for bad in [
+            "*",
+            " * ",
+            "example.com",
+            "https://*",
+            "https://*.com",
+            "https://*.*.example.com",
+            "https://a.*.example.com",
+            "https://example.com/path",
+            "https://u@example.com",
+            "https://example.com.",
+            "https://exämple.com",
+            "ws://example.com",
+        ] {
+            assert!(OriginPattern::parse(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn matching_resists_look_alikes() {
+        let exact = p("https://example.com");
+        let wild = p("https://*.example.com");
+        assert!(exact.matches(&o("https://example.com")));
+        assert!(!exact.matches(&o("https://www.example.com")));
+        assert!(wild.matches(&o("https://www.example.com")));
+        assert!(wild.matches(&o("https://a.b.example.com")));
+        assert!(!wild.matches(&o("https://example.com")));
+        for evil in [
+            "https://example.com.evil.net",
+            "https://evilexample.com",
+            "https://www.evilexample.com",
+            "http://www.example.com",
+            "https://www.example.com:8443",
+            "https://example.co",
+            "https://xexample.com",
+        ] {
+            assert!(!exact.matches(&o(evil)) && !wild.matches(&o(evil)), "{evil} matched");
+        }
+        let port = p("http://localhost:8789");
+        assert!(port.matches(&o("http://localhost:8789")));
+        assert!(!port.matches(&o("http://localhost:8790")));
+        assert!(!port.matches(&o("http://localhost")));
+        assert!(!port.matches(&o("https://localhost:8789")));
+        assert!(p("https://example.com:443").matches(&o("https://example.com")));
+    }
+
+    #[test]
+    fn referer_is_only_a_fallback() {
+        assert_eq!(
+            request_origin(None, Some("https://shop.example.com/cart?x=1")),
+            Some(o("https://shop.example.com"))
+        );
+        assert_eq!(request_origin(Some("https://a.com"), Some("https://b.com/")), Some(o("https://a.com")));
+        assert_eq!(request_origin(Some("null"), Some("https://b.com/")), None);
+        assert_eq!(request_origin(None, Some("https://user@b.com/")), None);
+        assert_eq!(request_origin(None, Some("https://b.com.")), None);
+        assert_eq!(request_origin(None, None), None);
+    }
+
+    #[test]
+    fn serde_round_trip() {
+        let v: Vec<OriginPattern> =
+            serde_json::from_str(r#"["https://*.example.com","http://localhost:8789"]"#).unwrap();
+        assert_eq!(serde_json::to_string(&v).unwrap(), r#"["https://*.example.com","http://localhost:8789"]"#);
+        assert!(serde_json::from_str::<Vec<OriginPattern>>(r#"["*"]"#).is_err());
+    }
+}
