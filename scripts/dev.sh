@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 PORT=${PORT:-8787}
 ORIGIN_PORT=${ORIGIN_PORT:-8788}
+PAGE_PORT=${PAGE_PORT:-8789}
 WRANGLER=node_modules/.bin/wrangler
 
 # .dev.vars: created with random secrets once; values already there win.
@@ -27,6 +28,9 @@ if [ -z "$ORIGIN_URL" ]; then
   ORIGIN_URL="http://127.0.0.1:$ORIGIN_PORT"
   PORT=$ORIGIN_PORT node demo/origin.mjs & pids+=($!)
 fi
+
+# The widget demo page, on its own origin.
+PORTS=$PAGE_PORT node demo/page.mjs & pids+=($!)
 
 mkdir -p .wrangler
 "$WRANGLER" dev --port "$PORT" --ip 127.0.0.1 --inspector-port 0 \
@@ -51,6 +55,13 @@ fi
 created=$(admin POST /admin/orgs/org_demo/api_keys '{"name":"demo","scopes":["ai:*","control:read"],"user_id":"user_demo"}')
 KEY=$(echo "$created" | field data.plaintext)
 echo "$created" | field data.id > .wrangler/demo-key-id
+# A public widget key for the demo page's origin.
+if [ -f .wrangler/demo-widget-key-id ]; then
+  admin DELETE "/admin/orgs/org_demo/api_keys/$(cat .wrangler/demo-widget-key-id)" > /dev/null || true
+fi
+widget=$(admin POST /admin/orgs/org_demo/api_keys "{\"name\":\"demo widget\",\"kind\":\"widget\",\"scopes\":[\"ai:chat\"],\"resource_id\":\"bot_demo\",\"allowed_origins\":[\"http://127.0.0.1:$PAGE_PORT\",\"http://localhost:$PAGE_PORT\"]}")
+WIDGET_KEY=$(echo "$widget" | field data.plaintext)
+echo "$widget" | field data.id > .wrangler/demo-widget-key-id
 
 cat <<MSG
 
@@ -61,6 +72,9 @@ cat <<MSG
   curl -sS -X POST $base/v1/ai/chat \\
     -H "Authorization: Bearer $KEY" \\
     -H 'content-type: application/json' -d '{"messages":[{"role":"user","content":"hello"}]}'
+
+  widget demo page (public widget key, allowed only from this origin):
+    http://127.0.0.1:$PAGE_PORT/?edge=$base&key=$WIDGET_KEY
 
   admin token: see .dev.vars. Ctrl-C stops everything; state stays in .wrangler/state.
 
