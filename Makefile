@@ -72,6 +72,11 @@ lint: tools
 test: tools .tools/chromium $(WORKER) lint
 	cargo test --all-targets
 
+# Core (divan) and end-to-end (wrangler dev + wrk) benchmarks; installs wrk,
+# builds the pass-through baseline; writes bench/results.md (bench/README.md).
+bench: tools $(WORKER)
+	./bench/run.sh
+
 deploy: tools $(WORKER)
 	node_modules/.bin/wrangler deploy
 

@@ -68,7 +68,7 @@ fn decide(w: &World) -> Vec<(&'static str, String)> {
     black_box(&kv_key);
     let key: KeyRecord = serde_json::from_str(black_box(&w.key_json)).unwrap();
     let org: OrgRecord = serde_json::from_str(black_box(ORG_JSON)).unwrap();
-    let facts = Facts { method: black_box(METHOD), path: &path, origin: None };
+    let facts = Facts { method: black_box(METHOD), path: &path, origin: None, referer: None };
     let records = Records { key: Some(&key), org: Some(&org), user: None };
     let grant = authorize(&facts, &presented, &records, &w.policy, &w.config, black_box(NOW_MS)).unwrap();
     black_box(merge_limits(w.policy.default_rate_limits(), &key.rate_limits));
@@ -135,7 +135,7 @@ mod steps {
         let key: KeyRecord = serde_json::from_str(&w.key_json).unwrap();
         let org: OrgRecord = serde_json::from_str(ORG_JSON).unwrap();
         b.bench_local(|| {
-            let facts = Facts { method: black_box(METHOD), path: &path, origin: None };
+            let facts = Facts { method: black_box(METHOD), path: &path, origin: None, referer: None };
             let records = Records { key: Some(&key), org: Some(&org), user: None };
             authorize(&facts, &presented, &records, &w.policy, &w.config, black_box(NOW_MS)).unwrap()
         });
@@ -148,7 +148,7 @@ mod steps {
         let presented = ApiKey::parse(&w.config.format, &w.token).unwrap();
         let key: KeyRecord = serde_json::from_str(&w.key_json).unwrap();
         let org: OrgRecord = serde_json::from_str(ORG_JSON).unwrap();
-        let facts = Facts { method: METHOD, path: &path, origin: None };
+        let facts = Facts { method: METHOD, path: &path, origin: None, referer: None };
         let records = Records { key: Some(&key), org: Some(&org), user: None };
         let grant = authorize(&facts, &presented, &records, &w.policy, &w.config, NOW_MS).unwrap();
         b.bench_local(|| {

@@ -1,0 +1,282 @@
+#!/usr/bin/env bash
+# `make bench`: the core benchmark (divan), then keyward end to end on
+# workerd (wrangler dev) against a pass-through worker and the bare origin,
+# with wrk. Writes bench/results.md and prints it. Everything listens on
+# 127.0.0.1 only; every process started here is killed on exit.
+#
+# Knobs (environment): ROUNDS (5), DURATION seconds per run (5), CONNS (4),
+# THREADS (1), STARTS (3, worker startup samples), KEYS (100).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-4}
+THREADS=${THREADS:-1}
+STARTS=${STARTS:-3}
+KEYS=${KEYS:-100}
+WARMUP=${WARMUP:-2}
+
+CARGO_BIN=${CARGO_BIN:-$HOME/.cargo/bin}
+export PATH="$CARGO_BIN:$PATH"
+export WASM_BINDGEN_BIN=${WASM_BINDGEN_BIN:-$CARGO_BIN/wasm-bindgen}
+export ESBUILD_BIN=${ESBUILD_BIN:-$ROOT/node_modules/.bin/esbuild}
+export WASM_OPT_BIN=${WASM_OPT_BIN:-$ROOT/node_modules/.bin/wasm-opt}
+export CI=true WRANGLER_SEND_METRICS=false
+WRANGLER=$ROOT/node_modules/.bin/wrangler
+ADMIN_TOKEN=bench-admin-token-0123456789abcdef
+SIGNING_SECRET=bench-signing-secret-0123456789abcdef
+
+log() { printf '\n== %s\n' "$*" >&2; }
+die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+
+[ -f build/index_bg.wasm ] || die "build/index_bg.wasm is missing: run \`make bench\` (it builds the worker first)"
+[ -x "$WRANGLER" ] || die "wrangler is not installed: run \`make bench\` (it runs \`make tools\` first)"
+
+# --- processes: each in its own session under a watchdog that kills its
+# group if this script dies; all killed by the trap.
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/keyward-bench.XXXXXX")
+PGIDS=()
+cleanup() {
+  local pg all=("${PGIDS[@]}")
+  for pg in "${all[@]}"; do kill -TERM -- "-$pg" 2>/dev/null || true; done
+  for pg in "${all[@]}"; do stop "$pg"; done
+  if [ -n "${KEEP_TMP:-}" ]; then echo "bench: kept $TMP" >&2; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# spawn LOG CMD...: starts CMD in a new session; sets SPAWNED to its group id.
+spawn() {
+  local logf=$1
+  shift
+  # shellcheck disable=SC2016
+  setsid bash -c 'parent=$1; shift; "$@" & c=$!
+    while kill -0 "$parent" 2>/dev/null && kill -0 "$c" 2>/dev/null; do sleep 0.5; done
+    kill -- -$$ 2>/dev/null' watchdog $$ "$@" >"$logf" 2>&1 </dev/null &
+  SPAWNED=$!
+  PGIDS+=("$SPAWNED")
+}
+
+# stop PGID: kills the group and waits until every process of it is gone.
+stop() {
+  local pg=$1 keep=() p i
+  kill -TERM -- "-$pg" 2>/dev/null || true
+  wait "$pg" 2>/dev/null || true
+  for i in $(seq 1 100); do
+    kill -0 -- "-$pg" 2>/dev/null || break
+    [ "$i" -lt 100 ] && sleep 0.1 || kill -KILL -- "-$pg" 2>/dev/null || true
+  done
+  for p in "${PGIDS[@]}"; do [ "$p" = "$pg" ] || keep+=("$p"); done
+  PGIDS=("${keep[@]}")
+}
+
+free_port() {
+  node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
+}
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# wait_up PORT LOG: until anything answers HTTP on 127.0.0.1:PORT.
+wait_up() {
+  local port=$1 logf=$2 deadline=$(($(date +%s) + 120))
+  until [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$port/")" != "000" ]; do
+    if [ "$(date +%s)" -gt "$deadline" ]; then
+      cat "$logf" >&2
+      die "nothing answered on 127.0.0.1:$port"
+    fi
+    sleep 0.05
+  done
+}
+
+# wrangler_dev NAME ORIGIN_PORT [--config FILE] [--var K:V]...: starts a
+# `wrangler dev` (fresh state dir, own env file); sets PORT_<NAME>, PG_<NAME>
+# and STARTUP_MS (spawn to first served response).
+wrangler_dev() {
+  local name=$1 origin_port=$2
+  shift 2
+  local dir=$TMP/$name port inspector t0
+  mkdir -p "$dir"
+  printf 'ADMIN_TOKEN=%s\nORIGIN_SIGNING_SECRET=%s\n' "$ADMIN_TOKEN" "$SIGNING_SECRET" >"$dir/bench.env"
+  port=$(free_port)
+  inspector=$(free_port)
+  t0=$(now_ms)
+  spawn "$dir/wrangler.log" "$WRANGLER" dev --port "$port" --ip 127.0.0.1 --inspector-port "$inspector" \
+    --persist-to "$dir/state" --env-file "$dir/bench.env" --show-interactive-dev-session=false \
+    --log-level warn --var "ORIGIN_URL:http://127.0.0.1:$origin_port" "$@"
+  wait_up "$port" "$dir/wrangler.log"
+  STARTUP_MS=$(($(now_ms) - t0))
+  printf -v "PORT_$name" '%s' "$port"
+  printf -v "PG_$name" '%s' "$SPAWNED"
+}
+
+# --- 0. prerequisites
+if ! command -v wrk >/dev/null; then
+  log "installing wrk (apt)"
+  apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }
+fi
+command -v wrk >/dev/null || die "wrk is not installed and apt-get could not install it"
+
+PT=bench/passthrough
+if [ ! -f $PT/build/index_bg.wasm ] || [ -n "$(find $PT/src $PT/Cargo.toml $PT/Cargo.lock -newer $PT/build/index_bg.wasm)" ]; then
+  log "building the pass-through worker (worker-build --release)"
+  (cd $PT && worker-build --release) >"$TMP/passthrough-build.log" 2>&1 || {
+    cat "$TMP/passthrough-build.log" >&2
+    die "pass-through build failed"
+  }
+fi
+
+{
+  echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "nproc=$(nproc)"
+  echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+  echo "kernel=$(uname -r)"
+  echo "node=$(node --version)"
+  echo "wrangler=$("$WRANGLER" --version 2>/dev/null | grep -Eo '[0-9]+\.[0-9]+\.[0-9]+' | head -n1)"
+  echo "wrk=$(wrk -v 2>&1 | head -n1 | awk '{print $2}')"
+  echo "rustc=$(rustc --version | awk '{print $2}')"
+  echo "git=$(git rev-parse --short HEAD)$(git diff --quiet -- src policy worker || echo '+dirty')"
+  printf 'rounds=%s\nduration=%s\nconns=%s\nthreads=%s\nkeys=%s\n' "$ROUNDS" "$DURATION" "$CONNS" "$THREADS" "$KEYS"
+  echo "wasm_raw=$(stat -c %s build/index_bg.wasm)"
+  echo "wasm_gz=$(gzip -9 -c build/index_bg.wasm | wc -c)"
+  echo "pt_wasm_raw=$(stat -c %s $PT/build/index_bg.wasm)"
+  echo "pt_wasm_gz=$(gzip -9 -c $PT/build/index_bg.wasm | wc -c)"
+} >"$TMP/facts"
+
+# --- 1. core, native
+log "core benchmark (cargo bench --bench core)"
+cargo bench --bench core 2>&1 | tee "$TMP/core.txt" >&2
+
+# --- 2. processes: origin, pass-through, keyward (guard on) x STARTS, keyward (guard off)
+log "starting the origin, the pass-through worker and keyward"
+ORIGIN_PORT=$(free_port)
+spawn "$TMP/origin.log" env PORT="$ORIGIN_PORT" node bench/origin.mjs
+PG_origin=$SPAWNED
+wait_up "$ORIGIN_PORT" "$TMP/origin.log"
+
+wrangler_dev passthrough "$ORIGIN_PORT" --config $PT/wrangler.toml
+echo "startup_passthrough=$STARTUP_MS" >>"$TMP/facts"
+
+starts=()
+for s in $(seq 1 "$STARTS"); do
+  [ "$s" = 1 ] || { stop "$PG_on"; rm -rf "$TMP/on"; }
+  wrangler_dev on "$ORIGIN_PORT"
+  starts+=("$STARTUP_MS")
+  echo "  keyward start $s: ${STARTUP_MS} ms" >&2
+done
+echo "startup_keyward=${starts[*]}" >>"$TMP/facts"
+wrangler_dev off "$ORIGIN_PORT" --var KEY_GUARD:off
+
+# --- 3. provisioning through the admin API
+log "provisioning: an org with BAA and $KEYS keys (guard on), one key (guard off)"
+json_field() { node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{let v;try{v=JSON.parse(s)}catch{}const r=process.argv[1].split(".").reduce((o,k)=>o&&o[k],v);if(r===undefined){console.error(s);process.exit(1)}console.log(r)})' "$1"; }
+admin() { # PORT METHOD PATH [BODY]
+  curl -sS --max-time 30 -X "$2" "http://127.0.0.1:$1$3" -H "Authorization: Bearer $ADMIN_TOKEN" \
+    -H 'content-type: application/json' ${4:+-d "$4"}
+}
+# Every default limit of the policy, raised to the maximum, so no run is rate-limited.
+KEY_BODY=$(node -e '
+  const p = JSON.parse(require("fs").readFileSync("policy/policy.json", "utf8"));
+  const limits = (p.default_rate_limits || []).map(l => ({ ...l, limit: 1000000 }));
+  if (!limits.some(l => l.name === "minute")) limits.push({ name: "minute", limit: 1000000, window_seconds: 60 });
+  console.log(JSON.stringify({ name: "bench", scopes: ["ai:chat"], rate_limits: limits }));')
+new_key() { # PORT ORG
+  admin "$1" POST "/admin/orgs/$2/api_keys" "$KEY_BODY" | json_field data.plaintext
+}
+admin "$PORT_on" PUT /admin/orgs/org_bench '{"name":"Bench Org","baa_active":true}' | json_field success >/dev/null
+admin "$PORT_off" PUT /admin/orgs/org_bench '{"name":"Bench Org","baa_active":true}' | json_field success >/dev/null
+: >"$TMP/keys100"
+for _ in $(seq 1 "$KEYS"); do echo "Bearer $(new_key "$PORT_on" org_bench)" >>"$TMP/keys100"; done
+head -n1 "$TMP/keys100" >"$TMP/hot"
+echo "Bearer $(new_key "$PORT_off" org_bench)" >"$TMP/hot_off"
+PROBE_KEY=$(new_key "$PORT_on" org_bench)
+# A key of valid format (prefix, length, charset, CRC32) that the guard-on
+# instance has never seen: refused after exactly one KV read.
+cp "$TMP/hot_off" "$TMP/unknown"
+# Malformed: refused by the format check, before any KV read.
+echo "Bearer kw_live_this-is-not-a-key" >"$TMP/garbage"
+
+# scenario: name  port  process-group  keys-file  expected status
+SCENARIOS=(
+  "a_origin $ORIGIN_PORT $PG_origin hot 200"
+  "b_passthrough $PORT_passthrough $PG_passthrough hot 200"
+  "c_valid $PORT_on $PG_on hot 200"
+  "d_garbage $PORT_on $PG_on garbage 401"
+  "d2_unknown $PORT_on $PG_on unknown 401"
+  "e_keys100 $PORT_on $PG_on keys100 200"
+  "f_guard_off $PORT_off $PG_off hot_off 200"
+)
+
+status_of() { # PORT AUTH
+  curl -s -o /dev/null -w '%{http_code}' --max-time 30 -X POST "http://127.0.0.1:$1/v1/ai/chat" \
+    -H "Authorization: $2" -H 'content-type: application/json' -d '{"model":"bench"}'
+}
+for sc in "${SCENARIOS[@]}"; do
+  read -r name port _ keys want <<<"$sc"
+  while read -r auth; do
+    got=$(status_of "$port" "$auth")
+    [ "$got" = "$want" ] || die "$name: expected $want, got $got"
+  done <"$TMP/$keys"
+done
+
+# --- 4. the per-key Durable Object: checks counted per request, measured
+# with the RateLimit-Remaining header of a key used only here.
+remaining() {
+  curl -s -D - -o /dev/null --max-time 30 -X POST "http://127.0.0.1:$PORT_on/v1/ai/chat" \
+    -H "Authorization: Bearer $PROBE_KEY" -H 'content-type: application/json' -d '{}' |
+    tr -d '\r' | awk -F': ' 'tolower($1)=="ratelimit-remaining"{print $2}'
+}
+echo "Bearer $PROBE_KEY" >"$TMP/probe"
+r0=$(remaining)
+BENCH_KEYS_FILE=$TMP/probe wrk -t1 -c2 -d2s -s bench/wrk.lua "http://127.0.0.1:$PORT_on" >"$TMP/probe.txt" 2>&1
+r1=$(remaining)
+echo "probe_remaining_before=$r0" >>"$TMP/facts"
+echo "probe_remaining_after=$r1" >>"$TMP/facts"
+
+# --- 5. load: warm-up, then ROUNDS rounds alternating the scenarios (the
+# order rotates each round).
+mkdir -p "$TMP/wrk"
+# cpu_ticks PGID PORT: "role ticks" for each process of the target's group:
+# wrangler (node), proxy (the workerd holding wrangler's proxy worker, which
+# listens on PORT), worker (the workerd running the worker, its KV and
+# Durable Objects), origin.
+cpu_ticks() {
+  local p cmd role
+  for p in $(pgrep -g "$1"); do
+    cmd=$({ tr '\0' ' ' <"/proc/$p/cmdline"; } 2>/dev/null) || continue
+    case "$cmd" in
+      *workerd*"entry=127.0.0.1:$2 "*) role=proxy ;;
+      *workerd\ serve*) role=worker ;;
+      *wrangler-dist/cli.js*) role=wrangler ;;
+      *origin.mjs*) role=origin ;;
+      *) continue ;;
+    esac
+    awk -v r="$role" '{print r, $14 + $15}' "/proc/$p/stat" 2>/dev/null || true
+  done
+}
+run_wrk() { # NAME PORT PGID KEYS SECONDS OUT
+  cpu_ticks "$3" "$2" >"$6.cpu0"
+  BENCH_KEYS_FILE=$TMP/$4 wrk -t"$THREADS" -c"$CONNS" -d"$5"s --timeout 10s --latency -s bench/wrk.lua \
+    "http://127.0.0.1:$2" >"$6" 2>&1 || { cat "$6" >&2; die "wrk failed for $1"; }
+  cpu_ticks "$3" "$2" >"$6.cpu1"
+}
+echo "clk_tck=$(getconf CLK_TCK)" >>"$TMP/facts"
+log "warm-up (${WARMUP}s per scenario)"
+for sc in "${SCENARIOS[@]}"; do
+  read -r name port pg keys _ <<<"$sc"
+  run_wrk "$name" "$port" "$pg" "$keys" "$WARMUP" "$TMP/wrk/warmup.$name.txt"
+done
+n=${#SCENARIOS[@]}
+for r in $(seq 1 "$ROUNDS"); do
+  log "round $r/$ROUNDS (${DURATION}s per scenario, $CONNS connections)"
+  for k in $(seq 0 $((n - 1))); do
+    read -r name port pg keys _ <<<"${SCENARIOS[$(((k + r - 1) % n))]}"
+    run_wrk "$name" "$port" "$pg" "$keys" "$DURATION" "$TMP/wrk/$name.$r.txt"
+    grep WRK_JSON "$TMP/wrk/$name.$r.txt" | sed "s/^WRK_JSON /  $name: /" >&2
+  done
+done
+
+# --- 6. report
+node bench/report.mjs "$TMP" bench/results.md
+cat bench/results.md
