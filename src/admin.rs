@@ -39,8 +39,9 @@ pub struct OrgInput {
 pub struct UserInput {
     /// A role of the policy.
     pub role: String,
-    /// Disable (or re-enable) the user.
-    pub disabled: bool,
+    /// Disable (or re-enable) the user; `None` keeps the current value
+    /// (`false` for a new user).
+    pub disabled: Option<bool>,
 }
 
 /// `POST /admin/orgs/{org_id}/api_keys`.
@@ -90,8 +91,8 @@ pub enum OrgCommand {
         user_id: String,
         /// Role.
         role: String,
-        /// Disabled flag.
-        disabled: bool,
+        /// Disabled flag; `None` keeps the current value.
+        disabled: Option<bool>,
     },
     /// Store a new key (hash and metadata; never the plaintext).
     CreateKey {
@@ -106,7 +107,56 @@ pub enum OrgCommand {
         org_id: String,
         /// Key id.
         key_id: String,
+        /// The calling key, for the control API (`None`: the admin API).
+        caller: Option<RevokeCaller>,
     },
+    /// The org's non-revoked keys, newest first.
+    ListKeys {
+        /// Org id.
+        org_id: String,
+        /// Items after this key id.
+        cursor: Option<String>,
+        /// Page size.
+        limit: u32,
+    },
+    /// The org's audit log, newest first.
+    ListAudit {
+        /// Org id.
+        org_id: String,
+        /// Items after this sequence number.
+        cursor: Option<String>,
+        /// Page size.
+        limit: u32,
+    },
+    /// Usage per key and hour in `[from, to)`.
+    Usage {
+        /// Org id.
+        org_id: String,
+        /// Start (ms, inclusive).
+        from: i64,
+        /// End (ms, exclusive).
+        to: i64,
+    },
+    /// A key guard's usage roll-up (counts are added).
+    RecordUsage {
+        /// Org id.
+        org_id: String,
+        /// Key id.
+        key_id: String,
+        /// Counts per hour start (ms).
+        hours: Vec<(i64, crate::guard::UsageCounts)>,
+        /// Latest allowed request (ms).
+        last_used_at: Option<i64>,
+    },
+}
+
+/// Who asks to revoke through the control API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeCaller {
+    /// Its effective scopes.
+    pub scopes: Vec<Scope>,
+    /// Its user.
+    pub user_id: Option<String>,
 }
 
 /// The envelope around a command: who asked, when, under which request id.
@@ -151,14 +201,20 @@ fn name_field(m: &Map<String, Value>) -> Result<String, ApiError> {
                 Err(ApiError::validation("name", "must not be empty"))
             } else if t.chars().count() > MAX_NAME_CHARS {
                 Err(ApiError::validation("name", "must be at most 100 characters"))
-            } else if t.chars().any(char::is_control) {
-                Err(ApiError::validation("name", "must not contain control characters"))
+            } else if t.chars().any(|c| c.is_control() || is_invisible(c)) {
+                Err(ApiError::validation("name", "must not contain control, bidi or invisible characters"))
             } else {
                 Ok(t.to_owned())
             }
         }
         Some(_) => Err(ApiError::validation("name", "must be a string")),
     }
+}
+
+/// Bidi controls and zero-width characters, which can make a name in a list
+/// or the audit log display as something else.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
 fn bool_field(m: &Map<String, Value>, field: &str, default: Option<bool>) -> Result<bool, ApiError> {
@@ -190,7 +246,11 @@ pub fn parse_user(body: &[u8], policy: &Policy) -> Result<UserInput, ApiError> {
         }
         Some(_) => return Err(ApiError::validation("role", "must be a string")),
     };
-    Ok(UserInput { role, disabled: bool_field(&m, "disabled", Some(false))? })
+    let disabled = match m.get("disabled") {
+        None | Some(Value::Null) => None,
+        Some(_) => Some(bool_field(&m, "disabled", None)?),
+    };
+    Ok(UserInput { role, disabled })
 }
 
 /// Validates `POST /admin/orgs/{org_id}/api_keys`.
@@ -385,7 +445,9 @@ mod tests {
             (r#"{"scopes":["ai:chat"]}"#, "name: is required"),
             (r#"{"name":"","scopes":["ai:chat"]}"#, "name: must not be empty"),
             (r#"{"name":5,"scopes":["ai:chat"]}"#, "name: must be a string"),
-            (r#"{"name":"a\u0000b","scopes":["ai:chat"]}"#, "name: must not contain control characters"),
+            (r#"{"name":"a\u0000b","scopes":["ai:chat"]}"#, "name: must not contain control"),
+            (r#"{"name":"evil\u202Etxt.exe","scopes":["ai:chat"]}"#, "name: must not contain control, bidi"),
+            (r#"{"name":"a\u200Bb","scopes":["ai:chat"]}"#, "name: must not contain control, bidi"),
             (r#"{"name":"x"}"#, "scopes: is required"),
             (r#"{"name":"x","scopes":[]}"#, "scopes: must not be empty"),
             (r#"{"name":"x","scopes":"ai:chat"}"#, "scopes: must be an array of strings"),
@@ -490,7 +552,7 @@ mod tests {
         );
         assert_eq!(
             parse_user(br#"{"role":"admin"}"#, &pol()).unwrap(),
-            UserInput { role: "admin".into(), disabled: false }
+            UserInput { role: "admin".into(), disabled: None }
         );
         assert_eq!(
             parse_user(br#"{"role":"root"}"#, &pol()).unwrap_err().message(),

@@ -129,10 +129,16 @@ pub struct Grant {
     pub kind: KeyKind,
     /// The user the key acts for.
     pub user_id: Option<String>,
+    /// That user's current role.
+    pub user_role: Option<String>,
     /// Effective scopes: the key's, capped by the user's role.
     pub scopes: Vec<Scope>,
     /// The scope the matched route required.
     pub route_scope: String,
+    /// The matched route's pattern, e.g. `/v1/api_keys/{key_id}`.
+    pub route: String,
+    /// Whether keyward serves the route itself (the control API).
+    pub local: bool,
     /// Widget keys: the bound resource (`X-Keyward-Resource`).
     pub resource_id: Option<String>,
     /// Widget keys: the matched browser origin, echoed in CORS headers.
@@ -146,6 +152,17 @@ impl Grant {
         v.sort_unstable();
         v.join(" ")
     }
+}
+
+/// The key record's own verdict, before any other record is read: the kind
+/// matches the prefix, not revoked, not expired. The shell calls it right
+/// after the key read, so a revoked or expired key costs no more reads than
+/// an unknown one.
+pub fn precheck(presented: &ApiKey<'_>, key: &KeyRecord, now_ms: i64) -> Result<(), Refusal> {
+    if key.kind != presented.kind() || key.revoked_at.is_some() || key.expires_at.is_some_and(|e| e <= now_ms) {
+        return Err(ErrorCode::InvalidApiKey.into());
+    }
+    Ok(())
 }
 
 /// Decides a request whose credential passed the format check.
@@ -165,9 +182,7 @@ pub fn authorize(
     now_ms: i64,
 ) -> Result<Grant, Refusal> {
     let key = records.key.ok_or(ErrorCode::InvalidApiKey)?;
-    if key.kind != presented.kind() || key.revoked_at.is_some() || key.expires_at.is_some_and(|e| e <= now_ms) {
-        return Err(ErrorCode::InvalidApiKey.into());
-    }
+    precheck(presented, key, now_ms)?;
     let cors_origin = match key.kind {
         KeyKind::Secret if facts.origin.is_some() => {
             return Err(ApiError::with_message(
@@ -217,15 +232,15 @@ fn decide_rest(
     if config.require_baa && !org.baa_active {
         return Err(ErrorCode::BaaRequired.into());
     }
-    let mut scopes = match &key.user_id {
-        None => key.scopes.clone(),
+    let (mut scopes, user_role) = match &key.user_id {
+        None => (key.scopes.clone(), None),
         Some(uid) => {
             let user = records
                 .user
                 .filter(|u| &u.id == uid && u.org_id == key.org_id && !u.disabled)
                 .ok_or(ErrorCode::InvalidApiKey)?;
             let role = policy.role(&user.role).ok_or(ErrorCode::ServiceUnavailable)?;
-            scope::intersect(&key.scopes, role)
+            (scope::intersect(&key.scopes, role), Some(user.role.clone()))
         }
     };
     if key.kind == KeyKind::Widget {
@@ -244,8 +259,11 @@ fn decide_rest(
         key_id: key.id.clone(),
         kind: key.kind,
         user_id: key.user_id.clone(),
+        user_role,
         scopes,
         route_scope: route.scope().to_owned(),
+        route: route.pattern().to_owned(),
+        local: route.is_local(),
         resource_id: key.resource_id.clone(),
         cors_origin,
     })

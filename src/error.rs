@@ -66,6 +66,10 @@ catalogue! {
     /// The key is valid but lacks the scope the route requires.
     MissingScope = ("MISSING_SCOPE", 403, "permission_error", false,
         "The API key lacks the scope this route requires.");
+    /// The calling key may not do this: mint a key for another user, mint
+    /// keys with a role that may not, revoke a key it could not have minted.
+    PermissionDenied = ("PERMISSION_DENIED", 403, "permission_error", false,
+        "The API key may not perform this action.");
     /// The request came from an origin the key may not be used from.
     OriginNotAllowed = ("ORIGIN_NOT_ALLOWED", 403, "permission_error", false,
         "Requests from this origin are not allowed with this key.");

@@ -1,26 +1,89 @@
 //! The key guard: what a key's Durable Object decides on each request —
-//! revocation first, then the rate limits. Pure; the object supplies its
-//! stored [`GuardState`] and its clock and stores what [`check`] returns.
+//! revocation first, then the rate limits — and the usage it counts on the
+//! way. Pure; the object supplies its stored [`GuardState`] and its clock and
+//! stores what [`apply`] returns.
 //!
 //! One object per key id owns this state, single-threaded, so the counts are
 //! exact however many requests arrive at once and wherever they come from,
 //! and a revocation recorded here is refused on the very next check even
 //! while KV still serves the old key record (KV propagation takes up to a
 //! minute).
+//!
+//! Usage (allowed and refused requests per hour, and `last_used_at`) is
+//! counted here because every request of a known key already visits this
+//! object; the object rolls it up to the org's object in batches (an alarm),
+//! so the hot path gains no extra hop.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::ratelimit::{self, RateLimit, Verdict};
 
+/// One hour, in milliseconds.
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// Requests of one key in one hour.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageCounts {
+    /// Admitted (proxied).
+    pub allowed: u64,
+    /// Refused, by reason (`rate_limited`, `missing_scope`, …).
+    #[serde(default)]
+    pub refused: BTreeMap<String, u64>,
+}
+
+impl UsageCounts {
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &UsageCounts) {
+        self.allowed += other.allowed;
+        for (k, v) in &other.refused {
+            *self.refused.entry(k.clone()).or_default() += v;
+        }
+    }
+}
+
+/// Usage not yet rolled up to the org.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingUsage {
+    /// Counts per hour (start of the hour, ms).
+    pub hours: BTreeMap<i64, UsageCounts>,
+    /// Time of the last allowed request (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<i64>,
+}
+
+impl PendingUsage {
+    /// Whether there is nothing to roll up.
+    pub fn is_empty(&self) -> bool {
+        self.hours.is_empty() && self.last_used_at.is_none()
+    }
+}
+
 /// Everything a key's object stores.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuardState {
+    /// The key's identity, learned from the first request (for roll-ups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<KeyRef>,
     /// The tombstone: when the key was revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<i64>,
     /// Rate-limit counters.
     #[serde(default)]
     pub limiter: ratelimit::State,
+    /// Usage counted since the last roll-up.
+    #[serde(default)]
+    pub usage: PendingUsage,
+}
+
+/// Which key an object belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRef {
+    /// Key id.
+    pub key_id: String,
+    /// Its org.
+    pub org_id: String,
 }
 
 /// A request from the worker (or the org object) to a key's object.
@@ -29,8 +92,19 @@ pub struct GuardState {
 pub enum GuardRequest {
     /// Admit one request under these limits (they travel with the check).
     Check {
+        /// The key.
+        key: KeyRef,
         /// The key's effective limits.
         limits: Vec<RateLimit>,
+    },
+    /// The worker refused a request of this key (402–405); if the key is
+    /// revoked the answer is [`GuardReply::Revoked`] instead, so a revoked
+    /// key is never told apart from an unknown one. Counted as usage.
+    Refused {
+        /// The key.
+        key: KeyRef,
+        /// The refusal's error code, lowercase (`missing_scope`, …).
+        reason: String,
     },
     /// Record the tombstone (idempotent: the first time wins).
     Revoke {
@@ -48,7 +122,7 @@ pub enum GuardReply {
         /// The tightest limit after this request.
         quota: Option<QuotaWire>,
     },
-    /// Refused by a rate limit; nothing counted.
+    /// Refused by a rate limit; nothing counted against the limits.
     Limited {
         /// Milliseconds until the request would be admitted.
         retry_after_ms: i64,
@@ -57,10 +131,17 @@ pub enum GuardReply {
     },
     /// The key is revoked.
     Revoked,
+    /// A refusal was counted; the key is not revoked.
+    RefusalRecorded,
     /// The tombstone is recorded.
     RevokeRecorded {
         /// The recorded time (the first revocation's).
         revoked_at: i64,
+    },
+    /// The request was invalid (e.g. a limit out of range): fail closed.
+    Invalid {
+        /// Why.
+        reason: String,
     },
 }
 
@@ -94,30 +175,88 @@ impl QuotaWire {
     }
 }
 
+fn count(state: &mut GuardState, now: i64, allowed: bool, reason: Option<&str>) {
+    let hour = now - now.rem_euclid(HOUR_MS);
+    let c = state.usage.hours.entry(hour).or_default();
+    if allowed {
+        c.allowed += 1;
+        state.usage.last_used_at = Some(now);
+    }
+    if let Some(r) = reason {
+        *c.refused.entry(r.to_owned()).or_default() += 1;
+    }
+}
+
 /// Applies a request to the state. Returns the reply and, when the state
 /// changed, the state to store.
 pub fn apply(state: &GuardState, request: &GuardRequest, now_ms: i64) -> (GuardReply, Option<GuardState>) {
-    match request {
-        GuardRequest::Revoke { revoked_at } => match state.revoked_at {
-            Some(t) => (GuardReply::RevokeRecorded { revoked_at: t }, None),
-            None => {
-                let next = GuardState { revoked_at: Some(*revoked_at), limiter: state.limiter.clone() };
-                (GuardReply::RevokeRecorded { revoked_at: *revoked_at }, Some(next))
+    let mut next = state.clone();
+    let reply = match request {
+        GuardRequest::Revoke { revoked_at } => {
+            let t = *next.revoked_at.get_or_insert(*revoked_at);
+            GuardReply::RevokeRecorded { revoked_at: t }
+        }
+        GuardRequest::Check { key, limits } => {
+            if let Err(e) = limits.iter().try_for_each(RateLimit::validate) {
+                // A limit out of range (e.g. 0 = unlimited) must never admit.
+                return (GuardReply::Invalid { reason: e.to_owned() }, None);
             }
-        },
-        GuardRequest::Check { .. } if state.revoked_at.is_some() => (GuardReply::Revoked, None),
-        GuardRequest::Check { limits } => {
-            let (verdict, limiter) = ratelimit::step(&state.limiter, limits, now_ms);
-            let next = GuardState { revoked_at: None, limiter };
-            let reply = match verdict {
-                Verdict::Allowed(q) => GuardReply::Allowed { quota: q.map(Into::into) },
-                Verdict::Limited { retry_after_ms, quota } => {
-                    GuardReply::Limited { retry_after_ms, quota: quota.into() }
+            next.key.get_or_insert_with(|| key.clone());
+            if next.revoked_at.is_some() {
+                count(&mut next, now_ms, false, Some("revoked"));
+                GuardReply::Revoked
+            } else {
+                let (verdict, limiter) = ratelimit::step(&state.limiter, limits, now_ms);
+                next.limiter = limiter;
+                match verdict {
+                    Verdict::Allowed(q) => {
+                        count(&mut next, now_ms, true, None);
+                        GuardReply::Allowed { quota: q.map(Into::into) }
+                    }
+                    Verdict::Limited { retry_after_ms, quota } => {
+                        count(&mut next, now_ms, false, Some("rate_limited"));
+                        GuardReply::Limited { retry_after_ms, quota: quota.into() }
+                    }
                 }
-            };
-            (reply, Some(next))
+            }
+        }
+        GuardRequest::Refused { key, reason } => {
+            next.key.get_or_insert_with(|| key.clone());
+            if next.revoked_at.is_some() {
+                count(&mut next, now_ms, false, Some("revoked"));
+                GuardReply::Revoked
+            } else {
+                count(&mut next, now_ms, false, Some(reason));
+                GuardReply::RefusalRecorded
+            }
+        }
+    };
+    let changed = next != *state;
+    (reply, changed.then_some(next))
+}
+
+/// Removes a rolled-up snapshot from the pending usage. Requests counted
+/// while the roll-up was in flight stay pending for the next one.
+pub fn subtract_usage(state: &GuardState, sent: &PendingUsage) -> GuardState {
+    let mut next = state.clone();
+    for (hour, counts) in &sent.hours {
+        if let Some(c) = next.usage.hours.get_mut(hour) {
+            c.allowed = c.allowed.saturating_sub(counts.allowed);
+            for (reason, n) in &counts.refused {
+                if let Some(m) = c.refused.get_mut(reason) {
+                    *m = m.saturating_sub(*n);
+                }
+            }
+            c.refused.retain(|_, n| *n > 0);
+            if c.allowed == 0 && c.refused.is_empty() {
+                next.usage.hours.remove(hour);
+            }
         }
     }
+    if next.usage.last_used_at == sent.last_used_at {
+        next.usage.last_used_at = None;
+    }
+    next
 }
 
 #[cfg(test)]
@@ -126,21 +265,31 @@ mod tests {
 
     const T0: i64 = 1_800_000_000_000;
 
-    fn limits(n: u32) -> Vec<RateLimit> {
-        vec![RateLimit { name: "minute".into(), limit: n, window_seconds: 60 }]
+    fn key() -> KeyRef {
+        KeyRef { key_id: "01KEY".into(), org_id: "org_1".into() }
+    }
+
+    fn check(n: u32) -> GuardRequest {
+        GuardRequest::Check {
+            key: key(),
+            limits: vec![RateLimit { name: "minute".into(), limit: n, window_seconds: 60 }],
+        }
     }
 
     #[test]
     fn revocation_wins_over_everything_and_is_idempotent() {
         let s = GuardState::default();
-        let (r, s2) = apply(&s, &GuardRequest::Check { limits: limits(5) }, T0);
+        let (r, s2) = apply(&s, &check(5), T0);
         assert!(matches!(r, GuardReply::Allowed { quota: Some(QuotaWire { remaining: 4, .. }) }));
         let s2 = s2.unwrap();
+        assert_eq!(s2.key, Some(key()));
         let (r, s3) = apply(&s2, &GuardRequest::Revoke { revoked_at: T0 + 1 }, T0 + 1);
         assert_eq!(r, GuardReply::RevokeRecorded { revoked_at: T0 + 1 });
         let s3 = s3.unwrap();
-        let (r, none) = apply(&s3, &GuardRequest::Check { limits: limits(5) }, T0 + 2);
-        assert_eq!((r, none), (GuardReply::Revoked, None));
+        let (r, _) = apply(&s3, &check(5), T0 + 2);
+        assert_eq!(r, GuardReply::Revoked);
+        let (r, _) = apply(&s3, &GuardRequest::Refused { key: key(), reason: "missing_scope".into() }, T0 + 2);
+        assert_eq!(r, GuardReply::Revoked, "a revoked key is never answered as merely refused");
         let (r, none) = apply(&s3, &GuardRequest::Revoke { revoked_at: T0 + 9 }, T0 + 9);
         assert_eq!((r, none), (GuardReply::RevokeRecorded { revoked_at: T0 + 1 }, None));
     }
@@ -149,9 +298,9 @@ mod tests {
     fn limited_reply_and_headers() {
         let mut s = GuardState::default();
         for _ in 0..2 {
-            s = apply(&s, &GuardRequest::Check { limits: limits(2) }, T0).1.unwrap();
+            s = apply(&s, &check(2), T0).1.unwrap();
         }
-        let (r, _) = apply(&s, &GuardRequest::Check { limits: limits(2) }, T0 + 500);
+        let (r, _) = apply(&s, &check(2), T0 + 500);
         let GuardReply::Limited { retry_after_ms, quota } = r else { panic!("{r:?}") };
         assert_eq!(retry_after_ms, 1000 + 60_000 - 1 - 500);
         assert_eq!(
@@ -165,12 +314,49 @@ mod tests {
     }
 
     #[test]
+    fn invalid_limits_never_admit() {
+        let zero = GuardRequest::Check {
+            key: key(),
+            limits: vec![RateLimit { name: "m".into(), limit: 0, window_seconds: 60 }],
+        };
+        let (r, none) = apply(&GuardState::default(), &zero, T0);
+        assert!(matches!(r, GuardReply::Invalid { .. }) && none.is_none());
+    }
+
+    #[test]
+    fn usage_is_counted_per_hour_and_taken_for_roll_up() {
+        let mut s = GuardState::default();
+        for i in 0..3 {
+            s = apply(&s, &check(2), T0 + i).1.unwrap();
+        }
+        s = apply(&s, &GuardRequest::Refused { key: key(), reason: "missing_scope".into() }, T0 + HOUR_MS).1.unwrap();
+        let hour0 = T0 - T0.rem_euclid(HOUR_MS);
+        let c0 = &s.usage.hours[&hour0];
+        assert_eq!(c0.allowed, 2);
+        assert_eq!(c0.refused.get("rate_limited"), Some(&1));
+        let c1 = &s.usage.hours[&(hour0 + HOUR_MS)];
+        assert_eq!((c1.allowed, c1.refused.get("missing_scope")), (0, Some(&1)));
+        assert_eq!(s.usage.last_used_at, Some(T0 + 1));
+        let sent = s.usage.clone();
+        // One more request while the roll-up is in flight.
+        let s2 = apply(&s, &check(5), T0 + 2).1.unwrap();
+        let rest = subtract_usage(&s2, &sent);
+        assert_eq!(rest.limiter, s2.limiter, "rolling up keeps the counters");
+        assert_eq!(rest.usage.hours.len(), 1);
+        assert_eq!(rest.usage.hours[&hour0], UsageCounts { allowed: 1, refused: BTreeMap::new() });
+        assert_eq!(rest.usage.last_used_at, Some(T0 + 2));
+        assert!(subtract_usage(&s, &sent).usage.is_empty());
+    }
+
+    #[test]
     fn wire_format_round_trips() {
-        let req = GuardRequest::Check { limits: limits(3) };
+        let req = check(3);
         let json = serde_json::to_string(&req).unwrap();
-        assert_eq!(json, r#"{"op":"check","limits":[{"name":"minute","limit":3,"window_seconds":60}]}"#);
+        assert_eq!(
+            json,
+            r#"{"op":"check","key":{"key_id":"01KEY","org_id":"org_1"},"limits":[{"name":"minute","limit":3,"window_seconds":60}]}"#
+        );
         assert_eq!(serde_json::from_str::<GuardRequest>(&json).unwrap(), req);
-        let rep = GuardReply::Revoked;
-        assert_eq!(serde_json::to_string(&rep).unwrap(), r#"{"outcome":"revoked"}"#);
+        assert_eq!(serde_json::to_string(&GuardReply::Revoked).unwrap(), r#"{"outcome":"revoked"}"#);
     }
 }

@@ -16,7 +16,12 @@
 //!   on whether `//` is significant;
 //! - escapes of unreserved characters (`%61` → `a`, `%7E` → `~`) are decoded
 //!   and every other escape is upper-cased (`%c3` → `%C3`), as RFC 3986 §6.2.2
-//!   normalizes; matching is case-sensitive.
+//!   normalizes; escapes must decode to valid UTF-8 (so overlong forms such
+//!   as `%C0%AE` for `.` are refused); matching is case-sensitive;
+//! - `;` is refused anywhere (servlet containers strip `;params` before
+//!   normalizing, so `/v1/documents/..;/api_keys` would reach another route
+//!   there), and so is any segment made only of dots (`...`) or ending in a
+//!   dot or a space (Windows servers trim those: `..%20`, `x.`).
 
 use crate::error::ApiError;
 
@@ -35,6 +40,8 @@ impl CanonicalPath {
             return Err(ApiError::invalid_request("The path is too long."));
         }
         let mut out = String::with_capacity(raw.len());
+        // The fully decoded bytes, only to check that escapes form UTF-8.
+        let mut decoded: Vec<u8> = Vec::with_capacity(raw.len());
         let mut i = 0;
         while i < bytes.len() {
             let b = bytes[i];
@@ -46,6 +53,7 @@ impl CanonicalPath {
                         return Err(ApiError::invalid_request("The path has a malformed percent-escape."));
                     };
                     let v = (hi << 4) | lo;
+                    decoded.push(v);
                     match v {
                         b'/' | b'\\' | b'.' => {
                             return Err(ApiError::invalid_request(
@@ -66,12 +74,19 @@ impl CanonicalPath {
                 }
                 0x00..=0x1f | 0x7f => return Err(ApiError::invalid_request("The path contains a control character.")),
                 b'\\' => return Err(ApiError::invalid_request("The path contains a backslash.")),
+                b';' => {
+                    return Err(ApiError::invalid_request("The path contains ';' (path parameters are not accepted)."))
+                }
                 0x80..=0xff => return Err(ApiError::invalid_request("The path contains a non-ASCII byte.")),
                 _ => {
                     out.push(b as char);
+                    decoded.push(b);
                     i += 1;
                 }
             }
+        }
+        if std::str::from_utf8(&decoded).is_err() {
+            return Err(ApiError::invalid_request("The path's percent-escapes are not valid UTF-8."));
         }
         // Segment checks on the normalized form. The first element is the empty
         // string before the leading '/'.
@@ -80,7 +95,12 @@ impl CanonicalPath {
             let last = segs.peek().is_none();
             match seg {
                 "" if !last => return Err(ApiError::invalid_request("The path contains an empty segment ('//').")),
-                "." | ".." => return Err(ApiError::invalid_request("The path contains a dot segment.")),
+                _ if !seg.is_empty() && seg.bytes().all(|b| b == b'.') => {
+                    return Err(ApiError::invalid_request("The path contains a dot segment."))
+                }
+                _ if seg.ends_with('.') || seg.ends_with("%20") => {
+                    return Err(ApiError::invalid_request("A path segment ends with a dot or a space."))
+                }
                 _ => {}
             }
         }
@@ -96,6 +116,29 @@ impl CanonicalPath {
     pub fn segments(&self) -> impl Iterator<Item = &str> {
         self.0.split('/').skip(1)
     }
+}
+
+/// Splits a request URL string into (raw path, raw query without `?`): what
+/// comes after the authority, before any `#`.
+pub fn split_url(url: &str) -> (&str, &str) {
+    let after_scheme = url.find("://").map_or(url, |i| &url[i + 3..]);
+    let target = after_scheme.find('/').map_or("/", |i| &after_scheme[i..]);
+    let target = target.split_once('#').map_or(target, |(t, _)| t);
+    target.split_once('?').unwrap_or((target, ""))
+}
+
+/// Refuses a query that asks the origin to run another method
+/// (`_method=DELETE`, honoured on POST by Symfony and Laravel): the method
+/// that was authorized is the one the origin must run.
+pub fn check_query(query: &str) -> Result<(), ApiError> {
+    let overrides = query.split('&').any(|pair| {
+        let name = pair.split('=').next().unwrap_or("");
+        name.eq_ignore_ascii_case("_method") || name.eq_ignore_ascii_case("%5Fmethod")
+    });
+    if overrides {
+        return Err(ApiError::invalid_request("The query may not contain a _method override."));
+    }
+    Ok(())
 }
 
 /// Longest accepted path, in bytes.
@@ -128,7 +171,15 @@ mod tests {
 
     #[test]
     fn plain_paths_are_unchanged() {
-        for p in ["/", "/v1/ai/chat", "/v1/documents/doc_1-2~x", "/v1/ai/chat/", "/v1/a;b=c", "/v1/x:y@z"] {
+        for p in [
+            "/",
+            "/v1/ai/chat",
+            "/v1/documents/doc_1-2~x",
+            "/v1/ai/chat/",
+            "/v1/x:y@z",
+            "/v1/documents/a.b",
+            "/v1/documents/.env",
+        ] {
             assert_eq!(ok(p), p);
         }
     }
@@ -176,6 +227,17 @@ mod tests {
             "/v1/%G1",
             "/v1/%%41",
             "/v1/ai/\u{0441}hat", // Cyrillic es
+            "/v1/documents/..;/api_keys",
+            "/v1/api_keys/..;",
+            "/v1/a;b=c",
+            "/v1/documents/.;/x",
+            "/v1/documents/%C0%AE%C0%AE/api_keys",
+            "/v1/documents/%C0%AE",
+            "/v1/documents/%FF",
+            "/v1/documents/..%20/api_keys",
+            "/v1/documents/.../x",
+            "/v1/documents/x.",
+            "/v1/documents/x%20",
         ] {
             refused(p);
         }
@@ -187,6 +249,20 @@ mod tests {
         for p in ["/v1/ai/%63hat", "/v1/documents/caf%c3%a9", "/v1/documents/%25x"] {
             let once = ok(p);
             assert_eq!(ok(&once), once);
+        }
+    }
+
+    #[test]
+    fn url_split_and_query_check() {
+        assert_eq!(split_url("https://edge.example.com/v1/ai/chat?a=1&b=%2F#frag"), ("/v1/ai/chat", "a=1&b=%2F"));
+        assert_eq!(split_url("http://127.0.0.1:8787/"), ("/", ""));
+        assert_eq!(split_url("http://127.0.0.1:8787"), ("/", ""));
+        assert_eq!(split_url("http://h/p?"), ("/p", ""));
+        assert_eq!(split_url("http://h/p?x=1?y"), ("/p", "x=1?y"));
+        assert!(check_query("a=1&b=2").is_ok());
+        assert!(check_query("method=DELETE&x_method=1").is_ok());
+        for bad in ["_method=DELETE", "a=1&_METHOD=put", "%5Fmethod=DELETE", "_method"] {
+            assert_eq!(check_query(bad).unwrap_err().code, ErrorCode::InvalidRequest, "{bad}");
         }
     }
 

@@ -26,6 +26,9 @@ use crate::path::CanonicalPath;
 use crate::ratelimit::{RateLimit, MAX_LIMITS};
 use crate::scope::Scope;
 
+/// Methods a route may list.
+pub const PROXIED_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
+
 /// The policy shipped with keyward.
 pub const DEFAULT_POLICY_JSON: &str = include_str!("../policy/policy.json");
 
@@ -38,6 +41,7 @@ pub struct Policy {
     default_rate_limits: Vec<RateLimit>,
     widget_scopes: Vec<Scope>,
     widget_ip_rate_limits: Vec<RateLimit>,
+    key_creating_roles: Vec<String>,
 }
 
 /// One route of the table.
@@ -47,6 +51,7 @@ pub struct Route {
     pattern: Vec<Segment>,
     path: String,
     scope: String,
+    local: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +73,8 @@ struct RawPolicy {
     widget_scopes: Vec<String>,
     #[serde(default)]
     widget_ip_rate_limits: Vec<RateLimit>,
+    #[serde(default)]
+    key_creating_roles: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -76,6 +83,10 @@ struct RawRoute {
     method: OneOrMany,
     path: String,
     scope: String,
+    /// `"keyward"` for the control API that keyward serves itself; absent
+    /// for routes proxied to the origin.
+    #[serde(default)]
+    served_by: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -111,6 +122,10 @@ impl Route {
     /// The pattern as written in the policy.
     pub fn pattern(&self) -> &str {
         &self.path
+    }
+    /// Whether keyward serves this route itself (never proxied).
+    pub fn is_local(&self) -> bool {
+        self.local
     }
 
     fn matches_path(&self, path: &CanonicalPath) -> bool {
@@ -176,15 +191,23 @@ impl Policy {
                 OneOrMany::One(m) => vec![m],
                 OneOrMany::Many(ms) => ms,
             };
-            if methods.is_empty() || methods.iter().any(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()))
-            {
-                return Err(format!("policy: route {}: methods must be uppercase tokens", r.path));
+            // Only methods the proxy can send as they are (the runtime would
+            // turn others into GET).
+            if methods.is_empty() || methods.iter().any(|m| !PROXIED_METHODS.contains(&m.as_str())) {
+                return Err(format!("policy: route {}: methods must be among {}", r.path, PROXIED_METHODS.join(", ")));
             }
             if !scopes.contains(&r.scope) {
                 return Err(format!("policy: route {}: scope {:?} is not in the catalogue", r.path, r.scope));
             }
             let pattern = parse_pattern(&r.path)?;
-            let route = Route { methods, pattern, path: r.path, scope: r.scope };
+            let local = match r.served_by.as_deref() {
+                None => false,
+                Some("keyward") => true,
+                Some(other) => {
+                    return Err(format!("policy: route {}: served_by must be \"keyward\", not {other:?}", r.path))
+                }
+            };
+            let route = Route { methods, pattern, path: r.path, scope: r.scope, local };
             if routes.iter().any(|o| o.pattern == route.pattern && o.methods.iter().any(|m| route.methods.contains(m)))
             {
                 return Err(format!("policy: route {} is declared twice for one method", route.path));
@@ -203,7 +226,11 @@ impl Policy {
                 _ => return Err(format!("policy: widget scope {s:?} must be a concrete scope of the catalogue")),
             }
         }
+        if let Some(r) = raw.key_creating_roles.iter().find(|r| !roles.contains_key(*r)) {
+            return Err(format!("policy: key_creating_roles: unknown role {r:?}"));
+        }
         Ok(Self {
+            key_creating_roles: raw.key_creating_roles,
             scopes,
             roles,
             routes,
@@ -290,6 +317,12 @@ impl Policy {
             }
             x => self.scopes.iter().any(|c| c == x),
         }
+    }
+
+    /// Whether users of `role` may create keys (`seeds/004_*` "Create API
+    /// Token"); keys not bound to a user need only `control:read`.
+    pub fn role_creates_keys(&self, role: &str) -> bool {
+        self.key_creating_roles.iter().any(|r| r == role)
     }
 
     /// The scopes a role grants, or `None` for an unknown role.
@@ -429,6 +462,8 @@ mod tests {
         for bad in [
             base(r#"{"method":"GET","path":"/x","scope":"a:c"}"#),
             base(r#"{"method":"get","path":"/x","scope":"a:b"}"#),
+            base(r#"{"method":"PURGE","path":"/x","scope":"a:b"}"#),
+            base(r#"{"method":"OPTIONS","path":"/x","scope":"a:b"}"#),
             base(r#"{"method":[],"path":"/x","scope":"a:b"}"#),
             base(r#"{"method":"GET","path":"x","scope":"a:b"}"#),
             base(r#"{"method":"GET","path":"/**/x","scope":"a:b"}"#),

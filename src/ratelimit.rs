@@ -206,7 +206,11 @@ pub fn step(prev: &State, limits: &[RateLimit], now_ms: i64) -> (Verdict, State)
     }
     if let Some(q) = tightest(refused) {
         prune(&mut next, limits, now);
-        return (Verdict::Limited { retry_after_ms: retry_at - now, quota: Quota { remaining: 0, ..q } }, next);
+        let retry_after_ms = retry_at - now;
+        // Reset never before the retry time (after a limit was lowered, the
+        // oldest counted bucket may expire before room opens up).
+        let quota = Quota { remaining: 0, reset_ms: q.reset_ms.max(retry_after_ms), ..q };
+        return (Verdict::Limited { retry_after_ms, quota }, next);
     }
 
     let mut quotas = Vec::with_capacity(limits.len());

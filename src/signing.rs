@@ -33,10 +33,12 @@ use sha2::Sha256;
 
 use crate::authorize::Grant;
 
-/// Headers that never reach the origin, besides every `x-keyward-*`:
-/// credentials, cookies, method overrides (so the method that was authorized
-/// is the one the origin runs), a client-chosen request id, and hop-by-hop
-/// headers.
+/// Headers that never reach the origin, besides every `x-keyward-*`, every
+/// name with an `_` and every header the `Connection` header nominates:
+/// credentials, cookies, method and path overrides (so the method and path
+/// that were authorized are the ones the origin runs), a client-chosen
+/// request id, client-chosen forwarding claims (keyward sets
+/// `X-Forwarded-For` and `X-Forwarded-Proto` itself), and hop-by-hop headers.
 const DROPPED: &[&str] = &[
     "authorization",
     "x-api-key",
@@ -44,7 +46,20 @@ const DROPPED: &[&str] = &[
     "x-http-method-override",
     "x-method-override",
     "x-http-method",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-method",
     "x-request-id",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
     "host",
     "connection",
     "keep-alive",
@@ -57,10 +72,29 @@ const DROPPED: &[&str] = &[
     "upgrade",
 ];
 
-/// Whether a client request header (any case) may be forwarded.
-pub fn forward_header(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    !lower.starts_with("x-keyward-") && !DROPPED.contains(&lower.as_str())
+/// The client's request headers that may be forwarded, in order.
+///
+/// Names with `_` are dropped outright: servers that map `-` and `_` to the
+/// same CGI variable would otherwise read `X_Keyward_User` as
+/// `X-Keyward-User`.
+pub fn forwarded_headers<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)> + Clone) -> Vec<(&'a str, &'a str)> {
+    let nominated: Vec<String> = headers
+        .clone()
+        .into_iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .filter(|t| !t.is_empty())
+        .collect();
+    headers
+        .into_iter()
+        .filter(|(name, _)| {
+            let lower = name.to_ascii_lowercase();
+            !lower.contains('_')
+                && !lower.starts_with("x-keyward-")
+                && !DROPPED.contains(&lower.as_str())
+                && !nominated.contains(&lower)
+        })
+        .collect()
 }
 
 /// The identity headers to add, signature included, in a fixed order.
@@ -138,8 +172,11 @@ mod tests {
             key_id: "01KEY".into(),
             kind: KeyKind::Secret,
             user_id: user.map(Into::into),
+            user_role: None,
             scopes: vec![Scope::parse("control:read").unwrap(), Scope::parse("ai:chat").unwrap()],
             route_scope: "ai:chat".into(),
+            route: "/v1/ai/chat".into(),
+            local: false,
             resource_id: None,
             cors_origin: None,
         }
@@ -147,7 +184,7 @@ mod tests {
 
     #[test]
     fn filter() {
-        for dropped in [
+        let dropped = [
             "Authorization",
             "X-API-Key",
             "cookie",
@@ -160,12 +197,26 @@ mod tests {
             "Host",
             "Connection",
             "Transfer-Encoding",
-        ] {
-            assert!(!forward_header(dropped), "{dropped}");
-        }
-        for kept in ["Content-Type", "Accept", "User-Agent", "X-Custom", "Content-Length", "X-Keyward"] {
-            assert!(forward_header(kept), "{kept}");
-        }
+            "X_Keyward_User",
+            "X_API_Key",
+            "x_request_id",
+            "X-Original-URL",
+            "X-Rewrite-URL",
+            "Forwarded",
+            "X-Forwarded-For",
+            "X-Forwarded-Host",
+            "X-Real-IP",
+            "True-Client-IP",
+            "Upgrade",
+            "TE",
+            "Keep-Alive",
+            "X-Internal-Auth",
+        ];
+        let kept = ["Content-Type", "Accept", "User-Agent", "X-Custom", "Content-Length", "X-Keyward"];
+        let mut all: Vec<(&str, &str)> = dropped.iter().chain(kept.iter()).map(|n| (*n, "v")).collect();
+        all.push(("Connection", "close, X-Internal-Auth"));
+        let out: Vec<&str> = forwarded_headers(all.iter().copied()).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(out, kept);
     }
 
     #[test]

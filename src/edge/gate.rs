@@ -1,25 +1,26 @@
 //! The authorizer path: canonicalize, parse the credential, read KV, decide,
-//! proxy.
+//! ask the key's guard, proxy. Every decision is a call into the core.
 
 use futures_util::future::{select, Either};
 use worker::{AbortController, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response};
 
-use super::{settings, split_target, unavailable, Settings, KV_BINDING};
-use crate::authorize::{authorize, extract_credential, parse_key, Facts, Grant, Records, Refusal};
+use super::{control, settings, unavailable, Settings, KV_BINDING};
+use crate::authorize::{authorize, extract_credential, parse_key, precheck, Facts, Grant, Records, Refusal};
 use crate::cors::{self, BrowserOrigin};
 use crate::error::{ApiError, ErrorCode};
-use crate::guard::{GuardReply, GuardRequest, QuotaWire};
-use crate::path::CanonicalPath;
+use crate::guard::{GuardReply, GuardRequest, KeyRef, QuotaWire};
+use crate::path::{check_query, split_url, CanonicalPath};
 use crate::ratelimit::{ceil_seconds, merge_limits, RateLimit};
 use crate::records::{key_kv_key, org_kv_key, user_kv_key, KeyRecord, OrgRecord, UserRecord};
-use crate::signing::{forward_header, identity_headers};
+use crate::signing::{forwarded_headers, identity_headers};
 use crate::token::KeyKind;
 
 pub(super) async fn handle(req: Request, env: &Env, request_id: &str, now: i64) -> Result<Response, Refusal> {
     let settings = settings(env)?;
     let url = req.inner().url();
-    let (raw_path, query) = split_target(&url);
+    let (raw_path, query) = split_url(&url);
     let path = CanonicalPath::parse(raw_path)?;
+    check_query(query)?;
 
     let headers = req.headers();
     let method = req.inner().method();
@@ -28,6 +29,7 @@ pub(super) async fn handle(req: Request, env: &Env, request_id: &str, now: i64) 
             return preflight(settings, &path, headers.get("origin").ok().flatten().as_deref(), &requested, request_id);
         }
     }
+
     // A header value that is not a valid string is treated as absent here and
     // then fails the credential check; it never reaches a store.
     let authorization = headers.get("authorization").ok().flatten();
@@ -37,43 +39,80 @@ pub(super) async fn handle(req: Request, env: &Env, request_id: &str, now: i64) 
 
     let kv = env.kv(KV_BINDING).map_err(|e| unavailable("KV binding", e))?;
     let key: Option<KeyRecord> = read_json(&kv, &key_kv_key(&presented.hash().to_hex())).await?;
-    let (org, user) = match &key {
-        None => (None, None),
-        Some(k) => {
-            let org_key = org_kv_key(&k.org_id);
-            let org_fut = read_json::<OrgRecord>(&kv, &org_key);
-            match &k.user_id {
-                None => (org_fut.await?, None),
-                Some(uid) => {
-                    let user_key = user_kv_key(&k.org_id, uid);
-                    let (o, u) = futures_util::join!(org_fut, read_json::<UserRecord>(&kv, &user_key));
-                    (o?, u?)
-                }
-            }
+    let Some(key) = key else {
+        return Err(ErrorCode::InvalidApiKey.into());
+    };
+    // Revoked, expired or mismatched keys cost no more reads than unknown ones.
+    precheck(&presented, &key, now)?;
+    let org_key = org_kv_key(&key.org_id);
+    let org_fut = read_json::<OrgRecord>(&kv, &org_key);
+    let (org, user) = match &key.user_id {
+        None => (org_fut.await?, None),
+        Some(uid) => {
+            let user_key = user_kv_key(&key.org_id, uid);
+            let (o, u) = futures_util::join!(org_fut, read_json::<UserRecord>(&kv, &user_key));
+            (o?, u?)
         }
     };
+
     let origin = headers.get("origin").ok().flatten();
     let referer = headers.get("referer").ok().flatten();
     let facts = Facts { method: &method, path: &path, origin: origin.as_deref(), referer: referer.as_deref() };
-    let records = Records { key: key.as_ref(), org: org.as_ref(), user: user.as_ref() };
-    let grant = authorize(&facts, &presented, &records, &settings.policy, &settings.config, now)?;
-    let cors_headers = grant.cors_origin.as_ref().map(cors::response_headers).unwrap_or_default();
-    let quota = match (&key, settings.key_guard) {
-        (Some(k), true) => {
-            let ip = client_ip(headers.get("cf-connecting-ip").ok().flatten().as_deref());
-            guard_check(env, k, settings, &ip).await.map_err(|mut r| {
-                r.headers.extend(cors_headers.iter().cloned());
-                r
-            })?
-        }
-        _ => None,
+    let records = Records { key: Some(&key), org: org.as_ref(), user: user.as_ref() };
+    let key_ref = KeyRef { key_id: key.id.clone(), org_id: key.org_id.clone() };
+    let grant = match authorize(&facts, &presented, &records, &settings.policy, &settings.config, now) {
+        Ok(g) => g,
+        Err(refusal) => return Err(refused(env, settings, &key_ref, refusal).await),
     };
-    let mut resp = proxy(req, settings, &grant, &method, &path, query, request_id, now).await?;
+    let cors_headers = grant.cors_origin.as_ref().map(cors::response_headers).unwrap_or_default();
+    let with_cors = |mut r: Refusal| {
+        r.headers.extend(cors_headers.iter().cloned());
+        r
+    };
+
+    // Keyward's own routes (the control API) are served here, never proxied.
+    if let Some(route) = control::route(&grant, &method, &path) {
+        let quota = guard_check(env, &key, settings, &key_ref, "").await.map_err(with_cors)?;
+        let ctl = control::Caller { grant: &grant, key: &key, request_id, now };
+        let mut resp = control::handle(req, env, settings, &ctl, route, query).await.map_err(with_cors)?;
+        set_headers(&mut resp, quota.iter().flat_map(QuotaWire::headers).chain(cors_headers.clone()));
+        return Ok(resp);
+    }
+
+    // Everything that can fail before the origin is reached is done before
+    // the request is counted: a request refused for keyward's own reasons
+    // does not consume quota. (Once admitted, a 502 or 504 does count: the
+    // request was sent.)
+    let client_ip = client_ip(headers.get("cf-connecting-ip").ok().flatten().as_deref());
+    let upstream = build_upstream(&req, settings, &grant, &method, &path, query, request_id, now, &client_ip)?;
+    let quota = guard_check(env, &key, settings, &key_ref, &client_ip).await.map_err(with_cors)?;
+    let mut resp = send(upstream, settings, request_id).await?;
+    set_headers(&mut resp, quota.iter().flat_map(QuotaWire::headers).chain(cors_headers));
+    Ok(resp)
+}
+
+fn set_headers(resp: &mut Response, headers: impl Iterator<Item = (&'static str, String)>) {
     let out = resp.headers_mut();
-    for (name, value) in quota.iter().flat_map(QuotaWire::headers).chain(cors_headers) {
+    for (name, value) in headers {
         let _ = out.set(name, &value);
     }
-    Ok(resp)
+}
+
+/// A refusal of a key that exists in KV: before answering 402–405, ask the
+/// key's guard, so that a key revoked a moment ago (while KV may still serve
+/// its old record) gets the same `401` as an unknown key and never leaks its
+/// scopes or its org's state. The guard also counts the refusal as usage.
+async fn refused(env: &Env, settings: &Settings, key: &KeyRef, refusal: Refusal) -> Refusal {
+    if !settings.key_guard || matches!(refusal.error.code, ErrorCode::InvalidApiKey | ErrorCode::ServiceUnavailable) {
+        return refusal;
+    }
+    let request = GuardRequest::Refused { key: key.clone(), reason: refusal.error.code.as_str().to_ascii_lowercase() };
+    match super::guard::call(env, &key.key_id, &request).await {
+        Ok(GuardReply::RefusalRecorded) => refusal,
+        Ok(GuardReply::Revoked) => ErrorCode::InvalidApiKey.into(),
+        Ok(other) => unavailable("key guard", format!("unexpected reply {other:?}")),
+        Err(e) => unavailable("key guard", e),
+    }
 }
 
 /// Answers a CORS preflight at the edge; it is never proxied.
@@ -113,8 +152,9 @@ fn preflight(
     Ok(Response::builder().with_status(204).with_headers(headers).empty())
 }
 
-/// The client IP for per-IP widget limits: `CF-Connecting-IP`, which
-/// Cloudflare sets (clients cannot), if it looks like an IP; else `unknown`.
+/// The client IP for per-IP widget limits and `X-Forwarded-For`:
+/// `CF-Connecting-IP`, which Cloudflare sets (clients cannot), if it looks
+/// like an IP; else `unknown`.
 fn client_ip(header: Option<&str>) -> String {
     match header {
         Some(ip)
@@ -130,7 +170,16 @@ fn client_ip(header: Option<&str>) -> String {
 
 /// One call to the key's Durable Object: refuses a revoked key (even if KV
 /// still has the old record) and counts the request against its limits.
-async fn guard_check(env: &Env, key: &KeyRecord, settings: &Settings, ip: &str) -> Result<Option<QuotaWire>, Refusal> {
+async fn guard_check(
+    env: &Env,
+    key: &KeyRecord,
+    settings: &Settings,
+    key_ref: &KeyRef,
+    ip: &str,
+) -> Result<Option<QuotaWire>, Refusal> {
+    if !settings.key_guard {
+        return Ok(None);
+    }
     let mut limits = merge_limits(settings.policy.default_rate_limits(), &key.rate_limits);
     if key.kind == KeyKind::Widget {
         // Per visitor as well: one abusive client cannot exhaust the site's budget.
@@ -140,7 +189,7 @@ async fn guard_check(env: &Env, key: &KeyRecord, settings: &Settings, ip: &str) 
             window_seconds: l.window_seconds,
         }));
     }
-    let request = GuardRequest::Check { limits };
+    let request = GuardRequest::Check { key: key_ref.clone(), limits };
     match super::guard::call(env, &key.id, &request).await.map_err(|e| unavailable("key guard", e))? {
         GuardReply::Allowed { quota } => Ok(quota),
         GuardReply::Revoked => Err(ErrorCode::InvalidApiKey.into()),
@@ -149,13 +198,16 @@ async fn guard_check(env: &Env, key: &KeyRecord, settings: &Settings, ip: &str) 
             headers.extend(quota.headers());
             Err(Refusal { error: ApiError::new(ErrorCode::RateLimited), headers })
         }
-        GuardReply::RevokeRecorded { .. } => Err(unavailable("key guard", "unexpected reply")),
+        other => Err(unavailable("key guard", format!("unexpected reply {other:?}"))),
     }
 }
 
 /// Reads and decodes a JSON record. A read error or an undecodable record is
 /// a refusal (503), never an allow.
-async fn read_json<T: serde::de::DeserializeOwned>(kv: &worker::kv::KvStore, key: &str) -> Result<Option<T>, Refusal> {
+pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
+    kv: &worker::kv::KvStore,
+    key: &str,
+) -> Result<Option<T>, Refusal> {
     let text = kv.get(key).text().await.map_err(|e| unavailable("KV read", e))?;
     match text {
         None => Ok(None),
@@ -163,9 +215,12 @@ async fn read_json<T: serde::de::DeserializeOwned>(kv: &worker::kv::KvStore, key
     }
 }
 
+/// The request for the origin: same method, `ORIGIN_URL`'s base path + the
+/// canonical path + the raw query, the filtered client headers, the signed
+/// identity, and the body streamed through (none for GET and HEAD).
 #[allow(clippy::too_many_arguments)]
-async fn proxy(
-    req: Request,
+fn build_upstream(
+    req: &Request,
     settings: &Settings,
     grant: &Grant,
     method: &str,
@@ -173,40 +228,61 @@ async fn proxy(
     query: &str,
     request_id: &str,
     now: i64,
-) -> Result<Response, Refusal> {
+    client_ip: &str,
+) -> Result<Request, Refusal> {
     let secret = settings
         .signing_secret
         .as_deref()
-        .ok_or_else(|| unavailable("configuration", "ORIGIN_SIGNING_SECRET is not set"))?;
+        .ok_or_else(|| unavailable("configuration", "ORIGIN_SIGNING_SECRET is not set (or shorter than 32 bytes)"))?;
+    let bodyless = method == "GET" || method == "HEAD";
+    let incoming: Vec<(String, String)> = req.headers().entries().collect();
     let out = Headers::new();
-    for (name, value) in req.headers().entries() {
-        if forward_header(&name) {
-            out.append(&name, &value).map_err(|e| unavailable("header copy", e))?;
+    for (name, value) in forwarded_headers(incoming.iter().map(|(n, v)| (n.as_str(), v.as_str()))) {
+        if bodyless && name.eq_ignore_ascii_case("content-length") {
+            continue;
         }
+        out.append(name, value).map_err(|e| unavailable("header copy", e))?;
     }
+    // The path the origin receives, which is the path that is signed.
+    let forwarded_path = format!("{}{}", settings.origin_base_path, path.as_str());
     let ts = now.div_euclid(1000);
-    for (name, value) in identity_headers(grant, secret.as_bytes(), request_id, method, path.as_str(), query, ts) {
+    for (name, value) in identity_headers(grant, secret.as_bytes(), request_id, method, &forwarded_path, query, ts) {
         out.set(name, &value).map_err(|e| unavailable("header set", e))?;
     }
-    let mut url = format!("{}{}", settings.origin_url, path.as_str());
+    if client_ip != "unknown" {
+        out.set("X-Forwarded-For", client_ip).map_err(|e| unavailable("header set", e))?;
+    }
+    let url = req.inner().url();
+    let proto = if url.starts_with("https:") { "https" } else { "http" };
+    out.set("X-Forwarded-Proto", proto).map_err(|e| unavailable("header set", e))?;
+
+    let mut target = format!("{}{}", settings.origin, forwarded_path);
     if !query.is_empty() {
-        url.push('?');
-        url.push_str(query);
+        target.push('?');
+        target.push_str(query);
     }
     let mut init = RequestInit::new();
     init.with_method(Method::from(method.to_owned())).with_headers(out).with_redirect(worker::RequestRedirect::Manual);
-    // The body is streamed through, never buffered.
-    if let Some(body) = req.inner().body() {
-        init.with_body(Some(body.into()));
+    if !bodyless {
+        // The body is streamed through, never buffered.
+        if let Some(body) = req.inner().body() {
+            init.with_body(Some(body.into()));
+        }
     }
-    let upstream = Request::new_with_init(&url, &init).map_err(|e| unavailable("origin request", e))?;
+    Request::new_with_init(&target, &init).map_err(|e| unavailable("origin request", e))
+}
 
+/// Sends to the origin (bounded by `ORIGIN_TIMEOUT_MS` to the response
+/// headers) and re-wraps the response: same status and headers but the
+/// origin's `Access-Control-*` (CORS is decided at the edge), the body
+/// stream passed through, our request id set.
+async fn send(upstream: Request, settings: &Settings, request_id: &str) -> Result<Response, Refusal> {
     let controller = AbortController::default();
     let signal = controller.signal();
     let fetch = Fetch::Request(upstream);
-    let send = Box::pin(fetch.send_with_signal(&signal));
+    let sending = Box::pin(fetch.send_with_signal(&signal));
     let timeout = Box::pin(Delay::from(std::time::Duration::from_millis(u64::from(settings.origin_timeout_ms))));
-    let resp = match select(send, timeout).await {
+    let resp = match select(sending, timeout).await {
         Either::Left((Ok(resp), _)) => resp,
         Either::Left((Err(e), _)) => {
             worker::console_warn!("keyward: origin fetch failed: {e} ({request_id})");
@@ -218,13 +294,10 @@ async fn proxy(
             return Err(ApiError::new(ErrorCode::OriginTimeout).into());
         }
     };
-    // Re-wrap the origin response: same status and headers, the body stream
-    // passed through, our request id set.
     let raw: worker::web_sys::Response = resp.into();
     let headers = worker::web_sys::Headers::new_with_headers(&raw.headers())
         .map_err(|e| unavailable("response headers", format!("{e:?}")))?;
     let _ = headers.set("x-request-id", request_id);
-    // CORS is decided at the edge: the origin's own CORS headers never pass.
     let names: Vec<String> = headers.keys().into_iter().filter_map(|k| k.ok()).filter_map(|k| k.as_string()).collect();
     for name in names.iter().filter(|n| n.to_ascii_lowercase().starts_with("access-control-")) {
         let _ = headers.delete(name);

@@ -7,6 +7,7 @@
 //! put internal error text in the body).
 
 mod admin;
+mod control;
 mod gate;
 mod guard;
 mod org;
@@ -31,8 +32,11 @@ pub(crate) const KEYS_BINDING: &str = "KEYS";
 pub(crate) struct Settings {
     pub(crate) config: Config,
     pub(crate) policy: Policy,
-    /// `ORIGIN_URL` without a trailing slash.
-    pub(crate) origin_url: String,
+    /// `ORIGIN_URL`'s scheme, host and port (`https://api.internal:8443`).
+    pub(crate) origin: String,
+    /// `ORIGIN_URL`'s path without a trailing slash (`""` or `/base`),
+    /// prefixed to the canonical path.
+    pub(crate) origin_base_path: String,
     pub(crate) origin_timeout_ms: u32,
     pub(crate) signing_secret: Option<String>,
     pub(crate) admin_token: Option<String>,
@@ -40,7 +44,13 @@ pub(crate) struct Settings {
     /// request (exact rate limits, immediate revocation). `off` exists only
     /// to measure what the hop costs; it disables both.
     pub(crate) key_guard: bool,
+    /// `USAGE_ROLLUP_SECONDS` (default 30): how often a key's guard rolls
+    /// its usage counts up to the org (the staleness of `/v1/usage`).
+    pub(crate) usage_rollup_ms: i64,
 }
+
+/// Shortest accepted `ADMIN_TOKEN` and `ORIGIN_SIGNING_SECRET`.
+pub(crate) const MIN_SECRET_LEN: usize = 32;
 
 static SETTINGS: OnceLock<Result<Settings, String>> = OnceLock::new();
 
@@ -77,16 +87,41 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
         Some("off") => false,
         Some(other) => return Err(format!("KEY_GUARD must be on or off, not {other:?}")),
     };
+    let usage_rollup_ms = match string_binding(env, "USAGE_ROLLUP_SECONDS") {
+        None => 30_000,
+        Some(v) => v
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|t| (1..=3600).contains(t))
+            .map(|s| s * 1000)
+            .ok_or("USAGE_ROLLUP_SECONDS must be 1..3600")?,
+    };
     let policy = Policy::default_policy()?;
-    let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
+    // A secret shorter than 32 bytes is treated as absent (and logged): the
+    // admin API or the proxy then answers 503 rather than run on a weak one.
+    let secret = |name: &str| match string_binding(env, name).filter(|s| !s.is_empty()) {
+        Some(s) if s.len() >= MIN_SECRET_LEN => Some(s),
+        Some(_) => {
+            worker::console_error!(
+                "keyward configuration error: {name} is shorter than {MIN_SECRET_LEN} bytes; ignored"
+            );
+            None
+        }
+        None => None,
+    };
+    let origin = parsed.origin().ascii_serialization();
+    let origin_base_path = parsed.path().trim_end_matches('/').to_owned();
     Ok(Settings {
         config: Config { format, require_baa },
         policy,
-        origin_url: origin_url.trim_end_matches('/').to_owned(),
+        origin,
+        origin_base_path,
         origin_timeout_ms,
-        signing_secret: nonempty(string_binding(env, "ORIGIN_SIGNING_SECRET")),
-        admin_token: nonempty(string_binding(env, "ADMIN_TOKEN")),
+        signing_secret: secret("ORIGIN_SIGNING_SECRET"),
+        admin_token: secret("ADMIN_TOKEN"),
         key_guard,
+        usage_rollup_ms,
     })
 }
 
@@ -166,11 +201,11 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
         Err(e) => return Ok(error_response(&e.into(), "req_unavailable")),
     };
     let url = req.inner().url();
-    let path = raw_path(&url);
-    if path == "/__keyward/panic" && string_binding(&env, "KEYWARD_TEST_PANIC").as_deref() == Some("enabled") {
-        // Test-only (off unless the var is set): proves that a panic still
-        // answers with the envelope (worker/entry.mjs) and that the next
-        // request is served by a fresh instance.
+    let (path, _) = crate::path::split_url(&url);
+    if path == "/__keyward/panic" && test_panic_allowed(&req, &env) {
+        // Test-only: proves that a panic still answers with the envelope
+        // (worker/entry.mjs) and that the next request is served by a fresh
+        // instance. Needs KEYWARD_TEST_PANIC=enabled *and* the admin token.
         #[allow(clippy::panic)]
         {
             panic!("deliberate test panic");
@@ -185,19 +220,69 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
     Ok(result.unwrap_or_else(|refusal| error_response(&refusal, &request_id)))
 }
 
-/// The path part of a request URL string, still percent-encoded: what came
-/// after the authority, before `?`.
-pub(crate) fn raw_path(url: &str) -> &str {
-    let (path_and_query, _) = split_target(url);
-    path_and_query
+fn test_panic_allowed(req: &Request, env: &Env) -> bool {
+    string_binding(env, "KEYWARD_TEST_PANIC").as_deref() == Some("enabled")
+        && admin::is_admin(req, settings(env).ok().and_then(|s| s.admin_token.as_deref()))
 }
 
-/// Splits a request URL string into (raw path, raw query without `?`).
-pub(crate) fn split_target(url: &str) -> (&str, &str) {
-    let after_scheme = url.find("://").map_or(url, |i| &url[i + 3..]);
-    let target = after_scheme.find('/').map_or("/", |i| &after_scheme[i..]);
-    let target = target.split_once('#').map_or(target, |(t, _)| t);
-    target.split_once('?').unwrap_or((target, ""))
+/// Reads a request body, refusing more than `limit` bytes without buffering
+/// the rest.
+pub(crate) async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, Refusal> {
+    use futures_util::StreamExt;
+    let too_large = || {
+        Refusal::from(ApiError::with_message(
+            ErrorCode::PayloadTooLarge,
+            format!("The request body exceeds {limit} bytes."),
+        ))
+    };
+    if let Some(len) = req.headers().get("content-length").ok().flatten() {
+        if len.trim().parse::<u64>().map_or(true, |n| n > limit as u64) {
+            return Err(too_large());
+        }
+    }
+    let mut out = Vec::new();
+    let Ok(mut stream) = req.stream() else {
+        return Ok(out);
+    };
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| ApiError::invalid_request("The request body could not be read."))?;
+        if out.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// Sends a command to an org's Durable Object; returns its status and body.
+pub(crate) async fn call_org(
+    env: &Env,
+    org_id: &str,
+    request: &crate::admin::OrgRequest,
+) -> Result<(u16, String), Refusal> {
+    let ns = env.durable_object(ORGS_BINDING).map_err(|e| unavailable("ORGS binding", e))?;
+    let stub = ns.id_from_name(org_id).and_then(|id| id.get_stub()).map_err(|e| unavailable("org stub", e))?;
+    let body = serde_json::to_string(request).map_err(|e| unavailable("org command", e))?;
+    let mut init = worker::RequestInit::new();
+    init.with_method(worker::Method::Post).with_body(Some(body.into()));
+    let req = Request::new_with_init("https://org.keyward.internal/command", &init)
+        .map_err(|e| unavailable("org request", e))?;
+    let mut resp = stub.fetch_with_request(req).await.map_err(|e| unavailable("org object", e))?;
+    let text = resp.text().await.map_err(|e| unavailable("org reply", e))?;
+    Ok((resp.status_code(), text))
+}
+
+/// Adds the one-time plaintext to a create reply from the org object. The
+/// plaintext joins the reply here, in the worker: the org object never sees
+/// it, and it is never logged or stored.
+pub(crate) fn with_plaintext(body: &str, plaintext: String) -> Result<String, Refusal> {
+    let mut v: serde_json::Value = serde_json::from_str(body).map_err(|e| unavailable("org reply", e))?;
+    let data = v
+        .get_mut("data")
+        .and_then(serde_json::Value::as_object_mut)
+        .ok_or_else(|| unavailable("org reply", "no data object"))?;
+    data.insert("plaintext".into(), serde_json::Value::String(plaintext));
+    Ok(v.to_string())
 }
 
 /// Maps a store or runtime error to a fail-closed refusal, logging the

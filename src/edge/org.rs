@@ -15,7 +15,9 @@ use worker::{durable_object, DurableObject, Env, Request, Response, SqlStorage, 
 
 use crate::admin::{OrgCommand, OrgRequest};
 use crate::authorize::Refusal;
+use crate::control::{self, Caller};
 use crate::error::{success, ApiError, ErrorCode};
+use crate::guard::UsageCounts;
 use crate::guard::{GuardReply, GuardRequest};
 use crate::ids::rfc3339;
 use crate::records::{key_kv_key, org_kv_key, user_kv_key, KeyRecord, OrgRecord, UserRecord};
@@ -29,7 +31,10 @@ CREATE TABLE IF NOT EXISTS users (
   created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (
   id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, record TEXT NOT NULL,
-  created_at INTEGER NOT NULL, revoked_at INTEGER);
+  created_at INTEGER NOT NULL, revoked_at INTEGER, last_used_at INTEGER);
+CREATE TABLE IF NOT EXISTS usage (
+  key_id TEXT NOT NULL, hour INTEGER NOT NULL, allowed INTEGER NOT NULL, refused TEXT NOT NULL,
+  PRIMARY KEY (key_id, hour));
 CREATE TABLE IF NOT EXISTS audit (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, actor TEXT NOT NULL,
   action TEXT NOT NULL, target TEXT NOT NULL, request_id TEXT NOT NULL, detail TEXT NOT NULL);
@@ -44,6 +49,14 @@ pub struct OrgStore {
 
 impl DurableObject for OrgStore {
     fn new(state: State, env: Env) -> Self {
+        // The schema is created once per instance; SQL calls are synchronous.
+        let sql = state.storage().sql();
+        if let Err(e) = sql.exec(SCHEMA, None) {
+            worker::console_error!("keyward: org schema: {e}");
+        }
+        // State created before `last_used_at` existed; fails harmlessly when
+        // the column is already there.
+        let _ = sql.exec("ALTER TABLE keys ADD COLUMN last_used_at INTEGER", None);
         Self { state, env }
     }
 
@@ -74,7 +87,6 @@ fn sql_err(e: worker::Error) -> Refusal {
 }
 
 async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String), Refusal> {
-    sql.exec(SCHEMA, None).map_err(sql_err)?;
     let kv = env.kv(super::KV_BINDING).map_err(|e| super::unavailable("KV binding", e))?;
     let now = r.now_ms;
     let audit = |action: &str, target: &str, detail: Value| -> Result<(), Refusal> {
@@ -127,6 +139,8 @@ async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String)
         OrgCommand::UpsertUser { org_id, user_id, role, disabled } => {
             require_org(&sql, org_id)?;
             let prev = load_user(&sql, user_id)?;
+            // Omitted `disabled` keeps the current value.
+            let disabled = &disabled.unwrap_or(prev.as_ref().is_some_and(|p| p.disabled));
             sql.exec(
                 "INSERT INTO users (id, role, disabled, created_at, updated_at) VALUES (?, ?, ?, ?, ?)
                  ON CONFLICT(id) DO UPDATE SET role = excluded.role, disabled = excluded.disabled, updated_at = excluded.updated_at",
@@ -188,7 +202,7 @@ async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String)
             )?;
             Ok((201, success(key_view(record), None)))
         }
-        OrgCommand::RevokeKey { org_id, key_id } => {
+        OrgCommand::RevokeKey { org_id, key_id, caller } => {
             require_org(&sql, org_id)?;
             #[derive(Deserialize)]
             struct Row {
@@ -204,6 +218,10 @@ async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String)
             };
             let mut record: KeyRecord =
                 serde_json::from_str(&row.record).map_err(|e| super::unavailable("key decode", e))?;
+            if let Some(c) = caller {
+                let who = Caller { scopes: &c.scopes, user_id: c.user_id.as_deref(), user_role: None };
+                control::check_revoke(&who, &record)?;
+            }
             // The tombstone in the key's guard first: from its answer on,
             // every check is refused, whatever KV still says. It keeps the
             // first revocation time, which the system of record adopts.
@@ -229,7 +247,174 @@ async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String)
             put_kv(&kv, &key_kv_key(&row.hash), &record).await?;
             Ok((200, success(json!({ "id": key_id, "revoked_at": rfc3339(revoked_at) }), None)))
         }
+        OrgCommand::ListKeys { org_id, cursor, limit } => list_keys(&sql, org_id, cursor.as_deref(), *limit),
+        OrgCommand::ListAudit { org_id, cursor, limit } => list_audit(&sql, org_id, cursor.as_deref(), *limit),
+        OrgCommand::Usage { org_id, from, to } => {
+            let rollup = super::settings(&env).map(|s| s.usage_rollup_ms).unwrap_or(30_000);
+            usage(&sql, org_id, *from, *to, rollup)
+        }
+        OrgCommand::RecordUsage { org_id, key_id, hours, last_used_at } => {
+            require_org(&sql, org_id)?;
+            record_usage(&sql, key_id, hours, *last_used_at)
+        }
     }
+}
+
+fn list_keys(sql: &SqlStorage, org_id: &str, cursor: Option<&str>, limit: u32) -> Result<(u16, String), Refusal> {
+    require_org(sql, org_id)?;
+    #[derive(Deserialize)]
+    struct Row {
+        record: String,
+        last_used_at: Option<i64>,
+    }
+    // One more than asked, to know whether there is a next page. ULIDs sort
+    // by creation time, so `id < cursor` walks newest to oldest with no
+    // duplicates or gaps.
+    let rows: Vec<Row> = sql
+        .exec(
+            "SELECT record, last_used_at FROM keys WHERE revoked_at IS NULL AND (?1 IS NULL OR id < ?1)
+             ORDER BY id DESC LIMIT ?2",
+            vec![SqlStorageValue::from(cursor.map(str::to_owned)), (i64::from(limit) + 1).into()],
+        )
+        .and_then(|c| c.to_array())
+        .map_err(sql_err)?;
+    let has_more = rows.len() > limit as usize;
+    let mut data = Vec::with_capacity(rows.len());
+    let mut last_id = None;
+    for row in rows.into_iter().take(limit as usize) {
+        let k: KeyRecord = serde_json::from_str(&row.record).map_err(|e| super::unavailable("key decode", e))?;
+        let mut view = key_view(&k);
+        view["last_used_at"] = json!(row.last_used_at.map(rfc3339));
+        last_id = Some(k.id);
+        data.push(view);
+    }
+    let next_cursor = if has_more { last_id } else { None };
+    Ok((200, success(Value::Array(data), Some(json!({ "next_cursor": next_cursor, "has_more": has_more })))))
+}
+
+fn list_audit(sql: &SqlStorage, org_id: &str, cursor: Option<&str>, limit: u32) -> Result<(u16, String), Refusal> {
+    require_org(sql, org_id)?;
+    #[derive(Deserialize)]
+    struct Row {
+        seq: i64,
+        at: i64,
+        actor: String,
+        action: String,
+        target: String,
+        request_id: String,
+        detail: String,
+    }
+    let cursor: Option<i64> = cursor.and_then(|c| c.parse().ok());
+    let rows: Vec<Row> = sql
+        .exec(
+            "SELECT seq, at, actor, action, target, request_id, detail FROM audit
+             WHERE (?1 IS NULL OR seq < ?1) ORDER BY seq DESC LIMIT ?2",
+            vec![SqlStorageValue::from(cursor), (i64::from(limit) + 1).into()],
+        )
+        .and_then(|c| c.to_array())
+        .map_err(sql_err)?;
+    let has_more = rows.len() > limit as usize;
+    let entries: Vec<Value> = rows
+        .iter()
+        .take(limit as usize)
+        .map(|r| {
+            json!({
+                "id": r.seq.to_string(),
+                "action": r.action,
+                "actor": r.actor,
+                "target": r.target,
+                "request_id": r.request_id,
+                "created_at": rfc3339(r.at),
+                "detail": serde_json::from_str::<Value>(&r.detail).unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    let next_cursor = if has_more { rows.get(limit as usize - 1).map(|r| r.seq.to_string()) } else { None };
+    Ok((200, success(Value::Array(entries), Some(json!({ "next_cursor": next_cursor, "has_more": has_more })))))
+}
+
+fn usage(sql: &SqlStorage, org_id: &str, from: i64, to: i64, rollup_ms: i64) -> Result<(u16, String), Refusal> {
+    require_org(sql, org_id)?;
+    #[derive(Deserialize)]
+    struct Row {
+        key_id: String,
+        hour: i64,
+        allowed: i64,
+        refused: String,
+    }
+    // Hours that overlap [from, to).
+    let first_hour = from - from.rem_euclid(crate::guard::HOUR_MS);
+    let rows: Vec<Row> = sql
+        .exec(
+            "SELECT key_id, hour, allowed, refused FROM usage WHERE hour >= ? AND hour < ? ORDER BY hour, key_id",
+            vec![first_hour.into(), to.into()],
+        )
+        .and_then(|c| c.to_array())
+        .map_err(sql_err)?;
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let refused: Value = serde_json::from_str(&r.refused).unwrap_or_else(|_| json!({}));
+            let total_refused: i64 = refused.as_object().map_or(0, |m| m.values().filter_map(Value::as_i64).sum());
+            json!({
+                "key_id": r.key_id,
+                "hour": rfc3339(r.hour),
+                "allowed": r.allowed,
+                "refused": total_refused,
+                "refused_by_reason": refused,
+            })
+        })
+        .collect();
+    let meta = json!({ "from": rfc3339(from), "to": rfc3339(to), "rollup_interval_seconds": rollup_ms / 1000 });
+    Ok((200, success(Value::Array(data), Some(meta))))
+}
+
+fn record_usage(
+    sql: &SqlStorage,
+    key_id: &str,
+    hours: &[(i64, UsageCounts)],
+    last_used_at: Option<i64>,
+) -> Result<(u16, String), Refusal> {
+    #[derive(Deserialize)]
+    struct Row {
+        allowed: i64,
+        refused: String,
+    }
+    for (hour, counts) in hours {
+        let existing: Vec<Row> = sql
+            .exec(
+                "SELECT allowed, refused FROM usage WHERE key_id = ? AND hour = ?",
+                vec![key_id.into(), (*hour).into()],
+            )
+            .and_then(|c| c.to_array())
+            .map_err(sql_err)?;
+        let mut total = UsageCounts::default();
+        if let Some(row) = existing.first() {
+            total.allowed = u64::try_from(row.allowed).unwrap_or(0);
+            total.refused = serde_json::from_str(&row.refused).unwrap_or_default();
+        }
+        total.add(counts);
+        let refused = serde_json::to_string(&total.refused).map_err(|e| super::unavailable("usage encode", e))?;
+        sql.exec(
+            "INSERT INTO usage (key_id, hour, allowed, refused) VALUES (?, ?, ?, ?)
+             ON CONFLICT(key_id, hour) DO UPDATE SET allowed = excluded.allowed, refused = excluded.refused",
+            vec![
+                key_id.into(),
+                (*hour).into(),
+                i64::try_from(total.allowed).unwrap_or(i64::MAX).into(),
+                refused.as_str().into(),
+            ],
+        )
+        .map_err(sql_err)?;
+    }
+    if let Some(t) = last_used_at {
+        sql.exec(
+            "UPDATE keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+            vec![t.into(), key_id.into(), t.into()],
+        )
+        .map_err(sql_err)?;
+    }
+    Ok((200, success(json!({ "recorded": hours.len() }), None)))
 }
 
 /// The public view of a key: never the hash or the plaintext.

@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
-pub const SIGNING_SECRET: &str = "test-signing-secret-abcdefghij";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789-abcdefghijklmnop";
+pub const SIGNING_SECRET: &str = "test-signing-secret-abcdefghij-0123456789";
 
 pub struct Harness {
     pub port: u16,
@@ -162,6 +162,9 @@ impl Harness {
             "--var".into(),
             format!("ORIGIN_URL:{origin_url}"),
         ];
+        // Usage rolls up every second in tests (30 s by default).
+        args.push("--var".into());
+        args.push("USAGE_ROLLUP_SECONDS:1".into());
         for (k, v) in &opts.vars {
             args.push("--var".into());
             args.push(format!("{k}:{v}"));

@@ -1,0 +1,284 @@
+//! The control API's rules (served by keyward itself, never proxied):
+//! who may mint or revoke which keys, and the query parameters of the list,
+//! audit and usage routes. Pure.
+//!
+//! No privilege escalation: a key mints only keys whose scopes are within
+//! its own effective scopes (for a user-bound key: capped by the user's
+//! current role); a key bound to a user mints only keys bound to that same
+//! user, and only if the user's role may create keys (`key_creating_roles`);
+//! a key revokes only keys it could have minted.
+
+use crate::admin::KeyInput;
+use crate::error::{ApiError, ErrorCode};
+use crate::ids;
+use crate::policy::Policy;
+use crate::records::KeyRecord;
+use crate::scope::Scope;
+
+/// The calling key, as authorized.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller<'a> {
+    /// Its effective scopes.
+    pub scopes: &'a [Scope],
+    /// Its user, if bound to one.
+    pub user_id: Option<&'a str>,
+    /// That user's current role.
+    pub user_role: Option<&'a str>,
+}
+
+fn denied(message: &'static str) -> ApiError {
+    ApiError::with_message(ErrorCode::PermissionDenied, message)
+}
+
+/// Checks a mint request and binds the new key to the caller's user.
+pub fn check_create(policy: &Policy, caller: &Caller<'_>, input: &mut KeyInput) -> Result<(), ApiError> {
+    if let Some(uid) = caller.user_id {
+        if !caller.user_role.is_some_and(|r| policy.role_creates_keys(r)) {
+            return Err(denied("This key's user has a role that may not create API keys."));
+        }
+        match input.user_id.as_deref() {
+            None => input.user_id = Some(uid.to_owned()),
+            Some(u) if u == uid => {}
+            Some(_) => return Err(denied("A key bound to a user can only create keys bound to the same user.")),
+        }
+    }
+    if let Some(missing) = input.scopes.iter().find(|s| !s.within(caller.scopes)) {
+        return Err(ApiError::with_message(
+            ErrorCode::MissingScope,
+            format!("This API key cannot grant a scope it does not have: {missing}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the caller may revoke `target` (a key of its org).
+pub fn check_revoke(caller: &Caller<'_>, target: &KeyRecord) -> Result<(), ApiError> {
+    if let Some(uid) = caller.user_id {
+        if target.user_id.as_deref() != Some(uid) {
+            return Err(denied("A key bound to a user can only revoke keys of the same user."));
+        }
+    }
+    if !target.scopes.iter().all(|s| s.within(caller.scopes)) {
+        return Err(denied("This API key cannot revoke a key with scopes it does not have."));
+    }
+    Ok(())
+}
+
+/// Decodes `%XX` in a query value; `+` stays a plus (RFC 3339 offsets).
+fn decode(v: &str) -> Option<String> {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = v.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The value of query parameter `name` (the last one wins), decoded.
+pub fn param(query: &str, name: &str) -> Result<Option<String>, ApiError> {
+    let mut found = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == name {
+            found = Some(decode(v).ok_or_else(|| ApiError::validation(name, "is not valid percent-encoded UTF-8"))?);
+        }
+    }
+    Ok(found)
+}
+
+/// A page request: `cursor` (from `meta.next_cursor`) and `limit`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    /// Return items strictly after this one.
+    pub cursor: Option<String>,
+    /// At most this many items (1–100, default 50).
+    pub limit: u32,
+}
+
+/// Default and largest page sizes.
+pub const DEFAULT_LIMIT: u32 = 50;
+/// Largest page size.
+pub const MAX_LIMIT: u32 = 100;
+
+/// Parses `cursor` and `limit`; `valid_cursor` says what a cursor looks like.
+pub fn page(query: &str, valid_cursor: fn(&str) -> bool) -> Result<Page, ApiError> {
+    let cursor = match param(query, "cursor")? {
+        None => None,
+        Some(c) if c.is_empty() => None,
+        Some(c) if valid_cursor(&c) => Some(c),
+        Some(_) => return Err(ApiError::validation("cursor", "is not a cursor from meta.next_cursor")),
+    };
+    let limit = match param(query, "limit")? {
+        None => DEFAULT_LIMIT,
+        Some(l) => match l.parse::<u32>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => return Err(ApiError::validation("limit", "must be an integer from 1 to 100")),
+        },
+    };
+    Ok(Page { cursor, limit })
+}
+
+/// A key-list cursor is a key id (ULID).
+pub fn key_cursor(c: &str) -> bool {
+    ids::is_ulid(c)
+}
+
+/// An audit cursor is a positive sequence number.
+pub fn audit_cursor(c: &str) -> bool {
+    !c.is_empty() && c.len() <= 18 && c.bytes().all(|b| b.is_ascii_digit()) && c != "0"
+}
+
+/// Longest usage range.
+pub const MAX_RANGE_MS: i64 = 31 * 24 * 3_600_000;
+
+/// `from` and `to` (RFC 3339) of the usage route: default the last 24 hours;
+/// `from < to`, at most 31 days apart.
+pub fn range(query: &str, now_ms: i64) -> Result<(i64, i64), ApiError> {
+    let time = |name: &str| -> Result<Option<i64>, ApiError> {
+        match param(query, name)? {
+            None => Ok(None),
+            Some(v) => ids::parse_rfc3339(&v)
+                .map(Some)
+                .ok_or_else(|| ApiError::validation(name, "must be an RFC 3339 timestamp (2026-05-02T10:00:00Z)")),
+        }
+    };
+    let to = time("to")?.unwrap_or(now_ms);
+    let from = time("from")?.unwrap_or(to - 24 * 3_600_000);
+    if from >= to {
+        return Err(ApiError::validation("from", "must be before to"));
+    }
+    if to - from > MAX_RANGE_MS {
+        return Err(ApiError::validation("from", "the range may span at most 31 days"));
+    }
+    Ok((from, to))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::KeyKind;
+
+    fn sc(list: &[&str]) -> Vec<Scope> {
+        list.iter().map(|s| Scope::parse(s).unwrap()).collect()
+    }
+
+    fn input(scopes: &[&str], user: Option<&str>) -> KeyInput {
+        KeyInput {
+            name: "k".into(),
+            scopes: sc(scopes),
+            kind: KeyKind::Secret,
+            expires_at: None,
+            user_id: user.map(Into::into),
+            rate_limits: vec![],
+            allowed_origins: vec![],
+            resource_id: None,
+        }
+    }
+
+    #[test]
+    fn no_escalation_of_scopes() {
+        let pol = Policy::default_policy().unwrap();
+        let mine = sc(&["ai:chat", "control:read"]);
+        let caller = Caller { scopes: &mine, user_id: None, user_role: None };
+        assert!(check_create(&pol, &caller, &mut input(&["ai:chat"], None)).is_ok());
+        assert!(check_create(&pol, &caller, &mut input(&["ai:chat", "control:read"], None)).is_ok());
+        for (want, missing) in
+            [(&["ai:*"][..], "ai:*"), (&["*"][..], "*"), (&["ai:chat", "control:webhooks"][..], "control:webhooks")]
+        {
+            let e = check_create(&pol, &caller, &mut input(want, None)).unwrap_err();
+            assert_eq!(e.code, ErrorCode::MissingScope);
+            assert!(e.message().ends_with(missing), "{}", e.message());
+        }
+        let wild = sc(&["ai:*", "control:read"]);
+        let caller = Caller { scopes: &wild, user_id: None, user_role: None };
+        assert!(check_create(&pol, &caller, &mut input(&["ai:embeddings", "ai:*"], None)).is_ok());
+    }
+
+    #[test]
+    fn user_bound_callers_mint_only_for_their_user_and_role() {
+        let pol = Policy::default_policy().unwrap();
+        let mine = sc(&["ai:chat", "control:read"]);
+        let op = Caller { scopes: &mine, user_id: Some("u1"), user_role: Some("operator") };
+        let mut i = input(&["ai:chat"], None);
+        check_create(&pol, &op, &mut i).unwrap();
+        assert_eq!(i.user_id.as_deref(), Some("u1"), "bound to the caller's user");
+        assert!(check_create(&pol, &op, &mut input(&["ai:chat"], Some("u1"))).is_ok());
+        let e = check_create(&pol, &op, &mut input(&["ai:chat"], Some("u2"))).unwrap_err();
+        assert_eq!(e.code, ErrorCode::PermissionDenied);
+        let viewer = Caller { scopes: &mine, user_id: Some("u1"), user_role: Some("viewer") };
+        assert_eq!(
+            check_create(&pol, &viewer, &mut input(&["ai:chat"], None)).unwrap_err().code,
+            ErrorCode::PermissionDenied
+        );
+    }
+
+    #[test]
+    fn revoke_only_what_you_could_mint() {
+        let target = |scopes: &[&str], user: Option<&str>| KeyRecord {
+            id: "01K".into(),
+            org_id: "o".into(),
+            user_id: user.map(Into::into),
+            name: "t".into(),
+            kind: KeyKind::Secret,
+            scopes: sc(scopes),
+            prefix: "kw_live_".into(),
+            last_four: "abcd".into(),
+            created_at: 0,
+            expires_at: None,
+            revoked_at: None,
+            rate_limits: vec![],
+            allowed_origins: vec![],
+            resource_id: None,
+        };
+        let mine = sc(&["ai:*", "control:read"]);
+        let org_key = Caller { scopes: &mine, user_id: None, user_role: None };
+        assert!(check_revoke(&org_key, &target(&["ai:chat"], None)).is_ok());
+        assert!(check_revoke(&org_key, &target(&["ai:chat"], Some("u9"))).is_ok());
+        assert_eq!(check_revoke(&org_key, &target(&["*"], None)).unwrap_err().code, ErrorCode::PermissionDenied);
+        let user_key = Caller { scopes: &mine, user_id: Some("u1"), user_role: Some("admin") };
+        assert!(check_revoke(&user_key, &target(&["ai:chat"], Some("u1"))).is_ok());
+        assert_eq!(
+            check_revoke(&user_key, &target(&["ai:chat"], Some("u2"))).unwrap_err().code,
+            ErrorCode::PermissionDenied
+        );
+        assert_eq!(check_revoke(&user_key, &target(&["ai:chat"], None)).unwrap_err().code, ErrorCode::PermissionDenied);
+    }
+
+    #[test]
+    fn query_parameters() {
+        assert_eq!(page("", key_cursor).unwrap(), Page { cursor: None, limit: 50 });
+        assert_eq!(page("limit=100&cursor=", key_cursor).unwrap(), Page { cursor: None, limit: 100 });
+        let c = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+        assert_eq!(
+            page(&format!("cursor={c}&limit=7"), key_cursor).unwrap(),
+            Page { cursor: Some(c.into()), limit: 7 }
+        );
+        for bad in ["limit=0", "limit=101", "limit=x", "limit=-1", "cursor=nope", "cursor=%ZZ"] {
+            assert_eq!(page(bad, key_cursor).unwrap_err().code, ErrorCode::ValidationFailed, "{bad}");
+        }
+        assert!(page("cursor=42", audit_cursor).is_ok());
+        assert!(page("cursor=0", audit_cursor).is_err());
+        let now = 1_800_000_000_000;
+        assert_eq!(range("", now).unwrap(), (now - 86_400_000, now));
+        assert_eq!(
+            range("from=2026-05-02T10:00:00%2B00:00&to=2026-05-02T12:00:00Z", now).unwrap(),
+            (1_777_716_000_000, 1_777_723_200_000)
+        );
+        assert_eq!(range("from=2026-05-02T10:00:00+00:00&to=2026-05-02T12:00:00Z", now).unwrap().0, 1_777_716_000_000);
+        for bad in [
+            "from=yesterday",
+            "from=2026-05-03T00:00:00Z&to=2026-05-02T00:00:00Z",
+            "from=2026-01-01T00:00:00Z&to=2026-03-01T00:00:00Z",
+        ] {
+            assert_eq!(range(bad, now).unwrap_err().code, ErrorCode::ValidationFailed, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The public control API, served by keyward itself (never proxied) to keys
+//! with `control:read`, after the same authorization and rate limits as any
+//! other route. The rules are in [`crate::control`]; the org's object does
+//! the reads and writes.
+//!
+//! | method | path | |
+//! | --- | --- | --- |
+//! | POST | `/v1/api_keys` | mint a key (scopes within the caller's) |
+//! | GET | `/v1/api_keys?cursor=&limit=` | the org's non-revoked keys, newest first |
+//! | DELETE | `/v1/api_keys/{key_id}` | revoke (tombstone first, as the admin API) |
+//! | GET | `/v1/audit?cursor=&limit=` | the org's audit log, newest first |
+//! | GET | `/v1/usage?from=&to=` | allowed and refused requests per key and hour |
+
+use worker::{Env, Request, Response};
+
+use super::{admin, call_org, json_response, read_body, Settings};
+use crate::admin::{parse_key, OrgCommand, OrgRequest, RevokeCaller, MAX_BODY_BYTES};
+use crate::authorize::{Grant, Refusal};
+use crate::control::{self as rules, Caller as Rules};
+use crate::error::{ApiError, ErrorCode};
+use crate::ids;
+use crate::path::CanonicalPath;
+use crate::records::KeyRecord;
+
+/// A control route.
+pub(super) enum Route {
+    CreateKey,
+    ListKeys,
+    RevokeKey(String),
+    Audit,
+    Usage,
+}
+
+/// The control route for an authorized request, if the policy says keyward
+/// serves it.
+pub(super) fn route(grant: &Grant, method: &str, path: &CanonicalPath) -> Option<Route> {
+    if !grant.local {
+        return None;
+    }
+    match (method, grant.route.as_str()) {
+        ("POST", "/v1/api_keys") => Some(Route::CreateKey),
+        ("GET", "/v1/api_keys") => Some(Route::ListKeys),
+        ("DELETE", "/v1/api_keys/{key_id}") => path.segments().last().map(|id| Route::RevokeKey(id.to_owned())),
+        ("GET", "/v1/audit") => Some(Route::Audit),
+        ("GET", "/v1/usage") => Some(Route::Usage),
+        _ => None,
+    }
+}
+
+/// The authorized caller.
+pub(super) struct Caller<'a> {
+    pub(super) grant: &'a Grant,
+    pub(super) key: &'a KeyRecord,
+    pub(super) request_id: &'a str,
+    pub(super) now: i64,
+}
+
+pub(super) async fn handle(
+    mut req: Request,
+    env: &Env,
+    settings: &Settings,
+    caller: &Caller<'_>,
+    route: Route,
+    query: &str,
+) -> Result<Response, Refusal> {
+    let org_id = caller.grant.org_id.as_str();
+    let actor = format!("key:{}", caller.grant.key_id);
+    let command = match route {
+        Route::CreateKey => {
+            let mut input = parse_key(&read_body(&mut req, MAX_BODY_BYTES).await?, &settings.policy, caller.now)?;
+            let who = Rules {
+                scopes: &caller.grant.scopes,
+                user_id: caller.grant.user_id.as_deref(),
+                user_role: caller.grant.user_role.as_deref(),
+            };
+            rules::check_create(&settings.policy, &who, &mut input)?;
+            let (status, body) =
+                admin::mint(env, settings, org_id, input, &actor, caller.request_id, caller.now).await?;
+            return Ok(json_response(status, body, caller.request_id));
+        }
+        Route::ListKeys => {
+            let page = rules::page(query, rules::key_cursor)?;
+            OrgCommand::ListKeys { org_id: org_id.into(), cursor: page.cursor, limit: page.limit }
+        }
+        Route::RevokeKey(key_id) => {
+            if !ids::is_ulid(&key_id) {
+                return Err(ApiError::new(ErrorCode::ResourceNotFound).into());
+            }
+            let who = RevokeCaller { scopes: caller.grant.scopes.clone(), user_id: caller.key.user_id.clone() };
+            OrgCommand::RevokeKey { org_id: org_id.into(), key_id, caller: Some(who) }
+        }
+        Route::Audit => {
+            let page = rules::page(query, rules::audit_cursor)?;
+            OrgCommand::ListAudit { org_id: org_id.into(), cursor: page.cursor, limit: page.limit }
+        }
+        Route::Usage => {
+            let (from, to) = rules::range(query, caller.now)?;
+            OrgCommand::Usage { org_id: org_id.into(), from, to }
+        }
+    };
+    let request = OrgRequest { command, actor, request_id: caller.request_id.into(), now_ms: caller.now };
+    let (status, body) = call_org(env, org_id, &request).await?;
+    Ok(json_response(status, body, caller.request_id))
+}
