@@ -415,10 +415,158 @@ fn created_key_has_the_reference_shape_and_never_leaks_the_hash() {
 
 #[test]
 fn every_response_has_a_request_id() {
-    for (m, p) in [("GET", "/"), ("GET", "/v1/ai/chat"), ("OPTIONS", "/v1/ai/chat"), ("GET", "/admin")] {
+    for (m, p) in
+        [("GET", "/"), ("GET", "/v1/ai/chat"), ("OPTIONS", "/v1/ai/chat"), ("GET", "/admin"), ("GET", "/v1/%2e%2f")]
+    {
         let r = h().send(m, p, &[], None);
-        assert!(r.header("x-request-id").is_some_and(|v| v.starts_with("req_")), "{m} {p}: {:?}", r.headers);
+        // An error envelope whose request_id is the header's (checked in assert_error).
+        r.assert_error(r.status, r.json()["error"]["code"].as_str().unwrap());
     }
+    let (_, key, _) = setup(&["ai:chat"]);
+    let r = chat(&key, &[]);
+    let rid = r.header("x-request-id").unwrap();
+    assert_eq!(r.json()["echo"]["headers"]["x-request-id"], rid, "the origin and the client see one id");
+}
+
+#[test]
+fn a_well_formed_unknown_key_and_an_expired_key_get_the_same_401() {
+    use keyward::token::{generate, KeyKind, TokenFormat};
+    let unknown = generate(&TokenFormat::default(), KeyKind::Secret, &[0x5a; 32]).plaintext;
+    let a = chat(&unknown, &[]);
+    let va = a.assert_error(401, "INVALID_API_KEY");
+    let org = h().org(true);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let soon = keyward::ids::rfc3339(now + 2000);
+    let (expiring, _) = h().key(&org, json!({"name": "e", "scopes": ["ai:chat"], "expires_at": soon}));
+    assert_eq!(chat(&expiring, &[]).status, 200);
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    let b = chat(&expiring, &[]);
+    let vb = b.assert_error(401, "INVALID_API_KEY");
+    assert_eq!(va["error"]["message"], vb["error"]["message"]);
+    let names = |r: &Resp| {
+        let mut v: Vec<String> =
+            r.headers.iter().map(|(k, _)| k.to_ascii_lowercase()).filter(|k| k != "date").collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&a), names(&b), "same headers for unknown and expired");
+}
+
+#[test]
+fn unreadable_records_fail_closed() {
+    let (org, key, _) = setup(&["ai:chat"]);
+    assert_eq!(chat(&key, &[]).status, 200);
+    // The org record vanishes from the read model: refuse, do not allow.
+    h().kv(&["delete", &format!("org:{org}")]);
+    let r = chat(&key, &[]);
+    r.assert_error(503, "SERVICE_UNAVAILABLE");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // A key record that does not decode: refuse.
+    let (_, key2, _) = setup(&["ai:chat"]);
+    h().kv(&["put", &format!("key:{}", sha256_hex(key2.as_bytes())), "{not json"]);
+    chat(&key2, &[]).assert_error(503, "SERVICE_UNAVAILABLE");
+}
+
+#[test]
+fn refusals_before_the_guard_do_not_consume_quota() {
+    let org = h().org(true);
+    let (key, _) = h().key(&org, json!({"name": "q", "scopes": ["ai:chat"], "rate_limits": [{"name": "minute", "limit": 3, "window_seconds": 60}]}));
+    let auth = bearer(&key);
+    for _ in 0..4 {
+        h().send("POST", "/v1/embeddings", &[("authorization", &auth)], Some(b"{}")).assert_error(403, "MISSING_SCOPE");
+        h().send("GET", "/v1/nope", &[("authorization", &auth)], None).assert_error(404, "ROUTE_NOT_FOUND");
+        h().send("GET", "/v1/ai/chat", &[("authorization", &auth)], None).assert_error(405, "METHOD_NOT_ALLOWED");
+        h().send("POST", "/v1/a;b", &[("authorization", &auth)], None).assert_error(400, "INVALID_REQUEST");
+    }
+    for i in 0..3 {
+        let r = chat(&key, &[]);
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    chat(&key, &[]).assert_error(429, "RATE_LIMITED");
+}
+
+#[test]
+fn get_requests_never_forward_a_body() {
+    let (_, key, _) = setup(&["*"]);
+    let auth = bearer(&key);
+    for body in [&b""[..], &b"smuggled"[..]] {
+        let r = h().send("GET", "/v1/webhooks", &[("authorization", &auth)], Some(body));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let echo = &r.json()["echo"];
+        assert_eq!(echo["body"], "");
+        assert!(echo["headers"].get("content-length").is_none_or(|v| v == "0"), "{echo}");
+    }
+}
+
+#[test]
+fn smuggled_headers_and_overrides_never_reach_the_origin() {
+    let (_, key, _) = setup(&["ai:chat"]);
+    let r = chat(
+        &key,
+        &[
+            ("X_Keyward_User", "u_admin"),
+            ("x_request_id", "req_mine"),
+            ("X-Original-URL", "/v1/api_keys"),
+            ("X-Rewrite-URL", "/v1/api_keys"),
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("X-Forwarded-Host", "evil.example"),
+            ("Forwarded", "for=6.6.6.6"),
+            ("X-Real-IP", "6.6.6.6"),
+            ("Connection", "X-Internal-Auth"),
+            ("X-Internal-Auth", "1"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let hd = r.json()["echo"]["headers"].clone();
+    for gone in [
+        "x_keyward_user",
+        "x_request_id",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-forwarded-host",
+        "forwarded",
+        "x-real-ip",
+        "x-keyward-user",
+    ] {
+        assert!(hd.get(gone).is_none(), "{gone} reached the origin: {hd}");
+    }
+    assert_ne!(hd["x-forwarded-for"], "6.6.6.6", "a client cannot claim an address");
+    assert_eq!(hd["x-forwarded-proto"], "http");
+    // A method override in the query is refused.
+    let auth = bearer(&key);
+    for q in ["_method=DELETE", "a=1&_METHOD=put"] {
+        let r = h().send("POST", &format!("/v1/ai/chat?{q}"), &[("authorization", &auth)], Some(b"{}"));
+        assert_refused_without_origin(&r, 400, "INVALID_REQUEST");
+    }
+    // Path parameters and dot look-alikes that servlet or Windows origins
+    // would resolve to another route.
+    let (_, docs, _) = setup(&["ai:documents"]);
+    let auth = bearer(&docs);
+    for p in [
+        "/v1/documents/..;/api_keys/01ARZ3NDEKTSV4RRFFQ69G5FAV",
+        "/v1/documents/%C0%AE%C0%AE/api_keys",
+        "/v1/documents/..%20/x",
+        "/v1/documents/.../x",
+    ] {
+        let r = h().send("DELETE", p, &[("authorization", &auth)], None);
+        assert_eq!(r.status, 400, "{p}: {}", r.text());
+        assert_refused_without_origin(&r, 400, "INVALID_REQUEST");
+    }
+}
+
+#[test]
+fn a_chunked_admin_body_over_the_limit_is_refused() {
+    let org = h().org(true);
+    let mut req = format!(
+        "POST /admin/orgs/{org}/api_keys HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    let chunk = "x".repeat(16 * 1024);
+    for _ in 0..5 {
+        req.extend_from_slice(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes());
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    raw(h().port, &req).assert_error(413, "PAYLOAD_TOO_LARGE");
 }
 
 #[test]
@@ -472,6 +620,11 @@ fn a_panic_answers_500_with_the_envelope_and_the_worker_recovers() {
     for _ in 0..3 {
         down().send("POST", "/v1/ai/chat", &[], None).assert_error(401, "INVALID_API_KEY");
     }
+    // KV, the Durable Objects and the proxy path still work: a real key is
+    // authorized (and meets the down origin: 502).
+    let org = down().org(true);
+    let (key, _) = down().key(&org, json!({"name": "after", "scopes": ["ai:chat"]}));
+    down().send("POST", "/v1/ai/chat", &[("x-api-key", &key)], Some(b"{}")).assert_error(502, "ORIGIN_UNAVAILABLE");
     // On the main worker the panic route does not exist (the var is unset).
     h().send("GET", "/__keyward/panic", &[("x-api-key", "x")], None).assert_error(401, "INVALID_API_KEY");
 }

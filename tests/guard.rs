@@ -124,6 +124,18 @@ fn revocation_holds_even_when_kv_still_serves_the_old_record() {
         let v = chat(h(), &key).assert_error(401, "INVALID_API_KEY");
         assert_eq!(v["error"]["message"], "The API key is missing, malformed, expired, revoked or unknown.");
     }
+    // Not even a route it may not call, another origin or an unknown route
+    // tells the revoked key apart from an unknown one.
+    let auth = format!("Bearer {key}");
+    for (m, p, extra) in [
+        ("GET", "/v1/audit", None),
+        ("GET", "/v1/nope", None),
+        ("POST", "/v1/ai/chat", Some(("origin", "https://x.com"))),
+    ] {
+        let mut hs = vec![("authorization", auth.as_str())];
+        hs.extend(extra);
+        h().send(m, p, &hs, Some(b"{}")).assert_error(401, "INVALID_API_KEY");
+    }
     assert_eq!(origin_count(h(), &key_id), before, "no request of a revoked key reached the origin");
 }
 
