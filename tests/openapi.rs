@@ -1,0 +1,1115 @@
+//! The OpenAPI document (`openapi.json`) against the code and the real
+//! worker: it is OpenAPI 3.1; its error codes are exactly the catalogue's
+//! (`keyward::error::ErrorCode::ALL`), each under its own status; its paths
+//! and methods are exactly the policy's routes, the control routes and the
+//! admin routes; and every operation, sent for real to `wrangler dev`,
+//! answers with a documented status, a documented error code, the
+//! documented headers and a body of the documented shape. Run with
+//! `make test`.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
+
+use common::*;
+use keyward::error::ErrorCode;
+use serde_json::{json, Value};
+
+const SPEC: &str = include_str!("../openapi.json");
+const POLICY: &str = include_str!("../policy/policy.json");
+const ADMIN_SRC: &str = include_str!("../src/edge/admin.rs");
+const CONTROL_SRC: &str = include_str!("../src/edge/control.rs");
+
+/// Operation keys of a Path Item.
+const OP_KEYS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+/// Methods tried for a 405.
+const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+/// Response headers keyward itself sets: when one is on a response, the spec
+/// must document it for that operation and status.
+const KEYWARD_HEADERS: [&str; 11] = [
+    "x-request-id",
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+    "retry-after",
+    "allow",
+    "access-control-allow-origin",
+    "access-control-expose-headers",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "access-control-max-age",
+];
+const SHOP: &str = "https://shop.example.com";
+const UNKNOWN_ULID: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+
+fn spec() -> &'static Value {
+    static S: OnceLock<Value> = OnceLock::new();
+    S.get_or_init(|| serde_json::from_str(SPEC).expect("openapi.json is not valid JSON"))
+}
+
+fn policy() -> &'static Value {
+    static P: OnceLock<Value> = OnceLock::new();
+    P.get_or_init(|| serde_json::from_str(POLICY).expect("policy.json"))
+}
+
+fn h() -> &'static Harness {
+    static H: OnceLock<Harness> = OnceLock::new();
+    H.get_or_init(|| Harness::start(Options { origin_url: None, vars: vec![("ORIGIN_TIMEOUT_MS", "1500".into())] }))
+}
+
+/// Follows a local `$ref` (any depth).
+fn resolve(v: &'static Value) -> &'static Value {
+    let mut v = v;
+    while let Some(r) = v.get("$ref").and_then(Value::as_str) {
+        let target = r.strip_prefix('#').unwrap_or_else(|| panic!("non-local $ref {r}"));
+        v = spec().pointer(target).unwrap_or_else(|| panic!("unresolved $ref {r}"));
+    }
+    v
+}
+
+fn strs(v: &Value) -> Vec<&str> {
+    v.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default()
+}
+
+/// One operation of the spec.
+#[derive(Clone, Debug)]
+struct Op {
+    /// The path template, e.g. `/v1/api_keys/{key_id}`.
+    path: String,
+    /// Upper case.
+    method: String,
+    v: &'static Value,
+}
+
+impl Op {
+    fn id(&self) -> &'static str {
+        self.v["operationId"].as_str().unwrap_or_else(|| panic!("{} {} has no operationId", self.method, self.path))
+    }
+    fn is_admin(&self) -> bool {
+        self.path.starts_with("/admin/")
+    }
+    fn is_preflight(&self) -> bool {
+        self.method == "OPTIONS"
+    }
+    fn is_proxied(&self) -> bool {
+        self.v["x-keyward-served-by"] == "origin"
+    }
+    fn scope(&self) -> Option<&'static str> {
+        self.v["x-keyward-scope"].as_str()
+    }
+    /// The documented response for `status` (explicit statuses only, never
+    /// `default`), resolved.
+    fn response(&self, status: u16) -> Option<&'static Value> {
+        self.v["responses"].get(status.to_string()).map(resolve)
+    }
+    fn statuses(&self) -> Vec<u16> {
+        self.v["responses"].as_object().unwrap().keys().filter_map(|k| k.parse().ok()).collect()
+    }
+    fn success_status(&self) -> Option<u16> {
+        self.statuses().into_iter().find(|s| (200..300).contains(s))
+    }
+    /// The path with its parameters filled in.
+    fn concrete(&self, params: &[(&str, &str)]) -> String {
+        let mut out = self.path.clone();
+        for (name, value) in params {
+            out = out.replace(&format!("{{{name}}}"), value);
+        }
+        assert!(!out.contains('{'), "unfilled parameter in {out}");
+        out
+    }
+    /// A valid-looking body: the example of the documented JSON body, or
+    /// `{}` for a proxied body.
+    fn sample_body(&self) -> Option<String> {
+        let body = self.v.get("requestBody")?;
+        match body["content"].get("application/json") {
+            Some(c) => {
+                let schema = resolve(&c["schema"]);
+                Some(
+                    schema
+                        .get("example")
+                        .unwrap_or_else(|| panic!("{}: body schema has no example", self.id()))
+                        .to_string(),
+                )
+            }
+            None => Some("{}".into()),
+        }
+    }
+}
+
+fn ops() -> Vec<Op> {
+    let mut out = Vec::new();
+    for (path, item) in spec()["paths"].as_object().expect("paths") {
+        for key in OP_KEYS {
+            if let Some(v) = item.get(key) {
+                out.push(Op { path: path.clone(), method: key.to_ascii_uppercase(), v });
+            }
+        }
+    }
+    out
+}
+
+/// The methods the spec documents for `path`, OPTIONS (preflight) excluded.
+fn path_methods(path: &str) -> BTreeSet<String> {
+    ops().into_iter().filter(|o| o.path == path && !o.is_preflight()).map(|o| o.method).collect()
+}
+
+/// The documented methods of `path` whose scope widget keys may hold.
+fn widget_methods(path: &str) -> BTreeSet<String> {
+    let widget_scopes = strs(&policy()["widget_scopes"]);
+    ops()
+        .into_iter()
+        .filter(|o| o.path == path && !o.is_preflight() && o.scope().is_some_and(|s| widget_scopes.contains(&s)))
+        .map(|o| o.method)
+        .collect()
+}
+
+fn method_set(list: &str) -> BTreeSet<String> {
+    list.split(',').map(|m| m.trim().to_owned()).filter(|m| !m.is_empty()).collect()
+}
+
+fn catalogue(code: &str) -> ErrorCode {
+    *ErrorCode::ALL.iter().find(|c| c.as_str() == code).unwrap_or_else(|| panic!("{code} is not in the catalogue"))
+}
+
+// ---------------------------------------------------------------- schema check
+
+/// A minimal JSON Schema check, enough for the documented shapes: `$ref`,
+/// `allOf`, `type`, `const`, `enum`, `required`, `properties`,
+/// `additionalProperties`, `unevaluatedProperties: false`, `items`,
+/// `minLength`/`maxLength`, `minimum`/`maximum` and `format: date-time`.
+fn validate(schema: &'static Value, v: &Value, at: &str, errs: &mut Vec<String>) {
+    let s = resolve(schema);
+    for sub in s.get("allOf").and_then(Value::as_array).into_iter().flatten() {
+        validate(sub, v, at, errs);
+    }
+    if let Some(t) = s.get("type") {
+        let types: Vec<&str> = match t {
+            Value::String(x) => vec![x.as_str()],
+            other => strs(other),
+        };
+        let ok = types.iter().any(|t| match *t {
+            "null" => v.is_null(),
+            "boolean" => v.is_boolean(),
+            "integer" => v.is_i64() || v.is_u64(),
+            "number" => v.is_number(),
+            "string" => v.is_string(),
+            "array" => v.is_array(),
+            "object" => v.is_object(),
+            other => panic!("unknown type {other} at {at}"),
+        });
+        if !ok {
+            errs.push(format!("{at}: {v} is not of type {types:?}"));
+            return;
+        }
+    }
+    if let Some(c) = s.get("const") {
+        if c != v {
+            errs.push(format!("{at}: {v} is not {c}"));
+        }
+    }
+    if let Some(e) = s.get("enum").and_then(Value::as_array) {
+        if !e.contains(v) {
+            errs.push(format!("{at}: {v} is not one of {e:?}"));
+        }
+    }
+    match v {
+        Value::Object(m) => {
+            for r in strs(&s["required"]) {
+                if !m.contains_key(r) {
+                    errs.push(format!("{at}: required field {r} is missing"));
+                }
+            }
+            let props = s.get("properties").and_then(Value::as_object);
+            for (k, val) in m {
+                let here = format!("{at}.{k}");
+                match (props.and_then(|p| p.get(k)), s.get("additionalProperties")) {
+                    (Some(p), _) => validate(p, val, &here, errs),
+                    (None, Some(Value::Bool(false))) => errs.push(format!("{here}: undocumented field")),
+                    (None, Some(ap)) if ap.is_object() => validate(ap, val, &here, errs),
+                    _ => {}
+                }
+            }
+            if s.get("unevaluatedProperties") == Some(&Value::Bool(false)) {
+                let known = all_properties(s);
+                for k in m.keys().filter(|k| !known.contains(k.as_str())) {
+                    errs.push(format!("{at}.{k}: undocumented field"));
+                }
+            }
+        }
+        Value::Array(a) => {
+            if let Some(items) = s.get("items") {
+                for (i, x) in a.iter().enumerate() {
+                    validate(items, x, &format!("{at}[{i}]"), errs);
+                }
+            }
+        }
+        Value::String(st) => {
+            let n = st.chars().count() as u64;
+            if s.get("minLength").and_then(Value::as_u64).is_some_and(|m| n < m)
+                || s.get("maxLength").and_then(Value::as_u64).is_some_and(|m| n > m)
+            {
+                errs.push(format!("{at}: length of {st:?} out of range"));
+            }
+            if s.get("format").and_then(Value::as_str) == Some("date-time") && keyward::ids::parse_rfc3339(st).is_none()
+            {
+                errs.push(format!("{at}: {st:?} is not an RFC 3339 date-time"));
+            }
+        }
+        Value::Number(n) => {
+            let x = n.as_f64().unwrap_or(0.0);
+            if s.get("minimum").and_then(Value::as_f64).is_some_and(|m| x < m)
+                || s.get("maximum").and_then(Value::as_f64).is_some_and(|m| x > m)
+            {
+                errs.push(format!("{at}: {x} out of range"));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn all_properties(s: &'static Value) -> BTreeSet<&'static str> {
+    let s = resolve(s);
+    let mut out: BTreeSet<&str> = s
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    for sub in s.get("allOf").and_then(Value::as_array).into_iter().flatten() {
+        out.extend(all_properties(sub));
+    }
+    out
+}
+
+// ---------------------------------------------------------------- conformance
+
+/// Asserts that a real response is documented for `op`: its status (never
+/// through `default`), every documented required header, every keyward
+/// header it carries, and for an error the envelope with a code listed in
+/// that status's `x-keyward-error-codes`; for keyward's own JSON answers,
+/// the documented schema. Returns the body as JSON (or `Null`).
+fn conforms(op: &Op, r: &Resp, case: &str) -> Value {
+    let ctx = format!("{} {} [{}] ({case}): {} {}", op.method, op.path, op.id(), r.status, r.text());
+    let doc = op.response(r.status).unwrap_or_else(|| panic!("status {} is not documented: {ctx}", r.status));
+    let rid = r.header("x-request-id").unwrap_or_else(|| panic!("no X-Request-Id: {ctx}"));
+    assert!(rid.starts_with("req_") && rid.len() == 28, "request id {rid}: {ctx}");
+    static EMPTY: OnceLock<serde_json::Map<String, Value>> = OnceLock::new();
+    let documented = doc["headers"].as_object().unwrap_or_else(|| EMPTY.get_or_init(serde_json::Map::new));
+    for (name, hv) in documented {
+        if resolve(hv)["required"] == true {
+            assert!(r.header(name).is_some(), "documented required header {name} missing: {ctx}");
+        }
+    }
+    for (name, _) in &r.headers {
+        let lower = name.to_ascii_lowercase();
+        if KEYWARD_HEADERS.contains(&lower.as_str()) {
+            assert!(
+                documented.keys().any(|k| k.eq_ignore_ascii_case(name)),
+                "header {name} is sent but not documented for this status: {ctx}"
+            );
+        }
+    }
+    if let Some(codes) = doc.get("x-keyward-error-codes") {
+        let body = r.json();
+        let code = body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error envelope: {ctx}"));
+        assert!(strs(codes).contains(&code), "{code} is not in x-keyward-error-codes {codes}: {ctx}");
+        assert_eq!(catalogue(code).status(), r.status, "{ctx}");
+        r.assert_error(r.status, code);
+        let schema = &doc["content"]["application/json"]["schema"];
+        let mut errs = Vec::new();
+        validate(schema, &body, "body", &mut errs);
+        assert!(errs.is_empty(), "{errs:?}: {ctx}");
+        return body;
+    }
+    if r.status == 204 {
+        assert!(r.body.is_empty(), "{ctx}");
+        return Value::Null;
+    }
+    match doc["content"].get("application/json") {
+        Some(c) => {
+            assert_eq!(r.header("content-type"), Some("application/json"), "{ctx}");
+            let body = r.json();
+            let mut errs = Vec::new();
+            validate(&c["schema"], &body, "body", &mut errs);
+            assert!(errs.is_empty(), "{errs:?}: {ctx}");
+            body
+        }
+        None => serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+    }
+}
+
+/// Sends `method path` with `headers` and an optional JSON body.
+fn send_to(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Resp {
+    let mut hs: Vec<(&str, &str)> = headers.to_vec();
+    if body.is_some() {
+        hs.push(("content-type", "application/json"));
+    }
+    send(port, method, path, &hs, body.map(str::as_bytes))
+}
+
+/// The credential header for `key`, alternating between the two documented
+/// schemes so both are exercised.
+fn cred(key: &str, i: usize) -> (&'static str, String) {
+    if i.is_multiple_of(2) {
+        ("authorization", format!("Bearer {key}"))
+    } else {
+        ("x-api-key", key.to_owned())
+    }
+}
+
+fn admin_auth() -> String {
+    format!("Bearer {ADMIN_TOKEN}")
+}
+
+/// Default path parameters for requests that are refused before they matter.
+fn params(org: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("document_path", "doc_1/pages/2".into()),
+        ("id", "wh_1".into()),
+        ("key_id", UNKNOWN_ULID.into()),
+        ("org_id", org.into()),
+        ("user_id", "u_spec".into()),
+    ]
+}
+
+fn fill(op: &Op, ps: &[(&'static str, String)]) -> String {
+    let refs: Vec<(&str, &str)> = ps.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    op.concrete(&refs)
+}
+
+/// Sends `op` as a plain request (for a preflight operation: a plain
+/// `OPTIONS`, which is authorized like any request) with `headers`.
+fn plain(port: u16, op: &Op, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let body = if op.is_preflight() { None } else { op.sample_body() };
+    send_to(port, &op.method, path, headers, body.as_deref())
+}
+
+// ---------------------------------------------------------------- static checks
+
+#[test]
+fn spec_is_openapi_3_1_and_self_consistent() {
+    let s = spec();
+    assert!(s["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")), "openapi: {}", s["openapi"]);
+    assert_eq!(s["info"]["version"], env!("CARGO_PKG_VERSION"), "info.version follows Cargo.toml");
+    assert!(s["servers"].as_array().unwrap().iter().any(|sv| sv["url"] == "http://127.0.0.1:8787"));
+    let schemes = &s["components"]["securitySchemes"];
+    assert_eq!(
+        (schemes["ApiKeyBearer"]["type"].as_str(), schemes["ApiKeyBearer"]["scheme"].as_str()),
+        (Some("http"), Some("bearer"))
+    );
+    assert_eq!(
+        (
+            schemes["ApiKeyHeader"]["type"].as_str(),
+            schemes["ApiKeyHeader"]["in"].as_str(),
+            schemes["ApiKeyHeader"]["name"].as_str()
+        ),
+        (Some("apiKey"), Some("header"), Some("X-API-Key"))
+    );
+    assert_eq!(
+        (schemes["AdminToken"]["type"].as_str(), schemes["AdminToken"]["scheme"].as_str()),
+        (Some("http"), Some("bearer"))
+    );
+
+    // Every $ref resolves.
+    fn walk(v: &'static Value, n: &mut usize) {
+        match v {
+            Value::Object(m) => {
+                if m.contains_key("$ref") {
+                    resolve(v);
+                    *n += 1;
+                }
+                m.values().for_each(|x| walk(x, n));
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, n)),
+            _ => {}
+        }
+    }
+    let mut refs = 0;
+    walk(s, &mut refs);
+    assert!(refs > 0);
+
+    // The envelope is exactly the documented one.
+    let env = resolve(&s["components"]["schemas"]["ErrorEnvelope"]);
+    assert_eq!(strs(&env["required"]), ["success", "error"]);
+    assert_eq!(env["properties"]["success"]["const"], false);
+    let inner = &env["properties"]["error"];
+    let mut fields = strs(&inner["required"]);
+    fields.sort_unstable();
+    assert_eq!(fields, ["code", "message", "request_id", "retryable", "type"]);
+    assert_eq!(inner["additionalProperties"], false);
+
+    let mut ids = BTreeSet::new();
+    for op in ops() {
+        let ctx = format!("{} {}", op.method, op.path);
+        assert!(ids.insert(op.id()), "duplicate operationId {}", op.id());
+        // Security: public routes take a key (either header) naming the scope;
+        // admin routes the admin token; preflights nothing.
+        let sec = op.v["security"].as_array().unwrap_or_else(|| panic!("{ctx}: no security"));
+        if op.is_admin() {
+            assert_eq!(op.v["security"], json!([{"AdminToken": []}]), "{ctx}");
+        } else if op.is_preflight() {
+            assert!(sec.is_empty(), "{ctx}");
+        } else {
+            let scope = op.scope().unwrap_or_else(|| panic!("{ctx}: no x-keyward-scope"));
+            assert_eq!(op.v["security"], json!([{"ApiKeyBearer": [scope]}, {"ApiKeyHeader": [scope]}]), "{ctx}");
+        }
+        // Path parameters are declared.
+        let declared: BTreeSet<&str> = spec()["paths"][&op.path]["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(op.v["parameters"].as_array().into_iter().flatten())
+            .map(resolve)
+            .filter(|p| p["in"] == "path")
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        let in_template: BTreeSet<&str> =
+            op.path.split('/').filter_map(|seg| seg.strip_prefix('{').and_then(|x| x.strip_suffix('}'))).collect();
+        assert_eq!(declared, in_template, "{ctx}: path parameters");
+
+        for (status, resp) in op.v["responses"].as_object().unwrap() {
+            let resp = resolve(resp);
+            let ctx = format!("{ctx} {status}");
+            let hs = &resp["headers"];
+            assert_eq!(resolve(&hs["X-Request-Id"])["required"], true, "{ctx}: X-Request-Id");
+            let required = |name: &str| hs.get(name).is_some_and(|x| resolve(x)["required"] == true);
+            let code: u16 = match status.parse() {
+                Ok(c) => c,
+                Err(_) => {
+                    assert_eq!(status, "default", "{ctx}");
+                    assert!(op.is_proxied(), "{ctx}: only origin routes pass other statuses through");
+                    continue;
+                }
+            };
+            if code >= 400 {
+                assert_eq!(
+                    resp["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorEnvelope",
+                    "{ctx}: every error references the envelope"
+                );
+                let codes = strs(&resp["x-keyward-error-codes"]);
+                assert!(!codes.is_empty(), "{ctx}: no x-keyward-error-codes");
+                for c in codes {
+                    assert_eq!(catalogue(c).status(), code, "{ctx}: {c} is answered with {}", catalogue(c).status());
+                }
+            }
+            match code {
+                405 => assert!(required("Allow"), "{ctx}: Allow"),
+                429 => {
+                    assert!(required("Retry-After"), "{ctx}: Retry-After");
+                    for n in ["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"] {
+                        assert!(required(n), "{ctx}: {n}");
+                    }
+                }
+                503 => assert!(hs.get("Retry-After").is_some(), "{ctx}: Retry-After"),
+                200..=299 if !op.is_admin() && !op.is_preflight() => {
+                    for n in ["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"] {
+                        assert!(required(n), "{ctx}: {n} on an authorized answer");
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn every_catalogue_code_is_documented_under_its_status() {
+    let schemas = &spec()["components"]["schemas"];
+    let code_schema = resolve(&schemas["ErrorEnvelope"]["properties"]["error"]["properties"]["code"]);
+    let documented: BTreeSet<&str> = strs(&code_schema["enum"]).into_iter().collect();
+    let catalogue_codes: BTreeSet<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    assert_eq!(documented, catalogue_codes, "the code enum is exactly the catalogue");
+    let types: BTreeSet<&str> =
+        strs(&schemas["ErrorEnvelope"]["properties"]["error"]["properties"]["type"]["enum"]).into_iter().collect();
+    assert_eq!(types, ErrorCode::ALL.iter().map(|c| c.kind()).collect(), "the type enum is exactly the catalogue's");
+    for c in ErrorCode::ALL {
+        let entry = &code_schema["x-keyward-catalogue"][c.as_str()];
+        assert_eq!(entry["status"], c.status(), "{}", c.as_str());
+        assert_eq!(entry["type"], c.kind(), "{}", c.as_str());
+        assert_eq!(entry["retryable"], c.retryable(), "{}", c.as_str());
+    }
+    let mut listed: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for op in ops() {
+        for status in op.statuses() {
+            let resp = op.response(status).unwrap();
+            for c in strs(&resp["x-keyward-error-codes"]) {
+                assert_eq!(catalogue(c).status(), status, "{} {} lists {c} under {status}", op.method, op.path);
+                listed.entry(c).or_default().push(op.id().to_owned());
+            }
+        }
+    }
+    for c in ErrorCode::ALL {
+        assert!(listed.contains_key(c.as_str()), "{} is in no operation's x-keyward-error-codes", c.as_str());
+    }
+}
+
+/// The schema check used on real responses is not vacuous.
+#[test]
+fn schema_check_catches_undocumented_shapes() {
+    let schemas = &spec()["components"]["schemas"];
+    let check = |schema: &'static Value, v: Value| {
+        let mut errs = Vec::new();
+        validate(schema, &v, "body", &mut errs);
+        errs
+    };
+    let good = json!({"success": false, "error": {"code": "RATE_LIMITED", "type": "rate_limit_error",
+        "message": "m", "retryable": true, "request_id": "req_3a9932f0952c622124797db1"}});
+    assert_eq!(check(&schemas["ErrorEnvelope"], good.clone()), Vec::<String>::new());
+    for (pointer, bad) in [
+        ("/error/code", json!("NOT_A_CODE")),
+        ("/error/retryable", json!("yes")),
+        ("/error/extra", json!(1)),
+        ("/success", json!(true)),
+    ] {
+        let mut v = good.clone();
+        let (parent, field) = pointer.rsplit_once('/').unwrap();
+        v.pointer_mut(parent).unwrap()[field] = bad;
+        assert!(!check(&schemas["ErrorEnvelope"], v).is_empty(), "{pointer} not caught");
+    }
+    let mut no_message = good;
+    no_message["error"].as_object_mut().unwrap().remove("message");
+    assert!(!check(&schemas["ErrorEnvelope"], no_message).is_empty());
+    let key = json!({"id": UNKNOWN_ULID, "name": "k", "kind": "secret", "prefix": "kw_live_", "last_four": "abcd",
+        "scopes": ["ai:chat"], "user_id": null, "expires_at": null, "created_at": "2026-05-02T10:00:00+00:00",
+        "revoked_at": null, "rate_limits": [], "allowed_origins": [], "resource_id": null, "plaintext": "kw_live_x"});
+    assert_eq!(check(&schemas["CreatedApiKey"], key.clone()), Vec::<String>::new());
+    let mut extra = key.clone();
+    extra["hash"] = json!("abc");
+    assert!(!check(&schemas["CreatedApiKey"], extra).is_empty(), "an undocumented field");
+    let mut bad_time = key;
+    bad_time["created_at"] = json!("yesterday");
+    assert!(!check(&schemas["CreatedApiKey"], bad_time).is_empty(), "a malformed date-time");
+}
+
+/// `{name}` → `{}`, so templates compare regardless of parameter names.
+fn shape(path: &str) -> String {
+    path.split('/').map(|s| if s.starts_with('{') && s.ends_with('}') { "{}" } else { s }).collect::<Vec<_>>().join("/")
+}
+
+/// The admin routes as the router in `src/edge/admin.rs` matches them:
+/// `["admin", "orgs", org] => Route::Org(org)` and `Route::Org(_) | ... => "PUT"`.
+fn admin_routes_in_source() -> BTreeSet<(String, String)> {
+    let mut by_variant: BTreeMap<String, String> = BTreeMap::new();
+    let mut methods: BTreeMap<String, String> = BTreeMap::new();
+    for line in ADMIN_SRC.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix('[') {
+            if let Some((segs, target)) = rest.split_once("] => Route::") {
+                let path: Vec<String> = segs
+                    .split(',')
+                    .map(str::trim)
+                    .map(|s| if s.starts_with('"') { s.trim_matches('"').to_owned() } else { "{}".to_owned() })
+                    .collect();
+                let variant = target.split('(').next().unwrap().to_owned();
+                by_variant.insert(variant, format!("/{}", path.join("/")));
+            }
+        } else if line.starts_with("Route::") {
+            if let Some((left, right)) = line.split_once(" => \"") {
+                let method = right.trim_end_matches([',', '"']).to_owned();
+                for v in left.split('|') {
+                    let v = v.trim().trim_start_matches("Route::").split('(').next().unwrap().to_owned();
+                    methods.insert(v, method.clone());
+                }
+            }
+        }
+    }
+    assert!(!by_variant.is_empty(), "found no admin routes in src/edge/admin.rs: update admin_routes_in_source");
+    by_variant
+        .iter()
+        .map(|(v, p)| {
+            let m = methods.get(v).unwrap_or_else(|| panic!("no method for admin route {v} in src/edge/admin.rs"));
+            (m.clone(), p.clone())
+        })
+        .collect()
+}
+
+/// The control routes keyward serves, as `src/edge/control.rs` matches them:
+/// `("POST", "/v1/api_keys") => Some(Route::CreateKey)`.
+fn control_routes_in_source() -> BTreeSet<(String, String)> {
+    let out: BTreeSet<(String, String)> = CONTROL_SRC
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("(\"") && l.contains(") =>"))
+        .filter_map(|l| {
+            let inner = l.strip_prefix('(')?.split_once(") =>")?.0;
+            let (m, p) = inner.split_once(',')?;
+            Some((m.trim().trim_matches('"').to_owned(), shape(p.trim().trim_matches('"'))))
+        })
+        .collect();
+    assert!(!out.is_empty(), "found no control routes in src/edge/control.rs: update control_routes_in_source");
+    out
+}
+
+#[test]
+fn every_route_is_documented_and_nothing_else() {
+    let widget_scopes = strs(&policy()["widget_scopes"]);
+    // Policy: pattern → (method → (scope, served by keyward)).
+    let mut routes: BTreeMap<String, BTreeMap<String, (String, bool)>> = BTreeMap::new();
+    for r in policy()["routes"].as_array().unwrap() {
+        let methods = match &r["method"] {
+            Value::String(m) => vec![m.as_str()],
+            other => strs(other),
+        };
+        for m in methods {
+            let entry = (r["scope"].as_str().unwrap().to_owned(), r["served_by"] == "keyward");
+            routes.entry(shape(r["path"].as_str().unwrap())).or_default().entry(m.to_owned()).or_insert(entry);
+        }
+    }
+    let admin = admin_routes_in_source();
+    assert_eq!(admin.len(), 4, "admin routes: {admin:?}");
+    let control = control_routes_in_source();
+    let served: BTreeSet<(String, String)> = routes
+        .iter()
+        .flat_map(|(p, ms)| ms.iter().filter(|(_, (_, local))| *local).map(move |(m, _)| (m.clone(), p.clone())))
+        .collect();
+    assert_eq!(control, served, "control routes in the code vs served_by keyward in the policy");
+
+    let mut seen_public = BTreeSet::new();
+    let mut seen_admin = BTreeSet::new();
+    for (path, item) in spec()["paths"].as_object().unwrap() {
+        let pattern = item.get("x-keyward-pattern").and_then(Value::as_str).unwrap_or(path);
+        let key = shape(pattern);
+        let methods = path_methods(path);
+        if path.starts_with("/admin/") {
+            for m in &methods {
+                assert!(admin.contains(&(m.clone(), key.clone())), "{m} {path} is not an admin route of the worker");
+                seen_admin.insert((m.clone(), key.clone()));
+            }
+            assert!(item.get("options").is_none(), "{path}: the admin API answers no preflight");
+            continue;
+        }
+        let policy_methods =
+            routes.get(&key).unwrap_or_else(|| panic!("{path} ({pattern}) is not a route of policy/policy.json"));
+        assert_eq!(
+            methods,
+            policy_methods.keys().cloned().collect::<BTreeSet<_>>(),
+            "{path}: methods differ from the policy"
+        );
+        for (m, (scope, local)) in policy_methods {
+            let op = &item[m.to_ascii_lowercase()];
+            assert_eq!(op["x-keyward-scope"], scope.as_str(), "{m} {path}: scope");
+            assert_eq!(op["x-keyward-served-by"], if *local { "keyward" } else { "origin" }, "{m} {path}: served_by");
+            if !*local {
+                assert!(op["responses"].get("200").is_some() && op["responses"].get("default").is_some(), "{m} {path}");
+            }
+        }
+        // Every public path documents keyward's preflight answer: 204 where a
+        // widget route exists, else 404.
+        let pre = Op { path: path.clone(), method: "OPTIONS".into(), v: &item["options"] };
+        assert!(item.get("options").is_some(), "{path}: no preflight operation");
+        let widget = policy_methods.values().any(|(s, _)| widget_scopes.contains(&s.as_str()));
+        assert_eq!(pre.response(204).is_some(), widget, "{path}: preflight 204 iff a widget route");
+        let nf = pre.response(404).map(|r| strs(&r["x-keyward-error-codes"]));
+        assert_eq!(nf, (!widget).then(|| vec!["ROUTE_NOT_FOUND"]), "{path}: preflight 404 iff no widget route");
+        seen_public.insert(key);
+    }
+    assert_eq!(seen_public, routes.keys().cloned().collect(), "every policy route has a spec path");
+    assert_eq!(seen_admin, admin, "every admin route is in the spec");
+}
+
+// ---------------------------------------------------------------- real responses
+
+/// An org with an active BAA, a key with `*` (for the public routes) and
+/// its id.
+fn setup() -> (String, String, String) {
+    let org = h().org(true);
+    let (key, id) = h().key(&org, json!({"name": "spec", "scopes": ["*"]}));
+    (org, key, id)
+}
+
+#[test]
+fn every_operation_answers_as_documented() {
+    let (org, key, _) = setup();
+    let port = h().port;
+    let admin = admin_auth();
+    for (i, op) in ops().into_iter().enumerate() {
+        let mut ps = params(&org);
+        let case;
+        let r = if op.is_admin() {
+            case = "admin, valid request";
+            let target_org =
+                if op.method == "PUT" && op.path == "/admin/orgs/{org_id}" { unique("org") } else { org.clone() };
+            ps.retain(|(k, _)| *k != "org_id");
+            ps.push(("org_id", target_org));
+            if op.method == "DELETE" {
+                let (_, victim) = h().key(&org, json!({"name": "victim", "scopes": ["ai:chat"]}));
+                ps.retain(|(k, _)| *k != "key_id");
+                ps.push(("key_id", victim));
+            }
+            plain(port, &op, &fill(&op, &ps), &[("authorization", &admin)])
+        } else if op.is_preflight() {
+            case = "preflight from a page";
+            let acrm = path_methods(&op.path).into_iter().next().unwrap();
+            send_to(
+                port,
+                "OPTIONS",
+                &fill(&op, &ps),
+                &[
+                    ("origin", SHOP),
+                    ("access-control-request-method", &acrm),
+                    ("access-control-request-headers", "authorization, content-type"),
+                ],
+                None,
+            )
+        } else {
+            case = "valid key, valid request";
+            if op.method == "DELETE" && !op.is_proxied() {
+                let (_, victim) = h().key(&org, json!({"name": "victim", "scopes": ["ai:chat"]}));
+                ps.retain(|(k, _)| *k != "key_id");
+                ps.push(("key_id", victim));
+            }
+            let (n, v) = cred(&key, i);
+            plain(port, &op, &fill(&op, &ps), &[(n, &v)])
+        };
+        let expected =
+            if op.is_preflight() { op.success_status().unwrap_or(404) } else { op.success_status().unwrap() };
+        assert_eq!(r.status, expected, "{} {} ({case}): {}", op.method, op.path, r.text());
+        let body = conforms(&op, &r, case);
+        if op.is_preflight() && r.status == 204 {
+            let widget = widget_methods(&op.path);
+            assert_eq!(method_set(r.header("access-control-allow-methods").unwrap()), widget, "{}", op.path);
+            assert_eq!(r.header("access-control-allow-origin"), Some(SHOP));
+        }
+        if op.is_proxied() {
+            // The origin answered (the demo origin echoes what it received).
+            assert_eq!(body["echo"]["method"], op.method.as_str(), "{} {}", op.method, op.path);
+        }
+    }
+}
+
+/// Refusals every public operation can meet, before anything specific to it.
+#[test]
+fn refusals_of_public_operations_are_documented() {
+    let (_, key, _) = setup();
+    let no_baa = h().org(false);
+    let (no_baa_key, _) = h().key(&no_baa, json!({"name": "nobaa", "scopes": ["*"]}));
+    let narrow_org = h().org(true);
+    let (summarize_only, _) = h().key(&narrow_org, json!({"name": "s", "scopes": ["ai:summarize"]}));
+    let (chat_only, _) = h().key(&narrow_org, json!({"name": "c", "scopes": ["ai:chat"]}));
+    let port = h().port;
+    let ps = params("org_x");
+    for (i, op) in ops().into_iter().filter(|o| !o.is_admin()).enumerate() {
+        let path = fill(&op, &ps);
+        let (n, v) = cred(&key, i);
+        // No credential: 401.
+        let r = plain(port, &op, &path, &[]);
+        assert_eq!(r.status, 401, "{} {}", op.method, path);
+        conforms(&op, &r, "no key");
+        // Ambiguous request: 400, before anything else (preflights too).
+        let bad = format!("{path}?_method=GET");
+        let r = if op.is_preflight() {
+            send_to(port, "OPTIONS", &bad, &[("origin", SHOP), ("access-control-request-method", "POST")], None)
+        } else {
+            plain(port, &op, &bad, &[(n, &v)])
+        };
+        assert_eq!(r.status, 400, "{} {bad}", op.method);
+        conforms(&op, &r, "_method override");
+        // An org without a BAA: 402.
+        let (bn, bv) = cred(&no_baa_key, i);
+        let r = plain(port, &op, &path, &[(bn, &bv)]);
+        assert_eq!(r.status, 402, "{} {}", op.method, path);
+        conforms(&op, &r, "no BAA");
+        // A secret key from a browser: 403 ORIGIN_NOT_ALLOWED.
+        let r = plain(port, &op, &path, &[(n, &v), ("origin", SHOP)]);
+        assert_eq!(r.status, 403, "{} {}", op.method, path);
+        assert_eq!(conforms(&op, &r, "secret key with Origin")["error"]["code"], "ORIGIN_NOT_ALLOWED");
+        if op.is_preflight() {
+            continue;
+        }
+        // A key without the documented scope: 403 naming that scope.
+        let scope = op.scope().unwrap();
+        let narrow = if scope == "ai:summarize" { &chat_only } else { &summarize_only };
+        let (sn, sv) = cred(narrow, i);
+        let r = plain(port, &op, &path, &[(sn, &sv)]);
+        assert_eq!(r.status, 403, "{} {}", op.method, path);
+        let v = conforms(&op, &r, "missing scope");
+        assert_eq!(v["error"]["code"], "MISSING_SCOPE");
+        assert!(
+            v["error"]["message"].as_str().unwrap().ends_with(&format!(": {scope}")),
+            "documented scope {scope}: {v}"
+        );
+    }
+}
+
+/// A method the path does not accept: 405, documented on every operation of
+/// the path, with `Allow` listing exactly the documented methods.
+#[test]
+fn wrong_methods_are_documented_with_the_documented_allow() {
+    let (org, key, _) = setup();
+    let port = h().port;
+    let admin = admin_auth();
+    let paths: BTreeSet<String> = ops().into_iter().map(|o| o.path).collect();
+    for (i, path) in paths.iter().enumerate() {
+        let methods = path_methods(path);
+        let wrong = METHODS.iter().find(|m| !methods.contains(**m)).unwrap();
+        let path_ops: Vec<Op> = ops().into_iter().filter(|o| &o.path == path).collect();
+        let concrete = fill(&path_ops[0], &params(&org));
+        let r = if path.starts_with("/admin/") {
+            send_to(port, wrong, &concrete, &[("authorization", &admin)], None)
+        } else {
+            let (n, v) = cred(&key, i);
+            send_to(port, wrong, &concrete, &[(n, &v)], None)
+        };
+        assert_eq!(r.status, 405, "{wrong} {concrete}: {}", r.text());
+        for op in &path_ops {
+            conforms(op, &r, &format!("wrong method {wrong}"));
+        }
+        assert_eq!(method_set(r.header("allow").unwrap()), methods, "{path}: Allow vs the documented methods");
+        // Not authenticated: 401 comes first.
+        let r = send_to(port, wrong, &concrete, &[], None);
+        for op in &path_ops {
+            conforms(op, &r, &format!("wrong method {wrong}, no credential"));
+        }
+    }
+}
+
+#[test]
+fn preflight_refusals_are_documented() {
+    let port = h().port;
+    let ps = params("o");
+    for op in ops().into_iter().filter(Op::is_preflight) {
+        let path = fill(&op, &ps);
+        // No Origin: 403.
+        let r = send_to(port, "OPTIONS", &path, &[("access-control-request-method", "POST")], None);
+        assert_eq!(r.status, 403, "{path}");
+        conforms(&op, &r, "preflight without Origin");
+        let r = send_to(port, "OPTIONS", &path, &[("origin", "null"), ("access-control-request-method", "POST")], None);
+        assert_eq!(r.status, 403, "{path}");
+        conforms(&op, &r, "preflight with Origin: null");
+        if op.response(204).is_some() {
+            // A method no widget route of the path has: 405 with the widget methods.
+            let r =
+                send_to(port, "OPTIONS", &path, &[("origin", SHOP), ("access-control-request-method", "DELETE")], None);
+            assert_eq!(r.status, 405, "{path}");
+            conforms(&op, &r, "preflight for a non-widget method");
+            assert_eq!(method_set(r.header("allow").unwrap()), widget_methods(&op.path), "{path}: preflight Allow");
+        }
+    }
+}
+
+/// Widget keys: CORS headers on every answer after the origin matched, as
+/// documented; another origin gets 403 without them.
+#[test]
+fn widget_requests_are_documented() {
+    let org = h().org(true);
+    let (widget, _) =
+        h().key(&org, json!({"name": "w", "kind": "widget", "scopes": ["ai:chat"], "allowed_origins": [SHOP]}));
+    let port = h().port;
+    let ps = params(&org);
+    for (i, op) in ops().into_iter().filter(|o| !o.is_admin() && !o.is_preflight()).enumerate() {
+        let path = fill(&op, &ps);
+        let (n, v) = cred(&widget, i);
+        let r = plain(port, &op, &path, &[(n, &v), ("origin", SHOP)]);
+        let body = conforms(&op, &r, "widget key from its origin");
+        let widget_route = widget_methods(&op.path).contains(&op.method);
+        if widget_route {
+            assert_eq!(r.status, 200, "{} {path}: {}", op.method, r.text());
+        } else {
+            assert_eq!(
+                (r.status, body["error"]["code"].as_str()),
+                (403, Some("MISSING_SCOPE")),
+                "{} {path}",
+                op.method
+            );
+        }
+        assert_eq!(r.header("access-control-allow-origin"), Some(SHOP), "{} {path}", op.method);
+        let r = plain(port, &op, &path, &[(n, &v), ("origin", "https://evil.example")]);
+        assert_eq!(r.status, 403, "{} {path}", op.method);
+        assert!(r.header("access-control-allow-origin").is_none());
+        conforms(&op, &r, "widget key from another origin");
+    }
+}
+
+#[test]
+fn control_api_refusals_are_documented() {
+    let (org, key, _) = setup();
+    let port = h().port;
+    let find = |id: &str| ops().into_iter().find(|o| o.id() == id).unwrap_or_else(|| panic!("no operation {id}"));
+    let (n, v) = cred(&key, 0);
+    let auth = [(n, v.as_str())];
+    let check = |id: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>, status: u16, code: &str| {
+        let op = find(id);
+        let r = send_to(port, &op.method, path, headers, body);
+        assert_eq!(r.status, status, "{id} {path}: {}", r.text());
+        assert_eq!(conforms(&op, &r, code)["error"]["code"], code, "{id}");
+    };
+    // Mint: invalid body, body too large, scope escalation, another user.
+    check("createApiKey", "/v1/api_keys", &auth, Some("{}"), 422, "VALIDATION_FAILED");
+    check(
+        "createApiKey",
+        "/v1/api_keys",
+        &auth,
+        Some(r#"{"name":"x","scopes":["ai:chat"],"user_id":"nobody"}"#),
+        422,
+        "VALIDATION_FAILED",
+    );
+    let big = json!({"name": "x".repeat(70 * 1024), "scopes": ["ai:chat"]}).to_string();
+    check("createApiKey", "/v1/api_keys", &auth, Some(&big), 413, "PAYLOAD_TOO_LARGE");
+    let (small, _) = h().key(&org, json!({"name": "small", "scopes": ["ai:chat", "control:read"]}));
+    let small_auth = format!("Bearer {small}");
+    let small_auth = [("authorization", small_auth.as_str())];
+    check("createApiKey", "/v1/api_keys", &small_auth, Some(r#"{"name":"x","scopes":["*"]}"#), 403, "MISSING_SCOPE");
+    for (user, role) in [("u_op", "operator"), ("u_other", "viewer")] {
+        assert_eq!(
+            h().admin("PUT", &format!("/admin/orgs/{org}/users/{user}"), Some(json!({"role": role}))).status,
+            200
+        );
+    }
+    let (bound, _) = h().key(&org, json!({"name": "bound", "scopes": ["*"], "user_id": "u_op"}));
+    let bound_auth = format!("Bearer {bound}");
+    let bound_auth = [("authorization", bound_auth.as_str())];
+    check(
+        "createApiKey",
+        "/v1/api_keys",
+        &bound_auth,
+        Some(r#"{"name":"x","scopes":["ai:chat"],"user_id":"u_other"}"#),
+        403,
+        "PERMISSION_DENIED",
+    );
+    // Revoke: malformed and unknown ids, a key the caller could not have minted.
+    check("revokeApiKey", "/v1/api_keys/not-a-ulid", &auth, None, 404, "RESOURCE_NOT_FOUND");
+    check("revokeApiKey", &format!("/v1/api_keys/{UNKNOWN_ULID}"), &auth, None, 404, "RESOURCE_NOT_FOUND");
+    let (_, big_id) = h().key(&org, json!({"name": "big", "scopes": ["*"]}));
+    check("revokeApiKey", &format!("/v1/api_keys/{big_id}"), &small_auth, None, 403, "PERMISSION_DENIED");
+    // Query parameters.
+    for (id, path) in [
+        ("listApiKeys", "/v1/api_keys?limit=0"),
+        ("listApiKeys", "/v1/api_keys?cursor=nope"),
+        ("listAudit", "/v1/audit?limit=101"),
+        ("listAudit", "/v1/audit?cursor=0"),
+        ("getUsage", "/v1/usage?from=yesterday"),
+        ("getUsage", "/v1/usage?from=2026-01-01T00:00:00Z&to=2026-03-01T00:00:00Z"),
+    ] {
+        check(id, path, &auth, None, 422, "VALIDATION_FAILED");
+    }
+}
+
+#[test]
+fn admin_api_refusals_are_documented() {
+    let org = h().org(true);
+    let port = h().port;
+    let admin = admin_auth();
+    let auth = [("authorization", admin.as_str())];
+    let ps = params(&org);
+    for op in ops().into_iter().filter(Op::is_admin) {
+        let path = fill(&op, &ps);
+        let body = op.sample_body();
+        for headers in [&[][..], &[("authorization", "Bearer not-the-admin-token-0123456789-abcdefgh")][..]] {
+            let r = send_to(port, &op.method, &path, headers, body.as_deref());
+            assert_eq!(r.status, 401, "{} {path}", op.method);
+            conforms(&op, &r, "no admin token");
+        }
+        // An encoded slash in the last path parameter: 400.
+        let last = op.path.rsplit('/').find_map(|s| s.strip_prefix('{')?.strip_suffix('}')).unwrap();
+        let bad: Vec<(&'static str, String)> =
+            ps.iter().map(|(k, v)| (*k, if *k == last { "a%2Fb".to_owned() } else { v.clone() })).collect();
+        let r = send_to(port, &op.method, &fill(&op, &bad), &auth, body.as_deref());
+        assert_eq!(r.status, 400, "{} {}", op.method, fill(&op, &bad));
+        conforms(&op, &r, "encoded slash");
+        // A malformed org id: 404.
+        let bad = params("not.an.id");
+        let r = send_to(port, &op.method, &fill(&op, &bad), &auth, body.as_deref());
+        assert_eq!(r.status, 404, "{} {}", op.method, fill(&op, &bad));
+        conforms(&op, &r, "malformed org id");
+        if op.v.get("requestBody").is_some() {
+            for (b, status) in [
+                ("{}".to_owned(), 422),
+                (r#"{"unknown": 1}"#.to_owned(), 422),
+                ("not json".to_owned(), 422),
+                (json!({"name": "x".repeat(70 * 1024)}).to_string(), 413),
+            ] {
+                let r = send_to(port, &op.method, &path, &auth, Some(&b));
+                assert_eq!(r.status, status, "{} {path}: {}", op.method, r.text());
+                conforms(&op, &r, "invalid body");
+            }
+        }
+    }
+    // The org (users and keys) and the key (revocation) must exist.
+    let missing = unique("org");
+    for op in ops().into_iter().filter(|o| o.is_admin() && o.path != "/admin/orgs/{org_id}") {
+        let mut ps = params(&missing);
+        let r = send_to(port, &op.method, &fill(&op, &ps), &auth, op.sample_body().as_deref());
+        assert_eq!(r.status, 404, "{} {}: {}", op.method, op.path, r.text());
+        conforms(&op, &r, "no such org");
+        if op.method == "DELETE" {
+            ps = params(&org);
+            let r = send_to(port, &op.method, &fill(&op, &ps), &auth, None);
+            assert_eq!(r.status, 404, "{} {}", op.method, op.path);
+            conforms(&op, &r, "no such key");
+        }
+    }
+}
+
+/// 429 on every public operation that counts requests, and 503 when a
+/// record cannot be read.
+#[test]
+fn rate_limits_and_unreadable_records_are_documented() {
+    let org = h().org(true);
+    let limited =
+        json!({"name": "one", "scopes": ["*"], "rate_limits": [{"name": "minute", "limit": 1, "window_seconds": 60}]});
+    let (one, _) = h().key(&org, limited);
+    let (broken, _) = h().key(&org, json!({"name": "broken", "scopes": ["*"]}));
+    h().kv(&["put", &format!("key:{}", sha256_hex(broken.as_bytes())), "{not json"]);
+    let port = h().port;
+    let ps = params(&org);
+    let first = send_to(port, "POST", "/v1/ai/chat", &[("x-api-key", &one)], Some("{}"));
+    assert_eq!(first.status, 200, "{}", first.text());
+    for (i, op) in ops().into_iter().filter(|o| !o.is_admin()).enumerate() {
+        let path = fill(&op, &ps);
+        if !op.is_preflight() {
+            let (n, v) = cred(&one, i);
+            let r = plain(port, &op, &path, &[(n, &v)]);
+            assert_eq!(r.status, 429, "{} {path}: {}", op.method, r.text());
+            conforms(&op, &r, "rate limited");
+        }
+        let (n, v) = cred(&broken, i);
+        let r = plain(port, &op, &path, &[(n, &v)]);
+        assert_eq!(r.status, 503, "{} {path}: {}", op.method, r.text());
+        conforms(&op, &r, "key record unreadable");
+        assert_eq!(r.header("retry-after"), Some("1"));
+    }
+}
+
+/// 504 on every proxied operation: the origin answers after
+/// `ORIGIN_TIMEOUT_MS` (1.5 s here). Sent concurrently.
+#[test]
+fn origin_timeouts_are_documented() {
+    let (org, key, _) = setup();
+    let port = h().port;
+    let ps = params(&org);
+    let proxied: Vec<Op> = ops().into_iter().filter(Op::is_proxied).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = proxied
+            .iter()
+            .map(|op| {
+                let path = fill(op, &ps);
+                let key = &key;
+                s.spawn(move || {
+                    let r = plain(port, op, &path, &[("x-api-key", key), ("x-test-delay-ms", "4000")]);
+                    assert_eq!(r.status, 504, "{} {path}: {}", op.method, r.text());
+                    conforms(op, &r, "origin too slow");
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+}
+
+/// 502 on every proxied operation, from a second worker whose origin is down.
+#[test]
+fn origin_down_is_documented() {
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let down = Harness::start(Options { origin_url: Some(closed), vars: vec![] });
+    let org = down.org(true);
+    let (key, _) = down.key(&org, json!({"name": "k", "scopes": ["*"]}));
+    let ps = params(&org);
+    for (i, op) in ops().into_iter().filter(Op::is_proxied).enumerate() {
+        let path = fill(&op, &ps);
+        let (n, v) = cred(&key, i);
+        let r = plain(down.port, &op, &path, &[(n, &v)]);
+        assert_eq!(r.status, 502, "{} {path}: {}", op.method, r.text());
+        conforms(&op, &r, "origin down");
+    }
+}
