@@ -72,7 +72,7 @@ pub const MAX_ORIGINS: usize = 20;
 /// validates, generates ids and key material, and sends one of these; the
 /// object applies it in SQLite, appends to the audit log and writes KV.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum OrgCommand {
     /// Create or update the org.
     UpsertOrg {
@@ -97,7 +97,7 @@ pub enum OrgCommand {
     /// Store a new key (hash and metadata; never the plaintext).
     CreateKey {
         /// The record to store.
-        record: KeyRecord,
+        record: Box<KeyRecord>,
         /// SHA-256 hex of the token.
         hash: String,
     },

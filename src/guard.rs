@@ -88,7 +88,7 @@ pub struct KeyRef {
 
 /// A request from the worker (or the org object) to a key's object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum GuardRequest {
     /// Admit one request under these limits (they travel with the check).
     Check {
@@ -115,7 +115,7 @@ pub enum GuardRequest {
 
 /// The object's answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum GuardReply {
     /// Admitted and counted.
     Allowed {
@@ -354,9 +354,9 @@ mod tests {
         let json = serde_json::to_string(&req).unwrap();
         assert_eq!(
             json,
-            r#"{"op":"check","key":{"key_id":"01KEY","org_id":"org_1"},"limits":[{"name":"minute","limit":3,"window_seconds":60}]}"#
+            r#"{"check":{"key":{"key_id":"01KEY","org_id":"org_1"},"limits":[{"name":"minute","limit":3,"window_seconds":60}]}}"#
         );
         assert_eq!(serde_json::from_str::<GuardRequest>(&json).unwrap(), req);
-        assert_eq!(serde_json::to_string(&GuardReply::Revoked).unwrap(), r#"{"outcome":"revoked"}"#);
+        assert_eq!(serde_json::to_string(&GuardReply::Revoked).unwrap(), r#""revoked""#);
     }
 }

@@ -127,6 +127,48 @@ pub fn split_url(url: &str) -> (&str, &str) {
     target.split_once('?').unwrap_or((target, ""))
 }
 
+/// `ORIGIN_URL` split into its origin (`https://host[:port]`) and a base path
+/// (`""` or `/base`, no trailing slash) that prefixes every forwarded path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OriginUrl {
+    /// Scheme, host and port.
+    pub origin: String,
+    /// Base path without a trailing slash.
+    pub base_path: String,
+}
+
+impl OriginUrl {
+    /// Parses `http(s)://host[:port][/base]`: no userinfo, query or fragment;
+    /// the host is lowercase letters, digits, `.`, `-`, or `[IPv6]`.
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        let bad = "ORIGIN_URL must be http(s)://host[:port][/path] without userinfo, query or fragment";
+        let (scheme, rest) = s.split_once("://").ok_or(bad)?;
+        if scheme != "http" && scheme != "https" || rest.contains(['?', '#', '@']) {
+            return Err(bad);
+        }
+        let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !p.contains(']') => (h, Some(p)),
+            _ => (authority, None),
+        };
+        let host_ok = !host.is_empty()
+            && (host.starts_with('[') && host.ends_with(']')
+                || host.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-'));
+        let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+        if !host_ok || !port_ok {
+            return Err(bad);
+        }
+        let base = path.trim_end_matches('/');
+        if !base.is_empty() {
+            let canonical = CanonicalPath::parse(base).map_err(|_| bad)?;
+            if canonical.as_str() != base {
+                return Err(bad);
+            }
+        }
+        Ok(Self { origin: format!("{scheme}://{authority}"), base_path: base.to_owned() })
+    }
+}
+
 /// Refuses a query that asks the origin to run another method
 /// (`_method=DELETE`, honoured on POST by Symfony and Laravel): the method
 /// that was authorized is the one the origin must run.
@@ -249,6 +291,37 @@ mod tests {
         for p in ["/v1/ai/%63hat", "/v1/documents/caf%c3%a9", "/v1/documents/%25x"] {
             let once = ok(p);
             assert_eq!(ok(&once), once);
+        }
+    }
+
+    #[test]
+    fn origin_urls() {
+        let ok = |s: &str| OriginUrl::parse(s).unwrap();
+        assert_eq!(
+            ok("http://127.0.0.1:8788"),
+            OriginUrl { origin: "http://127.0.0.1:8788".into(), base_path: "".into() }
+        );
+        assert_eq!(
+            ok("https://api.internal/"),
+            OriginUrl { origin: "https://api.internal".into(), base_path: "".into() }
+        );
+        assert_eq!(ok("https://api.internal:8443/base/v2/").base_path, "/base/v2");
+        assert_eq!(ok("http://[::1]:8080").origin, "http://[::1]:8080");
+        for bad in [
+            "",
+            "api.internal",
+            "ftp://x",
+            "https://",
+            "https://u@x",
+            "https://x?q",
+            "https://x#f",
+            "https://X.com",
+            "https://x:",
+            "https://x:99999a",
+            "https://x/a/../b",
+            "https://x//b",
+        ] {
+            assert!(OriginUrl::parse(bad).is_err(), "{bad}");
         }
     }
 

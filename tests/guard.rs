@@ -102,6 +102,10 @@ fn an_hourly_limit_refusal_consumes_nothing_else() {
 
 #[test]
 fn revocation_holds_even_when_kv_still_serves_the_old_record() {
+    // Its own worker: `wrangler kv` locks the local KV database while it
+    // runs, which would disturb the other tests' requests.
+    let own = Harness::start(Options { origin_url: None, vars: vec![] });
+    let h = || &own;
     let org = h().org(true);
     let (key, key_id) = h().key(&org, json!({"name": "k", "scopes": ["ai:chat"]}));
     assert_eq!(chat(h(), &key).status, 200);

@@ -142,7 +142,7 @@ pub(super) async fn mint(
         allowed_origins: input.allowed_origins,
         resource_id: input.resource_id,
     };
-    let command = OrgCommand::CreateKey { record, hash: new.hash.to_hex() };
+    let command = OrgCommand::CreateKey { record: Box::new(record), hash: new.hash.to_hex() };
     let request = OrgRequest { command, actor: actor.into(), request_id: request_id.into(), now_ms: now };
     let (status, body) = call_org(env, org_id, &request).await?;
     if status == 201 {

@@ -69,10 +69,7 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
         Some(other) => return Err(format!("REQUIRE_BAA must be true or false, not {other:?}")),
     };
     let origin_url = string_binding(env, "ORIGIN_URL").ok_or("ORIGIN_URL is not set")?;
-    let parsed = worker::Url::parse(&origin_url).map_err(|e| format!("ORIGIN_URL: {e}"))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err("ORIGIN_URL must be an http(s) URL without query or fragment".into());
-    }
+    let parsed = crate::path::OriginUrl::parse(origin_url.trim())?;
     let origin_timeout_ms = match string_binding(env, "ORIGIN_TIMEOUT_MS") {
         None => 30_000,
         Some(v) => v
@@ -110,8 +107,7 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
         }
         None => None,
     };
-    let origin = parsed.origin().ascii_serialization();
-    let origin_base_path = parsed.path().trim_end_matches('/').to_owned();
+    let crate::path::OriginUrl { origin, base_path: origin_base_path } = parsed;
     Ok(Settings {
         config: Config { format, require_baa },
         policy,
@@ -225,6 +221,9 @@ fn test_panic_allowed(req: &Request, env: &Env) -> bool {
         && admin::is_admin(req, settings(env).ok().and_then(|s| s.admin_token.as_deref()))
 }
 
+/// How much of an oversized body is read and discarded before refusing.
+const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
+
 /// Reads a request body, refusing more than `limit` bytes without buffering
 /// the rest.
 pub(crate) async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, Refusal> {
@@ -244,12 +243,23 @@ pub(crate) async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>
     let Ok(mut stream) = req.stream() else {
         return Ok(out);
     };
+    let mut over = 0usize;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|_| ApiError::invalid_request("The request body could not be read."))?;
-        if out.len() + chunk.len() > limit {
-            return Err(too_large());
+        if over > 0 || out.len() + chunk.len() > limit {
+            // Too large: keep reading (and discarding) up to a bound so the
+            // connection is left in a clean state, then refuse. Nothing
+            // beyond `limit` is ever held in memory.
+            over += chunk.len();
+            if over > DRAIN_LIMIT {
+                break;
+            }
+            continue;
         }
         out.extend_from_slice(&chunk);
+    }
+    if over > 0 {
+        return Err(too_large());
     }
     Ok(out)
 }

@@ -83,6 +83,25 @@ fn check_build() {
     );
 }
 
+/// A copy of the repository's wrangler.toml in the harness's own directory,
+/// with `main` made absolute. wrangler keeps its bundles in `.wrangler/tmp`
+/// next to the config, and a starting `wrangler dev` cleans that directory:
+/// with one shared config, starting a second worker mid-test restarted the
+/// first ("Your worker restarted mid-request").
+fn isolated_config(state: &Path) -> PathBuf {
+    let original = std::fs::read_to_string(root().join("wrangler.toml")).expect("wrangler.toml");
+    let main = root().join("worker/entry.mjs");
+    let config: String = original
+        .lines()
+        .map(|l| if l.starts_with("main = ") { format!("main = \"{}\"", main.display()) } else { l.to_owned() })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(config.contains(&main.display().to_string()), "wrangler.toml has no `main = ` line");
+    let path = state.join("wrangler.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -148,6 +167,8 @@ impl Harness {
         let mut args: Vec<String> = vec![
             "node_modules/.bin/wrangler".into(),
             "dev".into(),
+            "--config".into(),
+            isolated_config(&state).display().to_string(),
             "--port".into(),
             port.to_string(),
             "--ip".into(),
@@ -204,6 +225,8 @@ impl Harness {
             .env("WRANGLER_SEND_METRICS", "false")
             .args(["kv", "key"])
             .args(args)
+            .arg("--config")
+            .arg(self.state.join("wrangler.toml"))
             .args(["--binding", "KEYWARD_KV", "--local", "--persist-to"])
             .arg(&persist)
             .output()
