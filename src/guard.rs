@@ -197,7 +197,7 @@ pub fn apply(state: &GuardState, request: &GuardRequest, now_ms: i64) -> (GuardR
             GuardReply::RevokeRecorded { revoked_at: t }
         }
         GuardRequest::Check { key, limits } => {
-            if let Err(e) = limits.iter().try_for_each(RateLimit::validate) {
+            if let Err(e) = limits.iter().try_for_each(RateLimit::validate_values) {
                 // A limit out of range (e.g. 0 = unlimited) must never admit.
                 return (GuardReply::Invalid { reason: e.to_owned() }, None);
             }
@@ -311,6 +311,20 @@ mod tests {
                 ("RateLimit-Reset", "61".to_owned())
             ]
         );
+    }
+
+    #[test]
+    fn per_visitor_limit_names_are_accepted() {
+        let ip = GuardRequest::Check {
+            key: key(),
+            limits: vec![
+                RateLimit { name: "minute".into(), limit: 5, window_seconds: 60 },
+                RateLimit { name: "ip_minute@2001:db8::1".into(), limit: 2, window_seconds: 60 },
+                RateLimit { name: "ip_minute@203.0.113.7".into(), limit: 2, window_seconds: 60 },
+            ],
+        };
+        let (r, _) = apply(&GuardState::default(), &ip, T0);
+        assert!(matches!(r, GuardReply::Allowed { quota: Some(_) }), "{r:?}");
     }
 
     #[test]

@@ -66,6 +66,23 @@ impl RateLimit {
         Ok(())
     }
 
+    /// Checks only what keeps the limiter sound (a limit of 0 would mean
+    /// "unlimited"; a window out of range would overflow): the guard applies
+    /// this to every limit it is sent, including the per-visitor ones whose
+    /// names carry an IP (`ip_minute@203.0.113.7`).
+    pub fn validate_values(&self) -> Result<(), &'static str> {
+        if self.name.is_empty() || self.name.len() > 100 {
+            return Err("name must be 1-100 bytes");
+        }
+        if self.limit == 0 || self.limit > MAX_LIMIT {
+            return Err("limit must be between 1 and 1000000");
+        }
+        if self.window_seconds == 0 || self.window_seconds > MAX_WINDOW_SECONDS {
+            return Err("window_seconds must be between 1 and 2678400");
+        }
+        Ok(())
+    }
+
     fn window_ms(&self) -> i64 {
         i64::from(self.window_seconds) * 1000
     }

@@ -73,9 +73,13 @@ pub(super) async fn handle(req: Request, env: &Env, request_id: &str, now: i64) 
     // Keyward's own routes (the control API) are served here, never proxied.
     if let Some(route) = control::route(&grant, &method, &path) {
         let quota = guard_check(env, &key, settings, &key_ref, "").await.map_err(with_cors)?;
+        let quota_headers: Vec<_> = quota.iter().flat_map(QuotaWire::headers).collect();
         let ctl = control::Caller { grant: &grant, key: &key, request_id, now };
-        let mut resp = control::handle(req, env, settings, &ctl, route, query).await.map_err(with_cors)?;
-        set_headers(&mut resp, quota.iter().flat_map(QuotaWire::headers).chain(cors_headers.clone()));
+        let mut resp = control::handle(req, env, settings, &ctl, route, query).await.map_err(|mut r| {
+            r.headers.extend(quota_headers.iter().cloned());
+            with_cors(r)
+        })?;
+        set_headers(&mut resp, quota_headers.into_iter().chain(cors_headers.clone()));
         return Ok(resp);
     }
 
@@ -84,10 +88,17 @@ pub(super) async fn handle(req: Request, env: &Env, request_id: &str, now: i64) 
     // does not consume quota. (Once admitted, a 502 or 504 does count: the
     // request was sent.)
     let client_ip = client_ip(headers.get("cf-connecting-ip").ok().flatten().as_deref());
-    let upstream = build_upstream(&req, settings, &grant, &method, &path, query, request_id, now, &client_ip)?;
+    let upstream = build_upstream(&req, settings, &grant, &method, &path, query, request_id, now, &client_ip)
+        .map_err(with_cors)?;
     let quota = guard_check(env, &key, settings, &key_ref, &client_ip).await.map_err(with_cors)?;
-    let mut resp = send(upstream, settings, request_id).await?;
-    set_headers(&mut resp, quota.iter().flat_map(QuotaWire::headers).chain(cors_headers));
+    let quota_headers: Vec<_> = quota.iter().flat_map(QuotaWire::headers).collect();
+    // Every answer to an admitted request carries the quota (and, for a
+    // widget, CORS), the origin's failures included.
+    let mut resp = send(upstream, settings, request_id).await.map_err(|mut r| {
+        r.headers.extend(quota_headers.iter().cloned());
+        with_cors(r)
+    })?;
+    set_headers(&mut resp, quota_headers.into_iter().chain(cors_headers));
     Ok(resp)
 }
 

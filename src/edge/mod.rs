@@ -163,12 +163,16 @@ pub(crate) fn error_response(refusal: &Refusal, request_id: &str) -> Response {
         .fixed(refusal.error.envelope(request_id).into_bytes())
 }
 
-/// A JSON success response with `X-Request-Id`.
+/// A JSON response with `X-Request-Id` (and `Retry-After` on a 503, as
+/// every 503 carries): keyward's own answers and the org object's replies.
 pub(crate) fn json_response(status: u16, body: String, request_id: &str) -> Response {
     let headers = Headers::new();
     let _ = headers.set("content-type", "application/json");
     let _ = headers.set("cache-control", "no-store");
     let _ = headers.set("x-request-id", request_id);
+    if status == 503 {
+        let _ = headers.set("retry-after", "1");
+    }
     Response::builder().with_status(status).with_headers(headers).fixed(body.into_bytes())
 }
 
