@@ -18,17 +18,20 @@ pub const MAX_SCOPE_LEN: usize = 64;
 impl Scope {
     /// Parses a scope string.
     pub fn parse(s: &str) -> Option<Self> {
+        Self::valid(s).then(|| Self(s.to_owned()))
+    }
+
+    fn valid(s: &str) -> bool {
         if s.len() > MAX_SCOPE_LEN {
-            return None;
+            return false;
         }
         if s == "*" {
-            return Some(Self(s.to_owned()));
+            return true;
         }
-        let (res, act) = s.split_once(':')?;
-        if !is_name(res) || !(act == "*" || is_name(act)) {
-            return None;
+        match s.split_once(':') {
+            Some((res, act)) => is_name(res) && (act == "*" || is_name(act)),
+            None => false,
         }
-        Some(Self(s.to_owned()))
     }
 
     /// The scope string.
@@ -63,7 +66,13 @@ impl Scope {
 impl TryFrom<String> for Scope {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        Scope::parse(&s).ok_or_else(|| format!("invalid scope {s:?}"))
+        // Reuses the decoded string: no second allocation per scope when a
+        // record is read from KV.
+        if Scope::valid(&s) {
+            Ok(Self(s))
+        } else {
+            Err(format!("invalid scope {s:?}"))
+        }
     }
 }
 

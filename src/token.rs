@@ -168,6 +168,14 @@ impl KeyHash {
     pub fn to_hex(&self) -> String {
         crate::hex(&self.0)
     }
+
+    /// The KV key of the key record, `key:<hex>`, built in one allocation.
+    pub fn kv_key(&self) -> String {
+        let mut s = String::with_capacity(4 + 64);
+        s.push_str("key:");
+        crate::hex_into(&mut s, &self.0);
+        s
+    }
 }
 
 impl std::fmt::Debug for KeyHash {
@@ -308,6 +316,9 @@ mod tests {
     fn hash_is_sha256_hex() {
         // sha256("abc")
         assert_eq!(KeyHash::of("abc").to_hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(KeyHash::of("abc").kv_key(), "key:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(crate::hex(&[0, 1, 0xab, 0xff]), "0001abff");
+        assert_eq!(crate::hex(&[0x5a; 40]), "5a".repeat(40));
     }
 
     #[test]

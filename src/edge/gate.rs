@@ -11,7 +11,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::guard::{GuardReply, GuardRequest, KeyRef, QuotaWire};
 use crate::path::{check_query, split_url, CanonicalPath};
 use crate::ratelimit::{ceil_seconds, merge_limits, RateLimit};
-use crate::records::{key_kv_key, org_kv_key, user_kv_key, KeyRecord, OrgRecord, UserRecord};
+use crate::records::{org_kv_key, user_kv_key, KeyRecord, OrgRecord, UserRecord};
 use crate::signing::{forwarded_headers, identity_headers};
 use crate::token::KeyKind;
 
@@ -38,7 +38,7 @@ pub(super) async fn handle(req: Request, env: &Env, request_id: &str, now: i64) 
     let presented = parse_key(&settings.config.format, token)?;
 
     let kv = env.kv(KV_BINDING).map_err(|e| unavailable("KV binding", e))?;
-    let key: Option<KeyRecord> = read_json(&kv, &key_kv_key(&presented.hash().to_hex())).await?;
+    let key: Option<KeyRecord> = read_json(&kv, &presented.hash().kv_key()).await?;
     let Some(key) = key else {
         return Err(ErrorCode::InvalidApiKey.into());
     };
@@ -241,9 +241,9 @@ fn build_upstream(
     now: i64,
     client_ip: &str,
 ) -> Result<Request, Refusal> {
-    let secret = settings
-        .signing_secret
-        .as_deref()
+    let key = settings
+        .signing_key
+        .as_ref()
         .ok_or_else(|| unavailable("configuration", "ORIGIN_SIGNING_SECRET is not set (or shorter than 32 bytes)"))?;
     let bodyless = method == "GET" || method == "HEAD";
     let incoming: Vec<(String, String)> = req.headers().entries().collect();
@@ -257,7 +257,7 @@ fn build_upstream(
     // The path the origin receives, which is the path that is signed.
     let forwarded_path = format!("{}{}", settings.origin_base_path, path.as_str());
     let ts = now.div_euclid(1000);
-    for (name, value) in identity_headers(grant, secret.as_bytes(), request_id, method, &forwarded_path, query, ts) {
+    for (name, value) in identity_headers(grant, key, request_id, method, &forwarded_path, query, ts) {
         out.set(name, &value).map_err(|e| unavailable("header set", e))?;
     }
     if client_ip != "unknown" {

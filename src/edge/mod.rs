@@ -38,7 +38,7 @@ pub(crate) struct Settings {
     /// prefixed to the canonical path.
     pub(crate) origin_base_path: String,
     pub(crate) origin_timeout_ms: u32,
-    pub(crate) signing_secret: Option<String>,
+    pub(crate) signing_key: Option<crate::signing::SigningKey>,
     pub(crate) admin_token: Option<String>,
     /// `KEY_GUARD` (default on): consult the key's Durable Object on every
     /// request (exact rate limits, immediate revocation). `off` exists only
@@ -114,7 +114,7 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
         origin,
         origin_base_path,
         origin_timeout_ms,
-        signing_secret: secret("ORIGIN_SIGNING_SECRET"),
+        signing_key: secret("ORIGIN_SIGNING_SECRET").map(|s| crate::signing::SigningKey::new(s.as_bytes())),
         admin_token: secret("ADMIN_TOKEN"),
         key_guard,
         usage_rollup_ms,
