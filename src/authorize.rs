@@ -183,7 +183,37 @@ pub fn authorize(
 ) -> Result<Grant, Refusal> {
     let key = records.key.ok_or(ErrorCode::InvalidApiKey)?;
     precheck(presented, key, now_ms)?;
-    let cors_origin = match key.kind {
+    let cors_origin = kind_rules(facts, key)?;
+    let with_cors = |mut r: Refusal| {
+        if let Some(o) = &cors_origin {
+            r.headers.extend(cors::response_headers(o));
+        }
+        r
+    };
+    decide_rest(key, records, policy, config, facts, cors_origin.clone()).map_err(with_cors)
+}
+
+/// Whether the request passes every check that needs only the key record
+/// and the policy: the record's own verdict, the kind rules, the route and
+/// the key's own scopes. The shell uses it to start the key guard's check
+/// concurrently with the org and user reads when the request is likely to
+/// be allowed; [`authorize`] stays the decision (and the order of refusals),
+/// and a request it then refuses is refunded to the guard.
+pub fn preauthorize(facts: &Facts<'_>, presented: &ApiKey<'_>, key: &KeyRecord, policy: &Policy, now_ms: i64) -> bool {
+    if precheck(presented, key, now_ms).is_err() || kind_rules(facts, key).is_err() {
+        return false;
+    }
+    let Ok(route) = policy.route(facts.method, facts.path) else { return false };
+    match key.kind {
+        KeyKind::Widget => scope::grants(&scope::intersect(&key.scopes, policy.widget_scopes()), route.scope()),
+        KeyKind::Secret => scope::grants(&key.scopes, route.scope()),
+    }
+}
+
+/// A secret key refuses browser requests; a widget key needs an allowed
+/// origin (which its CORS headers will echo).
+fn kind_rules(facts: &Facts<'_>, key: &KeyRecord) -> Result<Option<BrowserOrigin>, Refusal> {
+    Ok(match key.kind {
         KeyKind::Secret if facts.origin.is_some() => {
             return Err(ApiError::with_message(
                 ErrorCode::OriginNotAllowed,
@@ -208,14 +238,7 @@ pub fn authorize(
             }
             Some(origin)
         }
-    };
-    let with_cors = |mut r: Refusal| {
-        if let Some(o) = &cors_origin {
-            r.headers.extend(cors::response_headers(o));
-        }
-        r
-    };
-    decide_rest(key, records, policy, config, facts, cors_origin.clone()).map_err(with_cors)
+    })
 }
 
 fn decide_rest(
@@ -532,6 +555,31 @@ mod tests {
         assert_eq!(g.scopes_header(), "ai:chat");
         let e = decide_widget(&w, "GET", "/v1/api_keys", Some("https://shop.example.com"), None).unwrap_err();
         assert_eq!(e.error, ApiError::missing_scope("control:read"));
+    }
+
+    #[test]
+    fn preauthorize_agrees_with_authorize_on_key_only_checks() {
+        let w = world();
+        let p = |m: &str, path: &str, origin: Option<&str>| {
+            let path = CanonicalPath::parse(path).unwrap();
+            let presented = parse_key(&w.config.format, &w.token).unwrap();
+            preauthorize(&Facts { method: m, path: &path, origin, referer: None }, &presented, &w.key, &w.policy, NOW)
+        };
+        assert!(p("POST", "/v1/ai/chat", None));
+        assert!(!p("POST", "/v1/embeddings", None), "scope");
+        assert!(!p("GET", "/v1/ai/chat", None), "method");
+        assert!(!p("POST", "/v1/nope", None), "route");
+        assert!(!p("POST", "/v1/ai/chat", Some("https://a.com")), "secret key from a browser");
+        let mut revoked = world();
+        revoked.key.revoked_at = Some(1);
+        let path = CanonicalPath::parse("/v1/ai/chat").unwrap();
+        let presented = parse_key(&revoked.config.format, &revoked.token).unwrap();
+        let facts = Facts { method: "POST", path: &path, origin: None, referer: None };
+        assert!(!preauthorize(&facts, &presented, &revoked.key, &revoked.policy, NOW));
+        // Org-dependent refusals are authorize's alone: preauthorize passes.
+        let mut no_baa = world();
+        no_baa.org.baa_active = false;
+        assert!(decide(&no_baa, "POST", "/v1/ai/chat", None, false).is_err());
     }
 
     #[test]

@@ -106,6 +106,19 @@ pub enum GuardRequest {
         /// The refusal's error code, lowercase (`missing_scope`, …).
         reason: String,
     },
+    /// Give back a request this object admitted (`Allowed { counted_at }`)
+    /// that the worker then refused for another reason before the origin;
+    /// counted as a refusal instead.
+    Refund {
+        /// The key.
+        key: KeyRef,
+        /// The limit names it was counted under.
+        names: Vec<String>,
+        /// `counted_at` of the `Allowed` reply.
+        counted_at: i64,
+        /// The refusal's error code, lowercase.
+        reason: String,
+    },
     /// Record the tombstone (idempotent: the first time wins).
     Revoke {
         /// Revocation time (ms).
@@ -121,6 +134,8 @@ pub enum GuardReply {
     Allowed {
         /// The tightest limit after this request.
         quota: Option<QuotaWire>,
+        /// When it was counted (the object's clock), for a refund.
+        counted_at: i64,
     },
     /// Refused by a rate limit; nothing counted against the limits.
     Limited {
@@ -211,7 +226,7 @@ pub fn apply(state: &GuardState, request: &GuardRequest, now_ms: i64) -> (GuardR
                 match verdict {
                     Verdict::Allowed(q) => {
                         count(&mut next, now_ms, true, None);
-                        GuardReply::Allowed { quota: q.map(Into::into) }
+                        GuardReply::Allowed { quota: q.map(Into::into), counted_at: next.limiter.last_ms }
                     }
                     Verdict::Limited { retry_after_ms, quota } => {
                         count(&mut next, now_ms, false, Some("rate_limited"));
@@ -219,6 +234,17 @@ pub fn apply(state: &GuardState, request: &GuardRequest, now_ms: i64) -> (GuardR
                     }
                 }
             }
+        }
+        GuardRequest::Refund { key, names, counted_at, reason } => {
+            next.key.get_or_insert_with(|| key.clone());
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            next.limiter = ratelimit::refund(&state.limiter, &names, *counted_at);
+            let hour = counted_at - counted_at.rem_euclid(HOUR_MS);
+            if let Some(c) = next.usage.hours.get_mut(&hour) {
+                c.allowed = c.allowed.saturating_sub(1);
+                *c.refused.entry(reason.clone()).or_default() += 1;
+            }
+            GuardReply::RefusalRecorded
         }
         GuardRequest::Refused { key, reason } => {
             next.key.get_or_insert_with(|| key.clone());
@@ -280,7 +306,7 @@ mod tests {
     fn revocation_wins_over_everything_and_is_idempotent() {
         let s = GuardState::default();
         let (r, s2) = apply(&s, &check(5), T0);
-        assert!(matches!(r, GuardReply::Allowed { quota: Some(QuotaWire { remaining: 4, .. }) }));
+        assert!(matches!(r, GuardReply::Allowed { quota: Some(QuotaWire { remaining: 4, .. }), counted_at: T0 }));
         let s2 = s2.unwrap();
         assert_eq!(s2.key, Some(key()));
         let (r, s3) = apply(&s2, &GuardRequest::Revoke { revoked_at: T0 + 1 }, T0 + 1);
@@ -324,7 +350,27 @@ mod tests {
             ],
         };
         let (r, _) = apply(&GuardState::default(), &ip, T0);
-        assert!(matches!(r, GuardReply::Allowed { quota: Some(_) }), "{r:?}");
+        assert!(matches!(r, GuardReply::Allowed { quota: Some(_), .. }), "{r:?}");
+    }
+
+    #[test]
+    fn a_refund_returns_quota_and_recounts_usage() {
+        let mut s = GuardState::default();
+        let (r, n) = apply(&s, &check(1), T0);
+        s = n.unwrap();
+        let GuardReply::Allowed { counted_at, .. } = r else { panic!("{r:?}") };
+        assert!(matches!(apply(&s, &check(1), T0 + 1).0, GuardReply::Limited { .. }));
+        let refund = GuardRequest::Refund {
+            key: key(),
+            names: vec!["minute".into()],
+            counted_at,
+            reason: "baa_required".into(),
+        };
+        s = apply(&s, &refund, T0 + 2).1.unwrap();
+        assert!(matches!(apply(&s, &check(1), T0 + 3).0, GuardReply::Allowed { .. }));
+        let hour = T0 - T0.rem_euclid(HOUR_MS);
+        assert_eq!(s.usage.hours[&hour].allowed, 0);
+        assert_eq!(s.usage.hours[&hour].refused.get("baa_required"), Some(&1));
     }
 
     #[test]

@@ -248,6 +248,31 @@ pub fn step(prev: &State, limits: &[RateLimit], now_ms: i64) -> (Verdict, State)
     (Verdict::Allowed(tightest(quotas)), next)
 }
 
+/// Gives back one request counted at `counted_at` under each of `names`: the
+/// shell admitted it, then refused it for another reason before it reached
+/// the origin (e.g. the org's BAA, read concurrently with the check). This
+/// only ever lowers counts for requests that were not served, so the limit
+/// still holds for what was.
+pub fn refund(prev: &State, names: &[&str], counted_at: i64) -> State {
+    let mut next = prev.clone();
+    for name in names {
+        if let Some(b) = next
+            .windows
+            .get_mut(*name)
+            .and_then(|bs| bs.iter_mut().find(|b| b.start <= counted_at && counted_at < b.end && b.count > 0))
+        {
+            b.count -= 1;
+        }
+    }
+    for buckets in next.windows.values_mut() {
+        buckets.retain(|b| b.count > 0);
+    }
+    next.windows.retain(|_, b| !b.is_empty());
+    let windows = &next.windows;
+    next.spans.retain(|name, _| windows.contains_key(name));
+    next
+}
+
 /// Drops buckets that can no longer count: under the current limit of that
 /// name, or, for a name not in this check, under the window it was last
 /// checked with. (After a limit's window is *widened*, requests older than
@@ -393,6 +418,21 @@ mod tests {
         assert!(s.windows.contains_key("minute@a"));
         assert!(matches!(run(&mut s, &ip_b, T0 + 62_000), Verdict::Allowed(_)));
         assert!(!s.windows.contains_key("minute@a") && !s.spans.contains_key("minute@a"), "{s:?}");
+    }
+
+    #[test]
+    fn a_refund_gives_back_exactly_one_request() {
+        let l = [lim("minute", 2, 60), lim("hour", 5, 3600)];
+        let mut s = State::default();
+        assert!(matches!(run(&mut s, &l, T0), Verdict::Allowed(_)));
+        assert!(matches!(run(&mut s, &l, T0 + 10), Verdict::Allowed(_)));
+        assert!(matches!(run(&mut s, &l, T0 + 20), Verdict::Limited { .. }));
+        s = refund(&s, &["minute", "hour"], T0 + 10);
+        assert!(matches!(run(&mut s, &l, T0 + 30), Verdict::Allowed(_)));
+        assert!(matches!(run(&mut s, &l, T0 + 40), Verdict::Limited { .. }));
+        assert_eq!(in_window(&s.windows["hour"], &l[1], T0 + 40), 2);
+        // A refund for a time nothing was counted at changes nothing.
+        assert_eq!(refund(&s, &["minute"], T0 - 5000), s);
     }
 
     #[test]

@@ -491,6 +491,30 @@ fn refusals_before_the_guard_do_not_consume_quota() {
 }
 
 #[test]
+fn refusals_after_a_concurrent_guard_check_are_refunded() {
+    // BAA inactive: everything the key record alone decides passes, so the
+    // guard's check runs concurrently with the org read; authorize then
+    // refuses (402) and the counted request is given back.
+    let org = h().org(false);
+    let limited = json!({"name": "q", "scopes": ["ai:chat"], "rate_limits": [{"name": "minute", "limit": 3, "window_seconds": 60}]});
+    let (key, _) = h().key(&org, limited);
+    for _ in 0..6 {
+        chat(&key, &[]).assert_error(402, "BAA_REQUIRED");
+    }
+    // Refunds are sent after the response (waitUntil).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        h().admin("PUT", &format!("/admin/orgs/{org}"), Some(json!({"name": "n", "baa_active": true}))).status,
+        200
+    );
+    for i in 0..3 {
+        let r = chat(&key, &[]);
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    chat(&key, &[]).assert_error(429, "RATE_LIMITED");
+}
+
+#[test]
 fn get_requests_never_forward_a_body() {
     let (_, key, _) = setup(&["*"]);
     let auth = bearer(&key);

@@ -2,10 +2,12 @@
 //! ask the key's guard, proxy. Every decision is a call into the core.
 
 use futures_util::future::{select, Either};
-use worker::{AbortController, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response};
+use worker::{AbortController, Context, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response};
 
 use super::{control, settings, unavailable, Settings, KV_BINDING};
-use crate::authorize::{authorize, extract_credential, parse_key, precheck, Facts, Grant, Records, Refusal};
+use crate::authorize::{
+    authorize, extract_credential, parse_key, preauthorize, precheck, Facts, Grant, Records, Refusal,
+};
 use crate::cors::{self, BrowserOrigin};
 use crate::error::{ApiError, ErrorCode};
 use crate::guard::{GuardReply, GuardRequest, KeyRef, QuotaWire};
@@ -15,7 +17,13 @@ use crate::records::{org_kv_key, user_kv_key, KeyRecord, OrgRecord, UserRecord};
 use crate::signing::{forwarded_headers, identity_headers};
 use crate::token::KeyKind;
 
-pub(super) async fn handle(req: Request, env: &Env, request_id: &str, now: i64) -> Result<Response, Refusal> {
+pub(super) async fn handle(
+    req: Request,
+    env: &Env,
+    ctx: &Context,
+    request_id: &str,
+    now: i64,
+) -> Result<Response, Refusal> {
     let settings = settings(env)?;
     let url = req.inner().url();
     let (raw_path, query) = split_url(&url);
@@ -44,62 +52,129 @@ pub(super) async fn handle(req: Request, env: &Env, request_id: &str, now: i64) 
     };
     // Revoked, expired or mismatched keys cost no more reads than unknown ones.
     precheck(&presented, &key, now)?;
-    let org_key = org_kv_key(&key.org_id);
-    let org_fut = read_json::<OrgRecord>(&kv, &org_key);
-    let (org, user) = match &key.user_id {
-        None => (org_fut.await?, None),
-        Some(uid) => {
-            let user_key = user_kv_key(&key.org_id, uid);
-            let (o, u) = futures_util::join!(org_fut, read_json::<UserRecord>(&kv, &user_key));
-            (o?, u?)
-        }
-    };
 
     let origin = headers.get("origin").ok().flatten();
     let referer = headers.get("referer").ok().flatten();
     let facts = Facts { method: &method, path: &path, origin: origin.as_deref(), referer: referer.as_deref() };
-    let records = Records { key: Some(&key), org: org.as_ref(), user: user.as_ref() };
     let key_ref = KeyRef { key_id: key.id.clone(), org_id: key.org_id.clone() };
+    let client_ip = client_ip(headers.get("cf-connecting-ip").ok().flatten().as_deref());
+    let limits = guard_limits(&key, settings, &client_ip);
+
+    // The org (and user) reads and the key guard's check are independent; when
+    // everything the key record alone can decide already passes, they run
+    // concurrently, which hides the Durable Object hop behind the KV reads.
+    // `authorize` still decides, in the designed order, and a request it
+    // refuses after being counted is refunded: the guard never admits more
+    // than N, and refusals never consume quota.
+    let records = read_records(&kv, &key);
+    let early = settings.key_guard && preauthorize(&facts, &presented, &key, &settings.policy, now);
+    let (records, early) = if early {
+        let check = GuardRequest::Check { key: key_ref.clone(), limits: limits.clone() };
+        let (r, g) = futures_util::join!(records, super::guard::call(env, &key.id, &check));
+        (r, Some(g))
+    } else {
+        (records.await, None)
+    };
+    let counted_at = match &early {
+        Some(Ok(GuardReply::Allowed { counted_at, .. })) => Some(*counted_at),
+        _ => None,
+    };
+    let refund = |reason: ErrorCode| {
+        if let Some(at) = counted_at {
+            refund_later(ctx, env, &key_ref, &limits, at, reason);
+        }
+    };
+    let (org, user) = records.inspect_err(|r| refund(r.error.code))?;
+    let records = Records { key: Some(&key), org: org.as_ref(), user: user.as_ref() };
     let grant = match authorize(&facts, &presented, &records, &settings.policy, &settings.config, now) {
         Ok(g) => g,
-        Err(refusal) => return Err(refused(env, settings, &key_ref, refusal).await),
+        Err(refusal) => {
+            return Err(match &early {
+                Some(Ok(GuardReply::Allowed { .. })) => {
+                    refund(refusal.error.code);
+                    refusal
+                }
+                Some(Ok(GuardReply::Revoked)) => ErrorCode::InvalidApiKey.into(),
+                _ => refused(env, settings, &key_ref, refusal).await,
+            });
+        }
     };
     let cors_headers = grant.cors_origin.as_ref().map(cors::response_headers).unwrap_or_default();
     let with_cors = |mut r: Refusal| {
         r.headers.extend(cors_headers.iter().cloned());
         r
     };
+    let (quota, counted_at) = match early {
+        Some(reply) => guard_verdict(reply).map_err(with_cors)?,
+        None => guard_check(env, &key, settings, &key_ref, &limits).await.map_err(with_cors)?,
+    };
+    let quota_headers: Vec<_> = quota.iter().flat_map(QuotaWire::headers).collect();
+    let with_quota = |mut r: Refusal| {
+        r.headers.extend(quota_headers.iter().cloned());
+        with_cors(r)
+    };
 
     // Keyward's own routes (the control API) are served here, never proxied.
     if let Some(route) = control::route(&grant, &method, &path) {
-        let quota = guard_check(env, &key, settings, &key_ref, "").await.map_err(with_cors)?;
-        let quota_headers: Vec<_> = quota.iter().flat_map(QuotaWire::headers).collect();
         let ctl = control::Caller { grant: &grant, key: &key, request_id, now };
-        let mut resp = control::handle(req, env, settings, &ctl, route, query).await.map_err(|mut r| {
-            r.headers.extend(quota_headers.iter().cloned());
-            with_cors(r)
-        })?;
-        set_headers(&mut resp, quota_headers.into_iter().chain(cors_headers.clone()));
+        let mut resp = control::handle(req, env, settings, &ctl, route, query).await.map_err(with_quota)?;
+        set_headers(&mut resp, quota_headers.iter().cloned().chain(cors_headers.clone()));
         return Ok(resp);
     }
 
-    // Everything that can fail before the origin is reached is done before
-    // the request is counted: a request refused for keyward's own reasons
-    // does not consume quota. (Once admitted, a 502 or 504 does count: the
-    // request was sent.)
-    let client_ip = client_ip(headers.get("cf-connecting-ip").ok().flatten().as_deref());
-    let upstream = build_upstream(&req, settings, &grant, &method, &path, query, request_id, now, &client_ip)
-        .map_err(with_cors)?;
-    let quota = guard_check(env, &key, settings, &key_ref, &client_ip).await.map_err(with_cors)?;
-    let quota_headers: Vec<_> = quota.iter().flat_map(QuotaWire::headers).collect();
+    // A request admitted but refused before it reaches the origin is refunded.
+    // (Once sent, a 502 or 504 counts: the origin may have acted on it.)
+    let upstream = match build_upstream(&req, settings, &grant, &method, &path, query, request_id, now, &client_ip) {
+        Ok(u) => u,
+        Err(r) => {
+            if let Some(at) = counted_at {
+                refund_later(ctx, env, &key_ref, &limits, at, r.error.code);
+            }
+            return Err(with_quota(r));
+        }
+    };
     // Every answer to an admitted request carries the quota (and, for a
     // widget, CORS), the origin's failures included.
-    let mut resp = send(upstream, settings, request_id).await.map_err(|mut r| {
-        r.headers.extend(quota_headers.iter().cloned());
-        with_cors(r)
-    })?;
+    let mut resp = send(upstream, settings, request_id).await.map_err(with_quota)?;
     set_headers(&mut resp, quota_headers.into_iter().chain(cors_headers));
     Ok(resp)
+}
+
+/// The org record and, for a user-bound key, the user record, read
+/// concurrently.
+async fn read_records(
+    kv: &worker::kv::KvStore,
+    key: &KeyRecord,
+) -> Result<(Option<OrgRecord>, Option<UserRecord>), Refusal> {
+    let org_key = org_kv_key(&key.org_id);
+    let org_fut = read_json::<OrgRecord>(kv, &org_key);
+    match &key.user_id {
+        None => Ok((org_fut.await?, None)),
+        Some(uid) => {
+            let user_key = user_kv_key(&key.org_id, uid);
+            let (o, u) = futures_util::join!(org_fut, read_json::<UserRecord>(kv, &user_key));
+            Ok((o?, u?))
+        }
+    }
+}
+
+/// Gives a counted request back to the key's guard, after the response
+/// (`waitUntil`): no one waits for it. If it is lost, the key has one
+/// request less for the window: the limiter errs on the strict side.
+fn refund_later(ctx: &Context, env: &Env, key: &KeyRef, limits: &[RateLimit], counted_at: i64, reason: ErrorCode) {
+    let request = GuardRequest::Refund {
+        key: key.clone(),
+        names: limits.iter().map(|l| l.name.clone()).collect(),
+        counted_at,
+        reason: reason.as_str().to_ascii_lowercase(),
+    };
+    let env = env.clone();
+    let key_id = key.key_id.clone();
+    ctx.wait_until(async move {
+        if let Err(e) = super::guard::call(&env, &key_id, &request).await {
+            worker::console_warn!("keyward: refund to the key guard failed: {e}");
+        }
+    });
 }
 
 fn set_headers(resp: &mut Response, headers: impl Iterator<Item = (&'static str, String)>) {
@@ -179,6 +254,21 @@ fn client_ip(header: Option<&str>) -> String {
     }
 }
 
+/// The key's effective limits: its own over the policy's defaults, and for
+/// a widget key the per-visitor limits too (one abusive client cannot
+/// exhaust the site's budget).
+fn guard_limits(key: &KeyRecord, settings: &Settings, ip: &str) -> Vec<RateLimit> {
+    let mut limits = merge_limits(settings.policy.default_rate_limits(), &key.rate_limits);
+    if key.kind == KeyKind::Widget {
+        limits.extend(settings.policy.widget_ip_rate_limits().iter().map(|l| RateLimit {
+            name: format!("{}@{ip}", l.name),
+            limit: l.limit,
+            window_seconds: l.window_seconds,
+        }));
+    }
+    limits
+}
+
 /// One call to the key's Durable Object: refuses a revoked key (even if KV
 /// still has the old record) and counts the request against its limits.
 async fn guard_check(
@@ -186,23 +276,20 @@ async fn guard_check(
     key: &KeyRecord,
     settings: &Settings,
     key_ref: &KeyRef,
-    ip: &str,
-) -> Result<Option<QuotaWire>, Refusal> {
+    limits: &[RateLimit],
+) -> Result<(Option<QuotaWire>, Option<i64>), Refusal> {
     if !settings.key_guard {
-        return Ok(None);
+        return Ok((None, None));
     }
-    let mut limits = merge_limits(settings.policy.default_rate_limits(), &key.rate_limits);
-    if key.kind == KeyKind::Widget {
-        // Per visitor as well: one abusive client cannot exhaust the site's budget.
-        limits.extend(settings.policy.widget_ip_rate_limits().iter().map(|l| RateLimit {
-            name: format!("{}@{ip}", l.name),
-            limit: l.limit,
-            window_seconds: l.window_seconds,
-        }));
-    }
-    let request = GuardRequest::Check { key: key_ref.clone(), limits };
-    match super::guard::call(env, &key.id, &request).await.map_err(|e| unavailable("key guard", e))? {
-        GuardReply::Allowed { quota } => Ok(quota),
+    let request = GuardRequest::Check { key: key_ref.clone(), limits: limits.to_vec() };
+    guard_verdict(super::guard::call(env, &key.id, &request).await)
+}
+
+/// What a check's answer means for the request: the quota to report and
+/// when the request was counted (for a refund).
+fn guard_verdict(reply: Result<GuardReply, String>) -> Result<(Option<QuotaWire>, Option<i64>), Refusal> {
+    match reply.map_err(|e| unavailable("key guard", e))? {
+        GuardReply::Allowed { quota, counted_at } => Ok((quota, Some(counted_at))),
         GuardReply::Revoked => Err(ErrorCode::InvalidApiKey.into()),
         GuardReply::Limited { retry_after_ms, quota } => {
             let mut headers = vec![("Retry-After", ceil_seconds(retry_after_ms).max(1).to_string())];

@@ -59,6 +59,19 @@ fn string_binding(env: &Env, name: &str) -> Option<String> {
     env.secret(name).map(|s| s.to_string()).or_else(|_| env.var(name).map(|v| v.to_string())).ok()
 }
 
+/// An integer var within `range`, or `default` when unset.
+fn int_var(env: &Env, name: &str, default: i64, range: std::ops::RangeInclusive<i64>) -> Result<i64, String> {
+    match string_binding(env, name) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| format!("{name} must be an integer from {} to {}", range.start(), range.end())),
+    }
+}
+
 fn load_settings(env: &Env) -> Result<Settings, String> {
     let secret_prefix = string_binding(env, "SECRET_KEY_PREFIX").unwrap_or_else(|| "kw_live_".into());
     let widget_prefix = string_binding(env, "WIDGET_KEY_PREFIX").unwrap_or_else(|| "kw_pub_".into());
@@ -70,30 +83,13 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
     };
     let origin_url = string_binding(env, "ORIGIN_URL").ok_or("ORIGIN_URL is not set")?;
     let parsed = crate::path::OriginUrl::parse(origin_url.trim())?;
-    let origin_timeout_ms = match string_binding(env, "ORIGIN_TIMEOUT_MS") {
-        None => 30_000,
-        Some(v) => v
-            .trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|t| (1..=600_000).contains(t))
-            .ok_or("ORIGIN_TIMEOUT_MS must be 1..600000")?,
-    };
+    let origin_timeout_ms = u32::try_from(int_var(env, "ORIGIN_TIMEOUT_MS", 30_000, 1..=600_000)?).unwrap_or(30_000);
     let key_guard = match string_binding(env, "KEY_GUARD").as_deref().map(str::trim) {
         None | Some("on") | Some("") => true,
         Some("off") => false,
         Some(other) => return Err(format!("KEY_GUARD must be on or off, not {other:?}")),
     };
-    let usage_rollup_ms = match string_binding(env, "USAGE_ROLLUP_SECONDS") {
-        None => 30_000,
-        Some(v) => v
-            .trim()
-            .parse::<i64>()
-            .ok()
-            .filter(|t| (1..=3600).contains(t))
-            .map(|s| s * 1000)
-            .ok_or("USAGE_ROLLUP_SECONDS must be 1..3600")?,
-    };
+    let usage_rollup_ms = int_var(env, "USAGE_ROLLUP_SECONDS", 30, 1..=3600)? * 1000;
     let policy = Policy::default_policy()?;
     // A secret shorter than 32 bytes is treated as absent (and logged): the
     // admin API or the proxy then answers 503 rather than run on a weak one.
@@ -194,7 +190,7 @@ fn start() {
 }
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
     let now = now_ms();
     let request_id = match random::<12>() {
         Ok(r) => crate::ids::request_id(&r),
@@ -215,7 +211,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
     let result = if is_admin {
         admin::handle(req, &env, &request_id, now).await
     } else {
-        gate::handle(req, &env, &request_id, now).await
+        gate::handle(req, &env, &ctx, &request_id, now).await
     };
     Ok(result.unwrap_or_else(|refusal| error_response(&refusal, &request_id)))
 }
