@@ -12,6 +12,24 @@ for (const line of read("facts").split("\n")) {
   if (i > 0) facts[line.slice(0, i)] = line.slice(i + 1);
 }
 const settings = facts;
+// Which runner served the workers (bench/run.sh RUNNER); results written
+// before the switch to Miniflare have no `runner` fact: wrangler.
+const runner = facts.runner || "wrangler";
+const RUNNER_TEXT = {
+  miniflare: {
+    e2e: "workerd via Miniflare (`bench/serve.mjs`, no inspector)",
+    software: `miniflare ${facts.miniflare} (workerd ${facts.workerd}) through bench/serve.mjs, no inspector; wrangler ${facts.wrangler} only reads the config`,
+    startup: "spawn of `node bench/serve.mjs` (Node, Miniflare, workerd) to first served response",
+    startupNote: "This is mostly Node loading Miniflare and workerd booting, not the wasm module.",
+  },
+  wrangler: {
+    e2e: "workerd via `wrangler dev`",
+    software: `wrangler ${facts.wrangler} (\`wrangler dev\`, workerd, local mode, inspector attached)`,
+    startup: "spawn of `wrangler dev` to first served response",
+    startupNote: "This is mostly wrangler and workerd booting, not the wasm module.",
+  },
+}[runner];
+if (!RUNNER_TEXT) throw new Error(`unknown runner ${runner}`);
 
 const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -26,7 +44,9 @@ const toNs = (t) => {
   return m ? Number(m[1]) * UNIT[m[2]] : NaN;
 };
 const core = {};
-for (const line of read("core.txt").split("\n")) {
+// CORE=0 (bench/run.sh) skips the core benchmark: no core.txt.
+const hasCore = fs.existsSync(path.join(dir, "core.txt"));
+for (const line of hasCore ? read("core.txt").split("\n") : []) {
   const cols = line.split("│");
   if (cols.length < 6) continue;
   const m = cols[0].match(/^[\s├╰│─]*([a-z0-9_]+)\s+(\S+\s*\S+)\s*$/);
@@ -104,8 +124,12 @@ const probeRequests = (() => {
 const kib = (n) => (Number(n) / 1024).toFixed(1);
 
 const budgets = [
-  ["core decision, median", "≤ 2 µs", fmtNs(decision), decision <= 2000],
-  ["core decision / SHA-256 floor", "≤ 10×", `${ratio(decision, floor)}×`, decision / floor <= 10],
+  ...(hasCore
+    ? [
+        ["core decision, median", "≤ 2 µs", fmtNs(decision), decision <= 2000],
+        ["core decision / SHA-256 floor", "≤ 10×", `${ratio(decision, floor)}×`, decision / floor <= 10],
+      ]
+    : []),
   ["(c) throughput / (b)", "≥ 0.75", ratio(c.rps, b.rps), c.rps / b.rps >= 0.75],
   ["(c) p99 − (b) p99", "≤ 2 ms", `${ms(c.p99 - b.p99)} ms`, c.p99 - b.p99 <= 2],
   ["(d) throughput / (b)", "≥ 0.90", ratio(d.rps, b.rps), d.rps / b.rps >= 0.9],
@@ -118,14 +142,15 @@ L.push("Written by `make bench` (bench/run.sh; method in bench/README.md). Do no
 L.push("| | |", "|---|---|");
 L.push(`| date | ${facts.date} |`);
 L.push(`| machine | ${facts.nproc} CPUs (nproc), ${facts.cpu}, Linux ${facts.kernel} |`);
-L.push(`| software | rustc ${facts.rustc}, node ${facts.node}, wrangler ${facts.wrangler} (workerd, local mode), wrk ${facts.wrk} |`);
+L.push(`| runner | **${runner}** (\`RUNNER=${runner}\`) |`);
+L.push(`| software | rustc ${facts.rustc}, node ${facts.node}, ${RUNNER_TEXT.software}, wrk ${facts.wrk} |`);
 L.push(`| keyward commit | ${facts.git} |`);
 L.push(
   `| load | wrk -t${settings.threads} -c${settings.conns}, ${settings.duration} s per run, ${settings.rounds} rounds alternating the scenarios; medians of the rounds |`,
 );
 L.push("");
 
-L.push("## End to end (workerd via `wrangler dev`, POST /v1/ai/chat)", "");
+L.push(`## End to end (${RUNNER_TEXT.e2e}, POST /v1/ai/chat)`, "");
 L.push("| scenario | requests/s | p50 ms | p99 ms | req/s vs (b) | p99 − (b) ms | non-2xx |");
 L.push("|---|---:|---:|---:|---:|---:|---:|");
 for (const [k, label] of Object.entries(NAMES)) {
@@ -138,15 +163,18 @@ for (const [k, label] of Object.entries(NAMES)) {
 }
 L.push("");
 L.push(
-  "CPU time per request, by process (median of rounds; from /proc, so it holds even when the machine is shared). `worker` is the workerd running the worker itself with its local KV and Durable Objects; `proxy` and `wrangler` are `wrangler dev`'s own proxy worker (workerd) and Node process, which production does not have.",
+  runner === "wrangler"
+    ? "CPU time per request, by process (median of rounds; from /proc, so it holds even when the machine is shared). `worker` is the workerd running the worker itself with its local KV and Durable Objects; `proxy` and `wrangler` are `wrangler dev`'s own proxy worker (workerd) and Node process, which production does not have."
+    : "CPU time per request, by process (median of rounds; from /proc, so it holds even when the machine is shared). `worker` is the one workerd: Miniflare's entry worker, the worker itself and its local KV and Durable Objects; `serve` is bench/serve.mjs's Node process (Miniflare), which should stay near 0 — nothing on the request path goes through it.",
   "",
 );
-L.push("| scenario | worker µs/req | proxy µs/req | wrangler µs/req | origin µs/req |", "|---|---:|---:|---:|---:|");
+const ROLES = runner === "wrangler" ? ["worker", "proxy", "wrangler", "origin"] : ["worker", "serve", "origin"];
+L.push(`| scenario | ${ROLES.map((r) => `${r} µs/req`).join(" | ")} |`, `|---|${"---:|".repeat(ROLES.length)}`);
 const us = (x) => (x === undefined ? "–" : (x * 1000).toFixed(0));
 for (const [k, label] of Object.entries(NAMES)) {
   const r = e2e[k];
   if (!r) continue;
-  L.push(`| ${label.split(" ")[0]} | ${us(r.cpu.worker)} | ${us(r.cpu.proxy)} | ${us(r.cpu.wrangler)} | ${us(r.cpu.origin)} |`);
+  L.push(`| ${label.split(" ")[0]} | ${ROLES.map((role) => us(r.cpu[role])).join(" | ")} |`);
 }
 L.push("");
 L.push("Ratios:", "");
@@ -180,12 +208,15 @@ L.push("| KV reads, well-formed unknown key | 1 (the miss) | src/edge/gate.rs |"
 L.push("");
 
 L.push("## Core decision (native, divan; no I/O)", "");
-L.push("| benchmark | median | fastest | mean |", "|---|---:|---:|---:|");
-for (const [k, v] of Object.entries(core)) {
-  L.push(`| ${k} | ${fmtNs(v.median)} | ${fmtNs(v.fastest)} | ${fmtNs(v.mean)} |`);
+if (!hasCore) L.push("Not run (`CORE=0`).", "");
+else {
+  L.push("| benchmark | median | fastest | mean |", "|---|---:|---:|---:|");
+  for (const [k, v] of Object.entries(core)) {
+    L.push(`| ${k} | ${fmtNs(v.median)} | ${fmtNs(v.fastest)} | ${fmtNs(v.mean)} |`);
+  }
+  L.push("");
+  L.push(`decision / SHA-256 floor: **${ratio(decision, floor)}×**.`, "");
 }
-L.push("");
-L.push(`decision / SHA-256 floor: **${ratio(decision, floor)}×**.`, "");
 
 L.push("## Artifact and startup", "");
 L.push("| | raw | gzip -9 |", "|---|---:|---:|");
@@ -193,7 +224,7 @@ L.push(`| keyward build/index_bg.wasm | ${kib(facts.wasm_raw)} KiB | ${kib(facts
 L.push(`| pass-through build/index_bg.wasm (reference) | ${kib(facts.pt_wasm_raw)} KiB | ${kib(facts.pt_wasm_gz)} KiB |`);
 L.push("");
 L.push(
-  `Worker startup (spawn of \`wrangler dev\` to first served response): median **${startup} ms** of ${starts.length} starts (${starts.join(", ")} ms); the pass-through worker: ${facts.startup_passthrough} ms (one start). This is mostly wrangler and workerd booting, not the wasm module.`,
+  `Worker startup (${RUNNER_TEXT.startup}): median **${startup} ms** of ${starts.length} starts (${starts.join(", ")} ms); the pass-through worker: ${facts.startup_passthrough} ms (one start). ${RUNNER_TEXT.startupNote}`,
 );
 L.push("");
 

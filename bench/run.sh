@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # `make bench`: the core benchmark (divan), then keyward end to end on
-# workerd (wrangler dev) against a pass-through worker and the bare origin,
-# with wrk. Writes bench/results.md and prints it. Everything listens on
-# 127.0.0.1 only; every process started here is killed on exit.
+# workerd against a pass-through worker and the bare origin, with wrk.
+# Writes bench/results.md and prints it. Everything listens on 127.0.0.1
+# only; every process started here is killed on exit.
 #
 # Knobs (environment): ROUNDS (5), DURATION seconds per run (5), CONNS (4),
-# THREADS (1), STARTS (3, worker startup samples), KEYS (100).
+# THREADS (1), STARTS (3, worker startup samples), KEYS (100), WARMUP (2),
+# CORE (1; 0 skips the core benchmark, for quick end-to-end checks),
+# RESULTS (bench/results.md: where the report is written),
+# RUNNER: how the workers run on workerd —
+#   miniflare (default)  bench/serve.mjs: Miniflare's API, no inspector, no
+#                        wrangler proxy, no Node process on the request path
+#   wrangler             the `wrangler dev` CLI (inspector always attached;
+#                        every subrequest relayed through its Node process)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -17,6 +24,9 @@ THREADS=${THREADS:-1}
 STARTS=${STARTS:-3}
 KEYS=${KEYS:-100}
 WARMUP=${WARMUP:-2}
+RUNNER=${RUNNER:-miniflare}
+CORE=${CORE:-1}
+RESULTS=${RESULTS:-bench/results.md}
 
 CARGO_BIN=${CARGO_BIN:-$HOME/.cargo/bin}
 export PATH="$CARGO_BIN:$PATH"
@@ -33,6 +43,11 @@ die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
 
 [ -f build/index_bg.wasm ] || die "build/index_bg.wasm is missing: run \`make bench\` (it builds the worker first)"
 [ -x "$WRANGLER" ] || die "wrangler is not installed: run \`make bench\` (it runs \`make tools\` first)"
+case "$RUNNER" in
+  miniflare) [ -f node_modules/miniflare/package.json ] || die "node_modules/miniflare is missing (it comes with wrangler): run \`make tools\`" ;;
+  wrangler) ;;
+  *) die "RUNNER=$RUNNER: expected miniflare or wrangler" ;;
+esac
 
 # --- processes: each in its own session under a watchdog that kills its
 # group if this script dies; all killed by the trap.
@@ -90,22 +105,36 @@ wait_up() {
   done
 }
 
-# wrangler_dev NAME ORIGIN_PORT [--config FILE] [--var K:V]...: starts a
-# `wrangler dev` (fresh state dir, own env file); sets PORT_<NAME>, PG_<NAME>
-# and STARTUP_MS (spawn to first served response).
-wrangler_dev() {
+# start_worker NAME ORIGIN_PORT [--config FILE] [--var K:V]...: starts a
+# worker (default config: wrangler.toml) with the RUNNER, a fresh state dir
+# and its own env file; sets PORT_<NAME>, PG_<NAME> and STARTUP_MS (spawn of
+# the runner to the first served response).
+#   wrangler:  `wrangler dev` (local mode, the e2e harness's invocation)
+#   miniflare: bench/mfconfig.mjs turns the wrangler config into serve.json
+#              (not timed), then bench/serve.mjs runs it
+start_worker() {
   local name=$1 origin_port=$2
   shift 2
-  local dir=$TMP/$name port inspector t0
+  local dir=$TMP/$name port inspector t0 config=wrangler.toml logf
+  if [ "${1:-}" = --config ]; then config=$2; shift 2; fi
   mkdir -p "$dir"
   printf 'ADMIN_TOKEN=%s\nORIGIN_SIGNING_SECRET=%s\n' "$ADMIN_TOKEN" "$SIGNING_SECRET" >"$dir/bench.env"
   port=$(free_port)
-  inspector=$(free_port)
-  t0=$(now_ms)
-  spawn "$dir/wrangler.log" "$WRANGLER" dev --port "$port" --ip 127.0.0.1 --inspector-port "$inspector" \
-    --persist-to "$dir/state" --env-file "$dir/bench.env" --show-interactive-dev-session=false \
-    --log-level warn --var "ORIGIN_URL:http://127.0.0.1:$origin_port" "$@"
-  wait_up "$port" "$dir/wrangler.log"
+  if [ "$RUNNER" = wrangler ]; then
+    inspector=$(free_port)
+    logf=$dir/wrangler.log
+    t0=$(now_ms)
+    spawn "$logf" "$WRANGLER" dev --config "$config" --port "$port" --ip 127.0.0.1 --inspector-port "$inspector" \
+      --persist-to "$dir/state" --env-file "$dir/bench.env" --show-interactive-dev-session=false \
+      --log-level warn --var "ORIGIN_URL:http://127.0.0.1:$origin_port" "$@"
+  else
+    logf=$dir/serve.log
+    node bench/mfconfig.mjs --config "$config" --port "$port" --state "$dir/state" --env-file "$dir/bench.env" \
+      --var "ORIGIN_URL:http://127.0.0.1:$origin_port" "$@" >"$dir/serve.json" || die "bench/mfconfig.mjs failed for $config"
+    t0=$(now_ms)
+    spawn "$logf" node bench/serve.mjs "$dir/serve.json"
+  fi
+  wait_up "$port" "$logf"
   STARTUP_MS=$(($(now_ms) - t0))
   printf -v "PORT_$name" '%s' "$port"
   printf -v "PG_$name" '%s' "$SPAWNED"
@@ -134,6 +163,9 @@ fi
   echo "kernel=$(uname -r)"
   echo "node=$(node --version)"
   echo "wrangler=$("$WRANGLER" --version 2>/dev/null | grep -Eo '[0-9]+\.[0-9]+\.[0-9]+' | head -n1)"
+  echo "runner=$RUNNER"
+  echo "miniflare=$(node -p 'require("./node_modules/miniflare/package.json").version' 2>/dev/null || echo '?')"
+  echo "workerd=$(node -p 'require("./node_modules/workerd/package.json").version' 2>/dev/null || echo '?')"
   echo "wrk=$(wrk -v 2>&1 | head -n1 | awk '{print $2}')"
   echo "rustc=$(rustc --version | awk '{print $2}')"
   echo "git=$(git rev-parse --short HEAD)$(git diff --quiet -- src policy worker || echo '+dirty')"
@@ -145,8 +177,12 @@ fi
 } >"$TMP/facts"
 
 # --- 1. core, native
-log "core benchmark (cargo bench --bench core)"
-cargo bench --bench core 2>&1 | tee "$TMP/core.txt" >&2
+if [ "$CORE" = 0 ]; then
+  log "core benchmark skipped (CORE=0)"
+else
+  log "core benchmark (cargo bench --bench core)"
+  cargo bench --bench core 2>&1 | tee "$TMP/core.txt" >&2
+fi
 
 # --- 2. processes: origin, pass-through, keyward (guard on) x STARTS, keyward (guard off)
 log "starting the origin, the pass-through worker and keyward"
@@ -155,18 +191,18 @@ spawn "$TMP/origin.log" env PORT="$ORIGIN_PORT" node bench/origin.mjs
 PG_origin=$SPAWNED
 wait_up "$ORIGIN_PORT" "$TMP/origin.log"
 
-wrangler_dev passthrough "$ORIGIN_PORT" --config $PT/wrangler.toml
+start_worker passthrough "$ORIGIN_PORT" --config $PT/wrangler.toml
 echo "startup_passthrough=$STARTUP_MS" >>"$TMP/facts"
 
 starts=()
 for s in $(seq 1 "$STARTS"); do
   [ "$s" = 1 ] || { stop "$PG_on"; rm -rf "$TMP/on"; }
-  wrangler_dev on "$ORIGIN_PORT"
+  start_worker on "$ORIGIN_PORT"
   starts+=("$STARTUP_MS")
   echo "  keyward start $s: ${STARTUP_MS} ms" >&2
 done
 echo "startup_keyward=${starts[*]}" >>"$TMP/facts"
-wrangler_dev off "$ORIGIN_PORT" --var KEY_GUARD:off
+start_worker off "$ORIGIN_PORT" --var KEY_GUARD:off
 
 # --- 3. provisioning through the admin API
 log "provisioning: an org with BAA and $KEYS keys (guard on), one key (guard off)"
@@ -238,17 +274,21 @@ echo "probe_remaining_after=$r1" >>"$TMP/facts"
 # order rotates each round).
 mkdir -p "$TMP/wrk"
 # cpu_ticks PGID PORT: "role ticks" for each process of the target's group:
-# wrangler (node), proxy (the workerd holding wrangler's proxy worker, which
-# listens on PORT), worker (the workerd running the worker, its KV and
-# Durable Objects), origin.
+# worker (the workerd running the worker, its KV and Durable Objects; with
+# RUNNER=miniflare also Miniflare's entry worker, the only workerd), proxy
+# (RUNNER=wrangler: the workerd holding wrangler's proxy worker, which
+# listens on PORT), wrangler (RUNNER=wrangler: its Node process), serve
+# (RUNNER=miniflare: bench/serve.mjs, Node), origin.
 cpu_ticks() {
   local p cmd role
   for p in $(pgrep -g "$1"); do
     cmd=$({ tr '\0' ' ' <"/proc/$p/cmdline"; } 2>/dev/null) || continue
-    case "$cmd" in
-      *workerd*"entry=127.0.0.1:$2 "*) role=proxy ;;
+    case "$RUNNER $cmd" in
+      *\ bash\ -c\ *) continue ;; # spawn()'s watchdog: its argv names the command it watches
+      wrangler\ *workerd*"entry=127.0.0.1:$2 "*) role=proxy ;;
       *workerd\ serve*) role=worker ;;
       *wrangler-dist/cli.js*) role=wrangler ;;
+      *bench/serve.mjs*) role=serve ;;
       *origin.mjs*) role=origin ;;
       *) continue ;;
     esac
@@ -278,5 +318,5 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 # --- 6. report
-node bench/report.mjs "$TMP" bench/results.md
-cat bench/results.md
+node bench/report.mjs "$TMP" "$RESULTS"
+cat "$RESULTS"
