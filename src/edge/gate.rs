@@ -46,9 +46,16 @@ pub(super) async fn handle(
     let presented = parse_key(&settings.config.format, token)?;
 
     let kv = env.kv(KV_BINDING).map_err(|e| unavailable("KV binding", e))?;
-    let key: Option<KeyRecord> = read_json(&kv, &presented.hash().kv_key()).await?;
-    let Some(key) = key else {
-        return Err(ErrorCode::InvalidApiKey.into());
+    let hash = presented.hash();
+    let key = match cached_key(&hash, now) {
+        Some(k) => k,
+        None => {
+            let Some(k) = read_json::<KeyRecord>(&kv, &hash.kv_key()).await? else {
+                return Err(ErrorCode::InvalidApiKey.into());
+            };
+            cache_key(hash, &k, now);
+            k
+        }
     };
     // Revoked, expired or mismatched keys cost no more reads than unknown ones.
     precheck(&presented, &key, now)?;
@@ -138,6 +145,40 @@ pub(super) async fn handle(
     let mut resp = send(upstream, settings, request_id).await.map_err(with_quota)?;
     set_headers(&mut resp, quota_headers.into_iter().chain(cors_headers));
     Ok(resp)
+}
+
+/// How long a key record read from KV is reused by this isolate.
+const KEY_CACHE_MS: i64 = 30_000;
+/// Most key records one isolate keeps.
+const KEY_CACHE_MAX: usize = 10_000;
+
+thread_local! {
+    /// Key records by token hash, with the time they were read. Safe to
+    /// reuse: a key record never changes except by revocation, and
+    /// revocation is enforced by the key's guard on every request, not by
+    /// KV (expiry is checked against the clock each time). Only found keys
+    /// are kept, so a new key works on its very first request. (With
+    /// `KEY_GUARD=off`, a benchmark-only mode, revocation then waits for
+    /// this cache as well as for KV.)
+    static KEY_CACHE: std::cell::RefCell<std::collections::HashMap<[u8; 32], (i64, KeyRecord)>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+fn cached_key(hash: &crate::token::KeyHash, now: i64) -> Option<KeyRecord> {
+    KEY_CACHE.with(|c| c.borrow().get(&hash.0).filter(|(at, _)| now - at < KEY_CACHE_MS).map(|(_, k)| k.clone()))
+}
+
+fn cache_key(hash: crate::token::KeyHash, key: &KeyRecord, now: i64) {
+    KEY_CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= KEY_CACHE_MAX {
+            c.retain(|_, (at, _)| now - *at < KEY_CACHE_MS);
+            if c.len() >= KEY_CACHE_MAX {
+                c.clear();
+            }
+        }
+        c.insert(hash.0, (now, key.clone()));
+    });
 }
 
 /// The org record and, for a user-bound key, the user record, read
