@@ -64,6 +64,7 @@ const NAMES = {
   d2_unknown: "(d′) keyward, well-formed unknown key → 401",
   e_keys100: "(e) keyward, 100 keys rotating (guard on)",
   f_guard_off: "(f) keyward, valid key, KEY_GUARD=off",
+  g_awaited_writes: "(g) keyward, valid key, guard write awaited (GUARD_WRITES=await)",
 };
 const runs = {};
 for (const f of fs.readdirSync(path.join(dir, "wrk"))) {
@@ -182,6 +183,10 @@ L.push(`- (c)/(b) throughput **${ratio(c.rps, b.rps)}**, p99 added **${ms(c.p99 
 L.push(`- (d)/(b) throughput **${ratio(d.rps, b.rps)}**; malformed (d) vs well-formed unknown (d′): ${ratio(d.rps, d2.rps)}× the throughput, p50 ${ms(d.p50)} vs ${ms(d2.p50)} ms.`);
 L.push(`- Durable Object hop: guard off/on throughput **${ratio(off.rps, c.rps)}**, p50 ${ms(off.p50)} vs ${ms(c.p50)} ms (${ms(c.p50 - off.p50)} ms per request), p99 ${ms(off.p99)} vs ${ms(c.p99)} ms.`);
 L.push(`- 100 keys vs one hot key: throughput **${ratio(e100.rps, c.rps)}**, p99 ${ms(e100.p99)} vs ${ms(c.p99)} ms.`);
+const g = e2e.g_awaited_writes;
+if (g) {
+  L.push(`- Guard storage write awaited (g) vs left to the output gate (c): throughput **${ratio(g.rps, c.rps)}**, p50 ${ms(g.p50)} vs ${ms(c.p50)} ms, p99 ${ms(g.p99)} vs ${ms(c.p99)} ms.`);
+}
 L.push(`- (b)/(a): the pass-through worker alone delivers ${ratio(b.rps, e2e.a_origin.rps)}× the origin's direct throughput.`);
 L.push("");
 L.push("Per round (requests/s · p50 ms · p99 ms):", "");
@@ -196,7 +201,7 @@ L.push("");
 
 L.push("## Per-request work on the valid-key path", "");
 L.push("| | per request | how it is known |", "|---|---:|---|");
-L.push("| KV reads, valid key | 2 (key, org; 3 for a user-bound key: org ∥ user) | src/edge/gate.rs |");
+L.push("| KV reads, valid key | 1 (org; + user for a user-bound key, concurrently; the key record is cached per isolate for 30 s after its first read) | src/edge/gate.rs |");
 L.push(
   `| Durable Object calls, valid key | 1 (KeyGuard check) | measured: ${probeChecks} checks counted by RateLimit-Remaining for ${probeRequests} requests (${ratio(probeChecks, probeRequests)} per request; in-flight requests at the end of the run count but are not reported by wrk) |`,
 );

@@ -203,6 +203,7 @@ for s in $(seq 1 "$STARTS"); do
 done
 echo "startup_keyward=${starts[*]}" >>"$TMP/facts"
 start_worker off "$ORIGIN_PORT" --var KEY_GUARD:off
+start_worker awaited "$ORIGIN_PORT" --var GUARD_WRITES:await
 
 # --- 3. provisioning through the admin API
 log "provisioning: an org with BAA and $KEYS keys (guard on), one key (guard off)"
@@ -222,10 +223,12 @@ new_key() { # PORT ORG
 }
 admin "$PORT_on" PUT /admin/orgs/org_bench '{"name":"Bench Org","baa_active":true}' | json_field success >/dev/null
 admin "$PORT_off" PUT /admin/orgs/org_bench '{"name":"Bench Org","baa_active":true}' | json_field success >/dev/null
+admin "$PORT_awaited" PUT /admin/orgs/org_bench '{"name":"Bench Org","baa_active":true}' | json_field success >/dev/null
 : >"$TMP/keys100"
 for _ in $(seq 1 "$KEYS"); do echo "Bearer $(new_key "$PORT_on" org_bench)" >>"$TMP/keys100"; done
 head -n1 "$TMP/keys100" >"$TMP/hot"
 echo "Bearer $(new_key "$PORT_off" org_bench)" >"$TMP/hot_off"
+echo "Bearer $(new_key "$PORT_awaited" org_bench)" >"$TMP/hot_awaited"
 PROBE_KEY=$(new_key "$PORT_on" org_bench)
 # A key of valid format (prefix, length, charset, CRC32) that the guard-on
 # instance has never seen: refused after exactly one KV read.
@@ -242,6 +245,7 @@ SCENARIOS=(
   "d2_unknown $PORT_on $PG_on unknown 401"
   "e_keys100 $PORT_on $PG_on keys100 200"
   "f_guard_off $PORT_off $PG_off hot_off 200"
+  "g_awaited_writes $PORT_awaited $PG_awaited hot_awaited 200"
 )
 
 status_of() { # PORT AUTH

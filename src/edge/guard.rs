@@ -99,7 +99,18 @@ impl DurableObject for KeyGuard {
             guard::apply(current, &request, now)
         };
         if let Some(next) = next {
-            self.store(next)?;
+            if super::settings(&self.env).is_ok_and(|s| s.guard_await_writes) {
+                // Measurement mode (GUARD_WRITES=await): the same write,
+                // awaited before answering, to price the output-gate design.
+                let json = serde_json::to_string(&next).map_err(rust_err)?;
+                *self.cached.borrow_mut() = Some(next);
+                self.state.storage().put(STATE_KEY, json).await?;
+                if !self.alarm_set.get() && self.cached.borrow().as_ref().is_some_and(|s| !s.usage.is_empty()) {
+                    self.schedule_rollup()?;
+                }
+            } else {
+                self.store(next)?;
+            }
         }
         Response::from_json(&reply)
     }

@@ -44,6 +44,11 @@ pub(crate) struct Settings {
     /// request (exact rate limits, immediate revocation). `off` exists only
     /// to measure what the hop costs; it disables both.
     pub(crate) key_guard: bool,
+    /// `GUARD_WRITES` (default `gated`): the key guard issues its storage
+    /// write and lets the output gate hold the reply until it is durable.
+    /// `await` awaits the write before answering instead; it exists only to
+    /// measure what the gated design saves (`make bench`, scenario g).
+    pub(crate) guard_await_writes: bool,
     /// `USAGE_ROLLUP_SECONDS` (default 30): how often a key's guard rolls
     /// its usage counts up to the org (the staleness of `/v1/usage`).
     pub(crate) usage_rollup_ms: i64,
@@ -90,6 +95,11 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
         Some(other) => return Err(format!("KEY_GUARD must be on or off, not {other:?}")),
     };
     let usage_rollup_ms = int_var(env, "USAGE_ROLLUP_SECONDS", 30, 1..=3600)? * 1000;
+    let guard_await_writes = match string_binding(env, "GUARD_WRITES").as_deref().map(str::trim) {
+        None | Some("gated") | Some("") => false,
+        Some("await") => true,
+        Some(other) => return Err(format!("GUARD_WRITES must be gated or await, not {other:?}")),
+    };
     let policy = Policy::default_policy()?;
     // A secret shorter than 32 bytes is treated as absent (and logged): the
     // admin API or the proxy then answers 503 rather than run on a weak one.
@@ -113,6 +123,7 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
         signing_key: secret("ORIGIN_SIGNING_SECRET").map(|s| crate::signing::SigningKey::new(s.as_bytes())),
         admin_token: secret("ADMIN_TOKEN"),
         key_guard,
+        guard_await_writes,
         usage_rollup_ms,
     })
 }
