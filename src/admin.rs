@@ -100,6 +100,9 @@ pub enum OrgCommand {
         record: Box<KeyRecord>,
         /// SHA-256 hex of the token.
         hash: String,
+        /// The user of the key minting it (control API), whose role and
+        /// state the org object checks against its own records.
+        creator: Option<String>,
     },
     /// Revoke a key of this org.
     RevokeKey {
@@ -143,6 +146,8 @@ pub enum OrgCommand {
         org_id: String,
         /// Key id.
         key_id: String,
+        /// The guard's roll-up sequence number (a repeat is ignored).
+        seq: u64,
         /// Counts per hour start (ms).
         hours: Vec<(i64, crate::guard::UsageCounts)>,
         /// Latest allowed request (ms).

@@ -4,14 +4,18 @@
 //!
 //! No privilege escalation: a key mints only keys whose scopes are within
 //! its own effective scopes (for a user-bound key: capped by the user's
-//! current role); a key bound to a user mints only keys bound to that same
-//! user, and only if the user's role may create keys (`key_creating_roles`);
-//! a key revokes only keys it could have minted.
+//! current role), that expire no later than it does, and whose rate limits
+//! are at least as strict as its own; a key bound to a user mints only keys
+//! bound to that same user, and only if the user's role may create keys
+//! (`key_creating_roles`); a key not bound to a user cannot mint keys bound
+//! to a user (that would let it act as the user towards the origin); a key
+//! revokes only keys it could have minted.
 
 use crate::admin::KeyInput;
 use crate::error::{ApiError, ErrorCode};
 use crate::ids;
 use crate::policy::Policy;
+use crate::ratelimit::{merge_limits, RateLimit};
 use crate::records::KeyRecord;
 use crate::scope::Scope;
 
@@ -24,6 +28,10 @@ pub struct Caller<'a> {
     pub user_id: Option<&'a str>,
     /// That user's current role.
     pub user_role: Option<&'a str>,
+    /// Its expiry, if any.
+    pub expires_at: Option<i64>,
+    /// Its effective rate limits (its own over the policy's defaults).
+    pub limits: &'a [RateLimit],
 }
 
 fn denied(message: &'static str) -> ApiError {
@@ -32,16 +40,41 @@ fn denied(message: &'static str) -> ApiError {
 
 /// Checks a mint request and binds the new key to the caller's user.
 pub fn check_create(policy: &Policy, caller: &Caller<'_>, input: &mut KeyInput) -> Result<(), ApiError> {
-    if let Some(uid) = caller.user_id {
-        if !caller.user_role.is_some_and(|r| policy.role_creates_keys(r)) {
-            return Err(denied("This key's user has a role that may not create API keys."));
+    match caller.user_id {
+        Some(uid) => {
+            if !caller.user_role.is_some_and(|r| policy.role_creates_keys(r)) {
+                return Err(denied("This key's user has a role that may not create API keys."));
+            }
+            match input.user_id.as_deref() {
+                None => input.user_id = Some(uid.to_owned()),
+                Some(u) if u == uid => {}
+                Some(_) => return Err(denied("A key bound to a user can only create keys bound to the same user.")),
+            }
         }
-        match input.user_id.as_deref() {
-            None => input.user_id = Some(uid.to_owned()),
-            Some(u) if u == uid => {}
-            Some(_) => return Err(denied("A key bound to a user can only create keys bound to the same user.")),
+        None if input.user_id.is_some() => {
+            return Err(denied("A key not bound to a user cannot create keys bound to a user."));
+        }
+        None => {}
+    }
+    match (caller.expires_at, input.expires_at) {
+        (Some(mine), None) => input.expires_at = Some(mine),
+        (Some(mine), Some(theirs)) if theirs > mine => {
+            return Err(denied("A key cannot create a key that expires after it does."));
+        }
+        _ => {}
+    }
+    // The new key keeps at least the caller's limits: its own may only tighten.
+    let limits = merge_limits(caller.limits, &input.rate_limits);
+    for mine in caller.limits {
+        let tighter = limits
+            .iter()
+            .find(|l| l.name == mine.name)
+            .is_some_and(|l| l.limit <= mine.limit && l.window_seconds >= mine.window_seconds);
+        if !tighter {
+            return Err(denied("A key cannot create a key with looser rate limits than its own."));
         }
     }
+    input.rate_limits = limits;
     if let Some(missing) = input.scopes.iter().find(|s| !s.within(caller.scopes)) {
         return Err(ApiError::with_message(
             ErrorCode::MissingScope,
@@ -187,7 +220,7 @@ mod tests {
     fn no_escalation_of_scopes() {
         let pol = Policy::default_policy().unwrap();
         let mine = sc(&["ai:chat", "control:read"]);
-        let caller = Caller { scopes: &mine, user_id: None, user_role: None };
+        let caller = Caller { scopes: &mine, user_id: None, user_role: None, expires_at: None, limits: &[] };
         assert!(check_create(&pol, &caller, &mut input(&["ai:chat"], None)).is_ok());
         assert!(check_create(&pol, &caller, &mut input(&["ai:chat", "control:read"], None)).is_ok());
         for (want, missing) in
@@ -198,7 +231,7 @@ mod tests {
             assert!(e.message().ends_with(missing), "{}", e.message());
         }
         let wild = sc(&["ai:*", "control:read"]);
-        let caller = Caller { scopes: &wild, user_id: None, user_role: None };
+        let caller = Caller { scopes: &wild, user_id: None, user_role: None, expires_at: None, limits: &[] };
         assert!(check_create(&pol, &caller, &mut input(&["ai:embeddings", "ai:*"], None)).is_ok());
     }
 
@@ -206,18 +239,54 @@ mod tests {
     fn user_bound_callers_mint_only_for_their_user_and_role() {
         let pol = Policy::default_policy().unwrap();
         let mine = sc(&["ai:chat", "control:read"]);
-        let op = Caller { scopes: &mine, user_id: Some("u1"), user_role: Some("operator") };
+        let op =
+            Caller { scopes: &mine, user_id: Some("u1"), user_role: Some("operator"), expires_at: None, limits: &[] };
         let mut i = input(&["ai:chat"], None);
         check_create(&pol, &op, &mut i).unwrap();
         assert_eq!(i.user_id.as_deref(), Some("u1"), "bound to the caller's user");
         assert!(check_create(&pol, &op, &mut input(&["ai:chat"], Some("u1"))).is_ok());
         let e = check_create(&pol, &op, &mut input(&["ai:chat"], Some("u2"))).unwrap_err();
         assert_eq!(e.code, ErrorCode::PermissionDenied);
-        let viewer = Caller { scopes: &mine, user_id: Some("u1"), user_role: Some("viewer") };
+        let viewer =
+            Caller { scopes: &mine, user_id: Some("u1"), user_role: Some("viewer"), expires_at: None, limits: &[] };
         assert_eq!(
             check_create(&pol, &viewer, &mut input(&["ai:chat"], None)).unwrap_err().code,
             ErrorCode::PermissionDenied
         );
+    }
+
+    #[test]
+    fn org_keys_cannot_mint_for_users_and_children_never_outlive_or_outpace() {
+        let pol = Policy::default_policy().unwrap();
+        let mine = sc(&["ai:chat", "control:read"]);
+        let org_key = Caller { scopes: &mine, user_id: None, user_role: None, expires_at: None, limits: &[] };
+        let e = check_create(&pol, &org_key, &mut input(&["ai:chat"], Some("u_admin"))).unwrap_err();
+        assert_eq!(e.code, ErrorCode::PermissionDenied);
+        let limits = [RateLimit { name: "minute".into(), limit: 5, window_seconds: 60 }];
+        let parent = Caller { scopes: &mine, user_id: None, user_role: None, expires_at: Some(1_000), limits: &limits };
+        let mut i = input(&["ai:chat"], None);
+        check_create(&pol, &parent, &mut i).unwrap();
+        assert_eq!(i.expires_at, Some(1_000), "inherits the caller's expiry");
+        assert_eq!(i.rate_limits, limits.to_vec(), "inherits the caller's limits");
+        let mut later = input(&["ai:chat"], None);
+        later.expires_at = Some(2_000);
+        assert_eq!(check_create(&pol, &parent, &mut later).unwrap_err().code, ErrorCode::PermissionDenied);
+        for (limit, window) in [(6, 60), (5, 30), (1_000_000, 60)] {
+            let mut loose = input(&["ai:chat"], None);
+            loose.rate_limits = vec![RateLimit { name: "minute".into(), limit, window_seconds: window }];
+            assert_eq!(
+                check_create(&pol, &parent, &mut loose).unwrap_err().code,
+                ErrorCode::PermissionDenied,
+                "{limit}/{window}"
+            );
+        }
+        let mut tight = input(&["ai:chat"], None);
+        tight.rate_limits = vec![
+            RateLimit { name: "minute".into(), limit: 2, window_seconds: 60 },
+            RateLimit { name: "hour".into(), limit: 50, window_seconds: 3600 },
+        ];
+        check_create(&pol, &parent, &mut tight).unwrap();
+        assert_eq!(tight.rate_limits.len(), 2);
     }
 
     #[test]
@@ -239,11 +308,12 @@ mod tests {
             resource_id: None,
         };
         let mine = sc(&["ai:*", "control:read"]);
-        let org_key = Caller { scopes: &mine, user_id: None, user_role: None };
+        let org_key = Caller { scopes: &mine, user_id: None, user_role: None, expires_at: None, limits: &[] };
         assert!(check_revoke(&org_key, &target(&["ai:chat"], None)).is_ok());
         assert!(check_revoke(&org_key, &target(&["ai:chat"], Some("u9"))).is_ok());
         assert_eq!(check_revoke(&org_key, &target(&["*"], None)).unwrap_err().code, ErrorCode::PermissionDenied);
-        let user_key = Caller { scopes: &mine, user_id: Some("u1"), user_role: Some("admin") };
+        let user_key =
+            Caller { scopes: &mine, user_id: Some("u1"), user_role: Some("admin"), expires_at: None, limits: &[] };
         assert!(check_revoke(&user_key, &target(&["ai:chat"], Some("u1"))).is_ok());
         assert_eq!(
             check_revoke(&user_key, &target(&["ai:chat"], Some("u2"))).unwrap_err().code,

@@ -174,6 +174,28 @@ pub fn request_origin(origin: Option<&str>, referer: Option<&str>) -> Option<Bro
     }
 }
 
+/// The visitor a per-visitor limit counts: the client IPv4 address, or the
+/// /64 of an IPv6 address (one subscriber typically holds a whole /64, so
+/// rotating addresses inside it is not a way around the limit).
+pub fn visitor(ip: &str) -> String {
+    if !ip.contains(':') {
+        return ip.to_owned();
+    }
+    // Expand "::" far enough to take the first four groups.
+    let (head, tail) = ip.split_once("::").unwrap_or((ip, ""));
+    let mut groups: Vec<&str> = head.split(':').filter(|g| !g.is_empty()).collect();
+    let tail_len = tail.split(':').filter(|g| !g.is_empty()).count();
+    if ip.contains("::") {
+        while groups.len() + tail_len < 8 {
+            groups.push("0");
+        }
+        groups.extend(tail.split(':').filter(|g| !g.is_empty()));
+    }
+    let prefix: Vec<String> = groups.iter().take(4).map(|g| g.trim_start_matches('0').to_owned()).collect();
+    let prefix: Vec<&str> = prefix.iter().map(|g| if g.is_empty() { "0" } else { g.as_str() }).collect();
+    format!("{}::/64", prefix.join(":"))
+}
+
 /// Request headers a widget may send (answered in preflights).
 pub const ALLOWED_HEADERS: &str = "authorization, x-api-key, content-type";
 /// Response headers a widget page may read.
@@ -319,6 +341,17 @@ mod tests {
         assert_eq!(request_origin(None, Some("https://user@b.com/")), None);
         assert_eq!(request_origin(None, Some("https://b.com.")), None);
         assert_eq!(request_origin(None, None), None);
+    }
+
+    #[test]
+    fn visitors() {
+        assert_eq!(visitor("203.0.113.7"), "203.0.113.7");
+        assert_eq!(visitor("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64");
+        assert_eq!(visitor("2001:db8:1:2::9"), "2001:db8:1:2::/64");
+        assert_eq!(visitor("2001:0db8:0001:0002:ffff::1"), "2001:db8:1:2::/64");
+        assert_eq!(visitor("2001:db8::1"), "2001:db8:0:0::/64");
+        assert_eq!(visitor("::1"), "0:0:0:0::/64");
+        assert_eq!(visitor("unknown"), "unknown");
     }
 
     #[test]

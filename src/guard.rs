@@ -28,6 +28,11 @@ pub const HOUR_MS: i64 = 3_600_000;
 pub struct UsageCounts {
     /// Admitted (proxied).
     pub allowed: u64,
+    /// Admitted, then refunded (refused before the origin): subtracted from
+    /// `allowed` where the counts are summed, which also works when the
+    /// admission was already rolled up.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refunded: u64,
     /// Refused, by reason (`rate_limited`, `missing_scope`, …).
     #[serde(default)]
     pub refused: BTreeMap<String, u64>,
@@ -37,10 +42,15 @@ impl UsageCounts {
     /// Adds `other` into `self`.
     pub fn add(&mut self, other: &UsageCounts) {
         self.allowed += other.allowed;
+        self.refunded += other.refunded;
         for (k, v) in &other.refused {
             *self.refused.entry(k.clone()).or_default() += v;
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Usage not yet rolled up to the org.
@@ -72,9 +82,17 @@ pub struct GuardState {
     /// Rate-limit counters.
     #[serde(default)]
     pub limiter: ratelimit::State,
-    /// Usage counted since the last roll-up.
+    /// Usage counted since the last roll-up began.
     #[serde(default)]
     pub usage: PendingUsage,
+    /// The roll-up being delivered: its sequence number and counts. It is
+    /// re-sent unchanged until the org acknowledges it; the org ignores a
+    /// sequence number it has already applied, so nothing is counted twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inflight: Option<(u64, PendingUsage)>,
+    /// Sequence number of the last roll-up begun.
+    #[serde(default)]
+    pub rollup_seq: u64,
 }
 
 /// Which key an object belongs to.
@@ -190,6 +208,21 @@ impl QuotaWire {
     }
 }
 
+/// Most per-visitor limit names (`name@ip`) one key's object tracks at once.
+pub const MAX_VISITORS: usize = 2_000;
+
+/// Per-visitor limits of a visitor not yet tracked are skipped once
+/// [`MAX_VISITORS`] are: the key's own limits still apply, and the object's
+/// state (written on every request) stays bounded.
+fn cap_visitors(limiter: &ratelimit::State, limits: &[RateLimit]) -> Vec<RateLimit> {
+    let tracked = limiter.windows.keys().filter(|n| n.contains('@')).count();
+    limits
+        .iter()
+        .filter(|l| !l.name.contains('@') || tracked < MAX_VISITORS || limiter.windows.contains_key(&l.name))
+        .cloned()
+        .collect()
+}
+
 fn count(state: &mut GuardState, now: i64, allowed: bool, reason: Option<&str>) {
     let hour = now - now.rem_euclid(HOUR_MS);
     let c = state.usage.hours.entry(hour).or_default();
@@ -221,7 +254,8 @@ pub fn apply(state: &GuardState, request: &GuardRequest, now_ms: i64) -> (GuardR
                 count(&mut next, now_ms, false, Some("revoked"));
                 GuardReply::Revoked
             } else {
-                let (verdict, limiter) = ratelimit::step(&state.limiter, limits, now_ms);
+                let limits = cap_visitors(&state.limiter, limits);
+                let (verdict, limiter) = ratelimit::step(&state.limiter, &limits, now_ms);
                 next.limiter = limiter;
                 match verdict {
                     Verdict::Allowed(q) => {
@@ -240,10 +274,9 @@ pub fn apply(state: &GuardState, request: &GuardRequest, now_ms: i64) -> (GuardR
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
             next.limiter = ratelimit::refund(&state.limiter, &names, *counted_at);
             let hour = counted_at - counted_at.rem_euclid(HOUR_MS);
-            if let Some(c) = next.usage.hours.get_mut(&hour) {
-                c.allowed = c.allowed.saturating_sub(1);
-                *c.refused.entry(reason.clone()).or_default() += 1;
-            }
+            let c = next.usage.hours.entry(hour).or_default();
+            c.refunded += 1;
+            *c.refused.entry(reason.clone()).or_default() += 1;
             GuardReply::RefusalRecorded
         }
         GuardRequest::Refused { key, reason } => {
@@ -261,26 +294,23 @@ pub fn apply(state: &GuardState, request: &GuardRequest, now_ms: i64) -> (GuardR
     (reply, changed.then_some(next))
 }
 
-/// Removes a rolled-up snapshot from the pending usage. Requests counted
-/// while the roll-up was in flight stay pending for the next one.
-pub fn subtract_usage(state: &GuardState, sent: &PendingUsage) -> GuardState {
+/// The roll-up to deliver now: the one in flight if the last delivery was
+/// not acknowledged, else the pending usage under the next sequence number
+/// (pending is then empty again). `None` when there is nothing to send.
+pub fn begin_rollup(state: &GuardState) -> (Option<(u64, PendingUsage)>, GuardState) {
     let mut next = state.clone();
-    for (hour, counts) in &sent.hours {
-        if let Some(c) = next.usage.hours.get_mut(hour) {
-            c.allowed = c.allowed.saturating_sub(counts.allowed);
-            for (reason, n) in &counts.refused {
-                if let Some(m) = c.refused.get_mut(reason) {
-                    *m = m.saturating_sub(*n);
-                }
-            }
-            c.refused.retain(|_, n| *n > 0);
-            if c.allowed == 0 && c.refused.is_empty() {
-                next.usage.hours.remove(hour);
-            }
-        }
+    if next.inflight.is_none() && !next.usage.is_empty() {
+        next.rollup_seq += 1;
+        next.inflight = Some((next.rollup_seq, std::mem::take(&mut next.usage)));
     }
-    if next.usage.last_used_at == sent.last_used_at {
-        next.usage.last_used_at = None;
+    (next.inflight.clone(), next)
+}
+
+/// The org acknowledged roll-up `seq`.
+pub fn finish_rollup(state: &GuardState, seq: u64) -> GuardState {
+    let mut next = state.clone();
+    if next.inflight.as_ref().is_some_and(|(s, _)| *s == seq) {
+        next.inflight = None;
     }
     next
 }
@@ -369,8 +399,39 @@ mod tests {
         s = apply(&s, &refund, T0 + 2).1.unwrap();
         assert!(matches!(apply(&s, &check(1), T0 + 3).0, GuardReply::Allowed { .. }));
         let hour = T0 - T0.rem_euclid(HOUR_MS);
-        assert_eq!(s.usage.hours[&hour].allowed, 0);
-        assert_eq!(s.usage.hours[&hour].refused.get("baa_required"), Some(&1));
+        let c = &s.usage.hours[&hour];
+        assert_eq!((c.allowed, c.refunded), (1, 1), "net allowed 0 when summed");
+        assert_eq!(c.refused.get("baa_required"), Some(&1));
+        // A refund that arrives after its admission was rolled up still nets out.
+        let (_, rolled) = begin_rollup(&s);
+        let rolled = finish_rollup(&rolled, 1);
+        let refund2 = GuardRequest::Refund {
+            key: key(),
+            names: vec!["minute".into()],
+            counted_at,
+            reason: "baa_required".into(),
+        };
+        let after = apply(&rolled, &refund2, T0 + 4).1.unwrap();
+        assert_eq!(after.usage.hours[&hour].refunded, 1);
+        assert_eq!(after.usage.hours[&hour].allowed, 0);
+    }
+
+    #[test]
+    fn visitor_names_are_capped() {
+        let mut s = GuardState::default();
+        let visitor = |i: usize| GuardRequest::Check {
+            key: key(),
+            limits: vec![
+                RateLimit { name: "minute".into(), limit: 1_000_000, window_seconds: 60 },
+                RateLimit { name: format!("ip_minute@10.0.{}.{}", i / 256, i % 256), limit: 1, window_seconds: 60 },
+            ],
+        };
+        for i in 0..MAX_VISITORS + 50 {
+            s = apply(&s, &visitor(i), T0 + i as i64).1.unwrap();
+        }
+        assert_eq!(s.limiter.windows.keys().filter(|n| n.contains('@')).count(), MAX_VISITORS);
+        // A tracked visitor is still limited.
+        assert!(matches!(apply(&s, &visitor(0), T0 + 5_000).0, GuardReply::Limited { .. }));
     }
 
     #[test]
@@ -397,15 +458,25 @@ mod tests {
         let c1 = &s.usage.hours[&(hour0 + HOUR_MS)];
         assert_eq!((c1.allowed, c1.refused.get("missing_scope")), (0, Some(&1)));
         assert_eq!(s.usage.last_used_at, Some(T0 + 1));
-        let sent = s.usage.clone();
-        // One more request while the roll-up is in flight.
-        let s2 = apply(&s, &check(5), T0 + 2).1.unwrap();
-        let rest = subtract_usage(&s2, &sent);
-        assert_eq!(rest.limiter, s2.limiter, "rolling up keeps the counters");
-        assert_eq!(rest.usage.hours.len(), 1);
-        assert_eq!(rest.usage.hours[&hour0], UsageCounts { allowed: 1, refused: BTreeMap::new() });
-        assert_eq!(rest.usage.last_used_at, Some(T0 + 2));
-        assert!(subtract_usage(&s, &sent).usage.is_empty());
+        // A roll-up begins; one more request arrives while it is in flight.
+        let (batch, s2) = begin_rollup(&s);
+        let (seq, sent) = batch.unwrap();
+        assert_eq!((seq, sent.hours.len()), (1, 2));
+        assert!(s2.usage.is_empty());
+        let s3 = apply(&s2, &check(5), T0 + 2).1.unwrap();
+        assert_eq!(s3.usage.hours[&hour0], UsageCounts { allowed: 1, ..Default::default() });
+        // Not acknowledged: the same batch is sent again, unchanged.
+        let (again, s4) = begin_rollup(&s3);
+        assert_eq!(again, Some((1, sent.clone())));
+        // Acknowledged: the next roll-up carries only the new request.
+        let s5 = finish_rollup(&s4, 1);
+        assert!(s5.inflight.is_none());
+        let (next_batch, _) = begin_rollup(&s5);
+        let (seq2, rest) = next_batch.unwrap();
+        assert_eq!(seq2, 2);
+        assert_eq!(rest.hours[&hour0].allowed, 1);
+        assert_eq!(rest.last_used_at, Some(T0 + 2));
+        assert_eq!(s5.limiter, s3.limiter, "rolling up keeps the counters");
     }
 
     #[test]

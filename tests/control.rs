@@ -186,6 +186,11 @@ fn no_privilege_escalation() {
     let (view_key, _) = h().key(&org, json!({"name": "v", "scopes": ["*"], "user_id": "u_view"}));
     call(&view_key, "POST", "/v1/api_keys", Some(json!({"name": "x", "scopes": ["ai:chat"]})))
         .assert_error(403, "MISSING_SCOPE");
+    // An org-level key cannot mint a key bound to a user: the origin would
+    // see that user's identity.
+    let v = call(&key, "POST", "/v1/api_keys", Some(json!({"name": "x", "scopes": ["ai:chat"], "user_id": "u_op"})))
+        .assert_error(403, "PERMISSION_DENIED");
+    assert!(v["error"]["message"].as_str().unwrap().contains("not bound to a user"));
     // Revoking a key one could not have minted.
     let (big_id_key, big_id) = h().key(&org, json!({"name": "big", "scopes": ["*"]}));
     let _ = big_id_key;
@@ -214,6 +219,64 @@ fn role_changes_take_effect_on_the_next_request() {
     let r = h().admin("PUT", &format!("/admin/orgs/{org}/users/u1"), Some(json!({"role": "admin"})));
     assert_eq!(r.json()["data"]["disabled"], true, "an omitted `disabled` keeps the user disabled");
     call(&key, "POST", "/v1/ai/chat", Some(json!({}))).assert_error(401, "INVALID_API_KEY");
+}
+
+#[test]
+fn minted_keys_never_outlive_or_outpace_their_parent() {
+    let org = h().org(true);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let parent_expiry = keyward::ids::rfc3339(now + 3_600_000);
+    let (parent, _) = h().key(
+        &org,
+        json!({"name": "p", "scopes": ["ai:chat", "control:read"], "expires_at": parent_expiry,
+               "rate_limits": [{"name": "minute", "limit": 5, "window_seconds": 60}]}),
+    );
+    let r = call(&parent, "POST", "/v1/api_keys", Some(json!({"name": "child", "scopes": ["ai:chat"]})));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let d = r.json()["data"].clone();
+    assert_eq!(d["expires_at"], parent_expiry.as_str(), "inherits the expiry");
+    assert_eq!(d["rate_limits"], json!([{"name": "minute", "limit": 5, "window_seconds": 60}]), "inherits the limits");
+    let later = keyward::ids::rfc3339(now + 7_200_000);
+    call(&parent, "POST", "/v1/api_keys", Some(json!({"name": "c", "scopes": ["ai:chat"], "expires_at": later})))
+        .assert_error(403, "PERMISSION_DENIED");
+    let loose = json!({"name": "c", "scopes": ["ai:chat"], "rate_limits": [{"name": "minute", "limit": 1000000, "window_seconds": 60}]});
+    call(&parent, "POST", "/v1/api_keys", Some(loose)).assert_error(403, "PERMISSION_DENIED");
+    let tight = json!({"name": "c", "scopes": ["ai:chat"], "rate_limits": [{"name": "minute", "limit": 2, "window_seconds": 60}]});
+    assert_eq!(call(&parent, "POST", "/v1/api_keys", Some(tight)).status, 201);
+}
+
+#[test]
+fn a_disabled_or_demoted_user_cannot_manage_keys_even_before_kv_catches_up() {
+    // Its own worker: `wrangler kv` locks the local KV database while it runs.
+    let own = Harness::start(Options { origin_url: None, vars: vec![] });
+    let h = || &own;
+    let call = |key: &str, method: &str, path: &str, body: Option<Value>| {
+        let auth = format!("Bearer {key}");
+        let b = body.map(|v| v.to_string());
+        own.send(
+            method,
+            path,
+            &[("authorization", &auth), ("content-type", "application/json")],
+            b.as_deref().map(str::as_bytes),
+        )
+    };
+    let org = h().org(true);
+    assert_eq!(h().admin("PUT", &format!("/admin/orgs/{org}/users/u1"), Some(json!({"role": "admin"}))).status, 200);
+    let (key, _) = h().key(&org, json!({"name": "u", "scopes": ["*"], "user_id": "u1"}));
+    assert_eq!(call(&key, "POST", "/v1/api_keys", Some(json!({"name": "c", "scopes": ["ai:chat"]}))).status, 201);
+    // The user is disabled in the system of record; put the stale, enabled
+    // user record back into KV (an edge location whose KV lags).
+    let user_kv = format!("user:{org}:u1");
+    let stale = h().kv(&["get", &user_kv]);
+    assert_eq!(
+        h().admin("PUT", &format!("/admin/orgs/{org}/users/u1"), Some(json!({"role": "admin", "disabled": true})))
+            .status,
+        200
+    );
+    h().kv(&["put", &user_kv, stale.trim()]);
+    let v = call(&key, "POST", "/v1/api_keys", Some(json!({"name": "c2", "scopes": ["ai:chat"]})))
+        .assert_error(403, "PERMISSION_DENIED");
+    assert!(v["error"]["message"].as_str().unwrap().contains("may not manage"));
 }
 
 #[test]
@@ -320,7 +383,10 @@ fn usage_counts_match_the_requests_sent() {
     let k = list["data"].as_array().unwrap().iter().find(|k| k["id"] == metered_id.as_str()).unwrap().clone();
     assert!(k["last_used_at"].as_str().is_some_and(|t| t.ends_with("+00:00")), "{k}");
     // The calling key's own control requests are counted too (allowed).
-    let _ = key_id;
+    let v = call(&key, "GET", "/v1/usage", None).json();
+    let own =
+        v["data"].as_array().unwrap().iter().find(|r| r["key_id"] == key_id.as_str()).cloned().unwrap_or_default();
+    assert!(own["allowed"].as_u64().unwrap_or(0) >= 2, "the control key's own requests: {own}");
     // Range validation.
     let v = call(&key, "GET", "/v1/usage?from=2026-01-01T00:00:00Z&to=2025-01-01T00:00:00Z", None)
         .assert_error(422, "VALIDATION_FAILED");

@@ -940,8 +940,8 @@ fn control_api_refusals_are_documented() {
         "/v1/api_keys",
         &auth,
         Some(r#"{"name":"x","scopes":["ai:chat"],"user_id":"nobody"}"#),
-        422,
-        "VALIDATION_FAILED",
+        403,
+        "PERMISSION_DENIED",
     );
     let big = json!({"name": "x".repeat(70 * 1024), "scopes": ["ai:chat"]}).to_string();
     check("createApiKey", "/v1/api_keys", &auth, Some(&big), 413, "PAYLOAD_TOO_LARGE");

@@ -98,7 +98,7 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
         }
         Route::Keys(org) => {
             let input = core::parse_key(&read_body(&mut req, MAX_BODY_BYTES).await?, &settings.policy, now)?;
-            let (status, body) = mint(env, settings, org, input, "admin", request_id, now).await?;
+            let (status, body) = mint(env, settings, org, input, None, "admin", request_id, now).await?;
             return Ok(json_response(status, body, request_id));
         }
         Route::Key(org, key) => {
@@ -116,11 +116,13 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
 /// Mints a key (admin API and control API alike): generates the token and
 /// the id here, stores hash and metadata through the org's object, and adds
 /// the plaintext to the reply.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn mint(
     env: &Env,
     settings: &Settings,
     org_id: &str,
     input: KeyInput,
+    creator: Option<String>,
     actor: &str,
     request_id: &str,
     now: i64,
@@ -142,7 +144,7 @@ pub(super) async fn mint(
         allowed_origins: input.allowed_origins,
         resource_id: input.resource_id,
     };
-    let command = OrgCommand::CreateKey { record: Box::new(record), hash: new.hash.to_hex() };
+    let command = OrgCommand::CreateKey { record: Box::new(record), hash: new.hash.to_hex(), creator };
     let request = OrgRequest { command, actor: actor.into(), request_id: request_id.into(), now_ms: now };
     let (status, body) = call_org(env, org_id, &request).await?;
     if status == 201 {

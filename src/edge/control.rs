@@ -20,6 +20,7 @@ use crate::control::{self as rules, Caller as Rules};
 use crate::error::{ApiError, ErrorCode};
 use crate::ids;
 use crate::path::CanonicalPath;
+use crate::ratelimit::merge_limits;
 use crate::records::KeyRecord;
 
 /// A control route.
@@ -68,14 +69,20 @@ pub(super) async fn handle(
     let command = match route {
         Route::CreateKey => {
             let mut input = parse_key(&read_body(&mut req, MAX_BODY_BYTES).await?, &settings.policy, caller.now)?;
+            let limits = merge_limits(settings.policy.default_rate_limits(), &caller.key.rate_limits);
             let who = Rules {
                 scopes: &caller.grant.scopes,
                 user_id: caller.grant.user_id.as_deref(),
                 user_role: caller.grant.user_role.as_deref(),
+                expires_at: caller.key.expires_at,
+                limits: &limits,
             };
             rules::check_create(&settings.policy, &who, &mut input)?;
+            // The org object re-checks the creating user's role and state
+            // against its own records (KV may lag).
+            let creator = caller.grant.user_id.clone();
             let (status, body) =
-                admin::mint(env, settings, org_id, input, &actor, caller.request_id, caller.now).await?;
+                admin::mint(env, settings, org_id, input, creator, &actor, caller.request_id, caller.now).await?;
             return Ok(json_response(status, body, caller.request_id));
         }
         Route::ListKeys => {

@@ -102,6 +102,9 @@ pub(super) async fn handle(
                     refusal
                 }
                 Some(Ok(GuardReply::Revoked)) => ErrorCode::InvalidApiKey.into(),
+                // Not counted as admitted (and already counted as limited):
+                // the refusal stands as it is.
+                Some(Ok(GuardReply::Limited { .. })) => refusal,
                 _ => refused(env, settings, &key_ref, refusal).await,
             });
         }
@@ -121,7 +124,12 @@ pub(super) async fn handle(
         with_cors(r)
     };
 
-    // Keyward's own routes (the control API) are served here, never proxied.
+    // Keyward's own routes (the control API) are served here, never proxied:
+    // a route the policy marks as keyward's but no handler serves is a 404,
+    // not a request for the origin.
+    if grant.local && control::route(&grant, &method, &path).is_none() {
+        return Err(with_quota(ApiError::new(ErrorCode::RouteNotFound).into()));
+    }
     if let Some(route) = control::route(&grant, &method, &path) {
         let ctl = control::Caller { grant: &grant, key: &key, request_id, now };
         let mut resp = control::handle(req, env, settings, &ctl, route, query).await.map_err(with_quota)?;
@@ -302,7 +310,7 @@ fn guard_limits(key: &KeyRecord, settings: &Settings, ip: &str) -> Vec<RateLimit
     let mut limits = merge_limits(settings.policy.default_rate_limits(), &key.rate_limits);
     if key.kind == KeyKind::Widget {
         limits.extend(settings.policy.widget_ip_rate_limits().iter().map(|l| RateLimit {
-            name: format!("{}@{ip}", l.name),
+            name: format!("{}@{}", l.name, cors::visitor(ip)),
             limit: l.limit,
             window_seconds: l.window_seconds,
         }));

@@ -47,7 +47,7 @@ impl KeyGuard {
             Some(s) => serde_json::from_str(&s).map_err(rust_err)?,
             None => GuardState::default(),
         };
-        let pending = !loaded.usage.is_empty();
+        let pending = !loaded.usage.is_empty() || loaded.inflight.is_some();
         let mut cached = self.cached.borrow_mut();
         if cached.is_none() {
             *cached = Some(loaded);
@@ -64,7 +64,7 @@ impl KeyGuard {
     fn store(&self, next: GuardState) -> worker::Result<()> {
         let json = serde_json::to_string(&next).map_err(rust_err)?;
         let _write = self.state.storage().as_raw().put(STATE_KEY, json.into())?;
-        let pending = !next.usage.is_empty();
+        let pending = !next.usage.is_empty() || next.inflight.is_some();
         *self.cached.borrow_mut() = Some(next);
         if pending && !self.alarm_set.get() {
             self.schedule_rollup()?;
@@ -118,18 +118,20 @@ impl DurableObject for KeyGuard {
     async fn alarm(&self) -> worker::Result<Response> {
         self.alarm_set.set(false);
         self.load().await?;
-        let (sent, key) = {
+        let (batch, next) = {
             let cached = self.cached.borrow();
             let s = cached.as_ref().ok_or_else(|| rust_err("guard state missing"))?;
-            (s.usage.clone(), s.key.clone())
+            guard::begin_rollup(s)
         };
+        let key = next.key.clone();
+        let Some((seq, sent)) = batch else { return Response::ok("nothing to roll up") };
+        // The batch is stored as in flight before it is sent.
+        self.store(next)?;
         let Some(key) = key else { return Response::ok("no key") };
-        if sent.is_empty() {
-            return Response::ok("nothing to roll up");
-        }
         let command = OrgCommand::RecordUsage {
             org_id: key.org_id.clone(),
             key_id: key.key_id.clone(),
+            seq,
             hours: sent.hours.iter().map(|(h, c)| (*h, c.clone())).collect(),
             last_used_at: sent.last_used_at,
         };
@@ -137,11 +139,10 @@ impl DurableObject for KeyGuard {
             OrgRequest { command, actor: "guard".into(), request_id: "rollup".into(), now_ms: super::now_ms() };
         match super::call_org(&self.env, &key.org_id, &request).await {
             Ok((200, _)) => {
-                // Requests counted while the roll-up was in flight stay pending.
                 let next = {
                     let cached = self.cached.borrow();
                     let s = cached.as_ref().ok_or_else(|| rust_err("guard state missing"))?;
-                    guard::subtract_usage(s, &sent)
+                    guard::finish_rollup(s, seq)
                 };
                 self.store(next)?;
             }
@@ -149,6 +150,7 @@ impl DurableObject for KeyGuard {
                 worker::console_warn!("keyward: usage roll-up refused ({status}): {body}");
                 self.schedule_rollup()?;
             }
+            // Re-sent unchanged at the next alarm; the org ignores a repeat.
             Err(_) => self.schedule_rollup()?,
         }
         Response::ok("rolled up")

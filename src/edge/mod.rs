@@ -100,10 +100,17 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
         Some("await") => true,
         Some(other) => return Err(format!("GUARD_WRITES must be gated or await, not {other:?}")),
     };
+    if !key_guard {
+        worker::console_warn!(
+            "keyward: KEY_GUARD=off — no rate limits and no immediate revocation; for measurements only, never in production"
+        );
+    }
     let policy = Policy::default_policy()?;
     // A secret shorter than 32 bytes is treated as absent (and logged): the
     // admin API or the proxy then answers 503 rather than run on a weak one.
-    let secret = |name: &str| match string_binding(env, name).filter(|s| !s.is_empty()) {
+    // Surrounding whitespace (a trailing newline from `echo … | wrangler
+    // secret put`) is not part of a secret.
+    let secret = |name: &str| match string_binding(env, name).map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()) {
         Some(s) if s.len() >= MIN_SECRET_LEN => Some(s),
         Some(_) => {
             worker::console_error!(

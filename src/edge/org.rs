@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS users (
 CREATE TABLE IF NOT EXISTS keys (
   id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, record TEXT NOT NULL,
   created_at INTEGER NOT NULL, revoked_at INTEGER, last_used_at INTEGER);
+CREATE TABLE IF NOT EXISTS usage_seq (key_id TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS usage (
   key_id TEXT NOT NULL, hour INTEGER NOT NULL, allowed INTEGER NOT NULL, refused TEXT NOT NULL,
   PRIMARY KEY (key_id, hour));
@@ -172,8 +173,11 @@ async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String)
             });
             Ok((200, success(data, None)))
         }
-        OrgCommand::CreateKey { record, hash } => {
+        OrgCommand::CreateKey { record, hash, creator } => {
             require_org(&sql, &record.org_id)?;
+            if let Some(uid) = creator {
+                may_manage_keys(&sql, &env, uid)?;
+            }
             if let Some(uid) = &record.user_id {
                 if load_user(&sql, uid)?.is_none() {
                     return Err(ApiError::validation("user_id", "no such user in this org").into());
@@ -198,7 +202,11 @@ async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String)
             audit(
                 "key.created",
                 &record.id,
-                json!({ "name": record.name, "scopes": record.scopes, "user_id": record.user_id }),
+                json!({
+                    "name": record.name, "kind": record.kind, "scopes": record.scopes, "user_id": record.user_id,
+                    "expires_at": record.expires_at.map(rfc3339), "rate_limits": record.rate_limits,
+                    "allowed_origins": record.allowed_origins, "resource_id": record.resource_id,
+                }),
             )?;
             Ok((201, success(key_view(record), None)))
         }
@@ -219,7 +227,16 @@ async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String)
             let mut record: KeyRecord =
                 serde_json::from_str(&row.record).map_err(|e| super::unavailable("key decode", e))?;
             if let Some(c) = caller {
-                let who = Caller { scopes: &c.scopes, user_id: c.user_id.as_deref(), user_role: None };
+                if let Some(uid) = &c.user_id {
+                    may_manage_keys(&sql, &env, uid)?;
+                }
+                let who = Caller {
+                    scopes: &c.scopes,
+                    user_id: c.user_id.as_deref(),
+                    user_role: None,
+                    expires_at: None,
+                    limits: &[],
+                };
                 control::check_revoke(&who, &record)?;
             }
             // The tombstone in the key's guard first: from its answer on,
@@ -253,9 +270,9 @@ async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String)
             let rollup = super::settings(&env).map(|s| s.usage_rollup_ms).unwrap_or(30_000);
             usage(&sql, org_id, *from, *to, rollup)
         }
-        OrgCommand::RecordUsage { org_id, key_id, hours, last_used_at } => {
+        OrgCommand::RecordUsage { org_id, key_id, seq, hours, last_used_at } => {
             require_org(&sql, org_id)?;
-            record_usage(&sql, key_id, hours, *last_used_at)
+            record_usage(&sql, key_id, *seq, hours, *last_used_at)
         }
     }
 }
@@ -333,6 +350,10 @@ fn list_audit(sql: &SqlStorage, org_id: &str, cursor: Option<&str>, limit: u32) 
     Ok((200, success(Value::Array(entries), Some(json!({ "next_cursor": next_cursor, "has_more": has_more })))))
 }
 
+/// Most rows one `/v1/usage` answer carries (`meta.truncated` says when
+/// there were more: narrow `from`/`to`).
+const USAGE_ROWS: i64 = 10_000;
+
 fn usage(sql: &SqlStorage, org_id: &str, from: i64, to: i64, rollup_ms: i64) -> Result<(u16, String), Refusal> {
     require_org(sql, org_id)?;
     #[derive(Deserialize)]
@@ -346,13 +367,15 @@ fn usage(sql: &SqlStorage, org_id: &str, from: i64, to: i64, rollup_ms: i64) -> 
     let first_hour = from - from.rem_euclid(crate::guard::HOUR_MS);
     let rows: Vec<Row> = sql
         .exec(
-            "SELECT key_id, hour, allowed, refused FROM usage WHERE hour >= ? AND hour < ? ORDER BY hour, key_id",
-            vec![first_hour.into(), to.into()],
+            "SELECT key_id, hour, allowed, refused FROM usage WHERE hour >= ? AND hour < ? ORDER BY hour, key_id LIMIT ?",
+            vec![first_hour.into(), to.into(), (USAGE_ROWS + 1).into()],
         )
         .and_then(|c| c.to_array())
         .map_err(sql_err)?;
+    let truncated = rows.len() > USAGE_ROWS as usize;
     let data: Vec<Value> = rows
         .iter()
+        .take(USAGE_ROWS as usize)
         .map(|r| {
             let refused: Value = serde_json::from_str(&r.refused).unwrap_or_else(|_| json!({}));
             let total_refused: i64 = refused.as_object().map_or(0, |m| m.values().filter_map(Value::as_i64).sum());
@@ -365,13 +388,16 @@ fn usage(sql: &SqlStorage, org_id: &str, from: i64, to: i64, rollup_ms: i64) -> 
             })
         })
         .collect();
-    let meta = json!({ "from": rfc3339(from), "to": rfc3339(to), "rollup_interval_seconds": rollup_ms / 1000 });
+    let meta = json!({
+        "from": rfc3339(from), "to": rfc3339(to), "rollup_interval_seconds": rollup_ms / 1000, "truncated": truncated,
+    });
     Ok((200, success(Value::Array(data), Some(meta))))
 }
 
 fn record_usage(
     sql: &SqlStorage,
     key_id: &str,
+    seq: u64,
     hours: &[(i64, UsageCounts)],
     last_used_at: Option<i64>,
 ) -> Result<(u16, String), Refusal> {
@@ -380,6 +406,24 @@ fn record_usage(
         allowed: i64,
         refused: String,
     }
+    #[derive(Deserialize)]
+    struct Seq {
+        seq: i64,
+    }
+    // A roll-up is applied once: the guard re-sends one whose reply it lost.
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    let applied: Vec<Seq> = sql
+        .exec("SELECT seq FROM usage_seq WHERE key_id = ?", vec![key_id.into()])
+        .and_then(|c| c.to_array())
+        .map_err(sql_err)?;
+    if applied.first().is_some_and(|a| a.seq >= seq) {
+        return Ok((200, success(json!({ "recorded": 0, "duplicate": true }), None)));
+    }
+    sql.exec(
+        "INSERT INTO usage_seq (key_id, seq) VALUES (?, ?) ON CONFLICT(key_id) DO UPDATE SET seq = excluded.seq",
+        vec![key_id.into(), seq.into()],
+    )
+    .map_err(sql_err)?;
     for (hour, counts) in hours {
         let existing: Vec<Row> = sql
             .exec(
@@ -394,6 +438,9 @@ fn record_usage(
             total.refused = serde_json::from_str(&row.refused).unwrap_or_default();
         }
         total.add(counts);
+        // Refunds net out against admissions, whichever roll-up carried them.
+        total.allowed = total.allowed.saturating_sub(total.refunded);
+        total.refunded = 0;
         let refused = serde_json::to_string(&total.refused).map_err(|e| super::unavailable("usage encode", e))?;
         sql.exec(
             "INSERT INTO usage (key_id, hour, allowed, refused) VALUES (?, ?, ?, ?)
@@ -473,6 +520,20 @@ fn require_org(sql: &SqlStorage, org_id: &str) -> Result<(), Refusal> {
 struct UserRow {
     role: String,
     disabled: bool,
+}
+
+/// A user-bound key may create or revoke keys only while its user, per this
+/// org's own records (KV may lag), is enabled and has a key-creating role.
+fn may_manage_keys(sql: &SqlStorage, env: &Env, user_id: &str) -> Result<(), Refusal> {
+    let policy = &super::settings(env)?.policy;
+    match load_user(sql, user_id)? {
+        Some(u) if !u.disabled && policy.role_creates_keys(&u.role) => Ok(()),
+        _ => Err(ApiError::with_message(
+            ErrorCode::PermissionDenied,
+            "This key's user may not manage API keys (role or state).",
+        )
+        .into()),
+    }
 }
 
 fn load_user(sql: &SqlStorage, user_id: &str) -> Result<Option<UserRow>, Refusal> {
