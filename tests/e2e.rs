@@ -498,19 +498,30 @@ fn refusals_after_a_concurrent_guard_check_are_refunded() {
     let org = h().org(false);
     let limited = json!({"name": "q", "scopes": ["ai:chat"], "rate_limits": [{"name": "minute", "limit": 3, "window_seconds": 60}]});
     let (key, _) = h().key(&org, limited);
+    let baa = |on: bool| {
+        let r = h().admin("PUT", &format!("/admin/orgs/{org}"), Some(json!({"name": "n", "baa_active": on})));
+        assert_eq!(r.status, 200);
+    };
+    // Six refusals first: every one is given back.
     for _ in 0..6 {
         chat(&key, &[]).assert_error(402, "BAA_REQUIRED");
     }
     // Refunds are sent after the response (waitUntil).
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    assert_eq!(
-        h().admin("PUT", &format!("/admin/orgs/{org}"), Some(json!({"name": "n", "baa_active": true}))).status,
-        200
-    );
-    for i in 0..3 {
-        let r = chat(&key, &[]);
-        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    baa(true);
+    // Two served requests: a later refund must never give those back.
+    for _ in 0..2 {
+        assert_eq!(chat(&key, &[]).status, 200);
     }
+    baa(false);
+    for _ in 0..4 {
+        chat(&key, &[]).assert_error(402, "BAA_REQUIRED");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    baa(true);
+    let r = chat(&key, &[]);
+    assert_eq!(r.status, 200, "the one request left: {}", r.text());
+    assert_eq!(r.header("ratelimit-remaining"), Some("0"));
     chat(&key, &[]).assert_error(429, "RATE_LIMITED");
 }
 

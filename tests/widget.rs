@@ -216,6 +216,10 @@ fn one_visitor_cannot_exhaust_the_sites_budget() {
     assert_eq!(r.header("ratelimit-limit"), Some("20"), "the per-visitor limit refused it");
     assert_eq!(r.header("access-control-allow-origin"), Some(SHOP), "the page can read its 429");
     assert!(r.header("retry-after").is_some());
+    // Another visitor (the local runtime passes CF-Connecting-IP through;
+    // on Cloudflare it is set by the edge) still gets through.
+    let r = chat(&key, &[("origin", SHOP), ("cf-connecting-ip", "198.51.100.7")]);
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 // ---------------------------------------------------------------- browser
