@@ -57,13 +57,7 @@ impl RateLimit {
         {
             return Err("name must be 1-32 characters of a-z, 0-9, _ and -");
         }
-        if self.limit == 0 || self.limit > MAX_LIMIT {
-            return Err("limit must be between 1 and 1000000");
-        }
-        if self.window_seconds == 0 || self.window_seconds > MAX_WINDOW_SECONDS {
-            return Err("window_seconds must be between 1 and 2678400");
-        }
-        Ok(())
+        self.validate_values()
     }
 
     /// Checks only what keeps the limiter sound (a limit of 0 would mean
