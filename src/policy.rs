@@ -479,6 +479,28 @@ mod tests {
     }
 
     #[test]
+    fn keyward_serves_exactly_the_control_routes() {
+        // src/edge/control.rs::route handles exactly these; a route marked
+        // `served_by: keyward` without a handler would answer 404 there.
+        let pol = Policy::default_policy().unwrap();
+        let mut local: Vec<(String, String)> = pol
+            .routes
+            .iter()
+            .filter(|r| r.is_local())
+            .flat_map(|r| r.methods.iter().map(|m| (m.clone(), r.pattern().to_owned())))
+            .collect();
+        local.sort();
+        let want = [
+            ("DELETE", "/v1/api_keys/{key_id}"),
+            ("GET", "/v1/api_keys"),
+            ("GET", "/v1/audit"),
+            ("GET", "/v1/usage"),
+            ("POST", "/v1/api_keys"),
+        ];
+        assert_eq!(local, want.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn widget_routes() {
         let pol = Policy::default_policy().unwrap();
         assert_eq!(pol.widget_methods(&p("/v1/ai/chat")), vec!["POST"]);
