@@ -51,7 +51,7 @@ pub struct KeyInput {
     pub name: String,
     /// Granted scopes, deduplicated, sorted.
     pub scopes: Vec<Scope>,
-    /// Kind (only `secret` in this build).
+    /// Secret or widget.
     pub kind: KeyKind,
     /// Expiry (ms), in the future.
     pub expires_at: Option<i64>,
