@@ -470,6 +470,21 @@ fn unreadable_records_fail_closed() {
     let r = send(&key);
     r.assert_error(503, "SERVICE_UNAVAILABLE");
     assert_eq!(r.header("retry-after"), Some("1"));
+    // A key guard that refuses to answer (here: a record whose limit of 0
+    // would mean "unlimited") is a 503, never an allow.
+    let (key3, _) = own.key(&org, json!({"name": "k3", "scopes": ["ai:chat"]}));
+    let kv_key = format!("key:{}", sha256_hex(key3.as_bytes()));
+    let mut record: Value = serde_json::from_str(own.kv(&["get", &kv_key]).trim()).unwrap();
+    record["rate_limits"] = json!([{"name": "minute", "limit": 0, "window_seconds": 60}]);
+    own.kv(&["put", &kv_key, &record.to_string()]);
+    assert_eq!(
+        own.admin("PUT", &format!("/admin/orgs/{org}"), Some(json!({"name": "o", "baa_active": true}))).status,
+        200
+    );
+    let r = send(&key3);
+    r.assert_error(503, "SERVICE_UNAVAILABLE");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(own.origin_saw(r.header("x-request-id").unwrap()).is_none());
 }
 
 #[test]
