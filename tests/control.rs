@@ -18,9 +18,13 @@ fn h() -> &'static Harness {
 }
 
 fn call(key: &str, method: &str, path: &str, body: Option<Value>) -> Resp {
+    call_on(h(), key, method, path, body)
+}
+
+fn call_on(on: &Harness, key: &str, method: &str, path: &str, body: Option<Value>) -> Resp {
     let auth = format!("Bearer {key}");
     let b = body.map(|v| v.to_string());
-    h().send(
+    on.send(
         method,
         path,
         &[("authorization", &auth), ("content-type", "application/json")],
@@ -250,16 +254,7 @@ fn a_disabled_or_demoted_user_cannot_manage_keys_even_before_kv_catches_up() {
     // Its own worker: `wrangler kv` locks the local KV database while it runs.
     let own = Harness::start(Options { origin_url: None, vars: vec![] });
     let h = || &own;
-    let call = |key: &str, method: &str, path: &str, body: Option<Value>| {
-        let auth = format!("Bearer {key}");
-        let b = body.map(|v| v.to_string());
-        own.send(
-            method,
-            path,
-            &[("authorization", &auth), ("content-type", "application/json")],
-            b.as_deref().map(str::as_bytes),
-        )
-    };
+    let call = |key: &str, method: &str, path: &str, body: Option<Value>| call_on(&own, key, method, path, body);
     let org = h().org(true);
     assert_eq!(h().admin("PUT", &format!("/admin/orgs/{org}/users/u1"), Some(json!({"role": "admin"}))).status, 200);
     let (key, _) = h().key(&org, json!({"name": "u", "scopes": ["*"], "user_id": "u1"}));

@@ -127,10 +127,11 @@ pub(super) async fn handle(
     // Keyward's own routes (the control API) are served here, never proxied:
     // a route the policy marks as keyward's but no handler serves is a 404,
     // not a request for the origin.
-    if grant.local && control::route(&grant, &method, &path).is_none() {
+    let control_route = control::route(&grant, &method, &path);
+    if grant.local && control_route.is_none() {
         return Err(with_quota(ApiError::new(ErrorCode::RouteNotFound).into()));
     }
-    if let Some(route) = control::route(&grant, &method, &path) {
+    if let Some(route) = control_route {
         let ctl = control::Caller { grant: &grant, key: &key, request_id, now };
         let mut resp = control::handle(req, env, settings, &ctl, route, query).await.map_err(with_quota)?;
         set_headers(&mut resp, quota_headers.iter().cloned().chain(cors_headers.clone()));
