@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::ids;
 use crate::policy::Policy;
 use crate::ratelimit::{RateLimit, MAX_LIMITS};
-use crate::records::KeyRecord;
+use crate::records::{Consistency, KeyRecord};
 use crate::scope::Scope;
 use crate::token::KeyKind;
 
@@ -63,6 +63,11 @@ pub struct KeyInput {
     pub allowed_origins: Vec<OriginPattern>,
     /// Widget keys: bound bot / resource id.
     pub resource_id: Option<String>,
+    /// `strict` or `leased` (default: the deployment's `DEFAULT_CONSISTENCY`).
+    pub consistency: Consistency,
+    /// Whether `consistency` was given in the body (a minted key without it
+    /// takes the stricter of the default and its parent's).
+    pub consistency_given: bool,
 }
 
 /// Most allowed origins on one widget key.
@@ -139,6 +144,15 @@ pub enum OrgCommand {
         from: i64,
         /// End (ms, exclusive).
         to: i64,
+    },
+    /// The authorization facts a leased key's guard grants leases on: the
+    /// key record, the org and the key's user, from SQLite (strongly
+    /// consistent, unlike KV).
+    LeaseFacts {
+        /// Org id.
+        org_id: String,
+        /// Key id.
+        key_id: String,
     },
     /// A key guard's usage roll-up (counts are added).
     RecordUsage {
@@ -258,12 +272,28 @@ pub fn parse_user(body: &[u8], policy: &Policy) -> Result<UserInput, ApiError> {
     Ok(UserInput { role, disabled })
 }
 
-/// Validates `POST /admin/orgs/{org_id}/api_keys`.
-pub fn parse_key(body: &[u8], policy: &Policy, now_ms: i64) -> Result<KeyInput, ApiError> {
+/// Validates `POST /admin/orgs/{org_id}/api_keys` (and the control API's
+/// mint); `consistency` defaults to `default_consistency`.
+pub fn parse_key(
+    body: &[u8],
+    policy: &Policy,
+    now_ms: i64,
+    default_consistency: Consistency,
+) -> Result<KeyInput, ApiError> {
     let m = object(body)?;
     only_fields(
         &m,
-        &["name", "scopes", "kind", "expires_at", "user_id", "rate_limits", "allowed_origins", "resource_id"],
+        &[
+            "name",
+            "scopes",
+            "kind",
+            "expires_at",
+            "user_id",
+            "rate_limits",
+            "allowed_origins",
+            "resource_id",
+            "consistency",
+        ],
     )?;
     let name = name_field(&m)?;
     let scopes = match m.get("scopes") {
@@ -341,7 +371,26 @@ pub fn parse_key(body: &[u8], policy: &Policy, now_ms: i64) -> Result<KeyInput, 
         Some(_) => return Err(ApiError::validation("user_id", "must be 1-64 characters of A-Z, a-z, 0-9, _ and -")),
     };
     let rate_limits = parse_rate_limits(m.get("rate_limits"))?;
-    Ok(KeyInput { name, scopes, kind, expires_at, user_id, rate_limits, allowed_origins, resource_id })
+    let (consistency, consistency_given) = match m.get("consistency") {
+        None | Some(Value::Null) => (default_consistency, false),
+        Some(Value::String(c)) => match Consistency::parse(c) {
+            Some(c) => (c, true),
+            None => return Err(ApiError::validation("consistency", "must be \"strict\" or \"leased\"")),
+        },
+        Some(_) => return Err(ApiError::validation("consistency", "must be \"strict\" or \"leased\"")),
+    };
+    Ok(KeyInput {
+        name,
+        scopes,
+        kind,
+        expires_at,
+        user_id,
+        rate_limits,
+        allowed_origins,
+        resource_id,
+        consistency,
+        consistency_given,
+    })
 }
 
 fn parse_origins(v: Option<&Value>) -> Result<Vec<OriginPattern>, ApiError> {
@@ -416,25 +465,32 @@ mod tests {
     }
 
     fn key_err(body: &str) -> String {
-        let e = parse_key(body.as_bytes(), &pol(), 0).expect_err(body);
+        let e = parse_key(body.as_bytes(), &pol(), 0, Consistency::Strict).expect_err(body);
         assert_eq!(e.code, ErrorCode::ValidationFailed);
         e.message().to_owned()
     }
 
     #[test]
     fn key_bodies() {
-        let k = parse_key(br#"{"name":" chat ","scopes":["ai:chat","ai:chat","ai:*"]}"#, &pol(), 0).unwrap();
+        let k =
+            parse_key(br#"{"name":" chat ","scopes":["ai:chat","ai:chat","ai:*"]}"#, &pol(), 0, Consistency::Strict)
+                .unwrap();
         assert_eq!(k.name, "chat");
         assert_eq!(k.scopes.iter().map(Scope::as_str).collect::<Vec<_>>(), ["ai:*", "ai:chat"]);
         assert_eq!(k.kind, KeyKind::Secret);
-        let k =
-            parse_key(br#"{"name":"x","scopes":["*"],"expires_at":"2030-01-01T00:00:00Z","user_id":"u_1"}"#, &pol(), 0)
-                .unwrap();
+        let k = parse_key(
+            br#"{"name":"x","scopes":["*"],"expires_at":"2030-01-01T00:00:00Z","user_id":"u_1"}"#,
+            &pol(),
+            0,
+            Consistency::Strict,
+        )
+        .unwrap();
         assert_eq!(k.expires_at, Some(1_893_456_000_000));
         let w = parse_key(
             br#"{"name":"w","scopes":["ai:chat"],"kind":"widget","allowed_origins":["HTTPS://Shop.example.com","https://*.example.com","https://shop.example.com/"],"resource_id":"bot_1"}"#,
             &pol(),
             0,
+            Consistency::Strict,
         )
         .unwrap();
         assert_eq!(w.kind, KeyKind::Widget);
@@ -504,20 +560,30 @@ mod tests {
         }
         assert!(key_err(&format!(r#"{{"name":"{}","scopes":["ai:chat"]}}"#, "é".repeat(101)))
             .starts_with("name: must be at most 100"));
-        assert!(parse_key(format!(r#"{{"name":"{}","scopes":["ai:chat"]}}"#, "é".repeat(100)).as_bytes(), &pol(), 0)
-            .is_ok());
+        assert!(parse_key(
+            format!(r#"{{"name":"{}","scopes":["ai:chat"]}}"#, "é".repeat(100)).as_bytes(),
+            &pol(),
+            0,
+            Consistency::Strict
+        )
+        .is_ok());
         let past = parse_key(
             br#"{"name":"x","scopes":["ai:chat"],"expires_at":"2020-01-01T00:00:00Z"}"#,
             &pol(),
             1_800_000_000_000,
+            Consistency::Strict,
         );
         assert_eq!(past.unwrap_err().message(), "expires_at: must be in the future");
         assert!(key_err("\u{feff}{}").starts_with("body:"));
-        assert_eq!(parse_key(b"\xff\xfe", &pol(), 0).unwrap_err().message(), "body: must be UTF-8 encoded JSON");
+        assert_eq!(
+            parse_key(b"\xff\xfe", &pol(), 0, Consistency::Strict).unwrap_err().message(),
+            "body: must be UTF-8 encoded JSON"
+        );
         let k = parse_key(
             br#"{"name":"x","scopes":["ai:chat"],"rate_limits":[{"name":"hour","limit":100,"window_seconds":3600}]}"#,
             &pol(),
             0,
+            Consistency::Strict,
         )
         .unwrap();
         assert_eq!(k.rate_limits, vec![RateLimit { name: "hour".into(), limit: 100, window_seconds: 3600 }]);
@@ -535,6 +601,23 @@ mod tests {
         ] {
             let got = key_err(&format!(r#"{{"name":"x","scopes":["ai:chat"],{body}}}"#));
             assert!(got.starts_with(want), "{body}: {got}");
+        }
+    }
+
+    #[test]
+    fn consistency_is_strict_by_default_or_as_configured() {
+        let body = br#"{"name":"x","scopes":["ai:chat"]}"#;
+        let k = parse_key(body, &pol(), 0, Consistency::Strict).unwrap();
+        assert_eq!((k.consistency, k.consistency_given), (Consistency::Strict, false));
+        let k = parse_key(body, &pol(), 0, Consistency::Leased).unwrap();
+        assert_eq!((k.consistency, k.consistency_given), (Consistency::Leased, false));
+        let k =
+            parse_key(br#"{"name":"x","scopes":["ai:chat"],"consistency":"leased"}"#, &pol(), 0, Consistency::Strict)
+                .unwrap();
+        assert_eq!((k.consistency, k.consistency_given), (Consistency::Leased, true));
+        for bad in [r#""eventual""#, r#""Strict""#, "1", "true"] {
+            let got = key_err(&format!(r#"{{"name":"x","scopes":["ai:chat"],"consistency":{bad}}}"#));
+            assert_eq!(got, "consistency: must be \"strict\" or \"leased\"", "{bad}");
         }
     }
 

@@ -241,14 +241,17 @@ fn kind_rules(facts: &Facts<'_>, key: &KeyRecord) -> Result<Option<BrowserOrigin
     })
 }
 
-fn decide_rest(
+/// The checks that need the org and user records, in the designed order:
+/// the org readable and this key's, the BAA, the user enabled and of this
+/// org, its role known. Returns the effective scopes (the key's, capped by
+/// the user's role and, for a widget key, by the widget scopes) and the
+/// user's role.
+fn effective_scopes(
     key: &KeyRecord,
     records: &Records<'_>,
     policy: &Policy,
     config: &Config,
-    facts: &Facts<'_>,
-    cors_origin: Option<BrowserOrigin>,
-) -> Result<Grant, Refusal> {
+) -> Result<(Vec<Scope>, Option<String>), Refusal> {
     // The org record must exist and be this key's: otherwise the read model
     // is incomplete, and keyward fails closed.
     let org = records.org.filter(|o| o.id == key.org_id).ok_or(ErrorCode::ServiceUnavailable)?;
@@ -271,6 +274,32 @@ fn decide_rest(
         // more than the policy lets widget keys do.
         scopes = scope::intersect(&scopes, policy.widget_scopes());
     }
+    Ok((scopes, user_role))
+}
+
+/// Whether the records alone allow a request that needs `route_scope`: the
+/// key (not revoked, not expired), the org and its BAA, the user and its
+/// role, and the scope. What the request itself carries (origin, method,
+/// path) is not looked at. The key's guard asks this before it counts a
+/// leased request, so that a request [`authorize`] will refuse on the same
+/// records never takes a unit of quota (and so never needs a refund).
+pub fn records_allow(records: &Records<'_>, route_scope: &str, policy: &Policy, config: &Config, now_ms: i64) -> bool {
+    let Some(key) = records.key else { return false };
+    if key.revoked_at.is_some() || key.expires_at.is_some_and(|e| e <= now_ms) {
+        return false;
+    }
+    effective_scopes(key, records, policy, config).is_ok_and(|(scopes, _)| scope::grants(&scopes, route_scope))
+}
+
+fn decide_rest(
+    key: &KeyRecord,
+    records: &Records<'_>,
+    policy: &Policy,
+    config: &Config,
+    facts: &Facts<'_>,
+    cors_origin: Option<BrowserOrigin>,
+) -> Result<Grant, Refusal> {
+    let (scopes, user_role) = effective_scopes(key, records, policy, config)?;
     let route = policy
         .route(facts.method, facts.path)
         .map_err(|e| Refusal { error: e.error, headers: e.allow.map(|a| ("Allow", a)).into_iter().collect() })?;
@@ -329,6 +358,7 @@ mod tests {
                 rate_limits: Vec::new(),
                 allowed_origins: Vec::new(),
                 resource_id: None,
+                consistency: Default::default(),
             },
             org: OrgRecord { id: "org_1".into(), name: "Org".into(), baa_active: true, updated_at: 0 },
             user: UserRecord {

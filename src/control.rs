@@ -9,14 +9,15 @@
 //! bound to that same user, and only if the user's role may create keys
 //! (`key_creating_roles`); a key not bound to a user cannot mint keys bound
 //! to a user (that would let it act as the user towards the origin); a key
-//! revokes only keys it could have minted.
+//! revokes only keys it could have minted; a `strict` key mints only
+//! `strict` keys (a `leased` one may take effect up to `LEASE_MS` late).
 
 use crate::admin::KeyInput;
 use crate::error::{ApiError, ErrorCode};
 use crate::ids;
 use crate::policy::Policy;
 use crate::ratelimit::{merge_limits, RateLimit};
-use crate::records::KeyRecord;
+use crate::records::{Consistency, KeyRecord};
 use crate::scope::Scope;
 
 /// The calling key, as authorized.
@@ -32,6 +33,8 @@ pub struct Caller<'a> {
     pub expires_at: Option<i64>,
     /// Its effective rate limits (its own over the policy's defaults).
     pub limits: &'a [RateLimit],
+    /// Its consistency mode.
+    pub consistency: Consistency,
 }
 
 fn denied(message: &'static str) -> ApiError {
@@ -75,6 +78,15 @@ pub fn check_create(policy: &Policy, caller: &Caller<'_>, input: &mut KeyInput) 
         }
     }
     input.rate_limits = limits;
+    // Never laxer than its parent: a strict key mints strict keys; without
+    // an explicit mode a minted key takes the stricter of the deployment's
+    // default and its parent's.
+    if caller.consistency == Consistency::Strict {
+        if input.consistency_given && input.consistency == Consistency::Leased {
+            return Err(denied("A strict key cannot create a leased key (leased is laxer: up to LEASE_MS late)."));
+        }
+        input.consistency = Consistency::Strict;
+    }
     if let Some(missing) = input.scopes.iter().find(|s| !s.within(caller.scopes)) {
         return Err(ApiError::with_message(
             ErrorCode::MissingScope,
@@ -213,6 +225,8 @@ mod tests {
             rate_limits: vec![],
             allowed_origins: vec![],
             resource_id: None,
+            consistency: Consistency::Strict,
+            consistency_given: false,
         }
     }
 
@@ -220,7 +234,14 @@ mod tests {
     fn no_escalation_of_scopes() {
         let pol = Policy::default_policy().unwrap();
         let mine = sc(&["ai:chat", "control:read"]);
-        let caller = Caller { scopes: &mine, user_id: None, user_role: None, expires_at: None, limits: &[] };
+        let caller = Caller {
+            scopes: &mine,
+            user_id: None,
+            user_role: None,
+            expires_at: None,
+            limits: &[],
+            consistency: Consistency::Strict,
+        };
         assert!(check_create(&pol, &caller, &mut input(&["ai:chat"], None)).is_ok());
         assert!(check_create(&pol, &caller, &mut input(&["ai:chat", "control:read"], None)).is_ok());
         for (want, missing) in
@@ -231,7 +252,14 @@ mod tests {
             assert!(e.message().ends_with(missing), "{}", e.message());
         }
         let wild = sc(&["ai:*", "control:read"]);
-        let caller = Caller { scopes: &wild, user_id: None, user_role: None, expires_at: None, limits: &[] };
+        let caller = Caller {
+            scopes: &wild,
+            user_id: None,
+            user_role: None,
+            expires_at: None,
+            limits: &[],
+            consistency: Consistency::Strict,
+        };
         assert!(check_create(&pol, &caller, &mut input(&["ai:embeddings", "ai:*"], None)).is_ok());
     }
 
@@ -239,16 +267,28 @@ mod tests {
     fn user_bound_callers_mint_only_for_their_user_and_role() {
         let pol = Policy::default_policy().unwrap();
         let mine = sc(&["ai:chat", "control:read"]);
-        let op =
-            Caller { scopes: &mine, user_id: Some("u1"), user_role: Some("operator"), expires_at: None, limits: &[] };
+        let op = Caller {
+            scopes: &mine,
+            user_id: Some("u1"),
+            user_role: Some("operator"),
+            expires_at: None,
+            limits: &[],
+            consistency: Consistency::Strict,
+        };
         let mut i = input(&["ai:chat"], None);
         check_create(&pol, &op, &mut i).unwrap();
         assert_eq!(i.user_id.as_deref(), Some("u1"), "bound to the caller's user");
         assert!(check_create(&pol, &op, &mut input(&["ai:chat"], Some("u1"))).is_ok());
         let e = check_create(&pol, &op, &mut input(&["ai:chat"], Some("u2"))).unwrap_err();
         assert_eq!(e.code, ErrorCode::PermissionDenied);
-        let viewer =
-            Caller { scopes: &mine, user_id: Some("u1"), user_role: Some("viewer"), expires_at: None, limits: &[] };
+        let viewer = Caller {
+            scopes: &mine,
+            user_id: Some("u1"),
+            user_role: Some("viewer"),
+            expires_at: None,
+            limits: &[],
+            consistency: Consistency::Strict,
+        };
         assert_eq!(
             check_create(&pol, &viewer, &mut input(&["ai:chat"], None)).unwrap_err().code,
             ErrorCode::PermissionDenied
@@ -259,11 +299,25 @@ mod tests {
     fn org_keys_cannot_mint_for_users_and_children_never_outlive_or_outpace() {
         let pol = Policy::default_policy().unwrap();
         let mine = sc(&["ai:chat", "control:read"]);
-        let org_key = Caller { scopes: &mine, user_id: None, user_role: None, expires_at: None, limits: &[] };
+        let org_key = Caller {
+            scopes: &mine,
+            user_id: None,
+            user_role: None,
+            expires_at: None,
+            limits: &[],
+            consistency: Consistency::Strict,
+        };
         let e = check_create(&pol, &org_key, &mut input(&["ai:chat"], Some("u_admin"))).unwrap_err();
         assert_eq!(e.code, ErrorCode::PermissionDenied);
         let limits = [RateLimit { name: "minute".into(), limit: 5, window_seconds: 60 }];
-        let parent = Caller { scopes: &mine, user_id: None, user_role: None, expires_at: Some(1_000), limits: &limits };
+        let parent = Caller {
+            scopes: &mine,
+            user_id: None,
+            user_role: None,
+            expires_at: Some(1_000),
+            limits: &limits,
+            consistency: Consistency::Strict,
+        };
         let mut i = input(&["ai:chat"], None);
         check_create(&pol, &parent, &mut i).unwrap();
         assert_eq!(i.expires_at, Some(1_000), "inherits the caller's expiry");
@@ -290,6 +344,37 @@ mod tests {
     }
 
     #[test]
+    fn minted_keys_are_never_laxer_than_their_parent() {
+        let pol = Policy::default_policy().unwrap();
+        let mine = sc(&["ai:chat", "control:read"]);
+        let strict = Caller {
+            scopes: &mine,
+            user_id: None,
+            user_role: None,
+            expires_at: None,
+            limits: &[],
+            consistency: Consistency::Strict,
+        };
+        let leased = Caller { consistency: Consistency::Leased, ..strict };
+        let mut asked = input(&["ai:chat"], None);
+        (asked.consistency, asked.consistency_given) = (Consistency::Leased, true);
+        assert_eq!(check_create(&pol, &strict, &mut asked.clone()).unwrap_err().code, ErrorCode::PermissionDenied);
+        let mut ok = asked.clone();
+        check_create(&pol, &leased, &mut ok).unwrap();
+        assert_eq!(ok.consistency, Consistency::Leased);
+        // A deployment default of leased does not make a strict key's child laxer.
+        let mut defaulted = input(&["ai:chat"], None);
+        defaulted.consistency = Consistency::Leased;
+        check_create(&pol, &strict, &mut defaulted).unwrap();
+        assert_eq!(defaulted.consistency, Consistency::Strict);
+        // A leased key may mint a strict one.
+        let mut tighter = input(&["ai:chat"], None);
+        (tighter.consistency, tighter.consistency_given) = (Consistency::Strict, true);
+        check_create(&pol, &leased, &mut tighter).unwrap();
+        assert_eq!(tighter.consistency, Consistency::Strict);
+    }
+
+    #[test]
     fn revoke_only_what_you_could_mint() {
         let target = |scopes: &[&str], user: Option<&str>| KeyRecord {
             id: "01K".into(),
@@ -306,14 +391,28 @@ mod tests {
             rate_limits: vec![],
             allowed_origins: vec![],
             resource_id: None,
+            consistency: Default::default(),
         };
         let mine = sc(&["ai:*", "control:read"]);
-        let org_key = Caller { scopes: &mine, user_id: None, user_role: None, expires_at: None, limits: &[] };
+        let org_key = Caller {
+            scopes: &mine,
+            user_id: None,
+            user_role: None,
+            expires_at: None,
+            limits: &[],
+            consistency: Consistency::Strict,
+        };
         assert!(check_revoke(&org_key, &target(&["ai:chat"], None)).is_ok());
         assert!(check_revoke(&org_key, &target(&["ai:chat"], Some("u9"))).is_ok());
         assert_eq!(check_revoke(&org_key, &target(&["*"], None)).unwrap_err().code, ErrorCode::PermissionDenied);
-        let user_key =
-            Caller { scopes: &mine, user_id: Some("u1"), user_role: Some("admin"), expires_at: None, limits: &[] };
+        let user_key = Caller {
+            scopes: &mine,
+            user_id: Some("u1"),
+            user_role: Some("admin"),
+            expires_at: None,
+            limits: &[],
+            consistency: Consistency::Strict,
+        };
         assert!(check_revoke(&user_key, &target(&["ai:chat"], Some("u1"))).is_ok());
         assert_eq!(
             check_revoke(&user_key, &target(&["ai:chat"], Some("u2"))).unwrap_err().code,

@@ -212,6 +212,21 @@ pub fn response_headers(origin: &BrowserOrigin) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// `Vary` with the tokens of `add` appended unless already listed (tokens
+/// compare without case; `*` already varies on everything). A cache keyed
+/// on what the origin said it varies on (say `Accept-Encoding`) must keep
+/// that key: keyward appends, never replaces.
+pub fn append_vary(current: Option<&str>, add: &str) -> String {
+    let Some(current) = current.map(str::trim).filter(|c| !c.is_empty()) else { return add.to_owned() };
+    let listed = |t: &str| current.split(',').any(|v| v.trim() == "*" || v.trim().eq_ignore_ascii_case(t));
+    let missing: Vec<&str> = add.split(',').map(str::trim).filter(|t| !t.is_empty() && !listed(t)).collect();
+    if missing.is_empty() {
+        current.to_owned()
+    } else {
+        format!("{current}, {}", missing.join(", "))
+    }
+}
+
 /// CORS headers of a preflight answer.
 pub fn preflight_headers(origin: &BrowserOrigin, methods: &[&str]) -> Vec<(&'static str, String)> {
     vec![
@@ -233,6 +248,16 @@ mod tests {
 
     fn p(s: &str) -> OriginPattern {
         OriginPattern::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn vary_is_appended_never_replaced() {
+        assert_eq!(append_vary(None, "Origin"), "Origin");
+        assert_eq!(append_vary(Some(""), "Origin"), "Origin");
+        assert_eq!(append_vary(Some("Accept-Encoding"), "Origin"), "Accept-Encoding, Origin");
+        assert_eq!(append_vary(Some("accept-encoding, origin"), "Origin"), "accept-encoding, origin");
+        assert_eq!(append_vary(Some("*"), "Origin"), "*");
+        assert_eq!(append_vary(Some("Accept"), "Origin, Accept"), "Accept, Origin");
     }
 
     #[test]

@@ -188,9 +188,24 @@ pub fn success(data: serde_json::Value, meta: Option<serde_json::Value>) -> Stri
     v.to_string()
 }
 
+/// The success envelope around data already serialized to JSON text
+/// (`{"success":true,"data":…}`), for internal replies whose data is a typed
+/// record: no detour through `serde_json::Value`.
+pub fn success_raw(data_json: &str) -> String {
+    format!("{{\"success\":true,\"data\":{data_json}}}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_success_is_the_same_envelope() {
+        let data = serde_json::json!({"a": [1, 2], "b": null});
+        let raw: serde_json::Value = serde_json::from_str(&success_raw(&data.to_string())).unwrap();
+        let built: serde_json::Value = serde_json::from_str(&success(data, None)).unwrap();
+        assert_eq!(raw, built);
+    }
 
     #[test]
     fn envelope_matches_seed_shape() {

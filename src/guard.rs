@@ -1,27 +1,81 @@
-//! The key guard: what a key's Durable Object decides on each request —
-//! revocation first, then the rate limits — and the usage it counts on the
-//! way. Pure; the object supplies its stored [`GuardState`] and its clock and
-//! stores what [`apply`] returns.
+//! The key guard: what a key's Durable Object decides — revocation first,
+//! then the rate limits, strictly per request or through leases — and the
+//! usage it counts on the way. Pure: the object loads a [`GuardState`] from
+//! its rows once, calls [`GuardState::apply`] with its clock, and writes back
+//! exactly the rows the returned [`Changes`] name.
 //!
 //! One object per key id owns this state, single-threaded, so the counts are
 //! exact however many requests arrive at once and wherever they come from,
 //! and a revocation recorded here is refused on the very next check even
-//! while KV still serves the old key record (KV propagation takes up to a
-//! minute).
+//! while KV still serves the old key record.
+//!
+//! # Rows, and what is written when
+//! | row | holds | written |
+//! | --- | --- | --- |
+//! | meta | the key's identity, tombstone, roll-up sequence and batch in flight | first contact, revocation, roll-ups |
+//! | counters | the key's own limits' buckets and the usage not yet rolled up | an admission, a lease grant or return |
+//! | one per visitor | a widget visitor's buckets and when it was last seen | that visitor's admission or lease |
+//! | one per lease | a live lease: its end, its reservation, its limits | grant, return |
+//!
+//! A refusal (revoked, rate limited, or any refusal the worker reports) and a
+//! refund change only memory: they are written with the next row that is
+//! written anyway, or by the usage roll-up. Losing them to a restart loses
+//! usage counts of refused requests, and a refunded request counts again —
+//! the limiter errs on the strict side, never the lax one.
+//!
+//! # Leases
+//! For a `leased` key the worker asks for a lease instead of a check: one
+//! unit for the request at hand (counted now, as a check would) and a
+//! reservation of `reserved` more units, counted at the lease's end (see
+//! [`crate::ratelimit`] for why that keeps every window exact). The lease
+//! also carries the authorization facts the worker decides with — the key
+//! record, the org, the user — read from the org's object no earlier than
+//! `LEASE_MS / 2` ago, and it ends no later than `LEASE_MS` after they were
+//! read. A revocation (the tombstone here) stops new leases at once; a
+//! change in the org's object reaches every isolate within `LEASE_MS`.
+//! When a lease ends the worker reports how much of the reservation it
+//! used: the rest is given back and the used part moves to the end time. A
+//! lease never reported (its isolate vanished) is settled
+//! [`LEASE_SETTLE_GRACE_MS`] after its end as fully used.
 //!
 //! Usage (allowed and refused requests per hour, and `last_used_at`) is
-//! counted here because every request of a known key already visits this
-//! object; the object rolls it up to the org's object in batches (an alarm),
-//! so the hot path gains no extra hop.
+//! counted here and rolled up to the org's object by an alarm, so the hot
+//! path gains no extra hop.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ratelimit::{self, RateLimit, Verdict};
+use crate::authorize::{records_allow, Config, Records};
+use crate::policy::Policy;
+use crate::ratelimit::{self, ledger_bound, Ledger, Quota, RateLimit};
+use crate::records::{KeyRecord, OrgRecord, UserRecord};
+use crate::vecmap::VecMap;
 
 /// One hour, in milliseconds.
 pub const HOUR_MS: i64 = 3_600_000;
+/// Most visitors (per-visitor limits of a widget key) one guard tracks; past
+/// it, the visitor seen longest ago is forgotten (no visitor ever skips its
+/// limit).
+pub const MAX_VISITORS: usize = 2_048;
+/// Most live leases of one key; past it, requests are admitted one at a
+/// time (a lease with no reservation).
+pub const MAX_LEASES: usize = 256;
+/// Largest reservation of one lease.
+pub const MAX_LEASE_SIZE: u32 = 100_000;
+/// Most hours of usage kept while the org's object does not acknowledge
+/// roll-ups; older hours are dropped.
+pub const MAX_PENDING_HOURS: usize = 48;
+/// How long after its end a lease may still be reported before it is
+/// settled as fully used.
+pub const LEASE_SETTLE_GRACE_MS: i64 = 30_000;
+/// Most distinct refusal reasons in one report.
+pub const MAX_REFUSAL_REASONS: usize = 16;
+/// Longest visitor id (an IPv4 address or an IPv6 prefix).
+pub const MAX_VISITOR_ID: usize = 64;
+/// Largest lease id: ids are random below 2^53 so that they survive a trip
+/// through a JavaScript number (SQLite bindings) unchanged.
+pub const LEASE_ID_MASK: u64 = (1 << 53) - 1;
 
 /// Requests of one key in one hour.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,31 +122,28 @@ impl PendingUsage {
     pub fn is_empty(&self) -> bool {
         self.hours.is_empty() && self.last_used_at.is_none()
     }
-}
 
-/// Everything a key's object stores.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GuardState {
-    /// The key's identity, learned from the first request (for roll-ups).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<KeyRef>,
-    /// The tombstone: when the key was revoked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revoked_at: Option<i64>,
-    /// Rate-limit counters.
-    #[serde(default)]
-    pub limiter: ratelimit::State,
-    /// Usage counted since the last roll-up began.
-    #[serde(default)]
-    pub usage: PendingUsage,
-    /// The roll-up being delivered: its sequence number and counts. It is
-    /// re-sent unchanged until the org acknowledges it; the org ignores a
-    /// sequence number it has already applied, so nothing is counted twice.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inflight: Option<(u64, PendingUsage)>,
-    /// Sequence number of the last roll-up begun.
-    #[serde(default)]
-    pub rollup_seq: u64,
+    fn hour(&mut self, at: i64) -> &mut UsageCounts {
+        let hour = at - at.rem_euclid(HOUR_MS);
+        if !self.hours.contains_key(&hour) && self.hours.len() >= MAX_PENDING_HOURS {
+            self.hours.pop_first();
+        }
+        self.hours.entry(hour).or_default()
+    }
+
+    fn allowed(&mut self, at: i64, n: u32) {
+        if n > 0 {
+            self.hour(at).allowed += u64::from(n);
+            self.last_used_at = Some(self.last_used_at.map_or(at, |t| t.max(at)));
+        }
+    }
+
+    fn refused(&mut self, at: i64, reason: &str, n: u64) {
+        if n > 0 {
+            let c = self.hour(at).refused.entry(reason.to_owned()).or_default();
+            *c = c.saturating_add(n);
+        }
+    }
 }
 
 /// Which key an object belongs to.
@@ -104,35 +155,174 @@ pub struct KeyRef {
     pub org_id: String,
 }
 
+/// Refusals an isolate answered itself, by reason (lowercase error code),
+/// reported with its next call to the guard.
+pub type Refusals = BTreeMap<String, u64>;
+
+/// The limits a request counts under: the key's own and, for a widget key,
+/// its visitor's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// The key's effective limits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key: Vec<RateLimit>,
+    /// The visitor's limits (widget keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visitor: Option<VisitorLimits>,
+}
+
+/// A widget visitor and its limits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VisitorLimits {
+    /// The visitor (an IPv4 address or an IPv6 prefix).
+    pub id: String,
+    /// Its limits.
+    pub limits: Vec<RateLimit>,
+}
+
+impl Limits {
+    fn validate(&self) -> Result<(), &'static str> {
+        let visitor = self.visitor.as_ref().map_or(&[][..], |v| &v.limits[..]);
+        if self.key.len() > 2 * ratelimit::MAX_LIMITS || visitor.len() > ratelimit::MAX_LIMITS {
+            return Err("too many limits");
+        }
+        if self.visitor.as_ref().is_some_and(|v| v.id.is_empty() || v.id.len() > MAX_VISITOR_ID) {
+            return Err("visitor id must be 1-64 bytes");
+        }
+        // A limit out of range (e.g. 0 = unlimited) must never admit; names
+        // are the grammar of the policy (they are stored).
+        self.key.iter().chain(visitor).try_for_each(RateLimit::validate)
+    }
+}
+
+/// The authorization facts a lease carries, read from the org's object (the
+/// system of record, strongly consistent), not from KV.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Facts {
+    /// The key record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<KeyRecord>,
+    /// The org.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<OrgRecord>,
+    /// The key's user, for a user-bound key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserRecord>,
+}
+
+impl Facts {
+    /// The facts as the records the decision reads; the key only if it is
+    /// the one asked about.
+    pub fn records(&self, key_id: &str, org_id: &str) -> Records<'_> {
+        Records {
+            key: self.key.as_ref().filter(|k| k.id == key_id && k.org_id == org_id),
+            org: self.org.as_ref(),
+            user: self.user.as_ref(),
+        }
+    }
+}
+
+/// Facts as the guard holds them: when it asked the org's object for them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchedFacts {
+    /// The facts.
+    pub facts: Facts,
+    /// When they were asked for (the guard's clock, before the call).
+    pub at: i64,
+}
+
+impl FetchedFacts {
+    /// Whether these facts may back a new lease at `now`: asked for no more
+    /// than half a lease ago, so a lease lasts at least half of `LEASE_MS`.
+    pub fn fresh(&self, now: i64, lease_ms: i64) -> bool {
+        now >= self.at && now - self.at < lease_ms / 2
+    }
+}
+
+/// What the worker reports when a lease ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseReport {
+    /// The lease.
+    pub id: u64,
+    /// Units of its reservation that admitted a request.
+    pub used: u32,
+}
+
+/// A reservation granted to an isolate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    /// Its id, for the report.
+    pub id: u64,
+    /// Units the isolate may admit without asking.
+    pub reserved: u32,
+    /// How long it may use them (ms from the guard's answer; at most
+    /// `LEASE_MS`).
+    pub valid_ms: i64,
+}
+
 /// A request from the worker (or the org object) to a key's object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GuardRequest {
-    /// Admit one request under these limits (they travel with the check).
+    /// A strict key: admit one request under these limits.
     Check {
         /// The key.
         key: KeyRef,
-        /// The key's effective limits.
-        limits: Vec<RateLimit>,
+        /// Its limits.
+        limits: Limits,
+        /// Refusals the isolate answered itself since its last report.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        refusals: Refusals,
     },
-    /// The worker refused a request of this key (402–405); if the key is
-    /// revoked the answer is [`GuardReply::Revoked`] instead, so a revoked
-    /// key is never told apart from an unknown one. Counted as usage.
+    /// A leased key: admit the request at hand (if the facts allow a request
+    /// needing `scope`), reserve up to `want` more, send the facts.
+    Lease {
+        /// The key.
+        key: KeyRef,
+        /// Its limits.
+        limits: Limits,
+        /// The scope the request at hand needs (`None`: no route matched, so
+        /// nothing is admitted; the facts still come back).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scope: Option<String>,
+        /// How many more units the isolate expects to use within a lease.
+        want: u32,
+        /// The isolate's previous lease of this key, if it has ended.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        report: Option<LeaseReport>,
+        /// Refusals the isolate answered itself.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        refusals: Refusals,
+    },
+    /// A lease ended with nothing waiting for a new one.
+    Return {
+        /// The key.
+        key: KeyRef,
+        /// The report.
+        report: LeaseReport,
+        /// Refusals the isolate answered itself.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        refusals: Refusals,
+    },
+    /// Refusals the isolate answered itself (at least one, the request at
+    /// hand or a batch). If the key is revoked the answer is
+    /// [`GuardReply::Revoked`]: a revoked key is never told apart from an
+    /// unknown one for long.
     Refused {
         /// The key.
         key: KeyRef,
-        /// The refusal's error code, lowercase (`missing_scope`, …).
-        reason: String,
+        /// The refusals.
+        refusals: Refusals,
     },
-    /// Give back a request this object admitted (`Allowed { counted_at }`)
-    /// that the worker then refused for another reason before the origin;
-    /// counted as a refusal instead.
+    /// Give back a request this object admitted (`counted_at` of its
+    /// `Allowed` or `Leased` reply) that the worker then refused before the
+    /// origin; counted as a refusal instead.
     Refund {
         /// The key.
         key: KeyRef,
-        /// The limit names it was counted under.
-        names: Vec<String>,
-        /// `counted_at` of the `Allowed` reply.
+        /// The limits it was counted under.
+        limits: Limits,
+        /// When it was counted.
         counted_at: i64,
         /// The refusal's error code, lowercase.
         reason: String,
@@ -142,6 +332,28 @@ pub enum GuardRequest {
         /// Revocation time (ms).
         revoked_at: i64,
     },
+    /// The object's counters, for the admin API.
+    Stats,
+}
+
+impl GuardRequest {
+    /// Whether the object must hold fresh facts to answer (a lease).
+    pub fn needs_facts(&self) -> bool {
+        matches!(self, GuardRequest::Lease { .. })
+    }
+
+    /// The kind of request, for the object's call counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GuardRequest::Check { .. } => "check",
+            GuardRequest::Lease { .. } => "lease",
+            GuardRequest::Return { .. } => "return",
+            GuardRequest::Refused { .. } => "refused",
+            GuardRequest::Refund { .. } => "refund",
+            GuardRequest::Revoke { .. } => "revoke",
+            GuardRequest::Stats => "stats",
+        }
+    }
 }
 
 /// The object's answer.
@@ -152,8 +364,26 @@ pub enum GuardReply {
     Allowed {
         /// The tightest limit after this request.
         quota: Option<QuotaWire>,
-        /// When it was counted (the object's clock), for a refund.
+        /// When it was counted (for a refund).
         counted_at: i64,
+    },
+    /// A lease answer: the facts, and the request at hand admitted if the
+    /// facts allow it (`counted_at`), with a reservation if one was granted.
+    Leased {
+        /// When the request at hand was counted; `None` if the facts do not
+        /// allow it (the worker's decision will say why).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        counted_at: Option<i64>,
+        /// The tightest limit after this grant.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        quota: Option<QuotaWire>,
+        /// The reservation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease: Option<LeaseGrant>,
+        /// The facts.
+        facts: Box<Facts>,
+        /// How long the facts may be used (ms from this answer).
+        valid_ms: i64,
     },
     /// Refused by a rate limit; nothing counted against the limits.
     Limited {
@@ -161,11 +391,17 @@ pub enum GuardReply {
         retry_after_ms: i64,
         /// The tightest refusing limit.
         quota: QuotaWire,
+        /// Whether a limit of the key itself refused (not only the
+        /// visitor's): every visitor of the key is then refused.
+        key_wide: bool,
+        /// For a lease request: the facts and how long they may be used.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        facts: Option<Box<(Facts, i64)>>,
     },
     /// The key is revoked.
     Revoked,
-    /// A refusal was counted; the key is not revoked.
-    RefusalRecorded,
+    /// A report, refusal or refund was recorded; the key is not revoked.
+    Recorded,
     /// The tombstone is recorded.
     RevokeRecorded {
         /// The recorded time (the first revocation's).
@@ -176,6 +412,70 @@ pub enum GuardReply {
         /// Why.
         reason: String,
     },
+}
+
+/// A key's guard, as the admin API shows it. Calls and writes are counted
+/// since the object was last loaded into memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardStats {
+    /// The key.
+    pub key_id: Option<String>,
+    /// Whether the tombstone is set.
+    pub revoked: bool,
+    /// Calls received, by request kind.
+    pub calls: Calls,
+    /// Storage transactions that wrote at least one row.
+    pub commits: u64,
+    /// Rows written (SQLite's own count).
+    pub rows_written: u64,
+    /// Calls to the org's object for lease facts.
+    pub facts_reads: u64,
+    /// Tracked visitors.
+    pub visitors: usize,
+    /// Live leases.
+    pub leases: usize,
+    /// Units reserved by live leases.
+    pub reserved: u64,
+    /// Bytes of the stored rows.
+    pub bytes: usize,
+    /// SQLite's size of the object's database.
+    pub database_bytes: usize,
+}
+
+/// Calls a guard received, by kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Calls {
+    /// Strict checks.
+    pub check: u64,
+    /// Lease requests.
+    pub lease: u64,
+    /// Lease returns.
+    #[serde(rename = "return")]
+    pub returned: u64,
+    /// Refusal reports and revocation probes.
+    pub refused: u64,
+    /// Refunds.
+    pub refund: u64,
+    /// Revocations.
+    pub revoke: u64,
+    /// Stats reads.
+    pub stats: u64,
+}
+
+impl Calls {
+    /// Counts one request.
+    pub fn count(&mut self, r: &GuardRequest) {
+        let n = match r {
+            GuardRequest::Check { .. } => &mut self.check,
+            GuardRequest::Lease { .. } => &mut self.lease,
+            GuardRequest::Return { .. } => &mut self.returned,
+            GuardRequest::Refused { .. } => &mut self.refused,
+            GuardRequest::Refund { .. } => &mut self.refund,
+            GuardRequest::Revoke { .. } => &mut self.revoke,
+            GuardRequest::Stats => &mut self.stats,
+        };
+        *n += 1;
+    }
 }
 
 /// [`ratelimit::Quota`] on the wire.
@@ -191,8 +491,8 @@ pub struct QuotaWire {
     pub reset_ms: i64,
 }
 
-impl From<ratelimit::Quota> for QuotaWire {
-    fn from(q: ratelimit::Quota) -> Self {
+impl From<Quota> for QuotaWire {
+    fn from(q: Quota) -> Self {
         Self { name: q.name, limit: q.limit, remaining: q.remaining, reset_ms: q.reset_ms }
     }
 }
@@ -208,286 +508,661 @@ impl QuotaWire {
     }
 }
 
-/// Most per-visitor limit names (`name@ip`) one key's object tracks at once.
-pub const MAX_VISITORS: usize = 2_000;
-
-/// Per-visitor limits of a visitor not yet tracked are skipped once
-/// [`MAX_VISITORS`] are: the key's own limits still apply, and the object's
-/// state (written on every request) stays bounded.
-fn cap_visitors(limiter: &ratelimit::State, limits: &[RateLimit]) -> Vec<RateLimit> {
-    let tracked = limiter.windows.keys().filter(|n| n.contains('@')).count();
-    limits
-        .iter()
-        .filter(|l| !l.name.contains('@') || tracked < MAX_VISITORS || limiter.windows.contains_key(&l.name))
-        .cloned()
-        .collect()
+/// The meta row.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// The key's identity, learned from the first request (for roll-ups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<KeyRef>,
+    /// The tombstone: when the key was revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<i64>,
+    /// Sequence number of the last roll-up begun.
+    #[serde(default)]
+    pub rollup_seq: u64,
+    /// The roll-up being delivered: re-sent unchanged until the org
+    /// acknowledges it; the org ignores a sequence number it has applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inflight: Option<(u64, PendingUsage)>,
 }
 
-fn count(state: &mut GuardState, now: i64, allowed: bool, reason: Option<&str>) {
-    let hour = now - now.rem_euclid(HOUR_MS);
-    let c = state.usage.hours.entry(hour).or_default();
-    if allowed {
-        c.allowed += 1;
-        state.usage.last_used_at = Some(now);
-    }
-    if let Some(r) = reason {
-        *c.refused.entry(r.to_owned()).or_default() += 1;
-    }
+/// The counters row: the key's own limits and its pending usage.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// The key's own limits.
+    pub ledger: Ledger,
+    /// Usage counted since the last roll-up began.
+    #[serde(default)]
+    pub usage: PendingUsage,
 }
 
-/// Applies a request to the state. Returns the reply and, when the state
-/// changed, the state to store.
-pub fn apply(state: &GuardState, request: &GuardRequest, now_ms: i64) -> (GuardReply, Option<GuardState>) {
-    let mut next = state.clone();
-    let reply = match request {
-        GuardRequest::Revoke { revoked_at } => {
-            let t = *next.revoked_at.get_or_insert(*revoked_at);
-            GuardReply::RevokeRecorded { revoked_at: t }
+/// A visitor row.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Visitor {
+    /// When it was last admitted.
+    pub seen: i64,
+    /// Its limits.
+    pub ledger: Ledger,
+}
+
+/// A lease row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// When it ends (the time its reservation is counted at).
+    pub ends_at: i64,
+    /// Units reserved.
+    pub reserved: u32,
+    /// The limits it was granted under.
+    pub limits: Limits,
+}
+
+/// Everything a key's object holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuardState {
+    /// The meta row.
+    pub meta: Meta,
+    /// The counters row.
+    pub counters: Counters,
+    /// Visitor rows, by visitor id.
+    pub visitors: VecMap<String, Visitor>,
+    /// Live leases, by id.
+    pub leases: VecMap<u64, LeaseRecord>,
+    /// The meta row changed in memory only (the key learned from a
+    /// refusal): written with the next row that is written anyway.
+    pub meta_unwritten: bool,
+}
+
+/// The rows [`GuardState::apply`] changed. A visitor or lease named here is
+/// written if it still exists and deleted if it does not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[must_use]
+pub struct Changes {
+    /// The meta row.
+    pub meta: bool,
+    /// The counters row.
+    pub counters: bool,
+    /// Visitor rows.
+    pub visitors: Vec<String>,
+    /// Lease rows.
+    pub leases: Vec<u64>,
+}
+
+impl Changes {
+    /// Whether nothing needs writing.
+    pub fn is_empty(&self) -> bool {
+        !self.meta && !self.counters && self.visitors.is_empty() && self.leases.is_empty()
+    }
+
+    fn visitor(&mut self, id: &str) {
+        if !self.visitors.iter().any(|v| v == id) {
+            self.visitors.push(id.to_owned());
         }
-        GuardRequest::Check { key, limits } => {
-            if let Err(e) = limits.iter().try_for_each(RateLimit::validate_values) {
-                // A limit out of range (e.g. 0 = unlimited) must never admit.
-                return (GuardReply::Invalid { reason: e.to_owned() }, None);
+    }
+
+    fn lease(&mut self, id: u64) {
+        if !self.leases.contains(&id) {
+            self.leases.push(id);
+        }
+    }
+}
+
+/// What [`GuardState::apply`] needs besides the request.
+#[derive(Clone, Copy, Debug)]
+pub struct Context<'a> {
+    /// The object's clock (ms).
+    pub now: i64,
+    /// `LEASE_MS`.
+    pub lease_ms: i64,
+    /// Fresh facts, for a lease request.
+    pub facts: Option<&'a FetchedFacts>,
+    /// The route policy.
+    pub policy: &'a Policy,
+    /// Decision settings.
+    pub config: &'a Config,
+    /// A random id for a new lease (masked to [`LEASE_ID_MASK`]).
+    pub lease_id: u64,
+}
+
+/// How many units to reserve for a lease: what the isolate expects to use,
+/// at most a fair share of the room left (shared with the other holders),
+/// at most [`MAX_LEASE_SIZE`]. An isolate with no recent traffic asks for 0
+/// and so asks again on its next request, exactly like a strict key.
+pub fn lease_size(want: u32, room: u64, holders: usize) -> u32 {
+    let share = room / (holders as u64 + 1);
+    u32::try_from(share.min(u64::from(want)).min(u64::from(MAX_LEASE_SIZE))).unwrap_or(0)
+}
+
+fn valid_reason(r: &str) -> bool {
+    !r.is_empty() && r.len() <= 40 && r.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+}
+
+fn validate_refusals(refusals: &Refusals) -> Result<(), &'static str> {
+    if refusals.len() > MAX_REFUSAL_REASONS || !refusals.keys().all(|r| valid_reason(r)) {
+        return Err("refusal reasons must be at most 16 lowercase error codes");
+    }
+    Ok(())
+}
+
+impl GuardState {
+    /// Applies one request. Returns the reply and the rows to write.
+    pub fn apply(&mut self, request: &GuardRequest, cx: &Context<'_>) -> (GuardReply, Changes) {
+        let mut ch = Changes::default();
+        if let Err(reason) = validate(request) {
+            return (GuardReply::Invalid { reason: reason.to_owned() }, ch);
+        }
+        let now = self.counters.ledger.clamp(cx.now);
+        let reply = match request {
+            GuardRequest::Revoke { revoked_at } => {
+                if self.meta.revoked_at.is_none() {
+                    self.meta.revoked_at = Some(*revoked_at);
+                    ch.meta = true;
+                }
+                GuardReply::RevokeRecorded { revoked_at: self.meta.revoked_at.unwrap_or(*revoked_at) }
             }
-            next.key.get_or_insert_with(|| key.clone());
-            if next.revoked_at.is_some() {
-                count(&mut next, now_ms, false, Some("revoked"));
-                GuardReply::Revoked
-            } else {
-                let limits = cap_visitors(&state.limiter, limits);
-                let (verdict, limiter) = ratelimit::step(&state.limiter, &limits, now_ms);
-                next.limiter = limiter;
-                match verdict {
-                    Verdict::Allowed(q) => {
-                        count(&mut next, now_ms, true, None);
-                        GuardReply::Allowed { quota: q.map(Into::into), counted_at: next.limiter.last_ms }
-                    }
-                    Verdict::Limited { retry_after_ms, quota } => {
-                        count(&mut next, now_ms, false, Some("rate_limited"));
-                        GuardReply::Limited { retry_after_ms, quota: quota.into() }
+            GuardRequest::Check { key, limits, refusals } => {
+                self.learn(key, &mut ch);
+                self.note_refusals(refusals, now);
+                if self.revoked(now) {
+                    GuardReply::Revoked
+                } else {
+                    self.settle_expired(now, &mut ch);
+                    self.prune(limits, now);
+                    if self.room(limits, now) >= 1 {
+                        self.count(limits, now, 1, now, &mut ch);
+                        self.counters.usage.allowed(now, 1);
+                        GuardReply::Allowed { quota: self.quota(limits, now).map(Into::into), counted_at: now }
+                    } else {
+                        self.counters.usage.refused(now, "rate_limited", 1);
+                        self.limited(limits, now, None)
                     }
                 }
             }
+            GuardRequest::Lease { key, limits, scope, want, report, refusals } => {
+                self.learn(key, &mut ch);
+                self.note_refusals(refusals, now);
+                if let Some(r) = report {
+                    self.settle(r, now, &mut ch);
+                }
+                if self.revoked(now) {
+                    GuardReply::Revoked
+                } else {
+                    match cx.facts.filter(|f| f.fresh(now, cx.lease_ms)) {
+                        None => GuardReply::Invalid { reason: "a lease needs fresh facts".into() },
+                        Some(f) => self.lease(key, limits, scope.as_deref(), *want, f, now, cx, &mut ch),
+                    }
+                }
+            }
+            GuardRequest::Return { key, report, refusals } => {
+                self.learn(key, &mut ch);
+                self.note_refusals(refusals, now);
+                self.settle(report, now, &mut ch);
+                if self.meta.revoked_at.is_some() {
+                    GuardReply::Revoked
+                } else {
+                    GuardReply::Recorded
+                }
+            }
+            GuardRequest::Refused { key, refusals } => {
+                self.learn(key, &mut ch);
+                self.note_refusals(refusals, now);
+                if self.meta.revoked_at.is_some() {
+                    GuardReply::Revoked
+                } else {
+                    GuardReply::Recorded
+                }
+            }
+            GuardRequest::Refund { key, limits, counted_at, reason } => {
+                self.learn(key, &mut ch);
+                // Memory only: written with the next row written anyway.
+                self.counters.ledger.remove(limits.key.iter().map(|l| l.name.as_str()), *counted_at, 1);
+                if let Some(v) = &limits.visitor {
+                    if let Some(e) = self.visitors.get_mut(&v.id) {
+                        e.ledger.remove(v.limits.iter().map(|l| l.name.as_str()), *counted_at, 1);
+                    }
+                }
+                let c = self.counters.usage.hour(*counted_at);
+                c.refunded += 1;
+                *c.refused.entry(reason.clone()).or_default() += 1;
+                GuardReply::Recorded
+            }
+            // Answered by the object itself (it owns the counters), with a
+            // [`GuardStats`] body instead of a reply.
+            GuardRequest::Stats => GuardReply::Invalid { reason: "stats are answered by the object".into() },
+        };
+        self.flush_meta(&mut ch);
+        (reply, ch)
+    }
+
+    /// Learns the key's identity from its first request. A refusal alone
+    /// does not write it: it goes with the next row written.
+    fn learn(&mut self, key: &KeyRef, _ch: &mut Changes) {
+        if self.meta.key.is_none() {
+            self.meta.key = Some(key.clone());
+            self.meta_unwritten = true;
         }
-        GuardRequest::Refund { key, names, counted_at, reason } => {
-            next.key.get_or_insert_with(|| key.clone());
-            let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            next.limiter = ratelimit::refund(&state.limiter, &names, *counted_at);
-            let hour = counted_at - counted_at.rem_euclid(HOUR_MS);
-            let c = next.usage.hours.entry(hour).or_default();
-            c.refunded += 1;
-            *c.refused.entry(reason.clone()).or_default() += 1;
-            GuardReply::RefusalRecorded
+    }
+
+    fn flush_meta(&mut self, ch: &mut Changes) {
+        if ch.is_empty() {
+            return;
         }
-        GuardRequest::Refused { key, reason } => {
-            next.key.get_or_insert_with(|| key.clone());
-            if next.revoked_at.is_some() {
-                count(&mut next, now_ms, false, Some("revoked"));
-                GuardReply::Revoked
-            } else {
-                count(&mut next, now_ms, false, Some(reason));
-                GuardReply::RefusalRecorded
+        if self.meta_unwritten {
+            ch.meta = true;
+        }
+        if ch.meta {
+            self.meta_unwritten = false;
+        }
+    }
+
+    /// Every row, for a first write (a migrated state).
+    pub fn all_rows(&self) -> Changes {
+        Changes {
+            meta: true,
+            counters: true,
+            visitors: self.visitors.keys().cloned().collect(),
+            leases: self.leases.keys().copied().collect(),
+        }
+    }
+
+    fn note_refusals(&mut self, refusals: &Refusals, now: i64) {
+        for (reason, n) in refusals {
+            self.counters.usage.refused(now, reason, *n);
+        }
+    }
+
+    /// Whether the tombstone is set; a refused request is counted (memory).
+    fn revoked(&mut self, now: i64) -> bool {
+        let revoked = self.meta.revoked_at.is_some();
+        if revoked {
+            self.counters.usage.refused(now, "revoked", 1);
+        }
+        revoked
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn lease(
+        &mut self,
+        key: &KeyRef,
+        limits: &Limits,
+        scope: Option<&str>,
+        want: u32,
+        f: &FetchedFacts,
+        now: i64,
+        cx: &Context<'_>,
+        ch: &mut Changes,
+    ) -> GuardReply {
+        let ends_at = f.at + cx.lease_ms;
+        let valid_ms = ends_at - now;
+        let allowed = scope
+            .is_some_and(|s| records_allow(&f.facts.records(&key.key_id, &key.org_id), s, cx.policy, cx.config, now));
+        if !allowed {
+            // The worker decides on the same facts and answers the refusal
+            // (and reports it); nothing is counted here.
+            return GuardReply::Leased {
+                counted_at: None,
+                quota: None,
+                lease: None,
+                facts: Box::new(f.facts.clone()),
+                valid_ms,
+            };
+        }
+        self.settle_expired(now, ch);
+        self.prune(limits, now);
+        let room = self.room(limits, now);
+        if room < 1 {
+            self.counters.usage.refused(now, "rate_limited", 1);
+            return self.limited(limits, now, Some((f.facts.clone(), valid_ms)));
+        }
+        self.count(limits, now, 1, now, ch);
+        self.counters.usage.allowed(now, 1);
+        let id = cx.lease_id & LEASE_ID_MASK;
+        let reserved = if self.leases.len() < MAX_LEASES && !self.leases.contains_key(&id) {
+            lease_size(want, room - 1, self.leases.len())
+        } else {
+            0
+        };
+        let lease = (reserved > 0).then(|| {
+            self.count(limits, ends_at, reserved, now, ch);
+            self.leases.insert(id, LeaseRecord { ends_at, reserved, limits: limits.clone() });
+            ch.lease(id);
+            LeaseGrant { id, reserved, valid_ms }
+        });
+        GuardReply::Leased {
+            counted_at: Some(now),
+            quota: self.quota(limits, now).map(Into::into),
+            lease,
+            facts: Box::new(f.facts.clone()),
+            valid_ms,
+        }
+    }
+
+    fn limited(&self, limits: &Limits, now: i64, facts: Option<(Facts, i64)>) -> GuardReply {
+        let empty = Ledger::default();
+        let visitor = limits.visitor.as_ref().map(|v| (self.visitors.get(&v.id).map_or(&empty, |e| &e.ledger), v));
+        let key_at = self.counters.ledger.admit_at(&limits.key, now, 1);
+        let visitor_at = visitor.map_or(now, |(l, v)| l.admit_at(&v.limits, now, 1));
+        let retry_after_ms = key_at.max(visitor_at).saturating_sub(now).max(1);
+        let refusing = ratelimit::tightest(
+            self.counters
+                .ledger
+                .refusing_quota(&limits.key, now, 1)
+                .into_iter()
+                .chain(visitor.and_then(|(l, v)| l.refusing_quota(&v.limits, now, 1))),
+        );
+        let q = refusing.unwrap_or(Quota { name: String::new(), limit: 0, remaining: 0, reset_ms: 0 });
+        // Reset never before the retry time (after a limit was lowered, the
+        // oldest counted bucket may expire before room opens up).
+        let quota = Quota { remaining: 0, reset_ms: q.reset_ms.max(retry_after_ms), ..q };
+        GuardReply::Limited { retry_after_ms, quota: quota.into(), key_wide: key_at > now, facts: facts.map(Box::new) }
+    }
+
+    fn prune(&mut self, limits: &Limits, now: i64) {
+        self.counters.ledger.prune(&limits.key, now);
+        if let Some(v) = &limits.visitor {
+            if let Some(e) = self.visitors.get_mut(&v.id) {
+                e.ledger.prune(&v.limits, now);
             }
         }
-    };
-    let changed = next != *state;
-    (reply, changed.then_some(next))
+    }
+
+    fn room(&self, limits: &Limits, now: i64) -> u64 {
+        let key = self.counters.ledger.room(&limits.key, now);
+        let visitor = limits.visitor.as_ref().map_or(u64::MAX, |v| match self.visitors.get(&v.id) {
+            Some(e) => e.ledger.room(&v.limits, now),
+            None => Ledger::default().room(&v.limits, now),
+        });
+        key.min(visitor)
+    }
+
+    fn quota(&self, limits: &Limits, now: i64) -> Option<Quota> {
+        let key = self.counters.ledger.quota(&limits.key, now);
+        let visitor = limits.visitor.as_ref().and_then(|v| self.visitors.get(&v.id)?.ledger.quota(&v.limits, now));
+        ratelimit::tightest(key.into_iter().chain(visitor))
+    }
+
+    /// Counts `n` units at `at` under every limit (the visitor's created, the
+    /// visitor seen longest ago forgotten if there are too many).
+    fn count(&mut self, limits: &Limits, at: i64, n: u32, now: i64, ch: &mut Changes) {
+        self.counters.ledger.add(&limits.key, at, n);
+        ch.counters = true;
+        if let Some(v) = &limits.visitor {
+            if !self.visitors.contains_key(&v.id) {
+                self.make_room_for_a_visitor(now, ch);
+            }
+            let e = self.visitors.get_or_insert_with(v.id.clone(), Visitor::default);
+            e.seen = e.seen.max(now);
+            e.ledger.clamp(now);
+            e.ledger.add(&v.limits, at, n);
+            ch.visitor(&v.id);
+        }
+    }
+
+    fn make_room_for_a_visitor(&mut self, now: i64, ch: &mut Changes) {
+        if self.visitors.len() < MAX_VISITORS {
+            return;
+        }
+        // First the visitors whose counts have all expired.
+        self.visitors.retain(|id, v| {
+            v.ledger.prune(&[], now);
+            let keep = !v.ledger.is_empty();
+            if !keep {
+                ch.visitor(id);
+            }
+            keep
+        });
+        while self.visitors.len() >= MAX_VISITORS {
+            let Some(oldest) = self.visitors.iter().min_by_key(|(_, v)| v.seen).map(|(id, _)| id.clone()) else {
+                break;
+            };
+            self.visitors.remove(&oldest);
+            ch.visitor(&oldest);
+        }
+    }
+
+    /// A lease's report: the unused part of the reservation is given back,
+    /// the used part moves to the time the lease ended (no later than its
+    /// end), and is counted as allowed usage. An unknown id (settled
+    /// already, or never granted) changes nothing.
+    fn settle(&mut self, report: &LeaseReport, now: i64, ch: &mut Changes) {
+        let Some(l) = self.leases.remove(&report.id) else { return };
+        ch.lease(report.id);
+        let used = report.used.min(l.reserved);
+        let at = now.min(l.ends_at);
+        self.counters.ledger.remove(l.limits.key.iter().map(|x| x.name.as_str()), l.ends_at, l.reserved);
+        self.counters.ledger.add(&l.limits.key, at, used);
+        ch.counters = true;
+        if let Some(v) = &l.limits.visitor {
+            if let Some(e) = self.visitors.get_mut(&v.id) {
+                e.ledger.remove(v.limits.iter().map(|x| x.name.as_str()), l.ends_at, l.reserved);
+                e.ledger.add(&v.limits, at, used);
+                ch.visitor(&v.id);
+            }
+        }
+        self.counters.usage.allowed(at, used);
+    }
+
+    /// Leases never reported, well past their end: their isolate is gone.
+    /// Their reservation stays counted in full (the guard cannot know how
+    /// much was used) and is counted as allowed usage.
+    fn settle_expired(&mut self, now: i64, ch: &mut Changes) {
+        let expired: Vec<u64> =
+            self.leases.iter().filter(|(_, l)| l.ends_at + LEASE_SETTLE_GRACE_MS <= now).map(|(id, _)| *id).collect();
+        for id in expired {
+            if let Some(l) = self.leases.remove(&id) {
+                self.counters.usage.allowed(l.ends_at, l.reserved);
+                ch.lease(id);
+                ch.counters = true;
+            }
+        }
+    }
+
+    /// Whether an alarm is needed: usage to roll up, or leases to settle.
+    pub fn has_pending(&self) -> bool {
+        !self.counters.usage.is_empty() || self.meta.inflight.is_some() || !self.leases.is_empty()
+    }
+
+    /// The roll-up to deliver now: the one in flight if the last delivery
+    /// was not acknowledged, else the pending usage under the next sequence
+    /// number. Also settles leases whose isolate vanished and forgets
+    /// visitors whose counts expired. `None` when there is nothing to send.
+    pub fn begin_rollup(&mut self, now: i64) -> (Option<(u64, PendingUsage)>, Changes) {
+        let mut ch = Changes::default();
+        let now = self.counters.ledger.clamp(now);
+        self.settle_expired(now, &mut ch);
+        self.visitors.retain(|id, v| {
+            v.ledger.prune(&[], now);
+            let keep = !v.ledger.is_empty();
+            if !keep {
+                ch.visitor(id);
+            }
+            keep
+        });
+        if self.meta.inflight.is_none() && !self.counters.usage.is_empty() {
+            self.meta.rollup_seq += 1;
+            self.meta.inflight = Some((self.meta.rollup_seq, std::mem::take(&mut self.counters.usage)));
+            ch.meta = true;
+            ch.counters = true;
+        }
+        self.flush_meta(&mut ch);
+        (self.meta.inflight.clone(), ch)
+    }
+
+    /// The org acknowledged roll-up `seq`.
+    pub fn finish_rollup(&mut self, seq: u64) -> Changes {
+        let mut ch = Changes::default();
+        if self.meta.inflight.as_ref().is_some_and(|(s, _)| *s == seq) {
+            self.meta.inflight = None;
+            ch.meta = true;
+        }
+        self.flush_meta(&mut ch);
+        ch
+    }
+
+    /// Units reserved by live leases.
+    pub fn reserved(&self) -> u64 {
+        self.leases.values().map(|l| u64::from(l.reserved)).sum()
+    }
+
+    /// The stored form of every row, as `(table, id, text)`; the object
+    /// writes the ones [`Changes`] names and counts bytes with all of them.
+    pub fn row(&self, r: &RowRef) -> Option<String> {
+        match r {
+            RowRef::Meta => serde_json::to_string(&self.meta).ok(),
+            RowRef::Counters => serde_json::to_string(&self.counters).ok(),
+            RowRef::Visitor(id) => self.visitors.get(id).map(|v| v.ledger.encode()),
+            RowRef::Lease(id) => self.leases.get(id).and_then(|l| serde_json::to_string(l).ok()),
+        }
+    }
+
+    /// Bytes of all rows in their stored form (ids and texts).
+    pub fn stored_bytes(&self) -> usize {
+        let text = |r: RowRef| self.row(&r).map_or(0, |t| t.len());
+        text(RowRef::Meta)
+            + text(RowRef::Counters)
+            + self.visitors.keys().map(|id| id.len() + 8 + text(RowRef::Visitor(id.clone()))).sum::<usize>()
+            + self.leases.keys().map(|id| 8 + text(RowRef::Lease(*id))).sum::<usize>()
+    }
+
+    /// Rebuilds the state from its rows.
+    pub fn from_rows(
+        meta: Option<&str>,
+        counters: Option<&str>,
+        visitors: impl IntoIterator<Item = (String, i64, String)>,
+        leases: impl IntoIterator<Item = (u64, String)>,
+    ) -> Result<GuardState, String> {
+        let e = |what: &str, err: serde_json::Error| format!("{what}: {err}");
+        let mut s = GuardState {
+            meta: meta.map(serde_json::from_str).transpose().map_err(|err| e("meta", err))?.unwrap_or_default(),
+            counters: counters
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|err| e("counters", err))?
+                .unwrap_or_default(),
+            ..GuardState::default()
+        };
+        for (id, seen, text) in visitors {
+            let ledger = Ledger::decode(&text).ok_or_else(|| format!("visitor {id}: malformed ledger"))?;
+            s.visitors.insert(id, Visitor { seen, ledger });
+        }
+        for (id, text) in leases {
+            s.leases.insert(id, serde_json::from_str(&text).map_err(|err| e("lease", err))?);
+        }
+        Ok(s)
+    }
 }
 
-/// The roll-up to deliver now: the one in flight if the last delivery was
-/// not acknowledged, else the pending usage under the next sequence number
-/// (pending is then empty again). `None` when there is nothing to send.
-pub fn begin_rollup(state: &GuardState) -> (Option<(u64, PendingUsage)>, GuardState) {
-    let mut next = state.clone();
-    if next.inflight.is_none() && !next.usage.is_empty() {
-        next.rollup_seq += 1;
-        next.inflight = Some((next.rollup_seq, std::mem::take(&mut next.usage)));
+impl GuardState {
+    /// Converts round 1's state — one JSON value under the storage key `s`,
+    /// rewritten on every admission — into rows, the first time a guard of
+    /// that age is loaded, so no tombstone, counter or pending usage is lost
+    /// on upgrade. Limit names with `@` were per-visitor limits
+    /// (`ip_minute@203.0.113.7`); they become that visitor's row. Read
+    /// through `serde_json::Value` (no extra decoder in the wasm).
+    pub fn from_v1(json: &str) -> Result<GuardState, String> {
+        use serde_json::Value;
+        let bad = |what: &str| format!("v1 state: {what}");
+        let v: Value = serde_json::from_str(json).map_err(|e| bad(&e.to_string()))?;
+        let v = v.as_object().ok_or_else(|| bad("not an object"))?;
+        let opt = |k: &str| v.get(k).filter(|x| !x.is_null());
+        // Through text: the decoders already in the binary are reused.
+        fn decode<T: serde::de::DeserializeOwned>(x: Option<&Value>) -> Result<Option<T>, String> {
+            x.map(|x| serde_json::from_str(&x.to_string()).map_err(|e| format!("v1 state: {e}"))).transpose()
+        }
+        let mut s = GuardState::default();
+        s.meta.key = decode(opt("key"))?;
+        s.meta.revoked_at = opt("revoked_at").and_then(Value::as_i64);
+        s.meta.rollup_seq = opt("rollup_seq").and_then(Value::as_u64).unwrap_or(0);
+        s.meta.inflight = decode(opt("inflight"))?;
+        s.counters.usage = decode(opt("usage"))?.unwrap_or_default();
+        let limiter = opt("limiter").and_then(Value::as_object);
+        let last_ms = limiter.and_then(|l| l.get("last_ms")).and_then(Value::as_i64).unwrap_or(0);
+        s.counters.ledger.last_ms = last_ms;
+        let spans = limiter.and_then(|l| l.get("spans")).and_then(Value::as_object);
+        let windows = limiter.and_then(|l| l.get("windows")).and_then(Value::as_object);
+        for (name, buckets) in windows.into_iter().flatten() {
+            let span_ms = spans
+                .and_then(|sp| sp.get(name))
+                .and_then(Value::as_i64)
+                .unwrap_or(i64::from(ratelimit::MAX_WINDOW_SECONDS) * 1000);
+            let mut w = ratelimit::Window { span_ms, buckets: Vec::new() };
+            for b in buckets.as_array().into_iter().flatten() {
+                let field = |k: &str| b.get(k).and_then(Value::as_i64).ok_or_else(|| bad("bucket"));
+                let (start, end, count) = (field("start")?, field("end")?, field("count")?);
+                let Some(count) = u32::try_from(count).ok().filter(|&c| c > 0 && end > start) else { continue };
+                let at = w.buckets.partition_point(|x| (x.start, x.end) < (start, end));
+                w.buckets.insert(at, ratelimit::Bucket { start, end, count });
+            }
+            let seen = w.buckets.iter().map(|b| b.start).max().unwrap_or(0);
+            match name.split_once('@') {
+                Some((limit, visitor)) => {
+                    let v = s.visitors.get_or_insert_with(visitor.to_owned(), Visitor::default);
+                    v.seen = v.seen.max(seen);
+                    v.ledger.last_ms = last_ms;
+                    v.ledger.windows.insert(limit.to_owned(), w);
+                }
+                None => {
+                    s.counters.ledger.windows.insert(name.clone(), w);
+                }
+            }
+        }
+        Ok(s)
     }
-    (next.inflight.clone(), next)
 }
 
-/// The org acknowledged roll-up `seq`.
-pub fn finish_rollup(state: &GuardState, seq: u64) -> GuardState {
-    let mut next = state.clone();
-    if next.inflight.as_ref().is_some_and(|(s, _)| *s == seq) {
-        next.inflight = None;
+/// A row of the guard's storage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RowRef {
+    /// The meta row.
+    Meta,
+    /// The counters row.
+    Counters,
+    /// A visitor row.
+    Visitor(String),
+    /// A lease row.
+    Lease(u64),
+}
+
+fn validate(request: &GuardRequest) -> Result<(), &'static str> {
+    match request {
+        GuardRequest::Check { limits, refusals, .. } => {
+            limits.validate()?;
+            validate_refusals(refusals)
+        }
+        GuardRequest::Lease { limits, refusals, scope, .. } => {
+            limits.validate()?;
+            validate_refusals(refusals)?;
+            if scope.as_ref().is_some_and(|s| s.len() > 64) {
+                return Err("scope too long");
+            }
+            Ok(())
+        }
+        GuardRequest::Return { refusals, .. } => validate_refusals(refusals),
+        GuardRequest::Refused { refusals, .. } => validate_refusals(refusals),
+        GuardRequest::Refund { limits, reason, .. } => {
+            limits.validate()?;
+            if !valid_reason(reason) {
+                return Err("refund reason must be a lowercase error code");
+            }
+            Ok(())
+        }
+        GuardRequest::Revoke { .. } | GuardRequest::Stats => Ok(()),
     }
-    next
+}
+
+/// Most bytes a guard's rows take when its key counts under `key_limits` and
+/// its visitors under `visitor_limits`: the bound the admin API reports and
+/// the tests hold the object to.
+pub fn byte_bound(key_limits: &[RateLimit], visitor_limits: &[RateLimit]) -> usize {
+    // Usage: an hour key, two counters and every refusal reason.
+    let hour = 20 + 2 * 24 + MAX_REFUSAL_REASONS * (40 + 24);
+    let usage = 64 + MAX_PENDING_HOURS * hour;
+    let meta = 256 + usage;
+    let limits_text = |ls: &[RateLimit]| ls.iter().map(|l| 64 + l.name.len()).sum::<usize>();
+    let lease_row = 128 + limits_text(key_limits) + MAX_VISITOR_ID + limits_text(visitor_limits);
+    let visitor_row = MAX_VISITOR_ID + 8 + ledger_bound(visitor_limits);
+    let visitors = if visitor_limits.is_empty() { 0 } else { MAX_VISITORS * visitor_row };
+    meta + ledger_bound(key_limits) + usage + visitors + MAX_LEASES * lease_row
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const T0: i64 = 1_800_000_000_000;
-
-    fn key() -> KeyRef {
-        KeyRef { key_id: "01KEY".into(), org_id: "org_1".into() }
-    }
-
-    fn check(n: u32) -> GuardRequest {
-        GuardRequest::Check {
-            key: key(),
-            limits: vec![RateLimit { name: "minute".into(), limit: n, window_seconds: 60 }],
-        }
-    }
-
-    #[test]
-    fn revocation_wins_over_everything_and_is_idempotent() {
-        let s = GuardState::default();
-        let (r, s2) = apply(&s, &check(5), T0);
-        assert!(matches!(r, GuardReply::Allowed { quota: Some(QuotaWire { remaining: 4, .. }), counted_at: T0 }));
-        let s2 = s2.unwrap();
-        assert_eq!(s2.key, Some(key()));
-        let (r, s3) = apply(&s2, &GuardRequest::Revoke { revoked_at: T0 + 1 }, T0 + 1);
-        assert_eq!(r, GuardReply::RevokeRecorded { revoked_at: T0 + 1 });
-        let s3 = s3.unwrap();
-        let (r, _) = apply(&s3, &check(5), T0 + 2);
-        assert_eq!(r, GuardReply::Revoked);
-        let (r, _) = apply(&s3, &GuardRequest::Refused { key: key(), reason: "missing_scope".into() }, T0 + 2);
-        assert_eq!(r, GuardReply::Revoked, "a revoked key is never answered as merely refused");
-        let (r, none) = apply(&s3, &GuardRequest::Revoke { revoked_at: T0 + 9 }, T0 + 9);
-        assert_eq!((r, none), (GuardReply::RevokeRecorded { revoked_at: T0 + 1 }, None));
-    }
-
-    #[test]
-    fn limited_reply_and_headers() {
-        let mut s = GuardState::default();
-        for _ in 0..2 {
-            s = apply(&s, &check(2), T0).1.unwrap();
-        }
-        let (r, _) = apply(&s, &check(2), T0 + 500);
-        let GuardReply::Limited { retry_after_ms, quota } = r else { panic!("{r:?}") };
-        assert_eq!(retry_after_ms, 1000 + 60_000 - 1 - 500);
-        assert_eq!(
-            quota.headers(),
-            [
-                ("RateLimit-Limit", "2".to_owned()),
-                ("RateLimit-Remaining", "0".to_owned()),
-                ("RateLimit-Reset", "61".to_owned())
-            ]
-        );
-    }
-
-    #[test]
-    fn per_visitor_limit_names_are_accepted() {
-        let ip = GuardRequest::Check {
-            key: key(),
-            limits: vec![
-                RateLimit { name: "minute".into(), limit: 5, window_seconds: 60 },
-                RateLimit { name: "ip_minute@2001:db8::1".into(), limit: 2, window_seconds: 60 },
-                RateLimit { name: "ip_minute@203.0.113.7".into(), limit: 2, window_seconds: 60 },
-            ],
-        };
-        let (r, _) = apply(&GuardState::default(), &ip, T0);
-        assert!(matches!(r, GuardReply::Allowed { quota: Some(_), .. }), "{r:?}");
-    }
-
-    #[test]
-    fn a_refund_returns_quota_and_recounts_usage() {
-        let mut s = GuardState::default();
-        let (r, n) = apply(&s, &check(1), T0);
-        s = n.unwrap();
-        let GuardReply::Allowed { counted_at, .. } = r else { panic!("{r:?}") };
-        assert!(matches!(apply(&s, &check(1), T0 + 1).0, GuardReply::Limited { .. }));
-        let refund = GuardRequest::Refund {
-            key: key(),
-            names: vec!["minute".into()],
-            counted_at,
-            reason: "baa_required".into(),
-        };
-        s = apply(&s, &refund, T0 + 2).1.unwrap();
-        assert!(matches!(apply(&s, &check(1), T0 + 3).0, GuardReply::Allowed { .. }));
-        let hour = T0 - T0.rem_euclid(HOUR_MS);
-        let c = &s.usage.hours[&hour];
-        assert_eq!((c.allowed, c.refunded), (1, 1), "net allowed 0 when summed");
-        assert_eq!(c.refused.get("baa_required"), Some(&1));
-        // A refund that arrives after its admission was rolled up still nets out.
-        let (_, rolled) = begin_rollup(&s);
-        let rolled = finish_rollup(&rolled, 1);
-        let refund2 = GuardRequest::Refund {
-            key: key(),
-            names: vec!["minute".into()],
-            counted_at,
-            reason: "baa_required".into(),
-        };
-        let after = apply(&rolled, &refund2, T0 + 4).1.unwrap();
-        assert_eq!(after.usage.hours[&hour].refunded, 1);
-        assert_eq!(after.usage.hours[&hour].allowed, 0);
-    }
-
-    #[test]
-    fn visitor_names_are_capped() {
-        let mut s = GuardState::default();
-        let visitor = |i: usize| GuardRequest::Check {
-            key: key(),
-            limits: vec![
-                RateLimit { name: "minute".into(), limit: 1_000_000, window_seconds: 60 },
-                RateLimit { name: format!("ip_minute@10.0.{}.{}", i / 256, i % 256), limit: 1, window_seconds: 60 },
-            ],
-        };
-        for i in 0..MAX_VISITORS + 50 {
-            s = apply(&s, &visitor(i), T0 + i as i64).1.unwrap();
-        }
-        assert_eq!(s.limiter.windows.keys().filter(|n| n.contains('@')).count(), MAX_VISITORS);
-        // A tracked visitor is still limited.
-        assert!(matches!(apply(&s, &visitor(0), T0 + 5_000).0, GuardReply::Limited { .. }));
-    }
-
-    #[test]
-    fn invalid_limits_never_admit() {
-        let zero = GuardRequest::Check {
-            key: key(),
-            limits: vec![RateLimit { name: "m".into(), limit: 0, window_seconds: 60 }],
-        };
-        let (r, none) = apply(&GuardState::default(), &zero, T0);
-        assert!(matches!(r, GuardReply::Invalid { .. }) && none.is_none());
-    }
-
-    #[test]
-    fn usage_is_counted_per_hour_and_taken_for_roll_up() {
-        let mut s = GuardState::default();
-        for i in 0..3 {
-            s = apply(&s, &check(2), T0 + i).1.unwrap();
-        }
-        s = apply(&s, &GuardRequest::Refused { key: key(), reason: "missing_scope".into() }, T0 + HOUR_MS).1.unwrap();
-        let hour0 = T0 - T0.rem_euclid(HOUR_MS);
-        let c0 = &s.usage.hours[&hour0];
-        assert_eq!(c0.allowed, 2);
-        assert_eq!(c0.refused.get("rate_limited"), Some(&1));
-        let c1 = &s.usage.hours[&(hour0 + HOUR_MS)];
-        assert_eq!((c1.allowed, c1.refused.get("missing_scope")), (0, Some(&1)));
-        assert_eq!(s.usage.last_used_at, Some(T0 + 1));
-        // A roll-up begins; one more request arrives while it is in flight.
-        let (batch, s2) = begin_rollup(&s);
-        let (seq, sent) = batch.unwrap();
-        assert_eq!((seq, sent.hours.len()), (1, 2));
-        assert!(s2.usage.is_empty());
-        let s3 = apply(&s2, &check(5), T0 + 2).1.unwrap();
-        assert_eq!(s3.usage.hours[&hour0], UsageCounts { allowed: 1, ..Default::default() });
-        // Not acknowledged: the same batch is sent again, unchanged.
-        let (again, s4) = begin_rollup(&s3);
-        assert_eq!(again, Some((1, sent.clone())));
-        // Acknowledged: the next roll-up carries only the new request.
-        let s5 = finish_rollup(&s4, 1);
-        assert!(s5.inflight.is_none());
-        let (next_batch, _) = begin_rollup(&s5);
-        let (seq2, rest) = next_batch.unwrap();
-        assert_eq!(seq2, 2);
-        assert_eq!(rest.hours[&hour0].allowed, 1);
-        assert_eq!(rest.last_used_at, Some(T0 + 2));
-        assert_eq!(s5.limiter, s3.limiter, "rolling up keeps the counters");
-    }
-
-    #[test]
-    fn wire_format_round_trips() {
-        let req = check(3);
-        let json = serde_json::to_string(&req).unwrap();
-        assert_eq!(
-            json,
-            r#"{"check":{"key":{"key_id":"01KEY","org_id":"org_1"},"limits":[{"name":"minute","limit":3,"window_seconds":60}]}}"#
-        );
-        assert_eq!(serde_json::from_str::<GuardRequest>(&json).unwrap(), req);
-        assert_eq!(serde_json::to_string(&GuardReply::Revoked).unwrap(), r#""revoked""#);
-    }
-}
+mod tests;

@@ -29,6 +29,7 @@ pub mod authorize;
 pub mod control;
 pub mod cors;
 pub mod error;
+pub mod flow;
 pub mod guard;
 pub mod ids;
 pub mod path;
@@ -38,6 +39,7 @@ pub mod records;
 pub mod scope;
 pub mod signing;
 pub mod token;
+pub mod vecmap;
 
 #[cfg(target_arch = "wasm32")]
 mod edge;

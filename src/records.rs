@@ -50,6 +50,54 @@ pub struct KeyRecord {
     /// forwarded as `X-Keyward-Resource`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_id: Option<String>,
+    /// How often a request must ask the key's guard (fixed at creation).
+    #[serde(default, skip_serializing_if = "Consistency::is_strict")]
+    pub consistency: Consistency,
+}
+
+/// A key's consistency mode: how its limits and revocation are enforced.
+///
+/// - `strict` (default): every request asks the key's guard (its Durable
+///   Object): exact limits, and a revocation refuses the very next request.
+/// - `leased`: the guard grants each isolate a lease — a slice of every
+///   limit's remaining budget plus the authorization facts (key, org and
+///   BAA, user and role) read from the org's object — valid for at most
+///   `LEASE_MS`. Requests are admitted from the slice with no storage read
+///   and no Durable Object call. Limits stay exact (slices never sum past
+///   the limit); a revocation, a disabled user, a role or BAA change take
+///   effect everywhere within `LEASE_MS`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Every request asks the key's guard.
+    #[default]
+    Strict,
+    /// Requests are admitted from leases of at most `LEASE_MS`.
+    Leased,
+}
+
+impl Consistency {
+    /// Whether this is the default, `strict`.
+    pub fn is_strict(&self) -> bool {
+        *self == Consistency::Strict
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Strict => "strict",
+            Consistency::Leased => "leased",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "strict" => Some(Consistency::Strict),
+            "leased" => Some(Consistency::Leased),
+            _ => None,
+        }
+    }
 }
 
 /// An organization.

@@ -1,0 +1,1104 @@
+//! What happens next on the request path: a step machine that takes facts
+//! (the request, what the isolate remembers, what KV and the key's guard
+//! answered) and says what comes next — read the key, read the records, ask
+//! the guard, wait for another request's question, refuse, or admit. Pure:
+//! the shell (`src/edge/gate.rs`) does the I/O each step asks for and feeds
+//! the answers back; the clock is passed in; tests drive it natively with a
+//! fake clock and in-memory answers.
+//!
+//! ```text
+//!  Start ─► key known to the isolate? ──no──► ReadKey ─► unknown: 401
+//!     │           (expired, revoked, wrong kind: 401, no other read)
+//!     ├─ strict ─► key-only checks pass? ─yes─► ReadRecords ∥ Ask(Check) ─► authorize
+//!     │                  │                        allowed: Admit · refused: Refuse + refund
+//!     │                  └─no──► ReadRecords ─► authorize ─► refused ─► refusal path
+//!     └─ leased ─► facts valid? ─yes─► authorize on the facts ─► unit from the lease? ─► Admit
+//!                      │                                  └─no─► Ask(Lease) (one per slot at a time; others Wait)
+//!                      └─no──► Ask(Lease) ─► facts + unit + reservation ─► authorize ─► Admit / Refuse
+//! refusal path (402–405 of a known key): the guard confirmed "not revoked"
+//! within LEASE_MS? answer here and report later : Ask(Refused) first.
+//! ```
+//!
+//! # What an isolate remembers ([`Isolate`])
+//! Per key (by token hash): the key record (reused for `KEY_CACHE_MS`), the
+//! lease facts and until when they hold, a revocation seen, when the guard
+//! last confirmed the key was not revoked, and refusals not yet reported.
+//! Per slot — the key, or for a widget key one of its visitors: the lease
+//! (reservation, units used, end), a rate-limit refusal to reuse, whether a
+//! request is asking the guard right now, and the recent demand that sizes
+//! the next lease. Both maps are bounded and evict; a slot evicted with a
+//! live lease reports it first.
+//!
+//! # What is decided without asking the guard
+//! - malformed, unknown, expired or revoked keys (401), as before;
+//! - for a leased key, everything, while its lease facts hold;
+//! - refusals of a known key (402–405) within `LEASE_MS` of the guard's last
+//!   word that the key is not revoked (counted, reported later: a flood of
+//!   refused requests costs the guard one call per isolate per `LEASE_MS`);
+//! - a rate-limit refusal, for `min(Retry-After, LEASE_MS)` after the guard
+//!   answered one (the key's, or that visitor's): an over-limit flood costs
+//!   the guard one call per isolate per `LEASE_MS`. (A refund that frees
+//!   room meanwhile is seen at most `LEASE_MS` late: the limiter errs on the
+//!   strict side.)
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::authorize::{authorize, preauthorize, precheck, Config, Facts, Grant, Records, Refusal};
+use crate::cors;
+use crate::error::{ApiError, ErrorCode};
+use crate::guard::{
+    Facts as LeaseFacts, GuardReply, GuardRequest, KeyRef, LeaseReport, Limits, QuotaWire, Refusals, VisitorLimits,
+};
+use crate::policy::Policy;
+use crate::ratelimit::{ceil_seconds, merge_limits};
+use crate::records::{Consistency, KeyRecord, OrgRecord, UserRecord};
+use crate::token::{ApiKey, KeyHash, KeyKind};
+
+/// How long a key record read from KV is reused by an isolate. Safe: a key
+/// record changes only by revocation, which the guard enforces (strict) or
+/// the lease facts carry (leased); expiry is checked against the clock.
+pub const KEY_CACHE_MS: i64 = 30_000;
+/// Most keys one isolate remembers.
+pub const MAX_KEYS: usize = 10_000;
+/// Most slots (a key, or a widget key's visitor) one isolate remembers.
+pub const MAX_SLOTS: usize = 10_000;
+/// How long a request waits for another request's question to the guard
+/// before asking itself.
+pub const ASK_TIMEOUT_MS: i64 = 5_000;
+/// How many steps one request may take: a bound on a request that keeps
+/// finding the lease it waited for already spent (then it fails closed).
+const MAX_STEPS: u8 = 64;
+
+/// Settings of the flow (parsed once per isolate).
+#[derive(Clone, Copy, Debug)]
+pub struct FlowSettings {
+    /// `LEASE_MS`: the longest a lease (and its facts) is used, how long a
+    /// guard's "not revoked" covers refusals, how long a 429 is reused.
+    pub lease_ms: i64,
+    /// Whether the guard is consulted at all (off only in benchmark builds).
+    pub key_guard: bool,
+}
+
+/// A slot: a key, or one visitor of a widget key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SlotId {
+    /// The key's token hash.
+    pub hash: [u8; 32],
+    /// The visitor, for a widget key.
+    pub visitor: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+struct KeyEntry {
+    record: Rc<KeyRecord>,
+    read_at: i64,
+    revoked: bool,
+    confirmed_at: Option<i64>,
+    facts: Option<(Rc<LeaseFacts>, i64)>,
+    refusals: Refusals,
+    flush_at: Option<i64>,
+    used_at: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct LocalLease {
+    id: u64,
+    reserved: u32,
+    used: u32,
+    until: i64,
+    quota: Option<QuotaWire>,
+    granted_at: i64,
+}
+
+#[derive(Clone, Debug)]
+struct LimitedUntil {
+    until: i64,
+    retry_at: i64,
+    quota: QuotaWire,
+    reset_at: i64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Slot {
+    lease: Option<LocalLease>,
+    limited: Option<LimitedUntil>,
+    asking_until: Option<i64>,
+    waiters: u32,
+    demand_since: i64,
+    demand: u32,
+    used_at: i64,
+}
+
+/// What an isolate remembers between requests.
+#[derive(Debug, Default)]
+pub struct Isolate {
+    keys: HashMap<[u8; 32], KeyEntry>,
+    slots: HashMap<SlotId, Slot>,
+}
+
+/// Work to do after the response (the shell runs it with `waitUntil`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Later {
+    /// Send this to the key's guard and pass the answer to
+    /// [`Isolate::later_replied`].
+    Call {
+        /// The key's token hash.
+        hash: [u8; 32],
+        /// The key id (names the guard).
+        key_id: String,
+        /// The request.
+        request: GuardRequest,
+    },
+    /// At `at`, call [`Isolate::due_return`]: the lease ends.
+    ReturnAt {
+        /// The slot.
+        slot: SlotId,
+        /// The lease.
+        lease_id: u64,
+        /// When (the isolate's clock).
+        at: i64,
+    },
+    /// At `at`, call [`Isolate::due_flush`]: report counted refusals.
+    FlushAt {
+        /// The key's token hash.
+        hash: [u8; 32],
+        /// When.
+        at: i64,
+    },
+}
+
+/// A request admitted: what to forward and the obligation to discharge.
+#[derive(Debug)]
+#[must_use]
+pub struct Admitted {
+    /// The identity to forward.
+    pub grant: Grant,
+    /// The key record (for the control API's rules).
+    pub key: Rc<KeyRecord>,
+    /// Served or refunded: exactly one, once.
+    pub admission: Admission,
+    /// The `RateLimit-*` quota to report.
+    pub quota: Option<QuotaWire>,
+}
+
+/// An admitted request's claim on the key's limits. It must end as
+/// [`Admission::served`] or [`Admission::refund`]ed; dropping it otherwise
+/// is a bug (a debug assertion; in release the unit stays counted, which
+/// errs on the strict side).
+#[derive(Debug)]
+#[must_use = "an admission must end as served or refunded"]
+pub struct Admission(Option<Claim>);
+
+#[derive(Debug, Clone)]
+enum Claim {
+    /// No guard (benchmark builds with `KEY_GUARD=off`).
+    Unguarded,
+    /// Counted by the guard at `counted_at`.
+    Guarded { hash: [u8; 32], key: KeyRef, limits: Limits, counted_at: i64 },
+    /// A unit of this isolate's lease.
+    Leased { slot: SlotId, lease_id: u64 },
+}
+
+impl Admission {
+    /// When the guard counted it (`None` for a unit of a lease, taken here).
+    pub fn counted_at(&self) -> Option<i64> {
+        match &self.0 {
+            Some(Claim::Guarded { counted_at, .. }) => Some(*counted_at),
+            _ => None,
+        }
+    }
+
+    /// The request reached the origin (or keyward's own handler): it counts.
+    pub fn served(mut self) {
+        self.0 = None;
+    }
+
+    /// The request was refused before the origin: give its unit back. A
+    /// unit of a lease returns to the lease while it is the isolate's
+    /// current one (else it stays counted); a unit the guard counted goes
+    /// back to the guard after the response.
+    pub fn refund(mut self, isolate: &mut Isolate, reason: ErrorCode) -> Option<Later> {
+        match self.0.take()? {
+            Claim::Unguarded => None,
+            Claim::Guarded { hash, key, limits, counted_at } => Some(Later::Call {
+                hash,
+                key_id: key.key_id.clone(),
+                request: GuardRequest::Refund { key, limits, counted_at, reason: reason_of(reason) },
+            }),
+            Claim::Leased { slot, lease_id } => {
+                if let Some(l) =
+                    isolate.slots.get_mut(&slot).and_then(|s| s.lease.as_mut()).filter(|l| l.id == lease_id)
+                {
+                    l.used = l.used.saturating_sub(1);
+                }
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        debug_assert!(
+            self.0.is_none() || std::thread::panicking(),
+            "an admission was dropped without being served or refunded"
+        );
+    }
+}
+
+fn reason_of(code: ErrorCode) -> String {
+    code.as_str().to_ascii_lowercase()
+}
+
+/// What the shell must do next.
+#[derive(Debug)]
+pub enum Next {
+    /// Read `key:<hash>` from KV; pass the result to [`Gate::key_read`].
+    ReadKey,
+    /// Read the org record and, if named, the user record from KV; pass the
+    /// result to [`Gate::records_read`].
+    ReadRecords {
+        /// The org.
+        org_id: String,
+        /// The user, for a user-bound key.
+        user_id: Option<String>,
+    },
+    /// The reads of [`Next::ReadRecords`] and the guard call of [`Next::Ask`]
+    /// concurrently; pass both results.
+    ReadRecordsAndAsk {
+        /// The org.
+        org_id: String,
+        /// The user, for a user-bound key.
+        user_id: Option<String>,
+        /// The key id (names the guard).
+        key_id: String,
+        /// The guard request.
+        request: GuardRequest,
+    },
+    /// Call the key's guard; pass the answer to [`Gate::guard_replied`].
+    Ask {
+        /// The key id (names the guard).
+        key_id: String,
+        /// The request.
+        request: GuardRequest,
+    },
+    /// Another request of this isolate is asking the guard for `slot`: wait
+    /// until it has its answer (the shell is notified by
+    /// [`Gate::asked_slot`] of that request) or until `until`, then step on.
+    Wait {
+        /// The slot.
+        slot: SlotId,
+        /// The latest time to wait until.
+        until: i64,
+    },
+    /// Answer with this refusal.
+    Refuse(Refusal),
+    /// Admitted.
+    Admit(Admitted),
+}
+
+type RecordsRead = Result<(Option<OrgRecord>, Option<UserRecord>), Refusal>;
+
+#[derive(Debug)]
+enum Phase {
+    Start,
+    ReadingKey,
+    StrictReading { key: Rc<KeyRecord>, with_check: bool, cached_limit: Option<Refusal> },
+    StrictChecking { key: Rc<KeyRecord>, grant: Grant },
+    Leased { key: Rc<KeyRecord> },
+    LeaseAsked { key: Rc<KeyRecord>, asked_at: i64 },
+    Probing { refusal: Refusal },
+    Done,
+}
+
+/// One request's way through the flow.
+#[derive(Debug)]
+pub struct Gate<'r> {
+    facts: Facts<'r>,
+    presented: ApiKey<'r>,
+    policy: &'r Policy,
+    config: &'r Config,
+    settings: FlowSettings,
+    hash: [u8; 32],
+    client_ip: &'r str,
+    phase: Phase,
+    records: Option<RecordsRead>,
+    reply: Option<Result<GuardReply, String>>,
+    key_read: Option<Result<Option<KeyRecord>, Refusal>>,
+    /// Refusals carried by the question in flight, given back if it fails.
+    sent: Refusals,
+    /// The slot this request is asking the guard about.
+    asking: Option<SlotId>,
+    waiting_on: Option<SlotId>,
+    asked: Option<SlotId>,
+    steps: u8,
+    later: Vec<Later>,
+}
+
+impl<'r> Gate<'r> {
+    /// A gate for one request whose credential passed the format check.
+    pub fn new(
+        facts: Facts<'r>,
+        presented: ApiKey<'r>,
+        hash: KeyHash,
+        client_ip: &'r str,
+        policy: &'r Policy,
+        config: &'r Config,
+        settings: FlowSettings,
+    ) -> Self {
+        Gate {
+            facts,
+            presented,
+            policy,
+            config,
+            settings,
+            hash: hash.0,
+            client_ip,
+            phase: Phase::Start,
+            records: None,
+            reply: None,
+            key_read: None,
+            sent: Refusals::new(),
+            asking: None,
+            waiting_on: None,
+            asked: None,
+            steps: 0,
+            later: Vec::new(),
+        }
+    }
+
+    /// The result of [`Next::ReadKey`].
+    pub fn key_read(&mut self, r: Result<Option<KeyRecord>, Refusal>) {
+        self.key_read = Some(r);
+    }
+
+    /// The result of the reads of [`Next::ReadRecords`].
+    pub fn records_read(&mut self, r: RecordsRead) {
+        self.records = Some(r);
+    }
+
+    /// The guard's answer (or why there is none).
+    pub fn guard_replied(&mut self, r: Result<GuardReply, String>) {
+        self.reply = Some(r);
+    }
+
+    /// The slot this request asked the guard about, once its question is
+    /// answered (the shell then wakes that slot's waiters); taken once.
+    pub fn asked_slot(&mut self) -> Option<SlotId> {
+        self.asked.take()
+    }
+
+    /// Work for after the response (refunds, reports, lease returns).
+    pub fn take_later(&mut self) -> Vec<Later> {
+        std::mem::take(&mut self.later)
+    }
+
+    /// The next step.
+    pub fn next(&mut self, iso: &mut Isolate, now: i64) -> Next {
+        self.steps += 1;
+        if let Some(slot) = self.waiting_on.take() {
+            if let Some(s) = iso.slots.get_mut(&slot) {
+                s.waiters = s.waiters.saturating_sub(1);
+            }
+        }
+        if self.steps > MAX_STEPS {
+            return self.unavailable(iso);
+        }
+        match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Start => self.start(iso, now),
+            Phase::ReadingKey => match self.key_read.take() {
+                Some(Ok(Some(record))) => {
+                    let record = iso.remember_key(self.hash, record, now, &mut self.later);
+                    self.decide(iso, record, now)
+                }
+                Some(Ok(None)) => Next::Refuse(ErrorCode::InvalidApiKey.into()),
+                Some(Err(r)) => Next::Refuse(r),
+                None => self.unavailable(iso),
+            },
+            Phase::StrictReading { key, with_check, cached_limit } => {
+                self.strict_read(iso, key, with_check, cached_limit, now)
+            }
+            Phase::StrictChecking { key, grant } => {
+                let reply = self.reply.take();
+                self.strict_checked(iso, key, Ok(grant), reply, now)
+            }
+            Phase::Leased { key } => self.leased(iso, key, now),
+            Phase::LeaseAsked { key, asked_at } => self.lease_answered(iso, key, asked_at, now),
+            Phase::Probing { refusal } => self.probed(iso, refusal, now),
+            Phase::Done => self.unavailable(iso),
+        }
+    }
+
+    /// Fail closed (503); refusals a failed question carried are kept for
+    /// the next report.
+    fn unavailable(&mut self, iso: &mut Isolate) -> Next {
+        self.phase = Phase::Done;
+        if let Some(slot) = self.asking.take() {
+            iso.abandon(&slot);
+            self.asked = Some(slot);
+        }
+        iso.give_back_refusals(&self.hash, std::mem::take(&mut self.sent));
+        Next::Refuse(ApiError::new(ErrorCode::ServiceUnavailable).into())
+    }
+
+    fn start(&mut self, iso: &mut Isolate, now: i64) -> Next {
+        match iso.keys.get_mut(&self.hash) {
+            Some(e) if e.revoked => {
+                e.used_at = now;
+                iso.count_refusal(&self.hash, "revoked", now, self.settings.lease_ms, &mut self.later);
+                Next::Refuse(ErrorCode::InvalidApiKey.into())
+            }
+            Some(e)
+                if now - e.read_at < KEY_CACHE_MS
+                    || (e.record.consistency == Consistency::Leased && e.facts.as_ref().is_some_and(|f| f.1 > now)) =>
+            {
+                e.used_at = now;
+                let record = e.record.clone();
+                self.decide(iso, record, now)
+            }
+            _ => {
+                self.phase = Phase::ReadingKey;
+                Next::ReadKey
+            }
+        }
+    }
+
+    fn key_ref(key: &KeyRecord) -> KeyRef {
+        KeyRef { key_id: key.id.clone(), org_id: key.org_id.clone() }
+    }
+
+    /// The visitor a widget key's per-visitor limits count.
+    fn visitor(&self, key: &KeyRecord) -> Option<String> {
+        (key.kind == KeyKind::Widget && !self.policy.widget_ip_rate_limits().is_empty())
+            .then(|| cors::visitor(self.client_ip))
+    }
+
+    /// The key's limits: its own over the policy's defaults, and for a
+    /// widget key its visitor's (one client cannot exhaust a site's budget).
+    fn limits(&self, key: &KeyRecord) -> Limits {
+        Limits {
+            key: merge_limits(self.policy.default_rate_limits(), &key.rate_limits),
+            visitor: self
+                .visitor(key)
+                .map(|id| VisitorLimits { id, limits: self.policy.widget_ip_rate_limits().to_vec() }),
+        }
+    }
+
+    fn slot(&self, key: &KeyRecord) -> SlotId {
+        SlotId { hash: self.hash, visitor: self.visitor(key) }
+    }
+
+    fn decide(&mut self, iso: &mut Isolate, key: Rc<KeyRecord>, now: i64) -> Next {
+        // Revoked, expired or mismatched keys cost no more than unknown ones.
+        if let Err(r) = precheck(&self.presented, &key, now) {
+            if key.revoked_at.is_some() {
+                iso.mark_revoked(&self.hash);
+            }
+            return Next::Refuse(r);
+        }
+        if !self.settings.key_guard {
+            self.phase = Phase::StrictReading { key: key.clone(), with_check: false, cached_limit: None };
+            return Self::read_records(&key);
+        }
+        if key.consistency == Consistency::Leased {
+            return self.leased(iso, key, now);
+        }
+        if !preauthorize(&self.facts, &self.presented, &key, self.policy, now) {
+            self.phase = Phase::StrictReading { key: key.clone(), with_check: false, cached_limit: None };
+            return Self::read_records(&key);
+        }
+        if let Some(refusal) = iso.cached_limit(&self.slot(&key), now) {
+            // Read the records anyway (KV, not the guard): a refusal that
+            // authorize gives still comes first.
+            self.phase = Phase::StrictReading { key: key.clone(), with_check: false, cached_limit: Some(refusal) };
+            return Self::read_records(&key);
+        }
+        let request = self.check(iso, &key);
+        self.phase = Phase::StrictReading { key: key.clone(), with_check: true, cached_limit: None };
+        Next::ReadRecordsAndAsk {
+            org_id: key.org_id.clone(),
+            user_id: key.user_id.clone(),
+            key_id: key.id.clone(),
+            request,
+        }
+    }
+
+    fn check(&mut self, iso: &mut Isolate, key: &KeyRecord) -> GuardRequest {
+        self.sent = iso.take_refusals(&self.hash);
+        GuardRequest::Check { key: Self::key_ref(key), limits: self.limits(key), refusals: self.sent.clone() }
+    }
+
+    fn read_records(key: &KeyRecord) -> Next {
+        Next::ReadRecords { org_id: key.org_id.clone(), user_id: key.user_id.clone() }
+    }
+
+    fn strict_read(
+        &mut self,
+        iso: &mut Isolate,
+        key: Rc<KeyRecord>,
+        with_check: bool,
+        cached_limit: Option<Refusal>,
+        now: i64,
+    ) -> Next {
+        let decision = match self.records.take() {
+            Some(Ok((org, user))) => {
+                let records = Records { key: Some(&key), org: org.as_ref(), user: user.as_ref() };
+                authorize(&self.facts, &self.presented, &records, self.policy, self.config, now)
+            }
+            Some(Err(r)) => Err(r),
+            None => return self.unavailable(iso),
+        };
+        if with_check {
+            let reply = self.reply.take();
+            return self.strict_checked(iso, key, decision, reply, now);
+        }
+        match (decision, cached_limit) {
+            (Ok(grant), _) if !self.settings.key_guard => {
+                let admission = Admission(Some(Claim::Unguarded));
+                Next::Admit(Admitted { grant, key, admission, quota: None })
+            }
+            (Ok(grant), Some(limited)) => {
+                iso.count_refusal(&self.hash, "rate_limited", now, self.settings.lease_ms, &mut self.later);
+                Next::Refuse(with_cors(limited, &grant))
+            }
+            (Ok(grant), None) => {
+                let request = self.check(iso, &key);
+                let key_id = key.id.clone();
+                self.phase = Phase::StrictChecking { key, grant };
+                Next::Ask { key_id, request }
+            }
+            (Err(refusal), _) => self.refusal_path(iso, &key, refusal, now),
+        }
+    }
+
+    /// The guard's answer to a strict check, with the decision on the
+    /// records (made concurrently, or before the check).
+    fn strict_checked(
+        &mut self,
+        iso: &mut Isolate,
+        key: Rc<KeyRecord>,
+        decision: Result<Grant, Refusal>,
+        reply: Option<Result<GuardReply, String>>,
+        now: i64,
+    ) -> Next {
+        let Some(Ok(reply)) = reply else { return self.unavailable(iso) };
+        match reply {
+            GuardReply::Allowed { quota, counted_at } => {
+                iso.confirm(&self.hash, now);
+                let claim =
+                    Claim::Guarded { hash: self.hash, key: Self::key_ref(&key), limits: self.limits(&key), counted_at };
+                match decision {
+                    Ok(grant) => Next::Admit(Admitted { grant, key, admission: Admission(Some(claim)), quota }),
+                    Err(refusal) => self.refuse_refunding(iso, claim, refusal),
+                }
+            }
+            GuardReply::Limited { retry_after_ms, quota, key_wide, .. } => {
+                iso.confirm(&self.hash, now);
+                let slot = self.slot(&key);
+                let limited = iso.remember_limit(
+                    &slot,
+                    key_wide,
+                    retry_after_ms,
+                    quota,
+                    now,
+                    self.settings.lease_ms,
+                    &mut self.later,
+                );
+                match decision {
+                    Ok(grant) => Next::Refuse(with_cors(limited, &grant)),
+                    Err(refusal) => Next::Refuse(refusal),
+                }
+            }
+            GuardReply::Revoked => {
+                iso.mark_revoked(&self.hash);
+                Next::Refuse(ErrorCode::InvalidApiKey.into())
+            }
+            _ => self.unavailable(iso),
+        }
+    }
+
+    /// A refusal of a known key (402–405): a key revoked a moment ago (while
+    /// KV may still serve its old record) must get the same 401 as an
+    /// unknown key, so the guard is asked first — unless it confirmed the
+    /// key was not revoked within `LEASE_MS`.
+    fn refusal_path(&mut self, iso: &mut Isolate, key: &KeyRecord, refusal: Refusal, now: i64) -> Next {
+        if matches!(refusal.error.code, ErrorCode::InvalidApiKey | ErrorCode::ServiceUnavailable) {
+            return Next::Refuse(refusal);
+        }
+        let reason = reason_of(refusal.error.code);
+        if iso.confirmed_within(&self.hash, now, self.settings.lease_ms) {
+            iso.count_refusal(&self.hash, &reason, now, self.settings.lease_ms, &mut self.later);
+            return Next::Refuse(refusal);
+        }
+        self.sent = iso.take_refusals(&self.hash);
+        *self.sent.entry(reason).or_default() += 1;
+        let request = GuardRequest::Refused { key: Self::key_ref(key), refusals: self.sent.clone() };
+        self.phase = Phase::Probing { refusal };
+        Next::Ask { key_id: key.id.clone(), request }
+    }
+
+    fn probed(&mut self, iso: &mut Isolate, refusal: Refusal, now: i64) -> Next {
+        match self.reply.take() {
+            Some(Ok(GuardReply::Recorded)) => {
+                iso.confirm(&self.hash, now);
+                Next::Refuse(refusal)
+            }
+            Some(Ok(GuardReply::Revoked)) => {
+                iso.mark_revoked(&self.hash);
+                Next::Refuse(ErrorCode::InvalidApiKey.into())
+            }
+            _ => self.unavailable(iso),
+        }
+    }
+
+    // ------------------------------------------------------------- leased
+
+    fn leased(&mut self, iso: &mut Isolate, key: Rc<KeyRecord>, now: i64) -> Next {
+        let slot = self.slot(&key);
+        let Some(facts) = iso.facts(&self.hash, now) else {
+            // No facts: ask for them, and for a unit unless the key record
+            // alone already refuses the request.
+            let scope = preauthorize(&self.facts, &self.presented, &key, self.policy, now)
+                .then(|| self.policy.route(self.facts.method, self.facts.path).ok().map(|r| r.scope().to_owned()))
+                .flatten();
+            return self.ask_lease(iso, key, slot, scope, now);
+        };
+        let records = facts.records(&key.id, &key.org_id);
+        let Some(current) = records.key else {
+            // The system of record does not know this key.
+            return Next::Refuse(ErrorCode::InvalidApiKey.into());
+        };
+        if current.revoked_at.is_some() {
+            iso.mark_revoked(&self.hash);
+            return Next::Refuse(ErrorCode::InvalidApiKey.into());
+        }
+        let grant = match authorize(&self.facts, &self.presented, &records, self.policy, self.config, now) {
+            Ok(g) => g,
+            Err(refusal) => {
+                // The facts are the guard's and fresh: no revocation probe.
+                if refusal.error.code != ErrorCode::ServiceUnavailable {
+                    let reason = reason_of(refusal.error.code);
+                    iso.count_refusal(&self.hash, &reason, now, self.settings.lease_ms, &mut self.later);
+                }
+                return Next::Refuse(refusal);
+            }
+        };
+        if let Some((lease_id, quota)) = iso.take_unit(&slot, now) {
+            let admission = Admission(Some(Claim::Leased { slot, lease_id }));
+            let key = iso.record(&self.hash).unwrap_or(key);
+            return Next::Admit(Admitted { grant, key, admission, quota });
+        }
+        if let Some(limited) = iso.cached_limit(&slot, now) {
+            iso.count_refusal(&self.hash, "rate_limited", now, self.settings.lease_ms, &mut self.later);
+            return Next::Refuse(with_cors(limited, &grant));
+        }
+        self.ask_lease(iso, key, slot, Some(grant.route_scope), now)
+    }
+
+    fn ask_lease(
+        &mut self,
+        iso: &mut Isolate,
+        key: Rc<KeyRecord>,
+        slot: SlotId,
+        scope: Option<String>,
+        now: i64,
+    ) -> Next {
+        let s = iso.slot_mut(&slot, now, &mut self.later);
+        if let Some(until) = s.asking_until.filter(|&t| t > now) {
+            // One question per slot at a time: wait for its answer.
+            s.waiters += 1;
+            self.waiting_on = Some(slot.clone());
+            self.phase = Phase::Leased { key };
+            return Next::Wait { slot, until };
+        }
+        s.asking_until = Some(now + ASK_TIMEOUT_MS);
+        let want = s.want(now, self.settings.lease_ms);
+        let report = s.lease.take().map(|l| LeaseReport { id: l.id, used: l.used });
+        self.sent = iso.take_refusals(&self.hash);
+        let request = GuardRequest::Lease {
+            key: Self::key_ref(&key),
+            limits: self.limits(&key),
+            scope,
+            want,
+            report,
+            refusals: self.sent.clone(),
+        };
+        let key_id = key.id.clone();
+        self.asking = Some(slot);
+        self.phase = Phase::LeaseAsked { key, asked_at: now };
+        Next::Ask { key_id, request }
+    }
+
+    fn lease_answered(&mut self, iso: &mut Isolate, key: Rc<KeyRecord>, asked_at: i64, now: i64) -> Next {
+        let slot = self.slot(&key);
+        self.asking = None;
+        self.asked = Some(slot.clone());
+        let lease_ms = self.settings.lease_ms;
+        iso.slot_mut(&slot, now, &mut self.later).asking_until = None;
+        let Some(Ok(reply)) = self.reply.take() else { return self.unavailable(iso) };
+        match reply {
+            GuardReply::Leased { counted_at, quota, lease, facts, valid_ms } => {
+                // Timed from when the question was asked: the guard's clock
+                // started no earlier, so the isolate never uses a lease or
+                // its facts past their end.
+                let until = asked_at + valid_ms.min(lease_ms);
+                iso.set_facts(&self.hash, *facts, until, now);
+                if let Some(g) = lease {
+                    let until = asked_at + g.valid_ms.min(lease_ms);
+                    let s = iso.slot_mut(&slot, now, &mut self.later);
+                    if let Some(old) = s.lease.take() {
+                        // Another question's lease (one that stopped waiting
+                        // and asked too): report it, never drop it.
+                        let request = GuardRequest::Return {
+                            key: Self::key_ref(&key),
+                            report: LeaseReport { id: old.id, used: old.used },
+                            refusals: Refusals::new(),
+                        };
+                        self.later.push(Later::Call { hash: self.hash, key_id: key.id.clone(), request });
+                    }
+                    let s = iso.slot_mut(&slot, now, &mut self.later);
+                    let quota = quota.clone();
+                    s.lease =
+                        Some(LocalLease { id: g.id, reserved: g.reserved, used: 0, until, quota, granted_at: now });
+                    self.later.push(Later::ReturnAt { slot: slot.clone(), lease_id: g.id, at: until });
+                }
+                let Some(counted_at) = counted_at else {
+                    // Nothing counted: the facts refuse the request (decided
+                    // and counted on them now), or it asked without a scope.
+                    return self.leased(iso, key, now);
+                };
+                iso.slot_mut(&slot, now, &mut self.later).demand += 1;
+                let claim =
+                    Claim::Guarded { hash: self.hash, key: Self::key_ref(&key), limits: self.limits(&key), counted_at };
+                let Some(facts) = iso.facts(&self.hash, now) else {
+                    return self.refuse_refunding(iso, claim, ApiError::new(ErrorCode::ServiceUnavailable).into());
+                };
+                let records = facts.records(&key.id, &key.org_id);
+                match authorize(&self.facts, &self.presented, &records, self.policy, self.config, now) {
+                    Ok(grant) => {
+                        let key = iso.record(&self.hash).unwrap_or(key);
+                        Next::Admit(Admitted { grant, key, admission: Admission(Some(claim)), quota })
+                    }
+                    Err(refusal) => self.refuse_refunding(iso, claim, refusal),
+                }
+            }
+            GuardReply::Limited { retry_after_ms, quota, key_wide, facts } => {
+                if let Some(f) = facts {
+                    let (facts, valid_ms) = *f;
+                    iso.set_facts(&self.hash, facts, asked_at + valid_ms.min(lease_ms), now);
+                }
+                iso.remember_limit(&slot, key_wide, retry_after_ms, quota, now, lease_ms, &mut self.later);
+                // Decided on the facts: a refusal they give comes first,
+                // else the 429 just remembered.
+                self.leased(iso, key, now)
+            }
+            GuardReply::Revoked => {
+                iso.mark_revoked(&self.hash);
+                Next::Refuse(ErrorCode::InvalidApiKey.into())
+            }
+            _ => self.unavailable(iso),
+        }
+    }
+
+    fn refuse_refunding(&mut self, iso: &mut Isolate, claim: Claim, refusal: Refusal) -> Next {
+        if let Some(l) = Admission(Some(claim)).refund(iso, refusal.error.code) {
+            self.later.push(l);
+        }
+        Next::Refuse(refusal)
+    }
+}
+
+/// A 429 to a request whose origin matched carries the CORS headers too.
+fn with_cors(mut r: Refusal, grant: &Grant) -> Refusal {
+    if let Some(o) = &grant.cors_origin {
+        r.headers.extend(cors::response_headers(o));
+    }
+    r
+}
+
+fn limited_refusal(retry_at: i64, reset_at: i64, quota: &QuotaWire, now: i64) -> Refusal {
+    let mut headers = vec![("Retry-After", ceil_seconds(retry_at - now).max(1).to_string())];
+    let q = QuotaWire { remaining: 0, reset_ms: (reset_at - now).max(retry_at - now), ..quota.clone() };
+    headers.extend(q.headers());
+    Refusal { error: ApiError::new(ErrorCode::RateLimited), headers }
+}
+
+impl Slot {
+    /// How many units to ask for: what this slot admitted since its last
+    /// question, as a rate over the next lease, with a quarter more; none
+    /// for a slot that would not use one within a lease. Requests waiting
+    /// for this question are added.
+    fn want(&mut self, now: i64, lease_ms: i64) -> u32 {
+        let elapsed = (now - self.demand_since).max(1);
+        let expected = u64::from(self.demand) * lease_ms as u64 / elapsed as u64;
+        let want = if expected < 1 { 0 } else { expected + expected.div_ceil(4) };
+        self.demand = 0;
+        self.demand_since = now;
+        u32::try_from(want + u64::from(self.waiters)).unwrap_or(u32::MAX)
+    }
+}
+
+impl Isolate {
+    /// Number of keys and slots remembered (for tests and stats).
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.keys.len(), self.slots.len())
+    }
+
+    fn remember_key(&mut self, hash: [u8; 32], record: KeyRecord, now: i64, later: &mut Vec<Later>) -> Rc<KeyRecord> {
+        if !self.keys.contains_key(&hash) && self.keys.len() >= MAX_KEYS {
+            self.evict_keys(now, later);
+        }
+        let e = self.keys.entry(hash).or_insert_with(|| KeyEntry {
+            record: Rc::new(record.clone()),
+            read_at: now,
+            revoked: false,
+            confirmed_at: None,
+            facts: None,
+            refusals: Refusals::new(),
+            flush_at: None,
+            used_at: now,
+        });
+        e.record = Rc::new(record);
+        e.read_at = now;
+        e.used_at = now;
+        e.record.clone()
+    }
+
+    fn evict_keys(&mut self, now: i64, later: &mut Vec<Later>) {
+        let mut gone: Vec<[u8; 32]> = self
+            .keys
+            .iter()
+            .filter(|(_, e)| now - e.used_at >= KEY_CACHE_MS && e.facts.as_ref().is_none_or(|f| f.1 <= now))
+            .map(|(h, _)| *h)
+            .collect();
+        if gone.is_empty() {
+            gone.extend(self.keys.iter().min_by_key(|(_, e)| e.used_at).map(|(h, _)| *h));
+        }
+        for h in gone {
+            if let Some(e) = self.keys.remove(&h) {
+                if !e.refusals.is_empty() {
+                    let request = GuardRequest::Refused { key: Self::key_ref_of(&e.record), refusals: e.refusals };
+                    later.push(Later::Call { hash: h, key_id: e.record.id.clone(), request });
+                }
+            }
+        }
+    }
+
+    fn key_ref_of(k: &KeyRecord) -> KeyRef {
+        KeyRef { key_id: k.id.clone(), org_id: k.org_id.clone() }
+    }
+
+    fn slot_mut(&mut self, slot: &SlotId, now: i64, later: &mut Vec<Later>) -> &mut Slot {
+        if !self.slots.contains_key(slot) && self.slots.len() >= MAX_SLOTS {
+            self.evict_slots(now, later);
+        }
+        let s = self.slots.entry(slot.clone()).or_insert_with(|| Slot { demand_since: now, ..Slot::default() });
+        s.used_at = now;
+        s
+    }
+
+    fn evict_slots(&mut self, now: i64, later: &mut Vec<Later>) {
+        let idle = |s: &Slot| {
+            s.asking_until.is_none_or(|t| t <= now)
+                && s.waiters == 0
+                && s.lease.as_ref().is_none_or(|l| l.until <= now)
+                && s.limited.as_ref().is_none_or(|l| l.until <= now)
+        };
+        let mut gone: Vec<SlotId> = self.slots.iter().filter(|(_, s)| idle(s)).map(|(id, _)| id.clone()).collect();
+        if gone.is_empty() {
+            gone.extend(
+                self.slots
+                    .iter()
+                    .filter(|(_, s)| s.waiters == 0)
+                    .min_by_key(|(_, s)| s.used_at)
+                    .map(|(id, _)| id.clone()),
+            );
+        }
+        for id in gone {
+            let Some(s) = self.slots.remove(&id) else { continue };
+            if let (Some(l), Some(e)) = (s.lease, self.keys.get(&id.hash)) {
+                let request = GuardRequest::Return {
+                    key: Self::key_ref_of(&e.record),
+                    report: LeaseReport { id: l.id, used: l.used },
+                    refusals: Refusals::new(),
+                };
+                later.push(Later::Call { hash: id.hash, key_id: e.record.id.clone(), request });
+            }
+        }
+    }
+
+    fn mark_revoked(&mut self, hash: &[u8; 32]) {
+        if let Some(e) = self.keys.get_mut(hash) {
+            e.revoked = true;
+            e.facts = None;
+        }
+        self.slots.retain(|id, _| &id.hash != hash);
+    }
+
+    fn confirm(&mut self, hash: &[u8; 32], now: i64) {
+        if let Some(e) = self.keys.get_mut(hash) {
+            e.confirmed_at = Some(now);
+        }
+    }
+
+    fn confirmed_within(&self, hash: &[u8; 32], now: i64, lease_ms: i64) -> bool {
+        self.keys.get(hash).and_then(|e| e.confirmed_at).is_some_and(|t| now >= t && now - t < lease_ms)
+    }
+
+    fn facts(&self, hash: &[u8; 32], now: i64) -> Option<Rc<LeaseFacts>> {
+        self.keys.get(hash).and_then(|e| e.facts.as_ref()).filter(|f| f.1 > now).map(|f| f.0.clone())
+    }
+
+    fn set_facts(&mut self, hash: &[u8; 32], facts: LeaseFacts, until: i64, now: i64) {
+        if let Some(e) = self.keys.get_mut(hash) {
+            e.confirmed_at = Some(now);
+            if let Some(k) = &facts.key {
+                e.record = Rc::new(k.clone());
+            }
+            e.facts = Some((Rc::new(facts), until));
+        }
+    }
+
+    fn record(&self, hash: &[u8; 32]) -> Option<Rc<KeyRecord>> {
+        self.keys.get(hash).map(|e| e.record.clone())
+    }
+
+    fn count_refusal(&mut self, hash: &[u8; 32], reason: &str, now: i64, lease_ms: i64, later: &mut Vec<Later>) {
+        let Some(e) = self.keys.get_mut(hash) else { return };
+        if e.refusals.len() < crate::guard::MAX_REFUSAL_REASONS || e.refusals.contains_key(reason) {
+            let n = e.refusals.entry(reason.to_owned()).or_default();
+            *n = n.saturating_add(1);
+        }
+        if e.flush_at.is_none() {
+            e.flush_at = Some(now + lease_ms);
+            later.push(Later::FlushAt { hash: *hash, at: now + lease_ms });
+        }
+    }
+
+    fn take_refusals(&mut self, hash: &[u8; 32]) -> Refusals {
+        self.keys.get_mut(hash).map(|e| std::mem::take(&mut e.refusals)).unwrap_or_default()
+    }
+
+    fn give_back_refusals(&mut self, hash: &[u8; 32], refusals: Refusals) {
+        if let Some(e) = self.keys.get_mut(hash) {
+            for (reason, n) in refusals {
+                if e.refusals.len() < crate::guard::MAX_REFUSAL_REASONS || e.refusals.contains_key(&reason) {
+                    let c = e.refusals.entry(reason).or_default();
+                    *c = c.saturating_add(n);
+                }
+            }
+        }
+    }
+
+    fn cached_limit(&self, slot: &SlotId, now: i64) -> Option<Refusal> {
+        let key_wide = SlotId { hash: slot.hash, visitor: None };
+        [slot, &key_wide]
+            .into_iter()
+            .filter_map(|id| self.slots.get(id).and_then(|s| s.limited.as_ref()))
+            .filter(|l| l.until > now)
+            .max_by_key(|l| l.retry_at)
+            .map(|l| limited_refusal(l.retry_at, l.reset_at, &l.quota, now))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn remember_limit(
+        &mut self,
+        slot: &SlotId,
+        key_wide: bool,
+        retry_after_ms: i64,
+        quota: QuotaWire,
+        now: i64,
+        lease_ms: i64,
+        later: &mut Vec<Later>,
+    ) -> Refusal {
+        let id = if key_wide { SlotId { hash: slot.hash, visitor: None } } else { slot.clone() };
+        let s = self.slot_mut(&id, now, later);
+        let l = LimitedUntil {
+            until: now + retry_after_ms.min(lease_ms),
+            retry_at: now + retry_after_ms,
+            reset_at: now + quota.reset_ms,
+            quota,
+        };
+        let refusal = limited_refusal(l.retry_at, l.reset_at, &l.quota, now);
+        s.limited = Some(l);
+        refusal
+    }
+
+    /// A unit of the slot's lease, if it has one left and has not ended.
+    fn take_unit(&mut self, slot: &SlotId, now: i64) -> Option<(u64, Option<QuotaWire>)> {
+        let s = self.slots.get_mut(slot)?;
+        let l = s.lease.as_mut().filter(|l| now < l.until && l.used < l.reserved)?;
+        l.used += 1;
+        s.demand += 1;
+        s.used_at = now;
+        // This isolate's view: the guard's remaining after the grant (which
+        // counted the whole reservation) plus what is left of it.
+        let quota = l.quota.as_ref().map(|q| QuotaWire {
+            remaining: q.remaining.saturating_add(l.reserved - l.used),
+            reset_ms: (q.reset_ms - (now - l.granted_at)).max(0),
+            ..q.clone()
+        });
+        Some((l.id, quota))
+    }
+
+    /// Whether a request of this isolate is asking the guard for `slot`.
+    pub fn asking(&self, slot: &SlotId, now: i64) -> bool {
+        self.slots.get(slot).and_then(|s| s.asking_until).is_some_and(|t| t > now)
+    }
+
+    /// The request asking for `slot` went away without an answer (its
+    /// future was dropped): let the next request ask.
+    pub fn abandon(&mut self, slot: &SlotId) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            s.asking_until = None;
+        }
+    }
+
+    /// A [`Later::ReturnAt`] is due: the lease's report, if it is still the
+    /// slot's lease, has ended, and no request is asking for a new one.
+    pub fn due_return(&mut self, slot: &SlotId, lease_id: u64, now: i64) -> Option<(String, GuardRequest)> {
+        let s = self.slots.get_mut(slot)?;
+        if s.asking_until.is_some_and(|t| t > now)
+            || !s.lease.as_ref().is_some_and(|l| l.id == lease_id && l.until <= now)
+        {
+            return None;
+        }
+        let l = s.lease.take()?;
+        let e = self.keys.get_mut(&slot.hash)?;
+        let refusals = std::mem::take(&mut e.refusals);
+        let request = GuardRequest::Return {
+            key: Self::key_ref_of(&e.record),
+            report: LeaseReport { id: l.id, used: l.used },
+            refusals,
+        };
+        Some((e.record.id.clone(), request))
+    }
+
+    /// A [`Later::FlushAt`] is due: the counted refusals, if any are left.
+    pub fn due_flush(&mut self, hash: &[u8; 32], now: i64) -> Option<(String, GuardRequest)> {
+        let e = self.keys.get_mut(hash)?;
+        if e.flush_at.is_some_and(|t| t > now) {
+            return None;
+        }
+        e.flush_at = None;
+        if e.refusals.is_empty() {
+            return None;
+        }
+        let request =
+            GuardRequest::Refused { key: Self::key_ref_of(&e.record), refusals: std::mem::take(&mut e.refusals) };
+        Some((e.record.id.clone(), request))
+    }
+
+    /// The guard's answer to work done after a response.
+    pub fn later_replied(&mut self, hash: &[u8; 32], reply: &Result<GuardReply, String>, now: i64) {
+        match reply {
+            Ok(GuardReply::Revoked) => self.mark_revoked(hash),
+            Ok(GuardReply::Recorded) => self.confirm(hash, now),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
