@@ -7,6 +7,7 @@
 //! | PUT | `/admin/orgs/{org_id}/users/{user_id}` | `{"role", "disabled"?}` |
 //! | POST | `/admin/orgs/{org_id}/api_keys` | `{"name", "scopes", "kind"?, "expires_at"?, "user_id"?, "rate_limits"?, "allowed_origins"?, "resource_id"?}` |
 //! | DELETE | `/admin/orgs/{org_id}/api_keys/{key_id}` | — |
+//! | GET | `/admin/orgs/{org_id}/api_keys/{key_id}/guard` | — (the key's guard: calls, writes, leases, bytes) |
 
 use worker::{Env, Request, Response};
 
@@ -25,6 +26,7 @@ enum Route<'a> {
     User(&'a str, &'a str),
     Keys(&'a str),
     Key(&'a str, &'a str),
+    Guard(&'a str, &'a str),
 }
 
 /// Whether the request carries `Authorization: Bearer <ADMIN_TOKEN>`
@@ -58,6 +60,7 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
         ["admin", "orgs", org, "users", user] => Route::User(org, user),
         ["admin", "orgs", org, "api_keys"] => Route::Keys(org),
         ["admin", "orgs", org, "api_keys", key] => Route::Key(org, key),
+        ["admin", "orgs", org, "api_keys", key, "guard"] => Route::Guard(org, key),
         _ => return Err(ErrorCode::RouteNotFound.into()),
     };
     let method = req.inner().method();
@@ -65,6 +68,7 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
         Route::Org(_) | Route::User(..) => "PUT",
         Route::Keys(_) => "POST",
         Route::Key(..) => "DELETE",
+        Route::Guard(..) => "GET",
     };
     if method != allowed {
         return Err(Refusal {
@@ -73,7 +77,7 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
         });
     }
     let org_id = match route {
-        Route::Org(o) | Route::User(o, _) | Route::Keys(o) | Route::Key(o, _) => o,
+        Route::Org(o) | Route::User(o, _) | Route::Keys(o) | Route::Key(o, _) | Route::Guard(o, _) => o,
     };
     if !ids::is_valid_id(org_id) {
         return Err(ApiError::new(ErrorCode::ResourceNotFound).into());
@@ -97,7 +101,8 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
             }
         }
         Route::Keys(org) => {
-            let input = core::parse_key(&read_body(&mut req, MAX_BODY_BYTES).await?, &settings.policy, now)?;
+            let body = read_body(&mut req, MAX_BODY_BYTES).await?;
+            let input = core::parse_key(&body, &settings.policy, now, settings.default_consistency)?;
             let (status, body) = mint(env, settings, org, input, None, "admin", request_id, now).await?;
             return Ok(json_response(status, body, request_id));
         }
@@ -107,6 +112,7 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
             }
             OrgCommand::RevokeKey { org_id: org.into(), key_id: key.into(), caller: None }
         }
+        Route::Guard(org, key) => return guard_stats(env, settings, org, key, request_id, now).await,
     };
     let request = OrgRequest { command, actor: "admin".into(), request_id: request_id.into(), now_ms: now };
     let (status, body) = call_org(env, org_id, &request).await?;
@@ -143,6 +149,7 @@ pub(super) async fn mint(
         rate_limits: input.rate_limits,
         allowed_origins: input.allowed_origins,
         resource_id: input.resource_id,
+        consistency: input.consistency,
     };
     let command = OrgCommand::CreateKey { record: Box::new(record), hash: new.hash.to_hex(), creator };
     let request = OrgRequest { command, actor: actor.into(), request_id: request_id.into(), now_ms: now };
@@ -152,4 +159,41 @@ pub(super) async fn mint(
     } else {
         Ok((status, body))
     }
+}
+
+/// `GET /admin/orgs/{org_id}/api_keys/{key_id}/guard`: the key's guard as it
+/// is now — calls received and rows written since it was loaded, live
+/// leases and the units they hold, tracked visitors, the bytes of its rows
+/// and the bound they are held to. The key must be one of the org's (asked
+/// of the org's object, not KV).
+async fn guard_stats(
+    env: &Env,
+    settings: &Settings,
+    org_id: &str,
+    key_id: &str,
+    request_id: &str,
+    now: i64,
+) -> Result<Response, Refusal> {
+    if !ids::is_ulid(key_id) {
+        return Err(ApiError::new(ErrorCode::ResourceNotFound).into());
+    }
+    let command = OrgCommand::LeaseFacts { org_id: org_id.into(), key_id: key_id.into() };
+    let request = OrgRequest { command, actor: "admin".into(), request_id: request_id.into(), now_ms: now };
+    let (status, body) = call_org(env, org_id, &request).await?;
+    let key = match (status, serde_json::from_str::<super::FactsEnvelope>(&body)) {
+        (200, Ok(super::FactsEnvelope { data: crate::guard::Facts { key: Some(k), org: Some(_), .. } })) => k,
+        (200, _) => return Err(ApiError::new(ErrorCode::ResourceNotFound).into()),
+        _ => return Ok(json_response(status, body, request_id)),
+    };
+    let stats = super::guard::call_raw(env, key_id, &crate::guard::GuardRequest::Stats)
+        .await
+        .map_err(|e| unavailable("key guard", e))?;
+    let limits = crate::ratelimit::merge_limits(settings.policy.default_rate_limits(), &key.rate_limits);
+    let visitor_limits =
+        if key.kind == crate::token::KeyKind::Widget { settings.policy.widget_ip_rate_limits() } else { &[] };
+    let mut data: serde_json::Value = serde_json::from_str(&stats).map_err(|e| unavailable("stats decode", e))?;
+    data["key_id"] = serde_json::Value::String(key.id.clone());
+    data["consistency"] = serde_json::json!(key.consistency);
+    data["byte_bound"] = serde_json::json!(crate::guard::byte_bound(&limits, visitor_limits));
+    Ok(json_response(200, crate::error::success(data, None), request_id))
 }

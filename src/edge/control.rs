@@ -68,7 +68,8 @@ pub(super) async fn handle(
     let actor = format!("key:{}", caller.grant.key_id);
     let command = match route {
         Route::CreateKey => {
-            let mut input = parse_key(&read_body(&mut req, MAX_BODY_BYTES).await?, &settings.policy, caller.now)?;
+            let body = read_body(&mut req, MAX_BODY_BYTES).await?;
+            let mut input = parse_key(&body, &settings.policy, caller.now, settings.default_consistency)?;
             let limits = merge_limits(settings.policy.default_rate_limits(), &caller.key.rate_limits);
             let who = Rules {
                 scopes: &caller.grant.scopes,
@@ -76,6 +77,7 @@ pub(super) async fn handle(
                 user_role: caller.grant.user_role.as_deref(),
                 expires_at: caller.key.expires_at,
                 limits: &limits,
+                consistency: caller.key.consistency,
             };
             rules::check_create(&settings.policy, &who, &mut input)?;
             // The org object re-checks the creating user's role and state

@@ -40,15 +40,16 @@ pub(crate) struct Settings {
     pub(crate) origin_timeout_ms: u32,
     pub(crate) signing_key: Option<crate::signing::SigningKey>,
     pub(crate) admin_token: Option<String>,
-    /// `KEY_GUARD` (default on): consult the key's Durable Object on every
-    /// request (exact rate limits, immediate revocation). `off` exists only
-    /// to measure what the hop costs; it disables both.
-    pub(crate) key_guard: bool,
-    /// `GUARD_WRITES` (default `gated`): the key guard issues its storage
-    /// write and lets the output gate hold the reply until it is durable.
-    /// `await` awaits the write before answering instead; it exists only to
-    /// measure what the gated design saves (`make bench`, scenario g).
-    pub(crate) guard_await_writes: bool,
+    /// `LEASE_MS` (default 1000, 50–10000) and, in benchmark builds only,
+    /// `KEY_GUARD` (see [`crate::flow::FlowSettings`]).
+    pub(crate) flow: crate::flow::FlowSettings,
+    /// `DEFAULT_CONSISTENCY` (default `strict`): the mode of a key created
+    /// without one.
+    pub(crate) default_consistency: crate::records::Consistency,
+    /// `GUARD_DELAY_MS` (benchmark builds only, default 0): every call to a
+    /// key's guard waits this long first, to price a guard far away.
+    #[cfg_attr(not(feature = "bench"), allow(dead_code))]
+    pub(crate) guard_delay_ms: u32,
     /// `USAGE_ROLLUP_SECONDS` (default 30): how often a key's guard rolls
     /// its usage counts up to the org (the staleness of `/v1/usage`).
     pub(crate) usage_rollup_ms: i64,
@@ -89,22 +90,14 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
     let origin_url = string_binding(env, "ORIGIN_URL").ok_or("ORIGIN_URL is not set")?;
     let parsed = crate::path::OriginUrl::parse(origin_url.trim())?;
     let origin_timeout_ms = u32::try_from(int_var(env, "ORIGIN_TIMEOUT_MS", 30_000, 1..=600_000)?).unwrap_or(30_000);
-    let key_guard = match string_binding(env, "KEY_GUARD").as_deref().map(str::trim) {
-        None | Some("on") | Some("") => true,
-        Some("off") => false,
-        Some(other) => return Err(format!("KEY_GUARD must be on or off, not {other:?}")),
-    };
     let usage_rollup_ms = int_var(env, "USAGE_ROLLUP_SECONDS", 30, 1..=3600)? * 1000;
-    let guard_await_writes = match string_binding(env, "GUARD_WRITES").as_deref().map(str::trim) {
-        None | Some("gated") | Some("") => false,
-        Some("await") => true,
-        Some(other) => return Err(format!("GUARD_WRITES must be gated or await, not {other:?}")),
+    let lease_ms = int_var(env, "LEASE_MS", 1000, 50..=10_000)?;
+    let default_consistency = match string_binding(env, "DEFAULT_CONSISTENCY").as_deref().map(str::trim) {
+        None | Some("") => crate::records::Consistency::Strict,
+        Some(c) => crate::records::Consistency::parse(c)
+            .ok_or_else(|| format!("DEFAULT_CONSISTENCY must be strict or leased, not {c:?}"))?,
     };
-    if !key_guard {
-        worker::console_warn!(
-            "keyward: KEY_GUARD=off — no rate limits and no immediate revocation; for measurements only, never in production"
-        );
-    }
+    let (key_guard, guard_delay_ms) = measurement_switches(env)?;
     let policy = Policy::default_policy()?;
     // A secret shorter than 32 bytes is treated as absent (and logged): the
     // admin API or the proxy then answers 503 rather than run on a weak one.
@@ -129,10 +122,77 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
         origin_timeout_ms,
         signing_key: secret("ORIGIN_SIGNING_SECRET").map(|s| crate::signing::SigningKey::new(s.as_bytes())),
         admin_token: secret("ADMIN_TOKEN"),
-        key_guard,
-        guard_await_writes,
+        flow: crate::flow::FlowSettings { lease_ms, key_guard },
+        default_consistency,
+        guard_delay_ms,
         usage_rollup_ms,
     })
+}
+
+/// `KEY_GUARD=off` (no limits, no revocation) and `GUARD_DELAY_MS` exist
+/// only to measure what the guard costs, in a build made for benchmarking
+/// (`cargo` feature `bench`, `make bench`). Any other build refuses to start
+/// when either is set to anything but its default: a deployed worker can
+/// never be switched into a mode without limits or revocation.
+fn measurement_switches(env: &Env) -> Result<(bool, u32), String> {
+    let key_guard = string_binding(env, "KEY_GUARD");
+    let delay = string_binding(env, "GUARD_DELAY_MS");
+    if !cfg!(feature = "bench") {
+        if key_guard.as_deref().is_some_and(|v| !matches!(v.trim(), "" | "on")) {
+            return Err("KEY_GUARD exists only in benchmark builds (cargo feature bench)".into());
+        }
+        if delay.as_deref().is_some_and(|v| !matches!(v.trim(), "" | "0")) {
+            return Err("GUARD_DELAY_MS exists only in benchmark builds (cargo feature bench)".into());
+        }
+        return Ok((true, 0));
+    }
+    let on = match key_guard.as_deref().map(str::trim) {
+        None | Some("on") | Some("") => true,
+        Some("off") => false,
+        Some(other) => return Err(format!("KEY_GUARD must be on or off, not {other:?}")),
+    };
+    if !on {
+        worker::console_warn!("keyward (benchmark build): KEY_GUARD=off — no rate limits and no revocation check");
+    }
+    let delay = u32::try_from(int_var(env, "GUARD_DELAY_MS", 0, 0..=10_000)?).unwrap_or(0);
+    Ok((on, delay))
+}
+
+/// I/O the worker does, counted in benchmark builds (`make bench` reads the
+/// counts per request from `GET /__keyward/io`); a no-op otherwise.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Io {
+    /// A KV read.
+    KvRead,
+    /// A call to a key's guard.
+    GuardCall,
+}
+
+#[cfg(feature = "bench")]
+thread_local! {
+    static IO: std::cell::Cell<[u64; 3]> = const { std::cell::Cell::new([0; 3]) };
+}
+
+/// Counts one I/O operation (benchmark builds only).
+#[inline]
+pub(crate) fn count_io(io: Io) {
+    #[cfg(feature = "bench")]
+    IO.with(|c| {
+        let mut v = c.get();
+        v[io as usize] += 1;
+        c.set(v);
+    });
+    #[cfg(not(feature = "bench"))]
+    let _ = io;
+}
+
+#[cfg(feature = "bench")]
+fn count_request() {
+    IO.with(|c| {
+        let mut v = c.get();
+        v[2] += 1;
+        c.set(v);
+    });
 }
 
 /// The isolate's settings, or the configuration error (logged, answered 503).
@@ -225,6 +285,16 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response>
             panic!("deliberate test panic");
         }
     }
+    #[cfg(feature = "bench")]
+    {
+        if path == "/__keyward/io" && admin::is_admin(&req, settings(&env).ok().and_then(|s| s.admin_token.as_deref()))
+        {
+            let [kv_reads, guard_calls, requests] = IO.with(|c| c.get());
+            let body = serde_json::json!({ "kv_reads": kv_reads, "guard_calls": guard_calls, "requests": requests });
+            return Ok(json_response(200, body.to_string(), &request_id));
+        }
+        count_request();
+    }
     let is_admin = path == "/admin" || path.starts_with("/admin/");
     let result = if is_admin {
         admin::handle(req, &env, &request_id, now).await
@@ -298,6 +368,12 @@ pub(crate) async fn call_org(
     let mut resp = stub.fetch_with_request(req).await.map_err(|e| unavailable("org object", e))?;
     let text = resp.text().await.map_err(|e| unavailable("org reply", e))?;
     Ok((resp.status_code(), text))
+}
+
+/// The org object's answer to [`crate::admin::OrgCommand::LeaseFacts`].
+#[derive(serde::Deserialize)]
+pub(crate) struct FactsEnvelope {
+    pub(crate) data: crate::guard::Facts,
 }
 
 /// Adds the one-time plaintext to a create reply from the org object. The

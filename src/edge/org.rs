@@ -206,6 +206,7 @@ async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String)
                     "name": record.name, "kind": record.kind, "scopes": record.scopes, "user_id": record.user_id,
                     "expires_at": record.expires_at.map(rfc3339), "rate_limits": record.rate_limits,
                     "allowed_origins": record.allowed_origins, "resource_id": record.resource_id,
+                    "consistency": record.consistency,
                 }),
             )?;
             Ok((201, success(key_view(record), None)))
@@ -236,6 +237,7 @@ async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String)
                     user_role: None,
                     expires_at: None,
                     limits: &[],
+                    consistency: record.consistency,
                 };
                 control::check_revoke(&who, &record)?;
             }
@@ -245,7 +247,7 @@ async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String)
             let tombstone = GuardRequest::Revoke { revoked_at: record.revoked_at.unwrap_or(now) };
             let revoked_at = match super::guard::call(&env, key_id, &tombstone).await {
                 Ok(GuardReply::RevokeRecorded { revoked_at }) => revoked_at,
-                Ok(other) => return Err(super::unavailable("key guard", format!("unexpected reply {other:?}"))),
+                Ok(_) => return Err(super::unavailable("key guard", "unexpected reply to a revoke")),
                 Err(e) => return Err(super::unavailable("key guard", e)),
             };
             let first = record.revoked_at.is_none();
@@ -270,6 +272,7 @@ async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String)
             let rollup = super::settings(&env).map(|s| s.usage_rollup_ms).unwrap_or(30_000);
             usage(&sql, org_id, *from, *to, rollup)
         }
+        OrgCommand::LeaseFacts { org_id, key_id } => lease_facts(&sql, org_id, key_id),
         OrgCommand::RecordUsage { org_id, key_id, seq, hours, last_used_at } => {
             require_org(&sql, org_id)?;
             record_usage(&sql, key_id, *seq, hours, *last_used_at)
@@ -480,7 +483,48 @@ pub(crate) fn key_view(k: &KeyRecord) -> Value {
         "rate_limits": k.rate_limits,
         "allowed_origins": k.allowed_origins,
         "resource_id": k.resource_id,
+        "consistency": k.consistency,
     })
+}
+
+/// What a leased key's guard grants leases on, from this object's SQLite
+/// (never from KV): the key record, the org, and the key's user. A missing
+/// one is `null`; the decision refuses on it.
+fn lease_facts(sql: &SqlStorage, org_id: &str, key_id: &str) -> Result<(u16, String), Refusal> {
+    // Rows read raw: no row type to decode (less code in the wasm).
+    let first = |query: &str, arg: &str| -> Result<Option<Vec<SqlStorageValue>>, Refusal> {
+        sql.exec(query, vec![arg.into()]).map_err(sql_err)?.raw().next().transpose().map_err(sql_err)
+    };
+    let text = |v: Option<&SqlStorageValue>| match v {
+        Some(SqlStorageValue::String(s)) => Ok(s.clone()),
+        _ => Err(super::unavailable("org sqlite", "expected text")),
+    };
+    let int = |v: Option<&SqlStorageValue>| match v {
+        Some(SqlStorageValue::Integer(n)) => Ok(*n),
+        Some(SqlStorageValue::Float(f)) if f.fract() == 0.0 => Ok(*f as i64),
+        _ => Err(super::unavailable("org sqlite", "expected an integer")),
+    };
+    let org = load_org(sql)?.map(|(o, _)| o).filter(|o| o.id == org_id);
+    let key: Option<KeyRecord> = match first("SELECT record FROM keys WHERE id = ?", key_id)? {
+        Some(row) => Some(serde_json::from_str(&text(row.first())?).map_err(|e| super::unavailable("key decode", e))?),
+        None => None,
+    };
+    let user = match key.as_ref().and_then(|k| k.user_id.as_deref()) {
+        None => None,
+        Some(uid) => match first("SELECT role, disabled, updated_at FROM users WHERE id = ?", uid)? {
+            None => None,
+            Some(row) => Some(UserRecord {
+                id: uid.to_owned(),
+                org_id: org_id.to_owned(),
+                role: text(row.first())?,
+                disabled: int(row.get(1))? != 0,
+                updated_at: int(row.get(2))?,
+            }),
+        },
+    };
+    let facts = crate::guard::Facts { key, org, user };
+    let data = serde_json::to_string(&facts).map_err(|e| super::unavailable("facts encode", e))?;
+    Ok((200, crate::error::success_raw(&data)))
 }
 
 async fn put_kv<T: serde::Serialize>(kv: &worker::kv::KvStore, key: &str, value: &T) -> Result<(), Refusal> {
