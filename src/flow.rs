@@ -284,8 +284,8 @@ pub enum Next {
         request: GuardRequest,
     },
     /// Another request of this isolate is asking the guard for `slot`: wait
-    /// until it has its answer (the shell is notified by
-    /// [`Gate::asked_slot`] of that request) or until `until`, then step on.
+    /// until [`Isolate::asking`] says it has its answer, or until `until`,
+    /// then step on.
     Wait {
         /// The slot.
         slot: SlotId,
@@ -331,7 +331,6 @@ pub struct Gate<'r> {
     /// The slot this request is asking the guard about.
     asking: Option<SlotId>,
     waiting_on: Option<SlotId>,
-    asked: Option<SlotId>,
     steps: u8,
     later: Vec<Later>,
 }
@@ -362,7 +361,6 @@ impl<'r> Gate<'r> {
             sent: Refusals::new(),
             asking: None,
             waiting_on: None,
-            asked: None,
             steps: 0,
             later: Vec::new(),
         }
@@ -381,12 +379,6 @@ impl<'r> Gate<'r> {
     /// The guard's answer (or why there is none).
     pub fn guard_replied(&mut self, r: Result<GuardReply, String>) {
         self.reply = Some(r);
-    }
-
-    /// The slot this request asked the guard about, once its question is
-    /// answered (the shell then wakes that slot's waiters); taken once.
-    pub fn asked_slot(&mut self) -> Option<SlotId> {
-        self.asked.take()
     }
 
     /// Work for after the response (refunds, reports, lease returns).
@@ -436,7 +428,6 @@ impl<'r> Gate<'r> {
         self.phase = Phase::Done;
         if let Some(slot) = self.asking.take() {
             iso.abandon(&slot);
-            self.asked = Some(slot);
         }
         iso.give_back_refusals(&self.hash, std::mem::take(&mut self.sent));
         Next::Refuse(ApiError::new(ErrorCode::ServiceUnavailable).into())
@@ -733,7 +724,6 @@ impl<'r> Gate<'r> {
     fn lease_answered(&mut self, iso: &mut Isolate, key: Rc<KeyRecord>, asked_at: i64, now: i64) -> Next {
         let slot = self.slot(&key);
         self.asking = None;
-        self.asked = Some(slot.clone());
         let lease_ms = self.settings.lease_ms;
         iso.slot_mut(&slot, now, &mut self.later).asking_until = None;
         let Some(Ok(reply)) = self.reply.take() else { return self.unavailable(iso) };
@@ -769,6 +759,10 @@ impl<'r> Gate<'r> {
                     return self.leased(iso, key, now);
                 };
                 iso.slot_mut(&slot, now, &mut self.later).demand += 1;
+                // This isolate's view, as for the lease's own units: the
+                // reservation just granted is still to use.
+                let reserved = lease.map_or(0, |g| g.reserved);
+                let quota = quota.map(|q| QuotaWire { remaining: q.remaining.saturating_add(reserved), ..q });
                 let claim =
                     Claim::Guarded { hash: self.hash, key: Self::key_ref(&key), limits: self.limits(&key), counted_at };
                 let Some(facts) = iso.facts(&self.hash, now) else {

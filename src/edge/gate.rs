@@ -13,10 +13,6 @@
 //! handed to `waitUntil`.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context as TaskContext, Poll, Waker};
 
 use futures_util::future::{select, Either};
 use worker::{AbortController, Context, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response};
@@ -36,8 +32,6 @@ thread_local! {
     /// to report); bounded, see [`crate::flow`]. Borrowed only between
     /// awaits, never across one.
     static ISOLATE: RefCell<Isolate> = RefCell::new(Isolate::default());
-    /// Requests waiting for another request's question to a key's guard.
-    static WAITERS: RefCell<HashMap<SlotId, Vec<Waker>>> = RefCell::new(HashMap::new());
 }
 
 /// The request as the gate and the proxy see it.
@@ -116,9 +110,6 @@ async fn admit(
     let mut gate = Gate::new(facts, presented, hash, client_ip, &settings.policy, &settings.config, settings.flow);
     let result = loop {
         let next = ISOLATE.with(|i| gate.next(&mut i.borrow_mut(), now_ms()));
-        if let Some(slot) = gate.asked_slot() {
-            wake(&slot);
-        }
         match next {
             Next::ReadKey => gate.key_read(read_json::<KeyRecord>(&kv, &hash.kv_key()).await),
             Next::ReadRecords { org_id, user_id } => {
@@ -146,31 +137,18 @@ async fn admit(
 
 /// Waits until the request asking the guard for `slot` has its answer, or
 /// until `until` (then this request asks itself).
+///
+/// Polled on this request's own timers, never woken by the asking request:
+/// a waker called from another request's handler would run this request's
+/// future in that request's I/O context, and workerd refuses its I/O there
+/// ("Cannot perform I/O on behalf of a different request" — the body stream
+/// of this request, when it is then proxied). The checks back off from 1 to
+/// 8 ms; a wait lasts one guard round trip.
 async fn wait(slot: SlotId, until: i64) {
-    let ms = u64::try_from(until - now_ms()).unwrap_or(0).max(1);
-    let timeout = Delay::from(std::time::Duration::from_millis(ms));
-    let _ = select(Box::pin(Answered { slot }), Box::pin(timeout)).await;
-}
-
-struct Answered {
-    slot: SlotId,
-}
-
-impl Future for Answered {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
-        if !ISOLATE.with(|i| i.borrow().asking(&self.slot, now_ms())) {
-            return Poll::Ready(());
-        }
-        WAITERS.with(|w| w.borrow_mut().entry(self.slot.clone()).or_default().push(cx.waker().clone()));
-        Poll::Pending
-    }
-}
-
-fn wake(slot: &SlotId) {
-    if let Some(wakers) = WAITERS.with(|w| w.borrow_mut().remove(slot)) {
-        wakers.into_iter().for_each(Waker::wake);
+    let mut step = 1;
+    while ISOLATE.with(|i| i.borrow().asking(&slot, now_ms())) && now_ms() < until {
+        Delay::from(std::time::Duration::from_millis(step)).await;
+        step = (step * 2).min(8);
     }
 }
 

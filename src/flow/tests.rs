@@ -281,11 +281,10 @@ fn run_all_timed(
                     // for a strict key); a lease's unit here and now.
                     times.push(at.unwrap_or(now));
                 }
-                if let Some(slot) = gates[i].asked_slot() {
-                    for s in states.iter_mut() {
-                        if matches!(s, State::Waiting(w) if *w == slot) {
-                            *s = State::Ready;
-                        }
+                // Waiters poll: those whose question has its answer step on.
+                for s in states.iter_mut() {
+                    if matches!(s, State::Waiting(w) if !iso.asking(w, now)) {
+                        *s = State::Ready;
                     }
                 }
             }
@@ -382,6 +381,28 @@ fn a_hot_leased_key_needs_no_kv_read_and_almost_no_guard_call() {
     assert_eq!(store.kv_reads, 1, "no KV read while the lease facts hold");
     assert!(store.guard_calls <= 5, "{} guard calls for 1,001 requests", store.guard_calls);
     assert!(store.writes <= store.guard_calls);
+}
+
+#[test]
+fn a_leased_keys_remaining_counts_down_without_jumps() {
+    let env = env();
+    let mut store = Store::default();
+    store.org(true);
+    let k = store.key(1, KeyKind::Secret, Consistency::Leased, 6);
+    let mut iso = Isolate::default();
+    let mut seen = Vec::new();
+    for i in 0..7 {
+        match one(&env, &mut store, &mut iso, chat(&k), T0 + i) {
+            Outcome::Admitted(Some(q), _) => seen.push(q.remaining),
+            Outcome::Admitted(None, _) => panic!("no quota"),
+            Outcome::Refused(r) => {
+                assert_eq!(r.error.code, ErrorCode::RateLimited);
+                assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+            }
+        }
+    }
+    assert_eq!(seen, [5, 4, 3, 2, 1, 0], "this isolate's view, no jumps");
+    assert!(store.guards["01KEY001"].0.leases.len() <= 1 && store.guard_calls <= 3, "{}", store.guard_calls);
 }
 
 #[test]
