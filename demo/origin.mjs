@@ -6,7 +6,8 @@
 //   PORT=8788 node demo/origin.mjs
 //
 // A request carrying `x-test-delay-ms: N` is answered after N ms (timeout tests);
-// one carrying `x-test-origin-cors` gets `access-control-allow-origin: *`.
+// one carrying `x-test-origin-cors` gets `access-control-allow-origin: *`;
+// one carrying `x-test-vary: V` gets `vary: V`.
 import http from "node:http";
 
 const port = Number(process.env.PORT || 8788);
@@ -45,6 +46,7 @@ const server = http.createServer((req, res) => {
       const headers = { "content-type": "application/json", "x-origin": "demo" };
       // Tests: an origin that sets its own CORS headers (keyward must drop them).
       if (req.headers["x-test-origin-cors"]) headers["access-control-allow-origin"] = "*";
+      if (req.headers["x-test-vary"]) headers["vary"] = req.headers["x-test-vary"];
       res.writeHead(200, headers);
       res.end(JSON.stringify({ echo: entry }));
     }, delay);
