@@ -572,7 +572,8 @@ fn schema_check_catches_undocumented_shapes() {
     assert!(!check(&schemas["ErrorEnvelope"], no_message).is_empty());
     let key = json!({"id": UNKNOWN_ULID, "name": "k", "kind": "secret", "prefix": "kw_live_", "last_four": "abcd",
         "scopes": ["ai:chat"], "user_id": null, "expires_at": null, "created_at": "2026-05-02T10:00:00+00:00",
-        "revoked_at": null, "rate_limits": [], "allowed_origins": [], "resource_id": null, "plaintext": "kw_live_x"});
+        "revoked_at": null, "rate_limits": [], "allowed_origins": [], "resource_id": null, "consistency": "strict",
+        "plaintext": "kw_live_x"});
     assert_eq!(check(&schemas["CreatedApiKey"], key.clone()), Vec::<String>::new());
     let mut extra = key.clone();
     extra["hash"] = json!("abc");
@@ -656,7 +657,7 @@ fn every_route_is_documented_and_nothing_else() {
         }
     }
     let admin = admin_routes_in_source();
-    assert_eq!(admin.len(), 4, "admin routes: {admin:?}");
+    assert_eq!(admin.len(), 5, "admin routes: {admin:?}");
     let control = control_routes_in_source();
     let served: BTreeSet<(String, String)> = routes
         .iter()
@@ -719,7 +720,7 @@ fn setup() -> (String, String, String) {
 
 #[test]
 fn every_operation_answers_as_documented() {
-    let (org, key, _) = setup();
+    let (org, key, key_id) = setup();
     let port = h().port;
     let admin = admin_auth();
     for (i, op) in ops().into_iter().enumerate() {
@@ -735,6 +736,9 @@ fn every_operation_answers_as_documented() {
                 let (_, victim) = h().key(&org, json!({"name": "victim", "scopes": ["ai:chat"]}));
                 ps.retain(|(k, _)| *k != "key_id");
                 ps.push(("key_id", victim));
+            } else if op.path.contains("{key_id}") {
+                ps.retain(|(k, _)| *k != "key_id");
+                ps.push(("key_id", key_id.clone()));
             }
             plain(port, &op, &fill(&op, &ps), &[("authorization", &admin)])
         } else if op.is_preflight() {
@@ -1024,14 +1028,14 @@ fn admin_api_refusals_are_documented() {
             }
         }
     }
-    // The org (users and keys) and the key (revocation) must exist.
+    // The org (users and keys) and the key (revocation, its guard) must exist.
     let missing = unique("org");
     for op in ops().into_iter().filter(|o| o.is_admin() && o.path != "/admin/orgs/{org_id}") {
         let mut ps = params(&missing);
         let r = send_to(port, &op.method, &fill(&op, &ps), &auth, op.sample_body().as_deref());
         assert_eq!(r.status, 404, "{} {}: {}", op.method, op.path, r.text());
         conforms(&op, &r, "no such org");
-        if op.method == "DELETE" {
+        if op.path.contains("{key_id}") {
             ps = params(&org);
             let r = send_to(port, &op.method, &fill(&op, &ps), &auth, None);
             assert_eq!(r.status, 404, "{} {}", op.method, op.path);
