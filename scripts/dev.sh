@@ -62,6 +62,14 @@ fi
 widget=$(admin POST /admin/orgs/org_demo/api_keys "{\"name\":\"demo widget\",\"kind\":\"widget\",\"scopes\":[\"ai:chat\"],\"resource_id\":\"bot_demo\",\"allowed_origins\":[\"http://127.0.0.1:$PAGE_PORT\",\"http://localhost:$PAGE_PORT\"]}")
 WIDGET_KEY=$(echo "$widget" | field data.plaintext)
 echo "$widget" | field data.id > .wrangler/demo-widget-key-id
+# A leased secret key: admitted from leases, no storage read per request.
+if [ -f .wrangler/demo-leased-key-id ]; then
+  admin DELETE "/admin/orgs/org_demo/api_keys/$(cat .wrangler/demo-leased-key-id)" > /dev/null || true
+fi
+leased=$(admin POST /admin/orgs/org_demo/api_keys '{"name":"demo leased","scopes":["ai:*"],"consistency":"leased"}')
+LEASED_KEY=$(echo "$leased" | field data.plaintext)
+LEASED_ID=$(echo "$leased" | field data.id)
+echo "$LEASED_ID" > .wrangler/demo-leased-key-id
 
 cat <<MSG
 
@@ -75,6 +83,10 @@ cat <<MSG
 
   widget demo page (public widget key, allowed only from this origin):
     http://127.0.0.1:$PAGE_PORT/?edge=$base&key=$WIDGET_KEY
+
+  a leased key (consistency "leased"; shown once): $LEASED_KEY
+  after a few requests with it, its guard's counters (lease requests vs requests):
+    curl -sS $base/admin/orgs/org_demo/api_keys/$LEASED_ID/guard -H "Authorization: Bearer \$ADMIN_TOKEN"
 
   admin token: see .dev.vars. Ctrl-C stops everything; state stays in .wrangler/state.
 
