@@ -227,6 +227,52 @@ pub fn append_vary(current: Option<&str>, add: &str) -> String {
     }
 }
 
+/// The decision on a CORS preflight (`OPTIONS` with
+/// `Access-Control-Request-Method`), which keyward answers itself and never
+/// proxies: the `204`'s headers, or the refusal.
+///
+/// A preflight carries no key, so it cannot say which keys or origins are
+/// allowed without becoming an oracle. It is therefore answered the same for
+/// every well-formed origin, from the policy alone: the widget-capable
+/// methods of the path. The actual request is where the key's allowed
+/// origins are enforced: a disallowed origin gets `403` with no CORS
+/// headers, which the browser reports as a CORS failure.
+pub fn preflight(
+    policy: &crate::policy::Policy,
+    path: &crate::path::CanonicalPath,
+    origin: Option<&str>,
+    requested: &str,
+) -> Result<Vec<(&'static str, String)>, crate::authorize::Refusal> {
+    use crate::error::{ApiError, ErrorCode};
+    let origin = origin.and_then(BrowserOrigin::parse).ok_or_else(|| {
+        ApiError::with_message(ErrorCode::OriginNotAllowed, "A CORS preflight needs a valid Origin header.")
+    })?;
+    let methods = policy.widget_methods(path);
+    if methods.is_empty() {
+        return Err(ApiError::new(ErrorCode::RouteNotFound).into());
+    }
+    if !methods.contains(&requested) {
+        return Err(crate::authorize::Refusal {
+            error: ApiError::new(ErrorCode::MethodNotAllowed),
+            headers: vec![("Allow", methods.join(", "))],
+        });
+    }
+    Ok(preflight_headers(&origin, &methods))
+}
+
+/// The client address for per-visitor limits and `X-Forwarded-For`: the
+/// `CF-Connecting-IP` header, which Cloudflare sets (clients cannot), if it
+/// looks like an IP address (hex digits, dots and colons, at most 45 bytes),
+/// lowercased; `None` otherwise (then every such request is one visitor,
+/// `unknown`, and no `X-Forwarded-For` is sent).
+pub fn client_ip(header: Option<&str>) -> Option<String> {
+    header
+        .filter(|ip| {
+            !ip.is_empty() && ip.len() <= 45 && ip.bytes().all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b':')
+        })
+        .map(str::to_ascii_lowercase)
+}
+
 /// CORS headers of a preflight answer.
 pub fn preflight_headers(origin: &BrowserOrigin, methods: &[&str]) -> Vec<(&'static str, String)> {
     vec![
@@ -248,6 +294,36 @@ mod tests {
 
     fn p(s: &str) -> OriginPattern {
         OriginPattern::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn preflights_are_answered_from_the_policy_alone() {
+        use crate::error::ErrorCode;
+        let pol = crate::policy::Policy::default_policy().unwrap();
+        let path = |p: &str| crate::path::CanonicalPath::parse(p).unwrap();
+        let h = preflight(&pol, &path("/v1/ai/chat"), Some("https://shop.example.com"), "POST").unwrap();
+        assert!(h.contains(&("Access-Control-Allow-Origin", "https://shop.example.com".into())));
+        assert!(h.contains(&("Access-Control-Allow-Methods", "POST".into())));
+        let code = |r: Result<Vec<(&'static str, String)>, crate::authorize::Refusal>| r.unwrap_err().error.code;
+        assert_eq!(code(preflight(&pol, &path("/v1/ai/chat"), None, "POST")), ErrorCode::OriginNotAllowed);
+        assert_eq!(code(preflight(&pol, &path("/v1/ai/chat"), Some("null"), "POST")), ErrorCode::OriginNotAllowed);
+        assert_eq!(
+            code(preflight(&pol, &path("/v1/api_keys"), Some("https://a.com"), "GET")),
+            ErrorCode::RouteNotFound
+        );
+        let r = preflight(&pol, &path("/v1/ai/chat"), Some("https://a.com"), "DELETE").unwrap_err();
+        assert_eq!((r.error.code, r.header("allow")), (ErrorCode::MethodNotAllowed, Some("POST")));
+    }
+
+    #[test]
+    fn client_ips_are_taken_only_when_they_look_like_one() {
+        assert_eq!(client_ip(Some("203.0.113.7")).as_deref(), Some("203.0.113.7"));
+        assert_eq!(client_ip(Some("2001:DB8::1")).as_deref(), Some("2001:db8::1"));
+        for bad in
+            [None, Some(""), Some("1.2.3.4, 5.6.7.8"), Some("evil\r\nx: y"), Some(&"1".repeat(46)[..]), Some("g::1")]
+        {
+            assert_eq!(client_ip(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use worker::{AbortController, Context, Delay, Env, Fetch, Headers, Method, Reque
 
 use super::{control, count_io, now_ms, settings, unavailable, Io, Settings, KV_BINDING};
 use crate::authorize::{extract_credential, parse_key, Facts, Grant, Refusal};
-use crate::cors::{self, BrowserOrigin};
+use crate::cors;
 use crate::error::{ApiError, ErrorCode};
 use crate::flow::{Admitted, Gate, Isolate, Later, Next, SlotId};
 use crate::guard::QuotaWire;
@@ -73,7 +73,8 @@ pub(super) async fn handle(
     let presented = parse_key(&settings.config.format, token)?;
     let origin = headers.get("origin").ok().flatten();
     let referer = headers.get("referer").ok().flatten();
-    let client_ip = client_ip(headers.get("cf-connecting-ip").ok().flatten().as_deref());
+    let client_ip = cors::client_ip(headers.get("cf-connecting-ip").ok().flatten().as_deref())
+        .unwrap_or_else(|| "unknown".to_owned());
     let incoming = Incoming { req, method, path, query, client_ip, request_id, now };
     let facts = Facts {
         method: &incoming.method,
@@ -375,14 +376,8 @@ fn respond(result: Result<Response, Refusal>, exit: Vec<(&'static str, String)>,
     }
 }
 
-/// Answers a CORS preflight at the edge; it is never proxied.
-///
-/// A preflight carries no key, so it cannot say which keys or origins are
-/// allowed without becoming an oracle. It is therefore answered the same for
-/// every well-formed origin, from the policy alone: `204` with the
-/// widget-capable methods of the path. The actual request is where the
-/// key's allowed origins are enforced: a disallowed origin gets `403` with no
-/// CORS headers, which the browser reports as a CORS failure.
+/// Answers a CORS preflight at the edge (the decision is
+/// [`cors::preflight`]); it is never proxied.
 fn preflight(
     settings: &Settings,
     path: &CanonicalPath,
@@ -390,40 +385,11 @@ fn preflight(
     requested: &str,
     request_id: &str,
 ) -> Result<Response, Refusal> {
-    let origin = origin.and_then(BrowserOrigin::parse).ok_or_else(|| {
-        ApiError::with_message(ErrorCode::OriginNotAllowed, "A CORS preflight needs a valid Origin header.")
-    })?;
-    let methods = settings.policy.widget_methods(path);
-    if methods.is_empty() {
-        return Err(ApiError::new(ErrorCode::RouteNotFound).into());
-    }
-    if !methods.contains(&requested) {
-        return Err(Refusal {
-            error: ApiError::new(ErrorCode::MethodNotAllowed),
-            headers: vec![("Allow", methods.join(", "))],
-        });
-    }
     let headers = Headers::new();
-    for (name, value) in cors::preflight_headers(&origin, &methods) {
+    for (name, value) in cors::preflight(&settings.policy, path, origin, requested)? {
         let _ = headers.set(name, &value);
     }
     let _ = headers.set("x-request-id", request_id);
     let _ = headers.set("cache-control", "no-store");
     Ok(Response::builder().with_status(204).with_headers(headers).empty())
-}
-
-/// The client IP for per-visitor limits and `X-Forwarded-For`:
-/// `CF-Connecting-IP`, which Cloudflare sets (clients cannot), if it looks
-/// like an IP; else `unknown`.
-fn client_ip(header: Option<&str>) -> String {
-    match header {
-        Some(ip)
-            if !ip.is_empty()
-                && ip.len() <= 45
-                && ip.bytes().all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b':') =>
-        {
-            ip.to_ascii_lowercase()
-        }
-        _ => "unknown".to_owned(),
-    }
 }
