@@ -277,18 +277,30 @@ fn effective_scopes(
     Ok((scopes, user_role))
 }
 
-/// Whether the records alone allow a request that needs `route_scope`: the
+/// What the records alone say of a request that needs `route_scope`: the
 /// key (not revoked, not expired), the org and its BAA, the user and its
-/// role, and the scope. What the request itself carries (origin, method,
-/// path) is not looked at. The key's guard asks this before it counts a
-/// leased request, so that a request [`authorize`] will refuse on the same
-/// records never takes a unit of quota (and so never needs a refund).
-pub fn records_allow(records: &Records<'_>, route_scope: &str, policy: &Policy, config: &Config, now_ms: i64) -> bool {
-    let Some(key) = records.key else { return false };
+/// role, and the scope — the refusal's code if they refuse. What the request
+/// itself carries (origin, method, path) is not looked at. The key's guard
+/// asks this before it counts a leased request, so that a request
+/// [`authorize`] will refuse on the same records never takes a unit of quota
+/// (and so never needs a refund); the code settles the rare case where the
+/// guard's clock and an isolate's disagree (a key expiring in between).
+pub fn records_verdict(
+    records: &Records<'_>,
+    route_scope: &str,
+    policy: &Policy,
+    config: &Config,
+    now_ms: i64,
+) -> Result<(), ErrorCode> {
+    let key = records.key.ok_or(ErrorCode::InvalidApiKey)?;
     if key.revoked_at.is_some() || key.expires_at.is_some_and(|e| e <= now_ms) {
-        return false;
+        return Err(ErrorCode::InvalidApiKey);
     }
-    effective_scopes(key, records, policy, config).is_ok_and(|(scopes, _)| scope::grants(&scopes, route_scope))
+    let (scopes, _) = effective_scopes(key, records, policy, config).map_err(|r| r.error.code)?;
+    if !scope::grants(&scopes, route_scope) {
+        return Err(ErrorCode::MissingScope);
+    }
+    Ok(())
 }
 
 fn decide_rest(

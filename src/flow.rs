@@ -42,6 +42,7 @@
 //!   strict side.)
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, DefaultHasher, Hasher};
 use std::rc::Rc;
 
 use crate::authorize::{authorize, preauthorize, precheck, Config, Facts, Grant, Records, Refusal};
@@ -64,11 +65,15 @@ pub const MAX_KEYS: usize = 10_000;
 /// Most slots (a key, or a widget key's visitor) one isolate remembers.
 pub const MAX_SLOTS: usize = 10_000;
 /// How long a request waits for another request's question to the guard
-/// before asking itself.
-pub const ASK_TIMEOUT_MS: i64 = 5_000;
-/// How many steps one request may take: a bound on a request that keeps
-/// finding the lease it waited for already spent (then it fails closed).
-const MAX_STEPS: u8 = 64;
+/// before asking itself (a question that never gets its answer: its
+/// request went away).
+pub const ASK_TIMEOUT_MS: i64 = 2_000;
+/// How long one request waits for others' questions in all, before it asks
+/// itself whatever the others do.
+pub const MAX_WAIT_MS: i64 = 2 * ASK_TIMEOUT_MS;
+/// How many steps (other than waking from a wait) one request may take: a
+/// bound, never reached in practice (then it fails closed).
+const MAX_STEPS: u8 = 32;
 
 /// Settings of the flow (parsed once per isolate).
 #[derive(Clone, Copy, Debug)]
@@ -99,6 +104,13 @@ struct KeyEntry {
     refusals: Refusals,
     flush_at: Option<i64>,
     used_at: i64,
+    /// The org or user records refused this strict key's last request: the
+    /// records are read before the guard is asked (a refusal then costs the
+    /// guard no write and no refund) until a request is authorized again.
+    records_refused: bool,
+    /// When the records last allowed a request of this strict key: within
+    /// `LEASE_MS` of it, a remembered 429 is answered without reading them.
+    records_ok_at: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,18 +135,47 @@ struct LimitedUntil {
 struct Slot {
     lease: Option<LocalLease>,
     limited: Option<LimitedUntil>,
+    /// A request of this isolate is asking the guard about this slot until
+    /// then (its answer clears it).
     asking_until: Option<i64>,
+    /// Requests waiting for that answer (an estimate, reset by each answer).
     waiters: u32,
     demand_since: i64,
     demand: u32,
     used_at: i64,
+    /// The guard's last admission left no room (strict keys): checks go
+    /// one at a time until an answer says otherwise.
+    exhausted_until: Option<i64>,
+    /// The guard declined a reservation although one was asked for (its
+    /// lease table is full): questions about this slot go in parallel.
+    parallel_until: Option<i64>,
+}
+
+/// `HashMap` keys are hashed after a secret prefix drawn per isolate, so a
+/// map keyed by what clients choose (visitor addresses) cannot be flooded
+/// with crafted collisions (on `wasm32-unknown-unknown` the standard
+/// hasher's keys are fixed).
+#[derive(Clone, Debug, Default)]
+struct Keyed([u8; 16]);
+
+impl BuildHasher for Keyed {
+    type Hasher = DefaultHasher;
+
+    fn build_hasher(&self) -> DefaultHasher {
+        let mut h = DefaultHasher::new();
+        h.write(&self.0);
+        h
+    }
 }
 
 /// What an isolate remembers between requests.
 #[derive(Debug, Default)]
 pub struct Isolate {
-    keys: HashMap<[u8; 32], KeyEntry>,
-    slots: HashMap<SlotId, Slot>,
+    keys: HashMap<[u8; 32], KeyEntry, Keyed>,
+    slots: HashMap<SlotId, Slot, Keyed>,
+    /// The latest time seen: the isolate's clock never goes back, so a
+    /// clock stepping back cannot stretch a lease or its facts.
+    last_now: i64,
 }
 
 /// Work to do after the response (the shell runs it with `waitUntil`).
@@ -304,11 +345,34 @@ type RecordsRead = Result<(Option<OrgRecord>, Option<UserRecord>), Refusal>;
 enum Phase {
     Start,
     ReadingKey,
-    StrictReading { key: Rc<KeyRecord>, with_check: bool, cached_limit: Option<Refusal> },
-    StrictChecking { key: Rc<KeyRecord>, grant: Grant },
-    Leased { key: Rc<KeyRecord> },
-    LeaseAsked { key: Rc<KeyRecord>, asked_at: i64 },
-    Probing { refusal: Refusal },
+    StrictReading {
+        key: Rc<KeyRecord>,
+        with_check: bool,
+        cached_limit: Option<Refusal>,
+    },
+    StrictChecking {
+        key: Rc<KeyRecord>,
+        grant: Grant,
+    },
+    /// Waiting for another request's check of a slot left without room.
+    AwaitCheck {
+        key: Rc<KeyRecord>,
+    },
+    Probing {
+        refusal: Refusal,
+    },
+    /// Waiting for another request's revocation probe of this key.
+    AwaitProbe {
+        key: Rc<KeyRecord>,
+        refusal: Refusal,
+    },
+    Leased {
+        key: Rc<KeyRecord>,
+    },
+    LeaseAsked {
+        key: Rc<KeyRecord>,
+        asked_at: i64,
+    },
     Done,
 }
 
@@ -328,9 +392,17 @@ pub struct Gate<'r> {
     key_read: Option<Result<Option<KeyRecord>, Refusal>>,
     /// Refusals carried by the question in flight, given back if it fails.
     sent: Refusals,
-    /// The slot this request is asking the guard about.
+    /// The units asked for by the lease question in flight.
+    sent_want: u32,
+    /// The slot this request is asking the guard about (it ends the
+    /// question when the answer arrives, or when it fails).
     asking: Option<SlotId>,
+    /// The slot this request waits on (its waiter count is given back).
     waiting_on: Option<SlotId>,
+    /// When this request first waited for another request's question.
+    first_wait: Option<i64>,
+    /// The guard already declined to count this request once.
+    declined: bool,
     steps: u8,
     later: Vec<Later>,
 }
@@ -359,8 +431,11 @@ impl<'r> Gate<'r> {
             reply: None,
             key_read: None,
             sent: Refusals::new(),
+            sent_want: 0,
             asking: None,
             waiting_on: None,
+            first_wait: None,
+            declined: false,
             steps: 0,
             later: Vec::new(),
         }
@@ -381,6 +456,13 @@ impl<'r> Gate<'r> {
         self.reply = Some(r);
     }
 
+    /// The slot this request is asking the guard about right now, if any:
+    /// should the request go away before the answer, the shell calls
+    /// [`Isolate::abandon`] with it so that the next request asks.
+    pub fn asking(&self) -> Option<&SlotId> {
+        self.asking.as_ref()
+    }
+
     /// Work for after the response (refunds, reports, lease returns).
     pub fn take_later(&mut self) -> Vec<Later> {
         std::mem::take(&mut self.later)
@@ -388,11 +470,15 @@ impl<'r> Gate<'r> {
 
     /// The next step.
     pub fn next(&mut self, iso: &mut Isolate, now: i64) -> Next {
-        self.steps += 1;
-        if let Some(slot) = self.waiting_on.take() {
-            if let Some(s) = iso.slots.get_mut(&slot) {
-                s.waiters = s.waiters.saturating_sub(1);
+        let now = iso.clock(now);
+        match self.waiting_on.take() {
+            // Waking from a wait is not a step: waits are bounded in time.
+            Some(slot) => {
+                if let Some(s) = iso.slots.get_mut(&slot) {
+                    s.waiters = s.waiters.saturating_sub(1);
+                }
             }
+            None => self.steps += 1,
         }
         if self.steps > MAX_STEPS {
             return self.unavailable(iso);
@@ -415,22 +501,53 @@ impl<'r> Gate<'r> {
                 let reply = self.reply.take();
                 self.strict_checked(iso, key, Ok(grant), reply, now)
             }
+            Phase::AwaitCheck { key } => self.decide(iso, key, now),
+            Phase::Probing { refusal } => self.probed(iso, refusal, now),
+            Phase::AwaitProbe { key, refusal } => {
+                if iso.keys.get(&self.hash).is_some_and(|e| e.revoked) {
+                    return Next::Refuse(ErrorCode::InvalidApiKey.into());
+                }
+                self.refusal_path(iso, &key, refusal, now)
+            }
             Phase::Leased { key } => self.leased(iso, key, now),
             Phase::LeaseAsked { key, asked_at } => self.lease_answered(iso, key, asked_at, now),
-            Phase::Probing { refusal } => self.probed(iso, refusal, now),
             Phase::Done => self.unavailable(iso),
         }
     }
 
-    /// Fail closed (503); refusals a failed question carried are kept for
-    /// the next report.
+    /// Fail closed (503); the question in flight ends, and the refusals it
+    /// carried are kept for the next report.
     fn unavailable(&mut self, iso: &mut Isolate) -> Next {
         self.phase = Phase::Done;
+        self.release(iso);
+        iso.give_back_refusals(&self.hash, std::mem::take(&mut self.sent));
+        Next::Refuse(ApiError::new(ErrorCode::ServiceUnavailable).into())
+    }
+
+    /// Ends this request's question: the slot is free for the next.
+    fn release(&mut self, iso: &mut Isolate) {
         if let Some(slot) = self.asking.take() {
             iso.abandon(&slot);
         }
-        iso.give_back_refusals(&self.hash, std::mem::take(&mut self.sent));
-        Next::Refuse(ApiError::new(ErrorCode::ServiceUnavailable).into())
+    }
+
+    /// One question about `marker` at a time: if another request's is in
+    /// flight (and this request has not waited too long already), the time
+    /// to wait until — the caller sets the phase to step on from and waits;
+    /// else `None`, and this request is the one asking.
+    fn one_question(&mut self, iso: &mut Isolate, marker: &SlotId, now: i64) -> Option<i64> {
+        if let Some(until) = iso.slots.get(marker).and_then(|s| s.asking_until).filter(|&t| t > now) {
+            if now - *self.first_wait.get_or_insert(now) < MAX_WAIT_MS {
+                if let Some(s) = iso.slots.get_mut(marker) {
+                    s.waiters += 1;
+                }
+                self.waiting_on = Some(marker.clone());
+                return Some(until);
+            }
+        }
+        iso.slot_mut(marker, now, &mut self.later).asking_until = Some(now + ASK_TIMEOUT_MS);
+        self.asking = Some(marker.clone());
+        None
     }
 
     fn start(&mut self, iso: &mut Isolate, now: i64) -> Next {
@@ -440,10 +557,10 @@ impl<'r> Gate<'r> {
                 iso.count_refusal(&self.hash, "revoked", now, self.settings.lease_ms, &mut self.later);
                 Next::Refuse(ErrorCode::InvalidApiKey.into())
             }
-            Some(e)
-                if now - e.read_at < KEY_CACHE_MS
-                    || (e.record.consistency == Consistency::Leased && e.facts.as_ref().is_some_and(|f| f.1 > now)) =>
-            {
+            // A leased key that ever had facts needs no KV read: its record
+            // came with them from the system of record, and the next lease
+            // brings a fresh one.
+            Some(e) if now - e.read_at < KEY_CACHE_MS || e.facts.is_some() => {
                 e.used_at = now;
                 let record = e.record.clone();
                 self.decide(iso, record, now)
@@ -480,6 +597,10 @@ impl<'r> Gate<'r> {
         SlotId { hash: self.hash, visitor: self.visitor(key) }
     }
 
+    fn key_slot(&self) -> SlotId {
+        SlotId { hash: self.hash, visitor: None }
+    }
+
     fn decide(&mut self, iso: &mut Isolate, key: Rc<KeyRecord>, now: i64) -> Next {
         // Revoked, expired or mismatched keys cost no more than unknown ones.
         if let Err(r) = precheck(&self.presented, &key, now) {
@@ -495,15 +616,34 @@ impl<'r> Gate<'r> {
         if key.consistency == Consistency::Leased {
             return self.leased(iso, key, now);
         }
-        if !preauthorize(&self.facts, &self.presented, &key, self.policy, now) {
+        if let Some(refusal) = iso.cached_limit(&self.slot(&key), now) {
+            // The records allowed a request within LEASE_MS and the key
+            // record allows this one: the 429 stands, no read. Else read
+            // them (KV, not the guard): a refusal they give comes first.
+            let ok_at = iso.keys.get(&self.hash).and_then(|e| e.records_ok_at);
+            if ok_at.is_some_and(|t| now >= t && now - t < self.settings.lease_ms)
+                && preauthorize(&self.facts, &self.presented, &key, self.policy, now)
+            {
+                iso.count_refusal(&self.hash, "rate_limited", now, self.settings.lease_ms, &mut self.later);
+                let mut refusal = refusal;
+                if key.kind == KeyKind::Widget {
+                    if let Some(o) = cors::request_origin(self.facts.origin, self.facts.referer) {
+                        refusal.headers.extend(cors::response_headers(&o));
+                    }
+                }
+                return Next::Refuse(refusal);
+            }
+            self.phase = Phase::StrictReading { key: key.clone(), with_check: false, cached_limit: Some(refusal) };
+            return Self::read_records(&key);
+        }
+        let records_refused = iso.keys.get(&self.hash).is_some_and(|e| e.records_refused);
+        if records_refused || !preauthorize(&self.facts, &self.presented, &key, self.policy, now) {
+            // The records first: a refusal then costs the guard no write.
             self.phase = Phase::StrictReading { key: key.clone(), with_check: false, cached_limit: None };
             return Self::read_records(&key);
         }
-        if let Some(refusal) = iso.cached_limit(&self.slot(&key), now) {
-            // Read the records anyway (KV, not the guard): a refusal that
-            // authorize gives still comes first.
-            self.phase = Phase::StrictReading { key: key.clone(), with_check: false, cached_limit: Some(refusal) };
-            return Self::read_records(&key);
+        if let Some(wait) = self.one_check(iso, &key, now) {
+            return wait;
         }
         let request = self.check(iso, &key);
         self.phase = Phase::StrictReading { key: key.clone(), with_check: true, cached_limit: None };
@@ -513,6 +653,17 @@ impl<'r> Gate<'r> {
             key_id: key.id.clone(),
             request,
         }
+    }
+
+    /// A slot the guard last left without room (or whose remembered 429
+    /// has lapsed) gets one check at a time, the others waiting for its
+    /// answer: an over-limit flood costs one call. Elsewhere checks run
+    /// concurrently. `Some` is the wait.
+    fn one_check(&mut self, iso: &mut Isolate, key: &Rc<KeyRecord>, now: i64) -> Option<Next> {
+        let marker = iso.exhausted(&self.slot(key), now)?;
+        let until = self.one_question(iso, &marker, now)?;
+        self.phase = Phase::AwaitCheck { key: key.clone() };
+        Some(Next::Wait { slot: marker, until })
     }
 
     fn check(&mut self, iso: &mut Isolate, key: &KeyRecord) -> GuardRequest {
@@ -540,6 +691,7 @@ impl<'r> Gate<'r> {
             Some(Err(r)) => Err(r),
             None => return self.unavailable(iso),
         };
+        iso.note_records(&self.hash, &decision, now);
         if with_check {
             let reply = self.reply.take();
             return self.strict_checked(iso, key, decision, reply, now);
@@ -554,6 +706,9 @@ impl<'r> Gate<'r> {
                 Next::Refuse(with_cors(limited, &grant))
             }
             (Ok(grant), None) => {
+                if let Some(wait) = self.one_check(iso, &key, now) {
+                    return wait;
+                }
                 let request = self.check(iso, &key);
                 let key_id = key.id.clone();
                 self.phase = Phase::StrictChecking { key, grant };
@@ -573,10 +728,13 @@ impl<'r> Gate<'r> {
         reply: Option<Result<GuardReply, String>>,
         now: i64,
     ) -> Next {
+        self.release(iso);
         let Some(Ok(reply)) = reply else { return self.unavailable(iso) };
+        let slot = self.slot(&key);
         match reply {
             GuardReply::Allowed { quota, counted_at } => {
                 iso.confirm(&self.hash, now);
+                iso.note_room(&slot, quota.as_ref(), now, &mut self.later);
                 let claim =
                     Claim::Guarded { hash: self.hash, key: Self::key_ref(&key), limits: self.limits(&key), counted_at };
                 match decision {
@@ -586,16 +744,9 @@ impl<'r> Gate<'r> {
             }
             GuardReply::Limited { retry_after_ms, quota, key_wide, .. } => {
                 iso.confirm(&self.hash, now);
-                let slot = self.slot(&key);
-                let limited = iso.remember_limit(
-                    &slot,
-                    key_wide,
-                    retry_after_ms,
-                    quota,
-                    now,
-                    self.settings.lease_ms,
-                    &mut self.later,
-                );
+                let lease_ms = self.settings.lease_ms;
+                let limited =
+                    iso.remember_limit(&slot, key_wide, retry_after_ms, quota, now, lease_ms, &mut self.later);
                 match decision {
                     Ok(grant) => Next::Refuse(with_cors(limited, &grant)),
                     Err(refusal) => Next::Refuse(refusal),
@@ -612,7 +763,8 @@ impl<'r> Gate<'r> {
     /// A refusal of a known key (402–405): a key revoked a moment ago (while
     /// KV may still serve its old record) must get the same 401 as an
     /// unknown key, so the guard is asked first — unless it confirmed the
-    /// key was not revoked within `LEASE_MS`.
+    /// key was not revoked within `LEASE_MS`. One probe per key at a time:
+    /// the others wait for its answer.
     fn refusal_path(&mut self, iso: &mut Isolate, key: &KeyRecord, refusal: Refusal, now: i64) -> Next {
         if matches!(refusal.error.code, ErrorCode::InvalidApiKey | ErrorCode::ServiceUnavailable) {
             return Next::Refuse(refusal);
@@ -622,6 +774,11 @@ impl<'r> Gate<'r> {
             iso.count_refusal(&self.hash, &reason, now, self.settings.lease_ms, &mut self.later);
             return Next::Refuse(refusal);
         }
+        let marker = self.key_slot();
+        if let Some(until) = self.one_question(iso, &marker, now) {
+            self.phase = Phase::AwaitProbe { key: Rc::new(key.clone()), refusal };
+            return Next::Wait { slot: marker, until };
+        }
         self.sent = iso.take_refusals(&self.hash);
         *self.sent.entry(reason).or_default() += 1;
         let request = GuardRequest::Refused { key: Self::key_ref(key), refusals: self.sent.clone() };
@@ -630,6 +787,7 @@ impl<'r> Gate<'r> {
     }
 
     fn probed(&mut self, iso: &mut Isolate, refusal: Refusal, now: i64) -> Next {
+        self.release(iso);
         match self.reply.take() {
             Some(Ok(GuardReply::Recorded)) => {
                 iso.confirm(&self.hash, now);
@@ -648,12 +806,13 @@ impl<'r> Gate<'r> {
     fn leased(&mut self, iso: &mut Isolate, key: Rc<KeyRecord>, now: i64) -> Next {
         let slot = self.slot(&key);
         let Some(facts) = iso.facts(&self.hash, now) else {
-            // No facts: ask for them, and for a unit unless the key record
-            // alone already refuses the request.
+            // No facts: ask for them — one question per key at a time — and
+            // for a unit unless the key record alone already refuses.
             let scope = preauthorize(&self.facts, &self.presented, &key, self.policy, now)
                 .then(|| self.policy.route(self.facts.method, self.facts.path).ok().map(|r| r.scope().to_owned()))
                 .flatten();
-            return self.ask_lease(iso, key, slot, scope, now);
+            let marker = self.key_slot();
+            return self.ask_lease(iso, key, slot, Some(marker), scope, now);
         };
         let records = facts.records(&key.id, &key.org_id);
         let Some(current) = records.key else {
@@ -684,7 +843,11 @@ impl<'r> Gate<'r> {
             iso.count_refusal(&self.hash, "rate_limited", now, self.settings.lease_ms, &mut self.later);
             return Next::Refuse(with_cors(limited, &grant));
         }
-        self.ask_lease(iso, key, slot, Some(grant.route_scope), now)
+        // A unit: one question per slot at a time, unless the guard declined
+        // reservations lately (then each request asks for its own unit).
+        let parallel = iso.slots.get(&slot).and_then(|s| s.parallel_until).is_some_and(|t| t > now);
+        let marker = (!parallel).then(|| slot.clone());
+        self.ask_lease(iso, key, slot, marker, Some(grant.route_scope), now)
     }
 
     fn ask_lease(
@@ -692,21 +855,21 @@ impl<'r> Gate<'r> {
         iso: &mut Isolate,
         key: Rc<KeyRecord>,
         slot: SlotId,
+        marker: Option<SlotId>,
         scope: Option<String>,
         now: i64,
     ) -> Next {
-        let s = iso.slot_mut(&slot, now, &mut self.later);
-        if let Some(until) = s.asking_until.filter(|&t| t > now) {
-            // One question per slot at a time: wait for its answer.
-            s.waiters += 1;
-            self.waiting_on = Some(slot.clone());
-            self.phase = Phase::Leased { key };
-            return Next::Wait { slot, until };
+        if let Some(marker) = marker {
+            if let Some(until) = self.one_question(iso, &marker, now) {
+                self.phase = Phase::Leased { key };
+                return Next::Wait { slot: marker, until };
+            }
         }
-        s.asking_until = Some(now + ASK_TIMEOUT_MS);
+        let s = iso.slot_mut(&slot, now, &mut self.later);
         let want = s.want(now, self.settings.lease_ms);
         let report = s.lease.take().map(|l| LeaseReport { id: l.id, used: l.used });
         self.sent = iso.take_refusals(&self.hash);
+        self.sent_want = want;
         let request = GuardRequest::Lease {
             key: Self::key_ref(&key),
             limits: self.limits(&key),
@@ -716,19 +879,24 @@ impl<'r> Gate<'r> {
             refusals: self.sent.clone(),
         };
         let key_id = key.id.clone();
-        self.asking = Some(slot);
         self.phase = Phase::LeaseAsked { key, asked_at: now };
         Next::Ask { key_id, request }
     }
 
     fn lease_answered(&mut self, iso: &mut Isolate, key: Rc<KeyRecord>, asked_at: i64, now: i64) -> Next {
         let slot = self.slot(&key);
-        self.asking = None;
+        if let Some(marker) = self.asking.clone() {
+            // Everyone waiting wakes and looks again; those who wait again
+            // count themselves again.
+            if let Some(s) = iso.slots.get_mut(&marker) {
+                s.waiters = 0;
+            }
+        }
+        self.release(iso);
         let lease_ms = self.settings.lease_ms;
-        iso.slot_mut(&slot, now, &mut self.later).asking_until = None;
         let Some(Ok(reply)) = self.reply.take() else { return self.unavailable(iso) };
         match reply {
-            GuardReply::Leased { counted_at, quota, lease, facts, valid_ms } => {
+            GuardReply::Leased { counted_at, refused, quota, lease, facts, valid_ms } => {
                 // Timed from when the question was asked: the guard's clock
                 // started no earlier, so the isolate never uses a lease or
                 // its facts past their end.
@@ -738,8 +906,8 @@ impl<'r> Gate<'r> {
                     let until = asked_at + g.valid_ms.min(lease_ms);
                     let s = iso.slot_mut(&slot, now, &mut self.later);
                     if let Some(old) = s.lease.take() {
-                        // Another question's lease (one that stopped waiting
-                        // and asked too): report it, never drop it.
+                        // Another question's lease (one asked in parallel):
+                        // report it, never drop it.
                         let request = GuardRequest::Return {
                             key: Self::key_ref(&key),
                             report: LeaseReport { id: old.id, used: old.used },
@@ -752,12 +920,12 @@ impl<'r> Gate<'r> {
                     s.lease =
                         Some(LocalLease { id: g.id, reserved: g.reserved, used: 0, until, quota, granted_at: now });
                     self.later.push(Later::ReturnAt { slot: slot.clone(), lease_id: g.id, at: until });
+                } else if counted_at.is_some() && self.sent_want > 0 {
+                    // Asked for a reservation and got none (the key's lease
+                    // table is full): the slot's questions go in parallel.
+                    iso.slot_mut(&slot, now, &mut self.later).parallel_until = Some(now + lease_ms);
                 }
-                let Some(counted_at) = counted_at else {
-                    // Nothing counted: the facts refuse the request (decided
-                    // and counted on them now), or it asked without a scope.
-                    return self.leased(iso, key, now);
-                };
+                let Some(counted_at) = counted_at else { return self.not_counted(iso, key, refused, now) };
                 iso.slot_mut(&slot, now, &mut self.later).demand += 1;
                 // This isolate's view, as for the lease's own units: the
                 // reservation just granted is still to use.
@@ -795,12 +963,43 @@ impl<'r> Gate<'r> {
         }
     }
 
+    /// The guard counted nothing: the facts refuse the request (decided and
+    /// counted on them now), or it asked without a scope (the key record
+    /// alone refused it). Should this isolate's decision on the same facts
+    /// allow it — their clocks disagree around a key's expiry, or the
+    /// question had no scope — it asks once more with one; the guard's own
+    /// refusal settles any further disagreement.
+    fn not_counted(&mut self, iso: &mut Isolate, key: Rc<KeyRecord>, refused: Option<String>, now: i64) -> Next {
+        let Some(facts) = iso.facts(&self.hash, now) else { return self.leased(iso, key, now) };
+        let records = facts.records(&key.id, &key.org_id);
+        if authorize(&self.facts, &self.presented, &records, self.policy, self.config, now).is_err() {
+            return self.leased(iso, key, now);
+        }
+        match refused.as_deref().and_then(code_of) {
+            Some(code) if self.declined || refused.is_some() => {
+                // The guard's refusal stands (it owns the limits and the
+                // revocation; a request it will not count is not admitted).
+                Next::Refuse(code.into())
+            }
+            _ if self.declined => self.unavailable(iso),
+            _ => {
+                self.declined = true;
+                self.leased(iso, key, now)
+            }
+        }
+    }
+
     fn refuse_refunding(&mut self, iso: &mut Isolate, claim: Claim, refusal: Refusal) -> Next {
         if let Some(l) = Admission(Some(claim)).refund(iso, refusal.error.code) {
             self.later.push(l);
         }
         Next::Refuse(refusal)
     }
+}
+
+/// The catalogue code of a lowercase wire code.
+fn code_of(s: &str) -> Option<ErrorCode> {
+    ErrorCode::ALL.iter().copied().find(|c| c.as_str().eq_ignore_ascii_case(s))
 }
 
 /// A 429 to a request whose origin matched carries the CORS headers too.
@@ -834,17 +1033,30 @@ impl Slot {
 }
 
 impl Isolate {
+    /// An isolate whose maps hash with `seed` (drawn from the platform
+    /// CSPRNG by the shell).
+    pub fn new(seed: [u8; 16]) -> Isolate {
+        Isolate { keys: HashMap::with_hasher(Keyed(seed)), slots: HashMap::with_hasher(Keyed(seed)), last_now: 0 }
+    }
+
     /// Number of keys and slots remembered (for tests and stats).
     pub fn sizes(&self) -> (usize, usize) {
         (self.keys.len(), self.slots.len())
+    }
+
+    /// The isolate's clock: `now`, never earlier than the latest time seen.
+    fn clock(&mut self, now: i64) -> i64 {
+        self.last_now = self.last_now.max(now);
+        self.last_now
     }
 
     fn remember_key(&mut self, hash: [u8; 32], record: KeyRecord, now: i64, later: &mut Vec<Later>) -> Rc<KeyRecord> {
         if !self.keys.contains_key(&hash) && self.keys.len() >= MAX_KEYS {
             self.evict_keys(now, later);
         }
+        let record = Rc::new(record);
         let e = self.keys.entry(hash).or_insert_with(|| KeyEntry {
-            record: Rc::new(record.clone()),
+            record: record.clone(),
             read_at: now,
             revoked: false,
             confirmed_at: None,
@@ -852,8 +1064,10 @@ impl Isolate {
             refusals: Refusals::new(),
             flush_at: None,
             used_at: now,
+            records_refused: false,
+            records_ok_at: None,
         });
-        e.record = Rc::new(record);
+        e.record = record;
         e.read_at = now;
         e.used_at = now;
         e.record.clone()
@@ -892,22 +1106,18 @@ impl Isolate {
         s
     }
 
+    /// Makes room: slots with nothing live go first; else the one used
+    /// longest ago (its lease reported first). Waiters never pin a slot (a
+    /// waiter whose request went away never wakes to give its count back).
     fn evict_slots(&mut self, now: i64, later: &mut Vec<Later>) {
         let idle = |s: &Slot| {
             s.asking_until.is_none_or(|t| t <= now)
-                && s.waiters == 0
                 && s.lease.as_ref().is_none_or(|l| l.until <= now)
                 && s.limited.as_ref().is_none_or(|l| l.until <= now)
         };
         let mut gone: Vec<SlotId> = self.slots.iter().filter(|(_, s)| idle(s)).map(|(id, _)| id.clone()).collect();
         if gone.is_empty() {
-            gone.extend(
-                self.slots
-                    .iter()
-                    .filter(|(_, s)| s.waiters == 0)
-                    .min_by_key(|(_, s)| s.used_at)
-                    .map(|(id, _)| id.clone()),
-            );
+            gone.extend(self.slots.iter().min_by_key(|(_, s)| s.used_at).map(|(id, _)| id.clone()));
         }
         for id in gone {
             let Some(s) = self.slots.remove(&id) else { continue };
@@ -938,6 +1148,55 @@ impl Isolate {
 
     fn confirmed_within(&self, hash: &[u8; 32], now: i64, lease_ms: i64) -> bool {
         self.keys.get(hash).and_then(|e| e.confirmed_at).is_some_and(|t| now >= t && now - t < lease_ms)
+    }
+
+    /// What the records said of a strict key's request: a refusal makes
+    /// the next requests read them before asking the guard, an allow
+    /// makes them ask concurrently again. (A store failure says nothing.)
+    fn note_records(&mut self, hash: &[u8; 32], decision: &Result<Grant, Refusal>, now: i64) {
+        if let Some(e) = self.keys.get_mut(hash) {
+            match decision {
+                Ok(_) => {
+                    e.records_refused = false;
+                    e.records_ok_at = Some(now);
+                }
+                Err(r) if r.error.code != ErrorCode::ServiceUnavailable => e.records_refused = true,
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// After an admission: whether it left the slot without room.
+    fn note_room(&mut self, slot: &SlotId, quota: Option<&QuotaWire>, now: i64, later: &mut Vec<Later>) {
+        let exhausted = quota.filter(|q| q.remaining == 0).map(|q| now + q.reset_ms.max(1));
+        match exhausted {
+            Some(until) => self.slot_mut(slot, now, later).exhausted_until = Some(until),
+            None => {
+                if let Some(s) = self.slots.get_mut(slot) {
+                    s.exhausted_until = None;
+                }
+            }
+        }
+    }
+
+    /// The slot (the request's, or its key's) whose checks go one at a
+    /// time: the guard left it without room, or its remembered 429 lapsed
+    /// before the retry time.
+    fn exhausted(&self, slot: &SlotId, now: i64) -> Option<SlotId> {
+        let key_wide = SlotId { hash: slot.hash, visitor: None };
+        let suspect = |id: &SlotId| {
+            self.slots.get(id).is_some_and(|s| {
+                s.exhausted_until.is_some_and(|t| t > now)
+                    || s.limited.as_ref().is_some_and(|l| l.until <= now && l.retry_at > now)
+            })
+        };
+        if suspect(slot) {
+            Some(slot.clone())
+        } else if suspect(&key_wide) {
+            Some(key_wide)
+        } else {
+            None
+        }
     }
 
     fn facts(&self, hash: &[u8; 32], now: i64) -> Option<Rc<LeaseFacts>> {
@@ -1016,6 +1275,7 @@ impl Isolate {
         };
         let refusal = limited_refusal(l.retry_at, l.reset_at, &l.quota, now);
         s.limited = Some(l);
+        s.exhausted_until = None;
         refusal
     }
 
@@ -1036,13 +1296,13 @@ impl Isolate {
         Some((l.id, quota))
     }
 
-    /// Whether a request of this isolate is asking the guard for `slot`.
+    /// Whether a request of this isolate is asking the guard about `slot`.
     pub fn asking(&self, slot: &SlotId, now: i64) -> bool {
         self.slots.get(slot).and_then(|s| s.asking_until).is_some_and(|t| t > now)
     }
 
-    /// The request asking for `slot` went away without an answer (its
-    /// future was dropped): let the next request ask.
+    /// The request asking about `slot` ended (answered, failed, or went
+    /// away): the next request may ask.
     pub fn abandon(&mut self, slot: &SlotId) {
         if let Some(s) = self.slots.get_mut(slot) {
             s.asking_until = None;
@@ -1052,6 +1312,7 @@ impl Isolate {
     /// A [`Later::ReturnAt`] is due: the lease's report, if it is still the
     /// slot's lease, has ended, and no request is asking for a new one.
     pub fn due_return(&mut self, slot: &SlotId, lease_id: u64, now: i64) -> Option<(String, GuardRequest)> {
+        let now = self.clock(now);
         let s = self.slots.get_mut(slot)?;
         if s.asking_until.is_some_and(|t| t > now)
             || !s.lease.as_ref().is_some_and(|l| l.id == lease_id && l.until <= now)
@@ -1071,6 +1332,7 @@ impl Isolate {
 
     /// A [`Later::FlushAt`] is due: the counted refusals, if any are left.
     pub fn due_flush(&mut self, hash: &[u8; 32], now: i64) -> Option<(String, GuardRequest)> {
+        let now = self.clock(now);
         let e = self.keys.get_mut(hash)?;
         if e.flush_at.is_some_and(|t| t > now) {
             return None;
@@ -1084,15 +1346,30 @@ impl Isolate {
         Some((e.record.id.clone(), request))
     }
 
-    /// The guard's answer to work done after a response.
-    pub fn later_replied(&mut self, hash: &[u8; 32], reply: &Result<GuardReply, String>, now: i64) {
+    /// The guard's answer to `request`, sent after a response. Only the
+    /// answer to a report or a probe (`Refused`, `Return`) confirms that the
+    /// key is not revoked.
+    pub fn later_replied(
+        &mut self,
+        hash: &[u8; 32],
+        request: &GuardRequest,
+        reply: &Result<GuardReply, String>,
+        now: i64,
+    ) {
+        let now = self.clock(now);
         match reply {
             Ok(GuardReply::Revoked) => self.mark_revoked(hash),
-            Ok(GuardReply::Recorded) => self.confirm(hash, now),
+            Ok(GuardReply::Recorded)
+                if matches!(request, GuardRequest::Refused { .. } | GuardRequest::Return { .. }) =>
+            {
+                self.confirm(hash, now)
+            }
             _ => {}
         }
     }
 }
 
+#[cfg(test)]
+mod review_tests;
 #[cfg(test)]
 mod tests;

@@ -46,7 +46,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::authorize::{records_allow, Config, Records};
+use crate::authorize::{records_verdict, Config, Records};
 use crate::policy::Policy;
 use crate::ratelimit::{self, ledger_bound, Ledger, Quota, RateLimit};
 use crate::records::{KeyRecord, OrgRecord, UserRecord};
@@ -54,10 +54,17 @@ use crate::vecmap::VecMap;
 
 /// One hour, in milliseconds.
 pub const HOUR_MS: i64 = 3_600_000;
-/// Most visitors (per-visitor limits of a widget key) one guard tracks; past
-/// it, the visitor seen longest ago is forgotten (no visitor ever skips its
-/// limit).
+/// Most visitors (per-visitor limits of a widget key) one guard tracks. A
+/// visitor is forgotten only once its counts have expired; while all
+/// tracked visitors still have live counts, any further visitor counts
+/// under one shared [`OVERFLOW_VISITOR`] instead: no visitor ever skips or
+/// resets its limit (under such a flood, new visitors share one limit).
 pub const MAX_VISITORS: usize = 2_048;
+/// The visitor every untracked visitor counts under while the table is
+/// full of live visitors (never a client address).
+pub const OVERFLOW_VISITOR: &str = "*";
+/// How often (ms) a full visitor table is swept for expired visitors.
+const SWEEP_EVERY_MS: i64 = 1_000;
 /// Most live leases of one key; past it, requests are admitted one at a
 /// time (a lease with no reservation).
 pub const MAX_LEASES: usize = 256;
@@ -374,6 +381,10 @@ pub enum GuardReply {
         /// allow it (the worker's decision will say why).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         counted_at: Option<i64>,
+        /// Why the facts refuse the request at hand (an error code,
+        /// lowercase), when a scope was given and they do.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refused: Option<String>,
         /// The tightest limit after this grant.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         quota: Option<QuotaWire>,
@@ -570,6 +581,8 @@ pub struct GuardState {
     /// The meta row changed in memory only (the key learned from a
     /// refusal): written with the next row that is written anyway.
     pub meta_unwritten: bool,
+    /// When a full visitor table was last swept for expired visitors.
+    pub last_sweep: i64,
 }
 
 /// The rows [`GuardState::apply`] changed. A visitor or lease named here is
@@ -651,6 +664,18 @@ impl GuardState {
             return (GuardReply::Invalid { reason: reason.to_owned() }, ch);
         }
         let now = self.counters.ledger.clamp(cx.now);
+        let resolved;
+        let request = match request {
+            GuardRequest::Check { limits, .. }
+            | GuardRequest::Lease { limits, .. }
+            | GuardRequest::Refund { limits, .. }
+                if self.overflowing(limits, now, &mut ch) =>
+            {
+                resolved = overflow(request);
+                &resolved
+            }
+            _ => request,
+        };
         let reply = match request {
             GuardRequest::Revoke { revoked_at } => {
                 if self.meta.revoked_at.is_none() {
@@ -713,6 +738,11 @@ impl GuardState {
             }
             GuardRequest::Refund { key, limits, counted_at, reason } => {
                 self.learn(key, &mut ch);
+                if self.meta.revoked_at.is_some() {
+                    // Never answered as "recorded": the isolate would take
+                    // it for "not revoked".
+                    return (GuardReply::Revoked, ch);
+                }
                 // Memory only: written with the next row written anyway.
                 self.counters.ledger.remove(limits.key.iter().map(|l| l.name.as_str()), *counted_at, 1);
                 if let Some(v) = &limits.visitor {
@@ -793,13 +823,15 @@ impl GuardState {
     ) -> GuardReply {
         let ends_at = f.at + cx.lease_ms;
         let valid_ms = ends_at - now;
-        let allowed = scope
-            .is_some_and(|s| records_allow(&f.facts.records(&key.key_id, &key.org_id), s, cx.policy, cx.config, now));
-        if !allowed {
+        let records = f.facts.records(&key.key_id, &key.org_id);
+        let verdict = scope.map(|s| records_verdict(&records, s, cx.policy, cx.config, now));
+        if !matches!(verdict, Some(Ok(()))) {
             // The worker decides on the same facts and answers the refusal
-            // (and reports it); nothing is counted here.
+            // (and reports it); nothing is counted here. The code settles a
+            // disagreement (clocks apart around a key's expiry).
             return GuardReply::Leased {
                 counted_at: None,
+                refused: verdict.and_then(Result::err).map(|c| c.as_str().to_ascii_lowercase()),
                 quota: None,
                 lease: None,
                 facts: Box::new(f.facts.clone()),
@@ -829,6 +861,7 @@ impl GuardState {
         });
         GuardReply::Leased {
             counted_at: Some(now),
+            refused: None,
             quota: self.quota(limits, now).map(Into::into),
             lease,
             facts: Box::new(f.facts.clone()),
@@ -886,9 +919,8 @@ impl GuardState {
         self.counters.ledger.add(&limits.key, at, n);
         ch.counters = true;
         if let Some(v) = &limits.visitor {
-            if !self.visitors.contains_key(&v.id) {
-                self.make_room_for_a_visitor(now, ch);
-            }
+            // The table has room, or the visitor is the overflow one
+            // (resolved before): a live visitor is never forgotten.
             let e = self.visitors.get_or_insert_with(v.id.clone(), Visitor::default);
             e.seen = e.seen.max(now);
             e.ledger.clamp(now);
@@ -897,11 +929,27 @@ impl GuardState {
         }
     }
 
-    fn make_room_for_a_visitor(&mut self, now: i64, ch: &mut Changes) {
-        if self.visitors.len() < MAX_VISITORS {
-            return;
+    /// Whether the request's visitor must count under [`OVERFLOW_VISITOR`]:
+    /// it is not tracked, and the table is full of visitors whose counts
+    /// are still live (swept for expired ones at most once per second).
+    fn overflowing(&mut self, limits: &Limits, now: i64, ch: &mut Changes) -> bool {
+        let Some(v) = &limits.visitor else { return false };
+        if self.visitors.contains_key(v.id.as_str()) || self.tracked_visitors() < MAX_VISITORS {
+            return false;
         }
-        // First the visitors whose counts have all expired.
+        if now - self.last_sweep >= SWEEP_EVERY_MS || now < self.last_sweep {
+            self.last_sweep = now;
+            self.forget_expired_visitors(now, ch);
+        }
+        self.tracked_visitors() >= MAX_VISITORS
+    }
+
+    fn tracked_visitors(&self) -> usize {
+        self.visitors.len() - usize::from(self.visitors.contains_key(OVERFLOW_VISITOR))
+    }
+
+    /// Forgets the visitors whose counts have all expired.
+    fn forget_expired_visitors(&mut self, now: i64, ch: &mut Changes) {
         self.visitors.retain(|id, v| {
             v.ledger.prune(&[], now);
             let keep = !v.ledger.is_empty();
@@ -910,13 +958,6 @@ impl GuardState {
             }
             keep
         });
-        while self.visitors.len() >= MAX_VISITORS {
-            let Some(oldest) = self.visitors.iter().min_by_key(|(_, v)| v.seen).map(|(id, _)| id.clone()) else {
-                break;
-            };
-            self.visitors.remove(&oldest);
-            ch.visitor(&oldest);
-        }
     }
 
     /// A lease's report: the unused part of the reservation is given back,
@@ -969,14 +1010,7 @@ impl GuardState {
         let mut ch = Changes::default();
         let now = self.counters.ledger.clamp(now);
         self.settle_expired(now, &mut ch);
-        self.visitors.retain(|id, v| {
-            v.ledger.prune(&[], now);
-            let keep = !v.ledger.is_empty();
-            if !keep {
-                ch.visitor(id);
-            }
-            keep
-        });
+        self.forget_expired_visitors(now, &mut ch);
         if self.meta.inflight.is_none() && !self.counters.usage.is_empty() {
             self.meta.rollup_seq += 1;
             self.meta.inflight = Some((self.meta.rollup_seq, std::mem::take(&mut self.counters.usage)));
@@ -1109,6 +1143,29 @@ impl GuardState {
     }
 }
 
+/// The request with its visitor counted as [`OVERFLOW_VISITOR`].
+fn overflow(request: &GuardRequest) -> GuardRequest {
+    let mut r = request.clone();
+    if let GuardRequest::Check { limits, .. }
+    | GuardRequest::Lease { limits, .. }
+    | GuardRequest::Refund { limits, .. } = &mut r
+    {
+        if let Some(v) = limits.visitor.as_mut() {
+            v.id = OVERFLOW_VISITOR.to_owned();
+        }
+    }
+    r
+}
+
+impl GuardState {
+    /// The object's clock: `raw` clamped to the latest time seen. The
+    /// object stamps lease facts with it, so a clock that stepped back
+    /// neither stretches a lease nor makes fresh facts look stale.
+    pub fn clock(&self, raw: i64) -> i64 {
+        raw.max(self.counters.ledger.last_ms)
+    }
+}
+
 /// A row of the guard's storage.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RowRef {
@@ -1160,9 +1217,11 @@ pub fn byte_bound(key_limits: &[RateLimit], visitor_limits: &[RateLimit]) -> usi
     let limits_text = |ls: &[RateLimit]| ls.iter().map(|l| 64 + l.name.len()).sum::<usize>();
     let lease_row = 128 + limits_text(key_limits) + MAX_VISITOR_ID + limits_text(visitor_limits);
     let visitor_row = MAX_VISITOR_ID + 8 + ledger_bound(visitor_limits);
-    let visitors = if visitor_limits.is_empty() { 0 } else { MAX_VISITORS * visitor_row };
+    let visitors = if visitor_limits.is_empty() { 0 } else { (MAX_VISITORS + 1) * visitor_row };
     meta + ledger_bound(key_limits) + usage + visitors + MAX_LEASES * lease_row
 }
 
+#[cfg(test)]
+mod review_tests;
 #[cfg(test)]
 mod tests;

@@ -31,7 +31,7 @@ thread_local! {
     /// What this isolate remembers between requests (keys, leases, refusals
     /// to report); bounded, see [`crate::flow`]. Borrowed only between
     /// awaits, never across one.
-    static ISOLATE: RefCell<Isolate> = RefCell::new(Isolate::default());
+    static ISOLATE: RefCell<Isolate> = RefCell::new(Isolate::new(super::random::<16>().unwrap_or_default()));
 }
 
 /// The request as the gate and the proxy see it.
@@ -119,6 +119,7 @@ async fn admit(
             Next::ReadRecordsAndAsk { org_id, user_id, key_id, request } => {
                 // The guard's check runs concurrently with the org and user
                 // reads: the Durable Object hop hides behind KV.
+                let _question = EndQuestion(gate.asking().cloned());
                 let (records, reply) = futures_util::join!(
                     read_records(&kv, &org_id, user_id.as_deref()),
                     super::guard::call(env, &key_id, &request)
@@ -126,7 +127,10 @@ async fn admit(
                 gate.records_read(records);
                 gate.guard_replied(reply);
             }
-            Next::Ask { key_id, request } => gate.guard_replied(super::guard::call(env, &key_id, &request).await),
+            Next::Ask { key_id, request } => {
+                let _question = EndQuestion(gate.asking().cloned());
+                gate.guard_replied(super::guard::call(env, &key_id, &request).await)
+            }
             Next::Wait { slot, until } => wait(slot, until).await,
             Next::Refuse(refusal) => break Err(refusal),
             Next::Admit(admitted) => break Ok(admitted),
@@ -134,6 +138,24 @@ async fn admit(
     };
     later.extend(gate.take_later());
     result
+}
+
+/// Ends this request's question to the guard when the await that carries it
+/// ends — answered (the next step then reads the answer before any other
+/// request runs), or dropped with the request — so that a request that went
+/// away never leaves the others waiting for an answer that will not come.
+struct EndQuestion(Option<SlotId>);
+
+impl Drop for EndQuestion {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0.take() {
+            ISOLATE.with(|i| {
+                if let Ok(mut i) = i.try_borrow_mut() {
+                    i.abandon(&slot);
+                }
+            });
+        }
+    }
 }
 
 /// Waits until the request asking the guard for `slot` has its answer, or
@@ -179,7 +201,7 @@ fn run_later(ctx: &Context, env: &Env, later: Vec<Later>) {
                 if let Err(e) = &reply {
                     worker::console_warn!("keyward: a {} to the key guard failed: {e}", request.kind());
                 }
-                ISOLATE.with(|i| i.borrow_mut().later_replied(&hash, &reply, now_ms()));
+                ISOLATE.with(|i| i.borrow_mut().later_replied(&hash, &request, &reply, now_ms()));
             }
         });
     }

@@ -191,7 +191,9 @@ impl KeyGuard {
     /// than half a lease. The time taken before the call starts the facts'
     /// clock, so a lease never outlives them.
     async fn ensure_facts(&self, org_id: &str, key_id: &str, lease_ms: i64) -> worker::Result<()> {
-        let now = super::now_ms();
+        // The object's clamped clock (see `GuardState::clock`).
+        let raw = super::now_ms();
+        let now = self.mem.borrow().as_ref().map_or(raw, |s| s.clock(raw));
         if self.facts.borrow().as_ref().is_some_and(|f| f.fresh(now, lease_ms)) {
             return Ok(());
         }

@@ -135,7 +135,7 @@ impl Store {
             };
             if let Some((key_id, request)) = call {
                 let r = self.call(&key_id, &request, now, env);
-                iso.later_replied(&hash, &r, now);
+                iso.later_replied(&hash, &request, &r, now);
             }
         }
     }

@@ -1,0 +1,683 @@
+//! Review tests (adversarial): the flow driven natively with the real guard
+//! logic behind `Ask`. Self-contained (the helpers of `flow::tests` are
+//! private to that module). Tests documented as "review finding, fixed"
+//! reproduced a finding of the review of the leased-quota change and now
+//! guard its fix; the others pin down what was checked and found sound.
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::guard::{FetchedFacts, GuardState, MAX_LEASES};
+use crate::path::CanonicalPath;
+use crate::ratelimit::tests_support::Rng;
+use crate::ratelimit::RateLimit;
+use crate::scope::Scope;
+use crate::token::{generate, TokenFormat};
+
+const T0: i64 = 1_800_000_000_000;
+const LEASE: i64 = 1000;
+const SHOP: &str = "https://shop.example.com";
+
+struct Env {
+    policy: Policy,
+    config: Config,
+    settings: FlowSettings,
+}
+
+fn env() -> Env {
+    Env {
+        policy: Policy::default_policy().unwrap(),
+        config: Config::default(),
+        settings: FlowSettings { lease_ms: LEASE, key_guard: true },
+    }
+}
+
+#[derive(Clone)]
+struct Key {
+    token: String,
+    id: String,
+}
+
+/// KV (possibly stale), the org's records (the truth), the guards, and
+/// counters of what the guards were asked and wrote.
+#[derive(Default)]
+struct Store {
+    kv_keys: HashMap<[u8; 32], KeyRecord>,
+    kv_orgs: HashMap<String, OrgRecord>,
+    db_keys: HashMap<String, KeyRecord>,
+    db_orgs: HashMap<String, OrgRecord>,
+    guards: HashMap<String, (GuardState, Option<FetchedFacts>)>,
+    guard_calls: u32,
+    calls_by_kind: HashMap<&'static str, u32>,
+    writes: u32,
+    lease_id: u64,
+    /// How far the guard's clock is ahead of the isolate's (ms).
+    skew: i64,
+}
+
+impl Store {
+    fn org(&mut self, baa: bool) {
+        let o = OrgRecord { id: "org_1".into(), name: "o".into(), baa_active: baa, updated_at: 0 };
+        self.db_orgs.insert(o.id.clone(), o.clone());
+        self.kv_orgs.insert(o.id.clone(), o);
+    }
+
+    fn key(&mut self, n: u8, kind: KeyKind, consistency: Consistency, limit: u32) -> Key {
+        let k = generate(&TokenFormat::default(), kind, &[n; 32]);
+        let record = KeyRecord {
+            id: format!("01KEY{n:03}"),
+            org_id: "org_1".into(),
+            user_id: None,
+            name: "k".into(),
+            kind,
+            scopes: vec![Scope::parse("ai:chat").unwrap()],
+            prefix: k.prefix.clone(),
+            last_four: k.last_four.clone(),
+            created_at: T0 - 1000,
+            expires_at: None,
+            revoked_at: None,
+            rate_limits: vec![RateLimit { name: "minute".into(), limit, window_seconds: 60 }],
+            allowed_origins: if kind == KeyKind::Widget {
+                vec![crate::cors::OriginPattern::parse(SHOP).unwrap()]
+            } else {
+                Vec::new()
+            },
+            resource_id: None,
+            consistency,
+        };
+        self.kv_keys.insert(k.hash.0, record.clone());
+        self.db_keys.insert(record.id.clone(), record.clone());
+        Key { token: k.plaintext, id: record.id }
+    }
+
+    /// The org's revoke: the tombstone first, then the system of record
+    /// (KV is left stale on purpose).
+    fn revoke(&mut self, key: &Key, now: i64, env: &Env) {
+        let _ = self.call(&key.id, &GuardRequest::Revoke { revoked_at: now }, now, env);
+        self.db_keys.get_mut(&key.id).unwrap().revoked_at = Some(now);
+    }
+
+    fn call(&mut self, key_id: &str, req: &GuardRequest, now: i64, env: &Env) -> Result<GuardReply, String> {
+        let now = now + self.skew;
+        self.guard_calls += 1;
+        *self.calls_by_kind.entry(req.kind()).or_default() += 1;
+        let fresh =
+            LeaseFacts { key: self.db_keys.get(key_id).cloned(), org: self.db_orgs.get("org_1").cloned(), user: None };
+        let (state, facts) = self.guards.entry(key_id.to_owned()).or_default();
+        if req.needs_facts() && !facts.as_ref().is_some_and(|f| f.fresh(now, env.settings.lease_ms)) {
+            *facts = Some(FetchedFacts { facts: fresh, at: now });
+        }
+        self.lease_id += 1;
+        let cx = crate::guard::Context {
+            now,
+            lease_ms: env.settings.lease_ms,
+            facts: facts.as_ref(),
+            policy: &env.policy,
+            config: &env.config,
+            lease_id: self.lease_id * 7919,
+        };
+        let (reply, ch) = state.apply(req, &cx);
+        if !ch.is_empty() {
+            self.writes += 1;
+        }
+        match reply {
+            GuardReply::Invalid { reason } => Err(reason),
+            r => Ok(r),
+        }
+    }
+
+    /// Runs after-response work; timed work only when due.
+    fn run_later(&mut self, iso: &mut Isolate, later: Vec<Later>, now: i64, env: &Env) {
+        for l in later {
+            let (hash, call) = match l {
+                Later::Call { hash, key_id, request } => (hash, Some((key_id, request))),
+                Later::ReturnAt { slot, lease_id, at } if at <= now => {
+                    (slot.hash, iso.due_return(&slot, lease_id, now))
+                }
+                Later::FlushAt { hash, at } if at <= now => (hash, iso.due_flush(&hash, now)),
+                _ => continue,
+            };
+            if let Some((key_id, request)) = call {
+                let r = self.call(&key_id, &request, now, env);
+                iso.later_replied(&hash, &request, &r, now);
+            }
+        }
+    }
+}
+
+struct Req {
+    token: String,
+    path: CanonicalPath,
+    method: &'static str,
+    origin: Option<&'static str>,
+    ip: String,
+}
+
+fn chat(key: &Key) -> Req {
+    Req {
+        token: key.token.clone(),
+        path: CanonicalPath::parse("/v1/ai/chat").unwrap(),
+        method: "POST",
+        origin: None,
+        ip: "203.0.113.9".into(),
+    }
+}
+
+fn to(key: &Key, method: &'static str, path: &str) -> Req {
+    Req { path: CanonicalPath::parse(path).unwrap(), method, ..chat(key) }
+}
+
+fn widget(key: &Key, origin: &'static str, ip: &str) -> Req {
+    Req { origin: Some(origin), ip: ip.to_owned(), ..chat(key) }
+}
+
+#[derive(Debug)]
+#[allow(dead_code)]
+enum Outcome {
+    Admitted(Option<QuotaWire>),
+    Refused(Refusal),
+}
+
+impl Outcome {
+    fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Outcome::Refused(r) => Some(r.error.code),
+            Outcome::Admitted(..) => None,
+        }
+    }
+}
+
+fn gate<'r>(env: &'r Env, r: &'r Req) -> Gate<'r> {
+    let presented = ApiKey::parse(&env.config.format, &r.token).unwrap();
+    let facts = Facts { method: r.method, path: &r.path, origin: r.origin, referer: None };
+    Gate::new(facts, presented, presented.hash(), &r.ip, &env.policy, &env.config, env.settings)
+}
+
+enum State {
+    Ready,
+    Asked(String, GuardRequest),
+    Waiting(SlotId),
+    Done(Outcome),
+}
+
+/// One step: reads answered at once; a question to the guard left pending;
+/// an admission served.
+fn step(g: &mut Gate<'_>, iso: &mut Isolate, store: &Store, now: i64) -> State {
+    match g.next(iso, now) {
+        Next::ReadKey => {
+            let hash = g.hash;
+            g.key_read(Ok(store.kv_keys.get(&hash).cloned()));
+            State::Ready
+        }
+        Next::ReadRecords { org_id, .. } => {
+            g.records_read(Ok((store.kv_orgs.get(&org_id).cloned(), None)));
+            State::Ready
+        }
+        Next::ReadRecordsAndAsk { org_id, key_id, request, .. } => {
+            g.records_read(Ok((store.kv_orgs.get(&org_id).cloned(), None)));
+            State::Asked(key_id, request)
+        }
+        Next::Ask { key_id, request } => State::Asked(key_id, request),
+        Next::Wait { slot, .. } => State::Waiting(slot),
+        Next::Refuse(r) => State::Done(Outcome::Refused(r)),
+        Next::Admit(a) => {
+            a.admission.served();
+            State::Done(Outcome::Admitted(a.quota))
+        }
+    }
+}
+
+/// Runs `reqs` as concurrent requests of one isolate at `now`: every
+/// request runs until it must wait for the guard before the oldest
+/// question is answered (the event loop of one isolate). Runs the untimed
+/// after-response work; returns the outcomes and the timed work.
+fn run_all(env: &Env, store: &mut Store, iso: &mut Isolate, reqs: &[Req], now: i64) -> (Vec<Outcome>, Vec<Later>) {
+    let mut gates: Vec<Gate<'_>> = reqs.iter().map(|r| gate(env, r)).collect();
+    let mut states: Vec<State> = reqs.iter().map(|_| State::Ready).collect();
+    loop {
+        let mut progressed = false;
+        for i in 0..gates.len() {
+            if matches!(states[i], State::Ready) {
+                progressed = true;
+                states[i] = step(&mut gates[i], iso, store, now);
+                for s in states.iter_mut() {
+                    if matches!(s, State::Waiting(w) if !iso.asking(w, now)) {
+                        *s = State::Ready;
+                    }
+                }
+            }
+        }
+        if progressed {
+            continue;
+        }
+        if let Some(i) = states.iter().position(|s| matches!(s, State::Asked(..))) {
+            let State::Asked(key_id, request) = std::mem::replace(&mut states[i], State::Ready) else { unreachable!() };
+            let r = store.call(&key_id, &request, now, env);
+            gates[i].guard_replied(r);
+            continue;
+        }
+        assert!(!states.iter().any(|s| matches!(s, State::Waiting(_))), "a request waits for a question nobody asks");
+        break;
+    }
+    let mut later = Vec::new();
+    for g in gates.iter_mut() {
+        later.extend(g.take_later());
+    }
+    let timed: Vec<Later> = later.iter().filter(|l| !matches!(l, Later::Call { .. })).cloned().collect();
+    store.run_later(iso, later, now, env);
+    let outcomes = states
+        .into_iter()
+        .map(|s| match s {
+            State::Done(o) => o,
+            _ => unreachable!(),
+        })
+        .collect();
+    (outcomes, timed)
+}
+
+fn one(env: &Env, store: &mut Store, iso: &mut Isolate, r: Req, now: i64) -> Outcome {
+    run_all(env, store, iso, std::slice::from_ref(&r), now).0.pop().unwrap()
+}
+
+fn count(o: &[Outcome], code: Option<ErrorCode>) -> usize {
+    o.iter().filter(|o| o.code() == code).count()
+}
+
+// ------------------------------------------------------------------ findings
+
+/// Review finding, fixed: a strict key whose org (or user) refuses — BAA off, a disabled
+/// user, a role-capped scope — passes the key-only pre-check, so every
+/// request runs the guard's check concurrently with the KV reads: the guard
+/// counts it (a storage write), then the worker refunds it (a second call).
+/// The refund gives the unit back, so unlike admitted requests nothing caps
+/// the flood: one write and two guard calls per refused request, forever.
+/// Promise 4: refusals cost the guard no storage write, and a flood of them
+/// at most ~one call per isolate per LEASE_MS.
+#[test]
+fn review_records_refusals_of_a_strict_key_write_the_guard_per_request() {
+    let env = env();
+    let mut store = Store::default();
+    store.org(false);
+    // A public widget key (strict, the default) of an org whose BAA lapsed.
+    let k = store.key(1, KeyKind::Widget, Consistency::Strict, 1000);
+    let mut iso = Isolate::default();
+    for i in 0..100 {
+        let o = one(&env, &mut store, &mut iso, widget(&k, SHOP, &format!("198.51.100.{i}")), T0 + i * 5);
+        assert_eq!(o.code(), Some(ErrorCode::BaaRequired));
+    }
+    // The first request of the flood runs the guard's check concurrently
+    // with the records (this isolate has not seen them refuse yet): one
+    // write and its refund; from then on the records are read first.
+    assert!(
+        store.writes <= 1 && store.guard_calls <= 3,
+        "100 refused requests (BAA off) in 0.5 s cost {} guard writes and {} guard calls ({:?})",
+        store.writes,
+        store.guard_calls,
+        store.calls_by_kind
+    );
+}
+
+/// The same flood on a leased key costs nothing: the guard decides on the
+/// facts before it counts (checked and sound).
+#[test]
+fn review_records_refusals_of_a_leased_key_cost_no_write() {
+    let env = env();
+    let mut store = Store::default();
+    store.org(false);
+    let k = store.key(1, KeyKind::Widget, Consistency::Leased, 1000);
+    let mut iso = Isolate::default();
+    for i in 0..100 {
+        let o = one(&env, &mut store, &mut iso, widget(&k, SHOP, &format!("198.51.100.{i}")), T0 + i * 5);
+        assert_eq!(o.code(), Some(ErrorCode::BaaRequired));
+    }
+    assert_eq!(store.writes, 0);
+    assert!(store.guard_calls <= 2, "{:?}", store.calls_by_kind);
+}
+
+/// Review finding, fixed: the "is it revoked?" probe of a refusal (402–405) is not
+/// single-flighted. Requests refused while no probe answer is in hand each
+/// send their own probe: a burst of N concurrent refused requests costs N
+/// guard calls (and again whenever the guard's word lapses), not one.
+#[test]
+fn review_a_concurrent_refusal_flood_probes_once() {
+    let env = env();
+    let mut store = Store::default();
+    store.org(true);
+    let k = store.key(1, KeyKind::Secret, Consistency::Strict, 100);
+    let mut iso = Isolate::default();
+    // The key is known to the isolate (one admitted request), then the guard's
+    // word lapses and a burst of refused requests arrives at once.
+    assert!(matches!(one(&env, &mut store, &mut iso, chat(&k), T0), Outcome::Admitted(_)));
+    let calls = store.guard_calls;
+    let burst: Vec<Req> = (0..100).map(|_| to(&k, "POST", "/v1/embeddings")).collect();
+    let (out, _) = run_all(&env, &mut store, &mut iso, &burst, T0 + 2 * LEASE);
+    assert_eq!(count(&out, Some(ErrorCode::MissingScope)), 100);
+    let spent = store.guard_calls - calls;
+    assert!(spent <= 2, "100 concurrent refused requests cost {spent} guard calls");
+}
+
+/// Review finding, fixed (same cause, over-limit): with the limit spent and the
+/// remembered 429 lapsed, every concurrent request checks with the guard
+/// until one 429 is back.
+#[test]
+fn review_a_concurrent_over_limit_flood_asks_once() {
+    let env = env();
+    let mut store = Store::default();
+    store.org(true);
+    let k = store.key(1, KeyKind::Secret, Consistency::Strict, 3);
+    let mut iso = Isolate::default();
+    for i in 0..3 {
+        assert!(matches!(one(&env, &mut store, &mut iso, chat(&k), T0 + i), Outcome::Admitted(_)));
+    }
+    let calls = store.guard_calls;
+    let burst: Vec<Req> = (0..100).map(|_| chat(&k)).collect();
+    let (out, _) = run_all(&env, &mut store, &mut iso, &burst, T0 + 10);
+    assert_eq!(count(&out, Some(ErrorCode::RateLimited)), 100);
+    let spent = store.guard_calls - calls;
+    assert!(spent <= 2, "100 concurrent over-limit requests cost {spent} guard calls");
+}
+
+/// Review finding, fixed (same cause, leased widget key): the single flight is per slot,
+/// and a widget key has a slot per visitor; with the lease facts lapsed, a
+/// burst of refused requests (here a bad origin) from distinct addresses
+/// asks the guard once per address.
+#[test]
+fn review_a_leased_widget_bad_origin_flood_from_many_visitors_asks_once() {
+    let env = env();
+    let mut store = Store::default();
+    store.org(true);
+    let k = store.key(1, KeyKind::Widget, Consistency::Leased, 1000);
+    let mut iso = Isolate::default();
+    assert!(matches!(one(&env, &mut store, &mut iso, widget(&k, SHOP, "192.0.2.1"), T0), Outcome::Admitted(_)));
+    let calls = store.guard_calls;
+    let burst: Vec<Req> = (0..100).map(|i| widget(&k, "https://evil.example", &format!("10.0.0.{i}"))).collect();
+    let (out, _) = run_all(&env, &mut store, &mut iso, &burst, T0 + 2 * LEASE);
+    assert_eq!(count(&out, Some(ErrorCode::OriginNotAllowed)), 100);
+    let spent = store.guard_calls - calls;
+    assert!(spent <= 2, "100 concurrent bad-origin requests cost {spent} guard calls ({:?})", store.calls_by_kind);
+}
+
+/// Review finding, fixed: the guard answers a refund `Recorded` even for a revoked key,
+/// and the isolate takes every `Recorded` as "the guard says: not revoked".
+/// A refund that reaches the guard after the revocation therefore re-arms
+/// the local answering of refusals: a revoked key (KV still stale) gets its
+/// 402/403 instead of the 401 of an unknown key for up to LEASE_MS after
+/// the refund's answer, without any probe.
+#[test]
+fn review_a_refund_answer_is_not_a_not_revoked_confirmation() {
+    let env = env();
+    let mut store = Store::default();
+    store.org(true);
+    let k = store.key(1, KeyKind::Secret, Consistency::Strict, 100);
+    let mut iso = Isolate::default();
+    // T0: admitted by the guard, then refused before the origin: a refund
+    // is left for after the response.
+    let r = chat(&k);
+    let mut g = gate(&env, &r);
+    let Next::ReadKey = g.next(&mut iso, T0) else { panic!() };
+    g.key_read(Ok(store.kv_keys.values().next().cloned()));
+    let Next::ReadRecordsAndAsk { key_id, request, .. } = g.next(&mut iso, T0) else { panic!() };
+    g.records_read(Ok((store.kv_orgs.get("org_1").cloned(), None)));
+    g.guard_replied(store.call(&key_id, &request, T0, &env));
+    let Next::Admit(a) = g.next(&mut iso, T0) else { panic!() };
+    let refund = a.admission.refund(&mut iso, ErrorCode::ServiceUnavailable).unwrap();
+    // T0 + 10: the key is revoked (KV stays stale).
+    store.revoke(&k, T0 + 10, &env);
+    // T0 + 900: the refund reaches the guard (slow waitUntil, busy object).
+    store.run_later(&mut iso, vec![refund], T0 + 900, &env);
+    // T0 + 1500: more than LEASE_MS after the guard last really said "not
+    // revoked" (T0), a refused request of the revoked key.
+    let calls = store.guard_calls;
+    let o = one(&env, &mut store, &mut iso, to(&k, "POST", "/v1/embeddings"), T0 + 1500);
+    assert_eq!(
+        o.code(),
+        Some(ErrorCode::InvalidApiKey),
+        "a key revoked 1490 ms ago got {:?} with {} guard calls",
+        o.code(),
+        store.guard_calls - calls
+    );
+}
+
+/// Review finding, fixed: a request that stops (client gone: the runtime cancels it)
+/// while it waits for another request's question leaves `waiters` counted
+/// on its slot for good. Such a slot is never idle and never evicted, so
+/// the isolate's slot map grows past MAX_SLOTS — by one slot per visitor
+/// address of a public leased widget key.
+#[test]
+fn review_cancelled_waiters_pin_slots_and_the_slot_map_grows_past_its_bound() {
+    let env = env();
+    let mut store = Store::default();
+    store.org(true);
+    let k = store.key(1, KeyKind::Widget, Consistency::Leased, 1_000_000);
+    let mut iso = Isolate::default();
+    let mut now = T0;
+    for i in 0..(MAX_SLOTS + 200) {
+        let ip = format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256);
+        let (ra, rb) = (widget(&k, SHOP, &ip), widget(&k, SHOP, &ip));
+        let mut a = gate(&env, &ra);
+        let (key_id, request) = loop {
+            match step(&mut a, &mut iso, &store, now) {
+                State::Ready => continue,
+                State::Asked(key_id, request) => break (key_id, request),
+                _ => panic!("visitor {i}: the first request should ask"),
+            }
+        };
+        {
+            let mut b = gate(&env, &rb);
+            assert!(matches!(b.next(&mut iso, now), Next::Wait { .. }), "visitor {i}: the second waits");
+            // The second request is cancelled (dropped) while it waits.
+        }
+        a.guard_replied(store.call(&key_id, &request, now, &env));
+        let State::Done(Outcome::Admitted(_)) = step(&mut a, &mut iso, &store, now) else { panic!("visitor {i}") };
+        let _ = a.take_later();
+        // Time passes: every lease and remembered answer has long ended.
+        now += 2 * LEASE;
+    }
+    let (_, slots) = iso.sizes();
+    assert!(slots <= MAX_SLOTS, "{slots} slots remembered (bound {MAX_SLOTS})");
+}
+
+/// Review finding, fixed: a request cancelled while it asks the guard leaves its slot
+/// marked as asking (`Isolate::abandon` exists but nothing calls it): every
+/// later request of that slot waits up to ASK_TIMEOUT_MS (5 s) for an
+/// answer that never comes.
+#[test]
+fn review_a_cancelled_asker_does_not_block_its_slot() {
+    let env = env();
+    let mut store = Store::default();
+    store.org(true);
+    let k = store.key(1, KeyKind::Secret, Consistency::Leased, 1000);
+    let mut iso = Isolate::default();
+    assert!(matches!(one(&env, &mut store, &mut iso, chat(&k), T0), Outcome::Admitted(_)));
+    let ra = chat(&k);
+    {
+        let mut a = gate(&env, &ra);
+        let Next::Ask { .. } = a.next(&mut iso, T0 + 2 * LEASE) else { panic!("asks") };
+        // Cancelled: dropped without an answer. The shell's guard around the
+        // question ends it, as src/edge/gate.rs does.
+        let asking = a.asking().cloned().expect("the asking slot");
+        drop(a);
+        iso.abandon(&asking);
+    }
+    let rb = chat(&k);
+    let mut b = gate(&env, &rb);
+    match b.next(&mut iso, T0 + 2 * LEASE + 10) {
+        Next::Ask { .. } => {}
+        Next::Wait { until, .. } => {
+            panic!("the next request waits {} ms for a question nobody will answer", until - (T0 + 2 * LEASE + 10))
+        }
+        n => panic!("{n:?}"),
+    }
+    b.guard_replied(Err("not sent".into()));
+    let _ = b.next(&mut iso, T0 + 2 * LEASE + 10);
+}
+
+/// Review finding, fixed: when the guard grants no reservation (its table of MAX_LEASES
+/// live leases is full), one isolate's concurrent requests of one slot are
+/// served one guard round trip at a time (one question per slot), and each
+/// wait costs a step: past MAX_STEPS (64) queued requests fail closed with
+/// 503, although the key has plenty of budget. (A strict key would have
+/// served them all concurrently.)
+#[test]
+fn review_a_full_lease_table_makes_concurrent_leased_requests_fail_503() {
+    let env = env();
+    let mut store = Store::default();
+    store.org(true);
+    let k = store.key(1, KeyKind::Secret, Consistency::Leased, 1_000_000);
+    // Other isolates hold MAX_LEASES live leases of the key.
+    let limits =
+        Limits { key: vec![RateLimit { name: "minute".into(), limit: 1_000_000, window_seconds: 60 }], visitor: None };
+    for _ in 0..MAX_LEASES {
+        let req = GuardRequest::Lease {
+            key: KeyRef { key_id: k.id.clone(), org_id: "org_1".into() },
+            limits: limits.clone(),
+            scope: Some("ai:chat".into()),
+            want: 100,
+            report: None,
+            refusals: Refusals::new(),
+        };
+        assert!(matches!(store.call(&k.id, &req, T0, &env), Ok(GuardReply::Leased { lease: Some(_), .. })));
+    }
+    let mut iso = Isolate::default();
+    let reqs: Vec<Req> = (0..100).map(|_| chat(&k)).collect();
+    let (out, _) = run_all(&env, &mut store, &mut iso, &reqs, T0 + 1);
+    let unavailable = count(&out, Some(ErrorCode::ServiceUnavailable));
+    assert_eq!(
+        (count(&out, None), unavailable),
+        (100, 0),
+        "a key with 1,000,000 per minute: {unavailable} of 100 concurrent requests got 503"
+    );
+}
+
+/// Review finding, fixed: the guard decides "may this request take a unit?" on its own
+/// clock, the isolate decides the request on its own. Around a key's expiry,
+/// when the guard's clock is ahead of the isolate's (two machines), the
+/// guard answers "not allowed" (nothing counted) while the isolate finds the
+/// key still valid and asks again — up to MAX_STEPS times: one request
+/// costs ~64 guard calls and ends as a 503, not a 200 or a 401.
+#[test]
+fn review_a_key_expiring_under_clock_skew_loops_through_the_guard() {
+    let env = env();
+    let mut store = Store::default();
+    store.org(true);
+    let k = store.key(1, KeyKind::Secret, Consistency::Leased, 1000);
+    for r in store.kv_keys.values_mut().chain(store.db_keys.values_mut()) {
+        r.expires_at = Some(T0 + 1000);
+    }
+    store.skew = 50;
+    let mut iso = Isolate::default();
+    let o = one(&env, &mut store, &mut iso, chat(&k), T0 + 980);
+    assert!(
+        store.guard_calls <= 2 && o.code() != Some(ErrorCode::ServiceUnavailable),
+        "one request 20 ms before expiry (guard clock 50 ms ahead): {:?} after {} guard calls",
+        o.code(),
+        store.guard_calls
+    );
+}
+
+// --------------------------------------------------------------- sound
+
+/// Checked and sound: leased widget keys across isolates — key and
+/// per-visitor limits, leases, waits, returns, isolates vanishing — never
+/// admit more than N in any window of the key's limit or of any visitor's.
+#[test]
+fn review_property_leased_widget_visitors_never_exceed_key_or_visitor_limits() {
+    for seed in 1..=60u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xABCD);
+        let mut env = env();
+        env.settings.lease_ms = 100 + rng.below(1500) as i64;
+        let mut store = Store::default();
+        store.org(true);
+        let key_limit = 5 + rng.below(40) as u32;
+        let k = store.key(1, KeyKind::Widget, Consistency::Leased, key_limit);
+        // The policy's per-visitor limit is 20 per 60 s; the key's: a
+        // window of 60 s too, so windows cover the whole run.
+        let mut isolates: Vec<Isolate> = (0..1 + rng.below(3)).map(|_| Isolate::default()).collect();
+        let mut pending: Vec<(usize, Later)> = Vec::new();
+        let mut now = T0;
+        let mut admitted: Vec<(i64, String)> = Vec::new();
+        for _ in 0..250 {
+            now += match rng.below(4) {
+                0 => 0,
+                1 => rng.below(20) as i64,
+                2 => rng.below(300) as i64,
+                _ => rng.below(900) as i64,
+            };
+            let i = rng.below(isolates.len() as u64) as usize;
+            match rng.below(10) {
+                0..=6 => {
+                    let n = 1 + rng.below(8) as usize;
+                    let ips: Vec<String> = (0..n).map(|_| format!("198.51.100.{}", rng.below(3))).collect();
+                    let reqs: Vec<Req> = ips.iter().map(|ip| widget(&k, SHOP, ip)).collect();
+                    let (out, timed) = run_all(&env, &mut store, &mut isolates[i], &reqs, now);
+                    for (o, ip) in out.iter().zip(&ips) {
+                        if matches!(o, Outcome::Admitted(_)) {
+                            admitted.push((now, ip.clone()));
+                        }
+                    }
+                    pending.extend(timed.into_iter().map(|l| (i, l)));
+                }
+                7 | 8 => {
+                    let (due, rest): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(j, l)| {
+                        *j == i
+                            && match l {
+                                Later::ReturnAt { at, .. } | Later::FlushAt { at, .. } => *at <= now,
+                                Later::Call { .. } => true,
+                            }
+                    });
+                    pending = rest;
+                    let due: Vec<Later> = due.into_iter().map(|(_, l)| l).collect();
+                    store.run_later(&mut isolates[i], due, now, &env);
+                }
+                _ => {
+                    isolates[i] = Isolate::default();
+                    pending.retain(|(j, _)| *j != i);
+                }
+            }
+        }
+        let check = |times: &[i64], limit: u32, what: &str| {
+            for (n, &start) in times.iter().enumerate() {
+                let c = times[n..].iter().take_while(|&&x| x < start + 60_000).count();
+                assert!(c <= limit as usize, "seed {seed}: {c} admitted in 60 s for {what}, limit {limit}");
+            }
+        };
+        let mut all: Vec<i64> = admitted.iter().map(|(t, _)| *t).collect();
+        all.sort_unstable();
+        check(&all, key_limit, "the key");
+        for v in 0..3 {
+            let ip = format!("198.51.100.{v}");
+            let mut times: Vec<i64> = admitted.iter().filter(|(_, x)| *x == ip).map(|(t, _)| *t).collect();
+            times.sort_unstable();
+            check(&times, 20, &ip);
+        }
+    }
+}
+
+/// Checked and sound: a revoked leased key is refused everywhere no later
+/// than LEASE_MS after the tombstone, even with concurrent requests and
+/// several isolates; KV stays stale throughout.
+#[test]
+fn review_a_revoked_leased_key_under_concurrency_stops_within_lease_ms() {
+    let env = env();
+    let mut store = Store::default();
+    store.org(true);
+    let k = store.key(1, KeyKind::Secret, Consistency::Leased, 1_000_000);
+    let mut isolates: Vec<Isolate> = (0..3).map(|_| Isolate::default()).collect();
+    let mut t = T0;
+    let revoked_at = T0 + 1_234;
+    let mut revoked = false;
+    while t < T0 + 4_000 {
+        if !revoked && t >= revoked_at {
+            store.revoke(&k, t, &env);
+            revoked = true;
+        }
+        for iso in isolates.iter_mut() {
+            let reqs: Vec<Req> = (0..3).map(|_| chat(&k)).collect();
+            let (out, _) = run_all(&env, &mut store, iso, &reqs, t);
+            if t >= revoked_at + LEASE {
+                assert_eq!(count(&out, Some(ErrorCode::InvalidApiKey)), 3, "at +{} ms", t - revoked_at);
+            }
+        }
+        t += 13;
+    }
+}
