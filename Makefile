@@ -79,10 +79,12 @@ lint: tools
 test: tools .tools/chromium $(WORKER) lint
 	cargo test --all-targets
 
-# Core (divan) and end-to-end (wrangler dev + wrk) benchmarks; installs wrk,
-# builds the pass-through baseline; writes bench/results.md (bench/README.md).
+# Core (divan) and end-to-end (workerd + wrk) benchmarks; installs wrk,
+# builds the baselines and keyward's benchmark build (feature `bench`, with
+# the same final wasm-opt pass as $(WORKER)); writes bench/results.md
+# (bench/README.md).
 bench: tools $(WORKER)
-	./bench/run.sh
+	WASM_OPT_FEATURES="$(WASM_FEATURES)" ./bench/run.sh
 
 deploy: tools $(WORKER)
 	node_modules/.bin/wrangler deploy
