@@ -106,20 +106,26 @@ async fn admit(
     client_ip: &str,
     later: &mut Vec<Later>,
 ) -> Result<Admitted, Refusal> {
-    let kv = env.kv(KV_BINDING).map_err(|e| unavailable("KV binding", e))?;
+    // The KV binding only when a step reads (a leased key's hot path never does).
+    let kv = || env.kv(KV_BINDING).map_err(|e| unavailable("KV binding", e));
     let hash = presented.hash();
     let mut gate = Gate::new(facts, presented, hash, client_ip, &settings.policy, &settings.config, settings.flow);
     let result = loop {
         let next = ISOLATE.with(|i| gate.next(&mut i.borrow_mut(), now_ms()));
         match next {
-            Next::ReadKey => gate.key_read(read_json::<KeyRecord>(&kv, &hash.kv_key()).await),
-            Next::ReadRecords { org_id, user_id } => {
-                gate.records_read(read_records(&kv, &org_id, user_id.as_deref()).await)
-            }
+            Next::ReadKey => match kv() {
+                Ok(kv) => gate.key_read(read_json::<KeyRecord>(&kv, &hash.kv_key()).await),
+                Err(e) => gate.key_read(Err(e)),
+            },
+            Next::ReadRecords { org_id, user_id } => match kv() {
+                Ok(kv) => gate.records_read(read_records(&kv, &org_id, user_id.as_deref()).await),
+                Err(e) => gate.records_read(Err(e)),
+            },
             Next::ReadRecordsAndAsk { org_id, user_id, key_id, request } => {
                 // The guard's check runs concurrently with the org and user
                 // reads: the Durable Object hop hides behind KV.
                 let _question = EndQuestion(gate.asking().cloned());
+                let kv = kv()?;
                 let (records, reply) = futures_util::join!(
                     read_records(&kv, &org_id, user_id.as_deref()),
                     super::guard::call(env, &key_id, &request)
@@ -331,6 +337,8 @@ fn build_upstream(incoming: &Incoming<'_>, settings: &Settings, grant: &Grant) -
 /// origin's `Access-Control-*` (CORS is decided at the edge), the body
 /// stream passed through, our request id set.
 async fn send(upstream: Request, settings: &Settings, request_id: &str) -> Result<Response, Refusal> {
+    // A timer of our own, dropped once the headers are in: the platform's
+    // `AbortSignal.timeout` would also abort a long streamed body.
     let controller = AbortController::default();
     let signal = controller.signal();
     let fetch = Fetch::Request(upstream);

@@ -262,7 +262,11 @@ impl DurableObject for KeyGuard {
         if let GuardRequest::Lease { key, .. } = &request {
             self.ensure_facts(&key.org_id, &key.key_id, lease_ms).await?;
         }
-        let lease_id = u64::from_le_bytes(super::random::<8>().map_err(|_| rust_err("randomness"))?);
+        // A lease id only when a lease may be granted.
+        let lease_id = match request {
+            GuardRequest::Lease { .. } => u64::from_le_bytes(super::random::<8>().map_err(|_| rust_err("randomness"))?),
+            _ => 0,
+        };
         let (reply, changes) = {
             let facts = self.facts.borrow();
             let cx = Context {

@@ -213,6 +213,31 @@ pub(crate) fn random<const N: usize>() -> Result<[u8; N], ApiError> {
     Ok(buf)
 }
 
+thread_local! {
+    /// CSPRNG output drawn 4 KiB at a time, for values that need
+    /// unpredictability but not secrecy from this isolate (request ids):
+    /// one `crypto.getRandomValues` call per ~340 requests instead of one
+    /// per request. Key material never comes from here (see [`random`]).
+    static POOL: std::cell::RefCell<(Vec<u8>, usize)> = const { std::cell::RefCell::new((Vec::new(), 0)) };
+}
+
+/// `N` bytes from the pool, refilled from the platform CSPRNG when spent.
+pub(crate) fn pooled_random<const N: usize>() -> Result<[u8; N], ApiError> {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let (buf, at) = &mut *p;
+        if *at + N > buf.len() {
+            buf.resize(4096, 0);
+            getrandom::getrandom(buf).map_err(|_| ApiError::new(ErrorCode::ServiceUnavailable))?;
+            *at = 0;
+        }
+        let mut out = [0u8; N];
+        out.copy_from_slice(&buf[*at..*at + N]);
+        *at += N;
+        Ok(out)
+    })
+}
+
 /// Milliseconds since the Unix epoch, read once per request.
 pub(crate) fn now_ms() -> i64 {
     worker::Date::now().as_millis() as i64
@@ -270,7 +295,7 @@ fn start() {
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
     let now = now_ms();
-    let request_id = match random::<12>() {
+    let request_id = match pooled_random::<12>() {
         Ok(r) => crate::ids::request_id(&r),
         Err(e) => return Ok(error_response(&e.into(), "req_unavailable")),
     };
