@@ -1375,6 +1375,8 @@ impl Isolate {
 }
 
 #[cfg(test)]
+mod harness;
+#[cfg(test)]
 mod review_tests;
 #[cfg(test)]
 mod tests;

@@ -39,16 +39,6 @@ fn leased(limit: u32) -> Value {
            "rate_limits": [{"name": "minute", "limit": limit, "window_seconds": 60}]})
 }
 
-fn guard_stats(h: &Harness, org: &str, key_id: &str) -> Value {
-    let r = h.admin("GET", &format!("/admin/orgs/{org}/api_keys/{key_id}/guard"), None);
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["data"].clone()
-}
-
-fn calls(stats: &Value) -> u64 {
-    stats["calls"].as_object().unwrap().iter().filter(|(k, _)| *k != "stats").map(|(_, v)| v.as_u64().unwrap()).sum()
-}
-
 fn origin_saw_key(h: &Harness, key_id: &str) -> Vec<Value> {
     h.origin_log().into_iter().filter(|e| e["headers"]["x-keyward-key-id"] == key_id).collect()
 }
@@ -169,7 +159,7 @@ fn a_hot_leased_key_rarely_asks_its_guard() {
         assert!(r.header("ratelimit-remaining").is_some_and(|v| v.parse::<u32>().unwrap() < 1_000_000));
         assert_eq!(r.header("x-origin"), Some("demo"));
     }
-    let s = guard_stats(h(), &org, &key_id);
+    let s = h().guard_stats(&org, &key_id);
     assert_eq!(s["consistency"], "leased");
     assert_eq!(s["calls"]["check"], 0, "no strict checks for a leased key: {s}");
     let asks = s["calls"]["lease"].as_u64().unwrap() + s["calls"]["return"].as_u64().unwrap();
@@ -285,7 +275,7 @@ fn refused_requests_cost_no_guard_write_and_floods_stay_at_the_edge() {
         assert_eq!(chat_on(h, &key, &[]).status, 200);
         assert_eq!(chat_on(h, &widget, &[("origin", shop)]).status, 200);
     }
-    let before = (guard_stats(h, &org, &key_id), guard_stats(h, &org, &widget_id));
+    let before = (h.guard_stats(&org, &key_id), h.guard_stats(&org, &widget_id));
     let auth = format!("Bearer {key}");
     let started = std::time::Instant::now();
     for _ in 0..100 {
@@ -304,7 +294,7 @@ fn refused_requests_cost_no_guard_write_and_floods_stay_at_the_edge() {
     }
     assert_eq!(visitor_refusals, 80);
     let elapsed_ms = started.elapsed().as_millis() as u64;
-    let after = (guard_stats(h, &org, &key_id), guard_stats(h, &org, &widget_id));
+    let after = (h.guard_stats(&org, &key_id), h.guard_stats(&org, &widget_id));
     let (b, a) = (&before.0, &after.0);
     assert_eq!(
         (&a["rows_written"], &a["commits"]),
@@ -318,8 +308,8 @@ fn refused_requests_cost_no_guard_write_and_floods_stay_at_the_edge() {
     assert!(a["rows_written"].as_u64().unwrap() <= b["rows_written"].as_u64().unwrap() + 2 * 20 + 1, "{b} -> {a}");
     // Guard calls: at most a few per LEASE_MS of flood, not one per refusal.
     let budget = 4 * (elapsed_ms / LEASE_MS as u64 + 1);
-    let key_calls = calls(&after.0) - calls(&before.0);
-    let widget_calls = calls(&after.1) - calls(&before.1) - 20;
+    let key_calls = guard_calls(&after.0) - guard_calls(&before.0);
+    let widget_calls = guard_calls(&after.1) - guard_calls(&before.1) - 20;
     assert!(key_calls <= budget, "{key_calls} guard calls for 200 refusals in {elapsed_ms} ms");
     assert!(widget_calls <= budget, "{widget_calls} guard calls for 180 refusals in {elapsed_ms} ms");
 }
@@ -372,7 +362,7 @@ fn guard_state_stays_under_its_byte_bound_with_5000_visitors() {
     let ok = statuses.iter().filter(|&&s| s == 200).count();
     let limited = statuses.iter().filter(|&&s| s == 429).count();
     assert_eq!((ok, limited), (2048 + 20, 5000 - 2048 - 20), "statuses");
-    let s = guard_stats(h(), &org, &widget_id);
+    let s = h().guard_stats(&org, &widget_id);
     let (bytes, bound) = (s["bytes"].as_u64().unwrap(), s["byte_bound"].as_u64().unwrap());
     assert_eq!(s["visitors"], 2049, "2,048 visitors and the overflow: {s}");
     assert!(bytes <= bound, "{bytes} bytes > bound {bound}");

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const LEASE_MS: u64 = 1000;
 const SHOP: &str = "https://shop.example.com";
@@ -26,16 +26,6 @@ const SHOP: &str = "https://shop.example.com";
 fn h() -> &'static Harness {
     static H: OnceLock<Harness> = OnceLock::new();
     H.get_or_init(|| Harness::start(Options { origin_url: None, vars: vec![("USAGE_ROLLUP_SECONDS", "3600".into())] }))
-}
-
-fn guard_stats(h: &Harness, org: &str, key_id: &str) -> Value {
-    let r = h.admin("GET", &format!("/admin/orgs/{org}/api_keys/{key_id}/guard"), None);
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["data"].clone()
-}
-
-fn calls(stats: &Value) -> u64 {
-    stats["calls"].as_object().unwrap().iter().filter(|(k, _)| *k != "stats").map(|(_, v)| v.as_u64().unwrap()).sum()
 }
 
 fn widget_chat(h: &Harness, key: &str, ip: &str) -> Resp {
@@ -70,7 +60,7 @@ fn review_baa_refusals_of_a_public_widget_key_write_the_guard_per_request() {
     );
     assert_eq!(widget_chat(h, &key, "198.51.100.1").status, 200);
     set_baa(h, &org, false);
-    let before = guard_stats(h, &org, &key_id);
+    let before = h.guard_stats(&org, &key_id);
     let started = std::time::Instant::now();
     for i in 0..30 {
         widget_chat(h, &key, &format!("198.51.100.{}", 10 + i)).assert_error(402, "BAA_REQUIRED");
@@ -78,9 +68,9 @@ fn review_baa_refusals_of_a_public_widget_key_write_the_guard_per_request() {
     let elapsed_ms = started.elapsed().as_millis() as u64;
     // The refunds run after the responses (waitUntil).
     std::thread::sleep(Duration::from_millis(300));
-    let after = guard_stats(h, &org, &key_id);
+    let after = h.guard_stats(&org, &key_id);
     let written = after["rows_written"].as_u64().unwrap() - before["rows_written"].as_u64().unwrap();
-    let spent = calls(&after) - calls(&before);
+    let spent = guard_calls(&after) - guard_calls(&before);
     let budget = 4 * (elapsed_ms / LEASE_MS + 1);
     // The first refusal ran the guard's check concurrently with the records
     // (the isolate had not seen them refuse): one admission's rows (counters
@@ -106,15 +96,15 @@ fn review_baa_refusals_of_a_leased_widget_key_cost_no_write() {
     assert_eq!(widget_chat(h, &key, "198.51.100.1").status, 200);
     set_baa(h, &org, false);
     std::thread::sleep(Duration::from_millis(LEASE_MS + 200));
-    let before = guard_stats(h, &org, &key_id);
+    let before = h.guard_stats(&org, &key_id);
     let started = std::time::Instant::now();
     for i in 0..30 {
         widget_chat(h, &key, &format!("198.51.100.{}", 10 + i)).assert_error(402, "BAA_REQUIRED");
     }
     let elapsed_ms = started.elapsed().as_millis() as u64;
     std::thread::sleep(Duration::from_millis(300));
-    let after = guard_stats(h, &org, &key_id);
+    let after = h.guard_stats(&org, &key_id);
     assert_eq!(after["rows_written"], before["rows_written"], "{before} -> {after}");
-    let spent = calls(&after) - calls(&before);
+    let spent = guard_calls(&after) - guard_calls(&before);
     assert!(spent <= 4 * (elapsed_ms / LEASE_MS + 1), "{spent} guard calls in {elapsed_ms} ms");
 }

@@ -1,289 +1,24 @@
 //! Review tests (adversarial): the flow driven natively with the real guard
-//! logic behind `Ask`. Self-contained (the helpers of `flow::tests` are
-//! private to that module). Tests documented as "review finding, fixed"
-//! reproduced a finding of the review of the leased-quota change and now
-//! guard its fix; the others pin down what was checked and found sound.
+//! logic behind `Ask` (the harness the flow's tests share). Tests documented
+//! as "review finding, fixed" reproduced a finding of the review of the
+//! leased-quota change and now guard its fix; the others pin down what was
+//! checked and found sound.
 
-use std::collections::HashMap;
-
+use super::harness::*;
 use super::*;
-use crate::guard::{FetchedFacts, GuardState, MAX_LEASES};
-use crate::path::CanonicalPath;
+use crate::guard::MAX_LEASES;
 use crate::ratelimit::tests_support::Rng;
 use crate::ratelimit::RateLimit;
-use crate::scope::Scope;
-use crate::token::{generate, TokenFormat};
 
-const T0: i64 = 1_800_000_000_000;
-const LEASE: i64 = 1000;
-const SHOP: &str = "https://shop.example.com";
-
-struct Env {
-    policy: Policy,
-    config: Config,
-    settings: FlowSettings,
-}
-
-fn env() -> Env {
-    Env {
-        policy: Policy::default_policy().unwrap(),
-        config: Config::default(),
-        settings: FlowSettings { lease_ms: LEASE, key_guard: true },
-    }
-}
-
-#[derive(Clone)]
-struct Key {
-    token: String,
-    id: String,
-}
-
-/// KV (possibly stale), the org's records (the truth), the guards, and
-/// counters of what the guards were asked and wrote.
-#[derive(Default)]
-struct Store {
-    kv_keys: HashMap<[u8; 32], KeyRecord>,
-    kv_orgs: HashMap<String, OrgRecord>,
-    db_keys: HashMap<String, KeyRecord>,
-    db_orgs: HashMap<String, OrgRecord>,
-    guards: HashMap<String, (GuardState, Option<FetchedFacts>)>,
-    guard_calls: u32,
-    calls_by_kind: HashMap<&'static str, u32>,
-    writes: u32,
-    lease_id: u64,
-    /// How far the guard's clock is ahead of the isolate's (ms).
-    skew: i64,
-}
-
-impl Store {
-    fn org(&mut self, baa: bool) {
-        let o = OrgRecord { id: "org_1".into(), name: "o".into(), baa_active: baa, updated_at: 0 };
-        self.db_orgs.insert(o.id.clone(), o.clone());
-        self.kv_orgs.insert(o.id.clone(), o);
-    }
-
-    fn key(&mut self, n: u8, kind: KeyKind, consistency: Consistency, limit: u32) -> Key {
-        let k = generate(&TokenFormat::default(), kind, &[n; 32]);
-        let record = KeyRecord {
-            id: format!("01KEY{n:03}"),
-            org_id: "org_1".into(),
-            user_id: None,
-            name: "k".into(),
-            kind,
-            scopes: vec![Scope::parse("ai:chat").unwrap()],
-            prefix: k.prefix.clone(),
-            last_four: k.last_four.clone(),
-            created_at: T0 - 1000,
-            expires_at: None,
-            revoked_at: None,
-            rate_limits: vec![RateLimit { name: "minute".into(), limit, window_seconds: 60 }],
-            allowed_origins: if kind == KeyKind::Widget {
-                vec![crate::cors::OriginPattern::parse(SHOP).unwrap()]
-            } else {
-                Vec::new()
-            },
-            resource_id: None,
-            consistency,
-        };
-        self.kv_keys.insert(k.hash.0, record.clone());
-        self.db_keys.insert(record.id.clone(), record.clone());
-        Key { token: k.plaintext, id: record.id }
-    }
-
-    /// The org's revoke: the tombstone first, then the system of record
-    /// (KV is left stale on purpose).
-    fn revoke(&mut self, key: &Key, now: i64, env: &Env) {
-        let _ = self.call(&key.id, &GuardRequest::Revoke { revoked_at: now }, now, env);
-        self.db_keys.get_mut(&key.id).unwrap().revoked_at = Some(now);
-    }
-
-    fn call(&mut self, key_id: &str, req: &GuardRequest, now: i64, env: &Env) -> Result<GuardReply, String> {
-        let now = now + self.skew;
-        self.guard_calls += 1;
-        *self.calls_by_kind.entry(req.kind()).or_default() += 1;
-        let fresh =
-            LeaseFacts { key: self.db_keys.get(key_id).cloned(), org: self.db_orgs.get("org_1").cloned(), user: None };
-        let (state, facts) = self.guards.entry(key_id.to_owned()).or_default();
-        if req.needs_facts() && !facts.as_ref().is_some_and(|f| f.fresh(now, env.settings.lease_ms)) {
-            *facts = Some(FetchedFacts { facts: fresh, at: now });
-        }
-        self.lease_id += 1;
-        let cx = crate::guard::Context {
-            now,
-            lease_ms: env.settings.lease_ms,
-            facts: facts.as_ref(),
-            policy: &env.policy,
-            config: &env.config,
-            lease_id: self.lease_id * 7919,
-        };
-        let (reply, ch) = state.apply(req, &cx);
-        if !ch.is_empty() {
-            self.writes += 1;
-        }
-        match reply {
-            GuardReply::Invalid { reason } => Err(reason),
-            r => Ok(r),
-        }
-    }
-
-    /// Runs after-response work; timed work only when due.
-    fn run_later(&mut self, iso: &mut Isolate, later: Vec<Later>, now: i64, env: &Env) {
-        for l in later {
-            let (hash, call) = match l {
-                Later::Call { hash, key_id, request } => (hash, Some((key_id, request))),
-                Later::ReturnAt { slot, lease_id, at } if at <= now => {
-                    (slot.hash, iso.due_return(&slot, lease_id, now))
-                }
-                Later::FlushAt { hash, at } if at <= now => (hash, iso.due_flush(&hash, now)),
-                _ => continue,
-            };
-            if let Some((key_id, request)) = call {
-                let r = self.call(&key_id, &request, now, env);
-                iso.later_replied(&hash, &request, &r, now);
-            }
-        }
-    }
-}
-
-struct Req {
-    token: String,
-    path: CanonicalPath,
-    method: &'static str,
-    origin: Option<&'static str>,
-    ip: String,
-}
-
-fn chat(key: &Key) -> Req {
-    Req {
-        token: key.token.clone(),
-        path: CanonicalPath::parse("/v1/ai/chat").unwrap(),
-        method: "POST",
-        origin: None,
-        ip: "203.0.113.9".into(),
-    }
-}
-
-fn to(key: &Key, method: &'static str, path: &str) -> Req {
-    Req { path: CanonicalPath::parse(path).unwrap(), method, ..chat(key) }
-}
-
-fn widget(key: &Key, origin: &'static str, ip: &str) -> Req {
-    Req { origin: Some(origin), ip: ip.to_owned(), ..chat(key) }
-}
-
-#[derive(Debug)]
-#[allow(dead_code)]
-enum Outcome {
-    Admitted(Option<QuotaWire>),
-    Refused(Refusal),
-}
-
-impl Outcome {
-    fn code(&self) -> Option<ErrorCode> {
-        match self {
-            Outcome::Refused(r) => Some(r.error.code),
-            Outcome::Admitted(..) => None,
-        }
-    }
-}
-
-fn gate<'r>(env: &'r Env, r: &'r Req) -> Gate<'r> {
-    let presented = ApiKey::parse(&env.config.format, &r.token).unwrap();
-    let facts = Facts { method: r.method, path: &r.path, origin: r.origin, referer: None };
-    Gate::new(facts, presented, presented.hash(), &r.ip, &env.policy, &env.config, env.settings)
-}
-
-enum State {
-    Ready,
-    Asked(String, GuardRequest),
-    Waiting(SlotId),
-    Done(Outcome),
-}
-
-/// One step: reads answered at once; a question to the guard left pending;
-/// an admission served.
-fn step(g: &mut Gate<'_>, iso: &mut Isolate, store: &Store, now: i64) -> State {
-    match g.next(iso, now) {
-        Next::ReadKey => {
-            let hash = g.hash;
-            g.key_read(Ok(store.kv_keys.get(&hash).cloned()));
-            State::Ready
-        }
-        Next::ReadRecords { org_id, .. } => {
-            g.records_read(Ok((store.kv_orgs.get(&org_id).cloned(), None)));
-            State::Ready
-        }
-        Next::ReadRecordsAndAsk { org_id, key_id, request, .. } => {
-            g.records_read(Ok((store.kv_orgs.get(&org_id).cloned(), None)));
-            State::Asked(key_id, request)
-        }
-        Next::Ask { key_id, request } => State::Asked(key_id, request),
-        Next::Wait { slot, .. } => State::Waiting(slot),
-        Next::Refuse(r) => State::Done(Outcome::Refused(r)),
-        Next::Admit(a) => {
-            a.admission.served();
-            State::Done(Outcome::Admitted(a.quota))
-        }
-    }
-}
-
-/// Runs `reqs` as concurrent requests of one isolate at `now`: every
-/// request runs until it must wait for the guard before the oldest
-/// question is answered (the event loop of one isolate). Runs the untimed
-/// after-response work; returns the outcomes and the timed work.
+/// Runs `reqs` concurrently; returns the outcomes and the timed work left.
 fn run_all(env: &Env, store: &mut Store, iso: &mut Isolate, reqs: &[Req], now: i64) -> (Vec<Outcome>, Vec<Later>) {
-    let mut gates: Vec<Gate<'_>> = reqs.iter().map(|r| gate(env, r)).collect();
-    let mut states: Vec<State> = reqs.iter().map(|_| State::Ready).collect();
-    loop {
-        let mut progressed = false;
-        for i in 0..gates.len() {
-            if matches!(states[i], State::Ready) {
-                progressed = true;
-                states[i] = step(&mut gates[i], iso, store, now);
-                for s in states.iter_mut() {
-                    if matches!(s, State::Waiting(w) if !iso.asking(w, now)) {
-                        *s = State::Ready;
-                    }
-                }
-            }
-        }
-        if progressed {
-            continue;
-        }
-        if let Some(i) = states.iter().position(|s| matches!(s, State::Asked(..))) {
-            let State::Asked(key_id, request) = std::mem::replace(&mut states[i], State::Ready) else { unreachable!() };
-            let r = store.call(&key_id, &request, now, env);
-            gates[i].guard_replied(r);
-            continue;
-        }
-        assert!(!states.iter().any(|s| matches!(s, State::Waiting(_))), "a request waits for a question nobody asks");
-        break;
-    }
-    let mut later = Vec::new();
-    for g in gates.iter_mut() {
-        later.extend(g.take_later());
-    }
-    let timed: Vec<Later> = later.iter().filter(|l| !matches!(l, Later::Call { .. })).cloned().collect();
-    store.run_later(iso, later, now, env);
-    let outcomes = states
-        .into_iter()
-        .map(|s| match s {
-            State::Done(o) => o,
-            _ => unreachable!(),
-        })
-        .collect();
+    let (outcomes, _, _, timed) = run_all_timed(env, store, iso, reqs, now, 0, &mut || false);
     (outcomes, timed)
 }
 
 fn one(env: &Env, store: &mut Store, iso: &mut Isolate, r: Req, now: i64) -> Outcome {
     run_all(env, store, iso, std::slice::from_ref(&r), now).0.pop().unwrap()
 }
-
-fn count(o: &[Outcome], code: Option<ErrorCode>) -> usize {
-    o.iter().filter(|o| o.code() == code).count()
-}
-
-// ------------------------------------------------------------------ findings
 
 /// Review finding, fixed: a strict key whose org (or user) refuses — BAA off, a disabled
 /// user, a role-capped scope — passes the key-only pre-check, so every
@@ -347,7 +82,7 @@ fn review_a_concurrent_refusal_flood_probes_once() {
     let mut iso = Isolate::default();
     // The key is known to the isolate (one admitted request), then the guard's
     // word lapses and a burst of refused requests arrives at once.
-    assert!(matches!(one(&env, &mut store, &mut iso, chat(&k), T0), Outcome::Admitted(_)));
+    assert!(matches!(one(&env, &mut store, &mut iso, chat(&k), T0), Outcome::Admitted(..)));
     let calls = store.guard_calls;
     let burst: Vec<Req> = (0..100).map(|_| to(&k, "POST", "/v1/embeddings")).collect();
     let (out, _) = run_all(&env, &mut store, &mut iso, &burst, T0 + 2 * LEASE);
@@ -367,7 +102,7 @@ fn review_a_concurrent_over_limit_flood_asks_once() {
     let k = store.key(1, KeyKind::Secret, Consistency::Strict, 3);
     let mut iso = Isolate::default();
     for i in 0..3 {
-        assert!(matches!(one(&env, &mut store, &mut iso, chat(&k), T0 + i), Outcome::Admitted(_)));
+        assert!(matches!(one(&env, &mut store, &mut iso, chat(&k), T0 + i), Outcome::Admitted(..)));
     }
     let calls = store.guard_calls;
     let burst: Vec<Req> = (0..100).map(|_| chat(&k)).collect();
@@ -388,7 +123,7 @@ fn review_a_leased_widget_bad_origin_flood_from_many_visitors_asks_once() {
     store.org(true);
     let k = store.key(1, KeyKind::Widget, Consistency::Leased, 1000);
     let mut iso = Isolate::default();
-    assert!(matches!(one(&env, &mut store, &mut iso, widget(&k, SHOP, "192.0.2.1"), T0), Outcome::Admitted(_)));
+    assert!(matches!(one(&env, &mut store, &mut iso, widget(&k, SHOP, "192.0.2.1"), T0), Outcome::Admitted(..)));
     let calls = store.guard_calls;
     let burst: Vec<Req> = (0..100).map(|i| widget(&k, "https://evil.example", &format!("10.0.0.{i}"))).collect();
     let (out, _) = run_all(&env, &mut store, &mut iso, &burst, T0 + 2 * LEASE);
@@ -413,13 +148,7 @@ fn review_a_refund_answer_is_not_a_not_revoked_confirmation() {
     // T0: admitted by the guard, then refused before the origin: a refund
     // is left for after the response.
     let r = chat(&k);
-    let mut g = gate(&env, &r);
-    let Next::ReadKey = g.next(&mut iso, T0) else { panic!() };
-    g.key_read(Ok(store.kv_keys.values().next().cloned()));
-    let Next::ReadRecordsAndAsk { key_id, request, .. } = g.next(&mut iso, T0) else { panic!() };
-    g.records_read(Ok((store.kv_orgs.get("org_1").cloned(), None)));
-    g.guard_replied(store.call(&key_id, &request, T0, &env));
-    let Next::Admit(a) = g.next(&mut iso, T0) else { panic!() };
+    let a = admit_strict(&env, &mut store, &mut iso, &r, T0);
     let refund = a.admission.refund(&mut iso, ErrorCode::ServiceUnavailable).unwrap();
     // T0 + 10: the key is revoked (KV stays stale).
     store.revoke(&k, T0 + 10, &env);
@@ -456,7 +185,7 @@ fn review_cancelled_waiters_pin_slots_and_the_slot_map_grows_past_its_bound() {
         let (ra, rb) = (widget(&k, SHOP, &ip), widget(&k, SHOP, &ip));
         let mut a = gate(&env, &ra);
         let (key_id, request) = loop {
-            match step(&mut a, &mut iso, &store, now) {
+            match step(&mut a, &mut iso, &mut store, now) {
                 State::Ready => continue,
                 State::Asked(key_id, request) => break (key_id, request),
                 _ => panic!("visitor {i}: the first request should ask"),
@@ -468,7 +197,7 @@ fn review_cancelled_waiters_pin_slots_and_the_slot_map_grows_past_its_bound() {
             // The second request is cancelled (dropped) while it waits.
         }
         a.guard_replied(store.call(&key_id, &request, now, &env));
-        let State::Done(Outcome::Admitted(_)) = step(&mut a, &mut iso, &store, now) else { panic!("visitor {i}") };
+        let State::Done(Outcome::Admitted(..)) = step(&mut a, &mut iso, &mut store, now) else { panic!("visitor {i}") };
         let _ = a.take_later();
         // Time passes: every lease and remembered answer has long ended.
         now += 2 * LEASE;
@@ -488,7 +217,7 @@ fn review_a_cancelled_asker_does_not_block_its_slot() {
     store.org(true);
     let k = store.key(1, KeyKind::Secret, Consistency::Leased, 1000);
     let mut iso = Isolate::default();
-    assert!(matches!(one(&env, &mut store, &mut iso, chat(&k), T0), Outcome::Admitted(_)));
+    assert!(matches!(one(&env, &mut store, &mut iso, chat(&k), T0), Outcome::Admitted(..)));
     let ra = chat(&k);
     {
         let mut a = gate(&env, &ra);
@@ -611,7 +340,7 @@ fn review_property_leased_widget_visitors_never_exceed_key_or_visitor_limits() {
                     let reqs: Vec<Req> = ips.iter().map(|ip| widget(&k, SHOP, ip)).collect();
                     let (out, timed) = run_all(&env, &mut store, &mut isolates[i], &reqs, now);
                     for (o, ip) in out.iter().zip(&ips) {
-                        if matches!(o, Outcome::Admitted(_)) {
+                        if matches!(o, Outcome::Admitted(..)) {
                             admitted.push((now, ip.clone()));
                         }
                     }

@@ -3,22 +3,12 @@
 //! of the leased-quota change and now guard its fix; the others pin down
 //! what was checked and found sound.
 
+use super::tests::{key, lim, world, LEASE_MS, T0};
 use super::*;
 use crate::ratelimit::tests_support::Rng;
 use crate::records::Consistency;
 use crate::scope::Scope;
 use crate::token::KeyKind;
-
-const T0: i64 = 1_800_000_000_000;
-const LEASE_MS: i64 = 1000;
-
-fn key() -> KeyRef {
-    KeyRef { key_id: "01KEY".into(), org_id: "org_1".into() }
-}
-
-fn lim(name: &str, limit: u32, window_seconds: u32) -> RateLimit {
-    RateLimit { name: name.into(), limit, window_seconds }
-}
 
 fn record() -> KeyRecord {
     KeyRecord {
@@ -48,21 +38,6 @@ fn facts(at: i64) -> FetchedFacts {
             user: None,
         },
         at,
-    }
-}
-
-struct World {
-    policy: Policy,
-    config: Config,
-}
-
-fn world() -> World {
-    World { policy: Policy::default_policy().unwrap(), config: Config::default() }
-}
-
-impl World {
-    fn cx<'a>(&'a self, now: i64, facts: Option<&'a FetchedFacts>, lease_id: u64) -> Context<'a> {
-        Context { now, lease_ms: LEASE_MS, facts, policy: &self.policy, config: &self.config, lease_id }
     }
 }
 

@@ -3,14 +3,14 @@ use crate::records::Consistency;
 use crate::scope::Scope;
 use crate::token::KeyKind;
 
-const T0: i64 = 1_800_000_000_000;
-const LEASE_MS: i64 = 1000;
+pub(super) const T0: i64 = 1_800_000_000_000;
+pub(super) const LEASE_MS: i64 = 1000;
 
-fn key() -> KeyRef {
+pub(super) fn key() -> KeyRef {
     KeyRef { key_id: "01KEY".into(), org_id: "org_1".into() }
 }
 
-fn lim(name: &str, limit: u32, window_seconds: u32) -> RateLimit {
+pub(super) fn lim(name: &str, limit: u32, window_seconds: u32) -> RateLimit {
     RateLimit { name: name.into(), limit, window_seconds }
 }
 
@@ -53,17 +53,17 @@ fn facts(at: i64) -> FetchedFacts {
     }
 }
 
-struct World {
+pub(super) struct World {
     policy: Policy,
     config: Config,
 }
 
-fn world() -> World {
+pub(super) fn world() -> World {
     World { policy: Policy::default_policy().unwrap(), config: Config::default() }
 }
 
 impl World {
-    fn cx<'a>(&'a self, now: i64, facts: Option<&'a FetchedFacts>, lease_id: u64) -> Context<'a> {
+    pub(super) fn cx<'a>(&'a self, now: i64, facts: Option<&'a FetchedFacts>, lease_id: u64) -> Context<'a> {
         Context { now, lease_ms: LEASE_MS, facts, policy: &self.policy, config: &self.config, lease_id }
     }
 }

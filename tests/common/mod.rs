@@ -267,6 +267,13 @@ impl Harness {
         (v["data"]["plaintext"].as_str().unwrap().to_owned(), v["data"]["id"].as_str().unwrap().to_owned())
     }
 
+    /// The key's guard, as the admin API shows it (`data`).
+    pub fn guard_stats(&self, org: &str, key_id: &str) -> Value {
+        let r = self.admin("GET", &format!("/admin/orgs/{org}/api_keys/{key_id}/guard"), None);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["data"].clone()
+    }
+
     /// What the origin received for a request id, if anything.
     pub fn origin_saw(&self, request_id: &str) -> Option<Value> {
         let r = send(self.origin_port, "GET", "/__origin/log", &[], None);
@@ -279,6 +286,11 @@ impl Harness {
         let r = send(self.origin_port, "GET", "/__origin/log", &[], None);
         serde_json::from_slice(&r.body).unwrap()
     }
+}
+
+/// Calls a guard received, stats reads excepted (from [`Harness::guard_stats`]).
+pub fn guard_calls(stats: &Value) -> u64 {
+    stats["calls"].as_object().unwrap().iter().filter(|(k, _)| *k != "stats").map(|(_, v)| v.as_u64().unwrap()).sum()
 }
 
 pub fn unique(prefix: &str) -> String {
