@@ -80,7 +80,14 @@ fn decide(w: &World) -> (Grant, KeyRecord, CanonicalPath) {
     black_box(&kv_key);
     let key: KeyRecord = serde_json::from_str(black_box(&w.key_json)).unwrap();
     let org: OrgRecord = serde_json::from_str(black_box(ORG_JSON)).unwrap();
-    let facts = Facts { method: black_box(METHOD), path: &path, origin: None, referer: None };
+    let facts = Facts {
+        method: black_box(METHOD),
+        path: &path,
+        origin: None,
+        referer: None,
+        has_body: false,
+        content_type: None,
+    };
     let records = Records { key: Some(&key), org: Some(&org), user: None };
     let grant = authorize(&facts, &presented, &records, &w.policy, &w.config, black_box(NOW_MS)).unwrap();
     (grant, key, path)
@@ -161,7 +168,14 @@ mod steps {
         let key: KeyRecord = serde_json::from_str(&w.key_json).unwrap();
         let org: OrgRecord = serde_json::from_str(ORG_JSON).unwrap();
         b.bench_local(|| {
-            let facts = Facts { method: black_box(METHOD), path: &path, origin: None, referer: None };
+            let facts = Facts {
+                method: black_box(METHOD),
+                path: &path,
+                origin: None,
+                referer: None,
+                has_body: false,
+                content_type: None,
+            };
             let records = Records { key: Some(&key), org: Some(&org), user: None };
             authorize(&facts, &presented, &records, &w.policy, &w.config, black_box(NOW_MS)).unwrap()
         });
@@ -174,7 +188,8 @@ mod steps {
         let presented = ApiKey::parse(&w.config.format, &w.token).unwrap();
         let key: KeyRecord = serde_json::from_str(&w.key_json).unwrap();
         let org: OrgRecord = serde_json::from_str(ORG_JSON).unwrap();
-        let facts = Facts { method: METHOD, path: &path, origin: None, referer: None };
+        let facts =
+            Facts { method: METHOD, path: &path, origin: None, referer: None, has_body: false, content_type: None };
         let records = Records { key: Some(&key), org: Some(&org), user: None };
         let grant = authorize(&facts, &presented, &records, &w.policy, &w.config, NOW_MS).unwrap();
         b.bench_local(|| {

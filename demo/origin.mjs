@@ -7,7 +7,10 @@
 //
 // A request carrying `x-test-delay-ms: N` is answered after N ms (timeout tests);
 // one carrying `x-test-origin-cors` gets `access-control-allow-origin: *`;
-// one carrying `x-test-vary: V` gets `vary: V`.
+// one carrying `x-test-vary: V` gets `vary: V`; one carrying
+// `x-test-response-headers: {"name": "value", …}` (JSON) gets those headers.
+// A request whose body ends in an error (the sender aborted it) is logged
+// with `aborted: true` and the bytes that arrived.
 import http from "node:http";
 
 const port = Number(process.env.PORT || 8788);
@@ -27,7 +30,28 @@ const server = http.createServer((req, res) => {
   }
   const chunks = [];
   req.on("data", (c) => chunks.push(c));
+  let ended = false;
+  const aborted = () => {
+    if (ended) return;
+    ended = true;
+    const [path, ...q] = req.url.split("?");
+    log.push({
+      method: req.method,
+      url: req.url,
+      path,
+      query: q.join("?"),
+      headers: req.headers,
+      body: Buffer.concat(chunks).toString("utf8"),
+      aborted: true,
+      at: Date.now(),
+    });
+    if (log.length > 5000) log.shift();
+  };
+  req.on("aborted", aborted);
+  req.on("error", aborted);
   req.on("end", () => {
+    if (ended) return;
+    ended = true;
     const body = Buffer.concat(chunks).toString("utf8");
     const [path, ...q] = req.url.split("?");
     const entry = {
@@ -47,6 +71,13 @@ const server = http.createServer((req, res) => {
       // Tests: an origin that sets its own CORS headers (keyward must drop them).
       if (req.headers["x-test-origin-cors"]) headers["access-control-allow-origin"] = "*";
       if (req.headers["x-test-vary"]) headers["vary"] = req.headers["x-test-vary"];
+      if (req.headers["x-test-response-headers"]) {
+        try {
+          Object.assign(headers, JSON.parse(req.headers["x-test-response-headers"]));
+        } catch {
+          // Not JSON: ignored.
+        }
+      }
       res.writeHead(200, headers);
       res.end(JSON.stringify({ echo: entry }));
     }, delay);

@@ -154,6 +154,19 @@ pub enum OrgCommand {
         /// Key id.
         key_id: String,
     },
+    /// Records in the audit log a write the control API refused before it
+    /// reached the org's object (a body that does not validate, scopes the
+    /// caller may not grant, a malformed key id).
+    AuditRefused {
+        /// Org id.
+        org_id: String,
+        /// `key.create_refused` or `key.revoke_refused`.
+        action: String,
+        /// The target, at most [`MAX_AUDIT_FIELD`] bytes.
+        target: String,
+        /// The refusal's status, code and message, as a JSON object text.
+        detail: String,
+    },
     /// A key guard's usage roll-up (counts are added).
     RecordUsage {
         /// Org id.
@@ -167,6 +180,45 @@ pub enum OrgCommand {
         /// Latest allowed request (ms).
         last_used_at: Option<i64>,
     },
+}
+
+impl OrgCommand {
+    /// The audit action recorded when this write is refused (`None` for a
+    /// read), and its target.
+    pub fn refused_action(&self) -> Option<(&'static str, &str)> {
+        match self {
+            OrgCommand::UpsertOrg { org_id, .. } => Some(("org.update_refused", org_id)),
+            OrgCommand::UpsertUser { user_id, .. } => Some(("user.update_refused", user_id)),
+            OrgCommand::CreateKey { record, .. } => Some(("key.create_refused", &record.id)),
+            OrgCommand::RevokeKey { key_id, .. } => Some(("key.revoke_refused", key_id)),
+            _ => None,
+        }
+    }
+}
+
+/// Longest audit target and refusal message stored, in bytes (a refused
+/// request's target is the caller's to choose).
+pub const MAX_AUDIT_FIELD: usize = 200;
+
+/// The audit entry of a refused write: the target cut to
+/// [`MAX_AUDIT_FIELD`], the detail `{"status", "code", "message"}` as
+/// JSON text.
+pub fn refused_entry(target: &str, error: &ApiError) -> (String, String) {
+    let detail = serde_json::json!({
+        "status": error.code.status(),
+        "code": error.code.as_str(),
+        "message": truncate(error.message(), MAX_AUDIT_FIELD),
+    });
+    (truncate(target, MAX_AUDIT_FIELD), detail.to_string())
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+pub fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
 }
 
 /// Who asks to revoke through the control API.
@@ -455,6 +507,76 @@ fn parse_rate_limits(v: Option<&Value>) -> Result<Vec<RateLimit>, ApiError> {
     Ok(out)
 }
 
+/// The operators allowed to call the admin API: a name (recorded in the
+/// audit log as `admin:<name>`) and a token each.
+#[derive(Clone, Default)]
+pub struct AdminTokens(Vec<(String, String)>);
+
+impl std::fmt::Debug for AdminTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|(name, _)| name)).finish()
+    }
+}
+
+/// Most named admin tokens.
+pub const MAX_ADMIN_TOKENS: usize = 32;
+
+impl AdminTokens {
+    /// From `ADMIN_TOKEN` (named `default`) and `ADMIN_TOKENS`
+    /// (`name=token,name=token`; names of 1–32 `[a-z0-9_-]`, unique; every
+    /// token at least `min_len` bytes, distinct). Surrounding whitespace is
+    /// not part of a name or token. Any malformed entry refuses the whole
+    /// configuration: a typo must not silently lock an operator out, or
+    /// leave a short token accepted.
+    pub fn parse(single: Option<&str>, list: Option<&str>, min_len: usize) -> Result<Self, String> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        if let Some(t) = single.map(str::trim).filter(|t| !t.is_empty()) {
+            out.push(("default".to_owned(), t.to_owned()));
+        }
+        for entry in list.unwrap_or("").split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (name, token) = entry.split_once('=').ok_or("ADMIN_TOKENS entries must be name=token")?;
+            let (name, token) = (name.trim(), token.trim());
+            let name_ok = (1..=32).contains(&name.len())
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            if !name_ok {
+                return Err(format!("ADMIN_TOKENS: the name {name:?} must be 1 to 32 of a-z, 0-9, - and _"));
+            }
+            if out.iter().any(|(n, _)| n == name) {
+                return Err(format!("ADMIN_TOKENS: the name {name:?} is used twice (ADMIN_TOKEN is named default)"));
+            }
+            out.push((name.to_owned(), token.to_owned()));
+        }
+        if let Some((name, _)) = out.iter().find(|(_, t)| t.len() < min_len) {
+            return Err(format!("the admin token of {name:?} is shorter than {min_len} bytes"));
+        }
+        if out.iter().enumerate().any(|(i, (_, t))| out[..i].iter().any(|(_, u)| u == t)) {
+            return Err("two admin tokens are equal: each operator needs their own".into());
+        }
+        if out.len() > MAX_ADMIN_TOKENS {
+            return Err(format!("at most {MAX_ADMIN_TOKENS} admin tokens"));
+        }
+        Ok(Self(out))
+    }
+
+    /// Whether no token is configured (the admin API then answers 503).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The name of the operator whose token `presented` is. Every token is
+    /// compared, in constant time, whatever matched before: the time taken
+    /// says nothing about which token, or how much of one, matched.
+    pub fn operator(&self, presented: &str) -> Option<&str> {
+        let mut found = None;
+        for (name, token) in &self.0 {
+            if crate::secrets_equal(presented.as_bytes(), token.as_bytes()) && found.is_none() {
+                found = Some(name.as_str());
+            }
+        }
+        found
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -651,5 +773,47 @@ mod tests {
             "disabled: must be true or false"
         );
         assert_eq!(parse_user(br#"{}"#, &pol()).unwrap_err().message(), "role: is required");
+    }
+
+    #[test]
+    fn refused_entries_are_bounded() {
+        let e = ApiError::validation("name", &"é".repeat(300));
+        let (target, detail) = refused_entry(&"x".repeat(3000), &e);
+        let detail: Value = serde_json::from_str(&detail).unwrap();
+        assert_eq!(target.len(), MAX_AUDIT_FIELD);
+        assert_eq!(detail["status"], 422);
+        assert_eq!(detail["code"], "VALIDATION_FAILED");
+        let m = detail["message"].as_str().unwrap();
+        assert!(m.len() <= MAX_AUDIT_FIELD && m.starts_with("name: é"), "{m}");
+        assert_eq!(truncate("aé", 2), "a");
+    }
+
+    #[test]
+    fn admin_tokens() {
+        let a = "a".repeat(32);
+        let b = "b".repeat(40);
+        let t =
+            AdminTokens::parse(Some(&format!(" {a}\n")), Some(&format!("alice={b}, ops-2 = {}", "c".repeat(32))), 32)
+                .unwrap();
+        assert_eq!(format!("{t:?}"), r#"["default", "alice", "ops-2"]"#, "names only, never tokens");
+        assert_eq!(t.operator(&a), Some("default"));
+        assert_eq!(t.operator(&b), Some("alice"));
+        assert_eq!(t.operator(&"c".repeat(32)), Some("ops-2"));
+        assert_eq!(t.operator(&b[..39]), None);
+        assert_eq!(t.operator(""), None);
+        assert!(AdminTokens::parse(None, None, 32).unwrap().is_empty());
+        assert!(AdminTokens::parse(Some("  "), Some(" , "), 32).unwrap().is_empty());
+        for (single, list) in [
+            (Some("short"), None),
+            (None, Some("alice")),
+            (None, Some(&*format!("Alice={b}"))),
+            (None, Some(&*format!("={b}"))),
+            (None, Some("alice=short")),
+            (None, Some(&*format!("alice={b},alice={}", "d".repeat(32)))),
+            (Some(&*a), Some(&*format!("default={b}"))),
+            (Some(&*a), Some(&*format!("bob={a}"))),
+        ] {
+            assert!(AdminTokens::parse(single, list, 32).is_err(), "{single:?} {list:?}");
+        }
     }
 }

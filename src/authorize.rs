@@ -103,6 +103,21 @@ pub struct Facts<'a> {
     pub origin: Option<&'a str>,
     /// The `Referer` header, if any (a widget key's fallback for `Origin`).
     pub referer: Option<&'a str>,
+    /// Whether the request has a body (the runtime's `request.body` is not
+    /// null: a `Content-Length` above 0 or a chunked body).
+    pub has_body: bool,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<&'a str>,
+}
+
+/// Whether a request has a body to check ([`Facts::has_body`]): the
+/// runtime gives it a body stream (`request.body` not null; never for GET
+/// and HEAD, whose bodies are not forwarded) and `Content-Length` is not
+/// `0`. Only an explicit `Content-Length: 0` says a stream is empty: an
+/// HTTP/2 request may carry a body with neither `Content-Length` nor
+/// `Transfer-Encoding`, so their absence proves nothing.
+pub fn has_body(method: &str, stream: bool, content_length: Option<&str>) -> bool {
+    stream && !matches!(method, "GET" | "HEAD") && content_length.map(str::trim) != Some("0")
 }
 
 /// The records the shell read for this key. `key: None` means the hash is
@@ -170,7 +185,7 @@ pub fn precheck(presented: &ApiKey<'_>, key: &KeyRecord, now_ms: i64) -> Result<
 /// Order: key known → kind matches prefix → not revoked → not expired →
 /// kind rules (a secret key refuses browser requests; a widget key needs an
 /// allowed origin) → org readable → BAA → user enabled and role known →
-/// route → scope. Every credential failure is the same `401`. For a widget
+/// route → scope → body type. Every credential failure is the same `401`. For a widget
 /// key, every refusal after its origin matched carries the CORS headers, so
 /// the page can read the error.
 pub fn authorize(
@@ -204,6 +219,9 @@ pub fn preauthorize(facts: &Facts<'_>, presented: &ApiKey<'_>, key: &KeyRecord, 
         return false;
     }
     let Ok(route) = policy.route(facts.method, facts.path) else { return false };
+    if route.accepts_body(facts.has_body, facts.content_type).is_err() {
+        return false;
+    }
     match key.kind {
         KeyKind::Widget => scope::grants(&scope::intersect(&key.scopes, policy.widget_scopes()), route.scope()),
         KeyKind::Secret => scope::grants(&key.scopes, route.scope()),
@@ -318,6 +336,7 @@ fn decide_rest(
     if !scope::grants(&scopes, route.scope()) {
         return Err(ApiError::missing_scope(route.scope()).into());
     }
+    route.accepts_body(facts.has_body, facts.content_type)?;
     Ok(Grant {
         org_id: key.org_id.clone(),
         key_id: key.id.clone(),
@@ -387,7 +406,7 @@ mod tests {
     fn decide(w: &World, method: &str, path: &str, origin: Option<&str>, with_user: bool) -> Result<Grant, Refusal> {
         let path = CanonicalPath::parse(path).unwrap();
         let presented = parse_key(&w.config.format, &w.token).unwrap();
-        let facts = Facts { method, path: &path, origin, referer: None };
+        let facts = Facts { method, path: &path, origin, referer: None, has_body: false, content_type: None };
         let records = Records { key: Some(&w.key), org: Some(&w.org), user: with_user.then_some(&w.user) };
         authorize(&facts, &presented, &records, &w.policy, &w.config, NOW)
     }
@@ -412,7 +431,8 @@ mod tests {
         let w = world();
         let path = CanonicalPath::parse("/v1/ai/chat").unwrap();
         let presented = parse_key(&w.config.format, &w.token).unwrap();
-        let facts = Facts { method: "POST", path: &path, origin: None, referer: None };
+        let facts =
+            Facts { method: "POST", path: &path, origin: None, referer: None, has_body: false, content_type: None };
         let none = Records { key: None, org: Some(&w.org), user: None };
         let e1 = authorize(&facts, &presented, &none, &w.policy, &w.config, NOW).unwrap_err();
         assert_eq!(e1.error.code, ErrorCode::InvalidApiKey);
@@ -450,7 +470,8 @@ mod tests {
         let w = world();
         let path = CanonicalPath::parse("/v1/ai/chat").unwrap();
         let presented = parse_key(&w.config.format, &w.token).unwrap();
-        let facts = Facts { method: "POST", path: &path, origin: None, referer: None };
+        let facts =
+            Facts { method: "POST", path: &path, origin: None, referer: None, has_body: false, content_type: None };
         let r = Records { key: Some(&w.key), org: None, user: None };
         assert_eq!(code(authorize(&facts, &presented, &r, &w.policy, &w.config, NOW)), ErrorCode::ServiceUnavailable);
         let other = OrgRecord { id: "org_2".into(), ..w.org.clone() };
@@ -533,7 +554,7 @@ mod tests {
     ) -> Result<Grant, Refusal> {
         let path = CanonicalPath::parse(path).unwrap();
         let presented = parse_key(&w.config.format, &w.token).unwrap();
-        let facts = Facts { method, path: &path, origin, referer };
+        let facts = Facts { method, path: &path, origin, referer, has_body: false, content_type: None };
         let records = Records { key: Some(&w.key), org: Some(&w.org), user: None };
         authorize(&facts, &presented, &records, &w.policy, &w.config, NOW)
     }
@@ -605,23 +626,64 @@ mod tests {
         let p = |m: &str, path: &str, origin: Option<&str>| {
             let path = CanonicalPath::parse(path).unwrap();
             let presented = parse_key(&w.config.format, &w.token).unwrap();
-            preauthorize(&Facts { method: m, path: &path, origin, referer: None }, &presented, &w.key, &w.policy, NOW)
+            preauthorize(
+                &Facts { method: m, path: &path, origin, referer: None, has_body: false, content_type: None },
+                &presented,
+                &w.key,
+                &w.policy,
+                NOW,
+            )
         };
         assert!(p("POST", "/v1/ai/chat", None));
         assert!(!p("POST", "/v1/embeddings", None), "scope");
         assert!(!p("GET", "/v1/ai/chat", None), "method");
         assert!(!p("POST", "/v1/nope", None), "route");
         assert!(!p("POST", "/v1/ai/chat", Some("https://a.com")), "secret key from a browser");
+        let path = CanonicalPath::parse("/v1/ai/chat").unwrap();
+        let presented = parse_key(&w.config.format, &w.token).unwrap();
+        let form = Facts {
+            method: "POST",
+            path: &path,
+            origin: None,
+            referer: None,
+            has_body: true,
+            content_type: Some("application/x-www-form-urlencoded"),
+        };
+        assert!(!preauthorize(&form, &presented, &w.key, &w.policy, NOW), "a form body to a JSON route");
+        let records = Records { key: Some(&w.key), org: Some(&w.org), user: None };
+        let e = authorize(&form, &presented, &records, &w.policy, &w.config, NOW).unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::UnsupportedMediaType);
+        let json = Facts { content_type: Some("application/json"), ..form };
+        assert!(preauthorize(&json, &presented, &w.key, &w.policy, NOW));
+        assert!(authorize(&json, &presented, &records, &w.policy, &w.config, NOW).is_ok());
+        // Scope before body type: a key without the scope learns nothing of the route's types.
+        let embed_path = CanonicalPath::parse("/v1/embeddings").unwrap();
+        let embed = Facts { path: &embed_path, ..form };
+        let e = authorize(&embed, &presented, &records, &w.policy, &w.config, NOW).unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::MissingScope);
         let mut revoked = world();
         revoked.key.revoked_at = Some(1);
         let path = CanonicalPath::parse("/v1/ai/chat").unwrap();
         let presented = parse_key(&revoked.config.format, &revoked.token).unwrap();
-        let facts = Facts { method: "POST", path: &path, origin: None, referer: None };
+        let facts =
+            Facts { method: "POST", path: &path, origin: None, referer: None, has_body: false, content_type: None };
         assert!(!preauthorize(&facts, &presented, &revoked.key, &revoked.policy, NOW));
         // Org-dependent refusals are authorize's alone: preauthorize passes.
         let mut no_baa = world();
         no_baa.org.baa_active = false;
         assert!(decide(&no_baa, "POST", "/v1/ai/chat", None, false).is_err());
+    }
+
+    #[test]
+    fn bodies() {
+        assert!(has_body("POST", true, None), "chunked, or HTTP/2 without a length");
+        assert!(has_body("POST", true, Some("3")));
+        assert!(has_body("DELETE", true, Some(" 1 ")));
+        assert!(!has_body("POST", true, Some("0")));
+        assert!(!has_body("DELETE", true, Some(" 0")));
+        assert!(!has_body("POST", false, None));
+        assert!(!has_body("GET", true, Some("5")), "a GET body is never forwarded");
+        assert!(!has_body("HEAD", true, None));
     }
 
     #[test]

@@ -85,6 +85,10 @@ catalogue! {
     /// An admin request body over the size limit.
     PayloadTooLarge = ("PAYLOAD_TOO_LARGE", 413, "invalid_request_error", false,
         "The request body is too large.");
+    /// The request body's `Content-Type` is missing or not one the route
+    /// accepts (form bodies reach no route that does not list them).
+    UnsupportedMediaType = ("UNSUPPORTED_MEDIA_TYPE", 415, "invalid_request_error", false,
+        "The request body's content type is not accepted on this route.");
     /// An admin request body failed validation; the message names the field.
     ValidationFailed = ("VALIDATION_FAILED", 422, "validation_error", false,
         "The request body is invalid.");

@@ -36,6 +36,7 @@ pub mod path;
 pub mod policy;
 pub mod ratelimit;
 pub mod records;
+pub mod reply;
 pub mod scope;
 pub mod signing;
 pub mod token;

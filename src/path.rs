@@ -14,6 +14,8 @@
 //! - empty segments (duplicate slashes, `//v1`) → refused, not collapsed:
 //!   collapsing would make two spellings of one route, and origins disagree
 //!   on whether `//` is significant;
+//! - `%25` followed by two hex digits (a double-encoded escape such as
+//!   `%252F`) → refused: an origin that decodes twice would see another path;
 //! - escapes of unreserved characters (`%61` → `a`, `%7E` → `~`) are decoded
 //!   and every other escape is upper-cased (`%c3` → `%C3`), as RFC 3986 §6.2.2
 //!   normalizes; escapes must decode to valid UTF-8 (so overlong forms such
@@ -53,6 +55,14 @@ impl CanonicalPath {
                         return Err(ApiError::invalid_request("The path has a malformed percent-escape."));
                     };
                     let v = (hi << 4) | lo;
+                    // `%25` + two hex digits reads as another escape to an
+                    // origin that decodes twice.
+                    if v == b'%'
+                        && bytes.get(i + 3).and_then(|&c| hex_val(c)).is_some()
+                        && bytes.get(i + 4).and_then(|&c| hex_val(c)).is_some()
+                    {
+                        return Err(ApiError::invalid_request("The path contains a double-encoded escape (%25XX)."));
+                    }
                     decoded.push(v);
                     match v {
                         b'/' | b'\\' | b'.' => {
@@ -167,20 +177,97 @@ impl OriginUrl {
         }
         Ok(Self { origin: format!("{scheme}://{authority}"), base_path: base.to_owned() })
     }
+
+    /// Plain `http://` to a host that is not loopback (`localhost`,
+    /// `127.0.0.0/8`, `[::1]`): the signed identity and the body would cross
+    /// a network in clear.
+    pub fn is_insecure(&self) -> bool {
+        let Some(authority) = self.origin.strip_prefix("http://") else { return false };
+        let host = match authority.rsplit_once(':') {
+            Some((h, p)) if !p.contains(']') => h,
+            _ => authority,
+        };
+        let loopback = host == "localhost"
+            || host == "[::1]"
+            || host.strip_prefix("127.").is_some_and(|rest| {
+                let parts: Vec<&str> = rest.split('.').collect();
+                parts.len() == 3 && parts.iter().all(|p| p.parse::<u8>().is_ok())
+            });
+        !loopback
+    }
 }
 
-/// Refuses a query that asks the origin to run another method
-/// (`_method=DELETE`, honoured on POST by Symfony and Laravel): the method
-/// that was authorized is the one the origin must run.
+/// Refuses a query that asks the origin to run another method: a
+/// `_method=DELETE` is honoured on POST by Laravel, Symfony, Rails
+/// (`Rack::MethodOverride`) and Express's `method-override`, so the method
+/// that was authorized would not be the one the origin runs.
+///
+/// Names are compared the way those frameworks read them (see
+/// [`query_names`]): pairs split on `&` and `;`, the name percent-decoded
+/// (`+` is a space), PHP's renamings applied (` `, `.` and `[` read as `_`;
+/// `_method[x]` is the array `_method`; a NUL ends the name; leading spaces
+/// both dropped, as PHP does, and read as `_`), then compared without case
+/// to `_method` and to the override header names some frameworks also
+/// accept as parameters. Refusing a harmless look-alike costs nothing;
+/// missing one gives a widget key's `POST` the power of `DELETE`.
 pub fn check_query(query: &str) -> Result<(), ApiError> {
-    let overrides = query.split('&').any(|pair| {
-        let name = pair.split('=').next().unwrap_or("");
-        name.eq_ignore_ascii_case("_method") || name.eq_ignore_ascii_case("%5Fmethod")
+    let overrides = query.split(['&', ';']).any(|pair| {
+        query_names(pair.split('=').next().unwrap_or(""))
+            .iter()
+            .any(|name| OVERRIDE_PARAMS.iter().any(|o| name.eq_ignore_ascii_case(o)))
     });
     if overrides {
-        return Err(ApiError::invalid_request("The query may not contain a _method override."));
+        return Err(ApiError::invalid_request("The query may not contain a method override (_method)."));
     }
     Ok(())
+}
+
+/// Query parameter names that override the method somewhere, after
+/// [`query_name`].
+const OVERRIDE_PARAMS: &[&str] = &["_method", "x_http_method_override", "x_http_method", "x_method_override"];
+
+/// A query parameter's name as frameworks behind keyward may read it, in
+/// two readings (leading spaces dropped, as PHP does, or kept): percent-
+/// decoded (`+` as a space; a malformed escape kept as is), cut at a NUL,
+/// an array suffix (`name[...]`) dropped, and ` `, `.`, `[` and `-` read
+/// as `_` (PHP turns the first three into `_`; `-` folds header-style names
+/// onto the same spelling).
+pub fn query_names(raw: &str) -> [String; 2] {
+    let b = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = || Some((hex_val(*b.get(i + 1)?)? << 4) | hex_val(*b.get(i + 2)?)?);
+        match b[i] {
+            b'%' if hex().is_some() => {
+                decoded.push(hex().unwrap_or_default());
+                i += 3;
+            }
+            b'+' => {
+                decoded.push(b' ');
+                i += 1;
+            }
+            c => {
+                decoded.push(c);
+                i += 1;
+            }
+        }
+    }
+    if let Some(nul) = decoded.iter().position(|&c| c == 0) {
+        decoded.truncate(nul);
+    }
+    let start = decoded.iter().position(|&c| c != b' ').unwrap_or(decoded.len());
+    [php_name(&decoded[start..]), php_name(&decoded)]
+}
+
+fn php_name(mut name: &[u8]) -> String {
+    // `name[...]`: PHP and Rack read an array under `name`.
+    if let Some(open) = name.iter().position(|&c| c == b'[') {
+        if open > 0 && name[open..].contains(&b']') {
+            name = &name[..open];
+        }
+    }
+    name.iter().map(|&c| if matches!(c, b' ' | b'.' | b'[' | b'-') { '_' } else { char::from(c) }).collect()
 }
 
 /// Longest accepted path, in bytes.
@@ -280,6 +367,10 @@ mod tests {
             "/v1/documents/.../x",
             "/v1/documents/x.",
             "/v1/documents/x%20",
+            "/v1/documents/%252F",
+            "/v1/documents/%252e%252e/api_keys",
+            "/v1/documents/a%2541",
+            "/v1/documents/%25ff",
         ] {
             refused(p);
         }
@@ -307,6 +398,25 @@ mod tests {
         );
         assert_eq!(ok("https://api.internal:8443/base/v2/").base_path, "/base/v2");
         assert_eq!(ok("http://[::1]:8080").origin, "http://[::1]:8080");
+        for secure in [
+            "https://api.internal",
+            "http://127.0.0.1:8788",
+            "http://127.1.2.3",
+            "http://localhost:1",
+            "http://[::1]:8080/base",
+        ] {
+            assert!(!ok(secure).is_insecure(), "{secure}");
+        }
+        for insecure in [
+            "http://api.internal",
+            "http://127.0.0.1.nip.io",
+            "http://127.0.0.256",
+            "http://localhost.example",
+            "http://[::2]",
+            "http://10.0.0.1:80",
+        ] {
+            assert!(ok(insecure).is_insecure(), "{insecure}");
+        }
         for bad in [
             "",
             "api.internal",
@@ -334,8 +444,30 @@ mod tests {
         assert_eq!(split_url("http://h/p?x=1?y"), ("/p", "x=1?y"));
         assert!(check_query("a=1&b=2").is_ok());
         assert!(check_query("method=DELETE&x_method=1").is_ok());
-        for bad in ["_method=DELETE", "a=1&_METHOD=put", "%5Fmethod=DELETE", "_method"] {
-            assert_eq!(check_query(bad).unwrap_err().code, ErrorCode::InvalidRequest, "{bad}");
+        assert!(check_query("methods=1&_methodx=1&x[_method]=1&a=_method").is_ok());
+        for bad in [
+            "_method=DELETE",
+            "a=1&_METHOD=put",
+            "%5Fmethod=DELETE",
+            "_method",
+            "_%6Dethod=DELETE",
+            "%5F%6D%65%74%68%6F%64=DELETE",
+            ".method=DELETE",
+            "%2Emethod=DELETE",
+            "+method=DELETE",
+            "%20method=DELETE",
+            " method=DELETE",
+            "[method=DELETE",
+            "++_method=DELETE",
+            "_method[]=DELETE",
+            "_method[a]=DELETE",
+            "_method%00junk=DELETE",
+            "a=1;_method=DELETE",
+            "x-http-method-override=DELETE",
+            "X_HTTP_METHOD_OVERRIDE=DELETE",
+            "x.http.method=DELETE",
+        ] {
+            assert_eq!(check_query(bad).map_err(|e| e.code), Err(ErrorCode::InvalidRequest), "{bad}");
         }
     }
 

@@ -42,6 +42,7 @@ pub struct Policy {
     widget_scopes: Vec<Scope>,
     widget_ip_rate_limits: Vec<RateLimit>,
     key_creating_roles: Vec<String>,
+    forwarded_headers: Option<Vec<String>>,
 }
 
 /// One route of the table.
@@ -52,7 +53,14 @@ pub struct Route {
     path: String,
     scope: String,
     local: bool,
+    /// Media types a request body may have (`type/subtype` or `type/*`);
+    /// `None`: any but [`FORM_MEDIA_TYPES`].
+    content_types: Option<Vec<String>>,
 }
+
+/// Body types that frameworks parse into parameters (and so read a
+/// `_method` field from): refused on every route that does not list them.
+pub const FORM_MEDIA_TYPES: &[&str] = &["application/x-www-form-urlencoded", "multipart/form-data"];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Segment {
@@ -75,6 +83,11 @@ struct RawPolicy {
     widget_ip_rate_limits: Vec<RateLimit>,
     #[serde(default)]
     key_creating_roles: Vec<String>,
+    /// Allow-list mode for the client's request headers: only these
+    /// (lowercase) names are forwarded; absent: every header but the
+    /// deny-list ([`crate::signing::DROPPED`]).
+    #[serde(default)]
+    forwarded_headers: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -87,6 +100,10 @@ struct RawRoute {
     /// for routes proxied to the origin.
     #[serde(default)]
     served_by: Option<String>,
+    /// The media types a request body may have; absent: any type but the
+    /// form types ([`FORM_MEDIA_TYPES`]).
+    #[serde(default)]
+    content_types: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -126,6 +143,40 @@ impl Route {
     /// Whether keyward serves this route itself (never proxied).
     pub fn is_local(&self) -> bool {
         self.local
+    }
+
+    /// Whether a request body of this type may reach the route.
+    ///
+    /// A request without a body always may. A body must say its type: Rack
+    /// parses an untyped `POST` body as a form, so no type is refused like
+    /// a form type. The media type is compared without its parameters and
+    /// case; a route that lists types accepts only those (`type/*` matches
+    /// every subtype), one that lists none accepts every type but the form
+    /// types.
+    pub fn accepts_body(&self, has_body: bool, content_type: Option<&str>) -> Result<(), ApiError> {
+        if !has_body {
+            return Ok(());
+        }
+        let media = content_type.map(media_type).filter(|m| !m.is_empty());
+        let accepted = match (&media, &self.content_types) {
+            (None, _) => false,
+            (Some(m), None) => !FORM_MEDIA_TYPES.contains(&m.as_str()),
+            (Some(m), Some(list)) => list.iter().any(|t| match t.strip_suffix("/*") {
+                Some(top) => m.split_once('/').is_some_and(|(mt, _)| mt == top),
+                None => t == m,
+            }),
+        };
+        if accepted {
+            return Ok(());
+        }
+        let listed = match &self.content_types {
+            Some(list) => list.join(", "),
+            None => "any type but a form".to_owned(),
+        };
+        Err(ApiError::with_message(
+            ErrorCode::UnsupportedMediaType,
+            format!("This route accepts request bodies of type: {listed} (send a matching Content-Type)."),
+        ))
     }
 
     fn matches_path(&self, path: &CanonicalPath) -> bool {
@@ -207,7 +258,16 @@ impl Policy {
                     return Err(format!("policy: route {}: served_by must be \"keyward\", not {other:?}", r.path))
                 }
             };
-            let route = Route { methods, pattern, path: r.path, scope: r.scope, local };
+            if let Some(bad) = r.content_types.iter().flatten().find(|t| !valid_media_range(t)) {
+                return Err(format!(
+                    "policy: route {}: content type {bad:?} must be a lowercase type/subtype or type/*",
+                    r.path
+                ));
+            }
+            if r.content_types.as_ref().is_some_and(Vec::is_empty) {
+                return Err(format!("policy: route {}: content_types must not be empty (omit it instead)", r.path));
+            }
+            let route = Route { methods, pattern, path: r.path, scope: r.scope, local, content_types: r.content_types };
             if routes.iter().any(|o| o.pattern == route.pattern && o.methods.iter().any(|m| route.methods.contains(m)))
             {
                 return Err(format!("policy: route {} is declared twice for one method", route.path));
@@ -229,7 +289,18 @@ impl Policy {
         if let Some(r) = raw.key_creating_roles.iter().find(|r| !roles.contains_key(*r)) {
             return Err(format!("policy: key_creating_roles: unknown role {r:?}"));
         }
+        for name in raw.forwarded_headers.iter().flatten() {
+            let token = !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^`|~".contains(&b));
+            if !token {
+                return Err(format!("policy: forwarded_headers: {name:?} must be a lowercase header name"));
+            }
+            if crate::signing::never_forwarded(name) {
+                return Err(format!("policy: forwarded_headers: {name:?} is never forwarded (credentials, overrides, forwarding claims, hop-by-hop)"));
+            }
+        }
         Ok(Self {
+            forwarded_headers: raw.forwarded_headers,
             key_creating_roles: raw.key_creating_roles,
             scopes,
             roles,
@@ -294,6 +365,12 @@ impl Policy {
         out.sort_unstable();
         out.dedup();
         out
+    }
+
+    /// The allow-list of client request headers to forward, if the policy
+    /// has one.
+    pub fn forwarded_headers(&self) -> Option<&[String]> {
+        self.forwarded_headers.as_deref()
     }
 
     /// The limits every key has unless its own limits override them by name.
@@ -381,6 +458,24 @@ fn parse_pattern(path: &str) -> Result<Vec<Segment>, String> {
         out.push(seg);
     }
     Ok(out)
+}
+
+/// The media type of a `Content-Type` value: before any `;`, trimmed,
+/// lowercase.
+pub fn media_type(content_type: &str) -> String {
+    content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+/// `type/subtype` or `type/*`, lowercase RFC 9110 tokens.
+fn valid_media_range(t: &str) -> bool {
+    let token = |s: &str| {
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$&-^_.+".contains(&b))
+    };
+    match t.split_once('/') {
+        Some((top, "*")) => token(top),
+        Some((top, sub)) => token(top) && token(sub),
+        None => false,
+    }
 }
 
 #[cfg(test)]
@@ -471,11 +566,76 @@ mod tests {
             base(r#"{"method":"GET","path":"/x//y","scope":"a:b"}"#),
             base(r#"{"method":"GET","path":"/x","scope":"a:b"},{"method":["POST","GET"],"path":"/x","scope":"a:b"}"#),
             base(r#"{"method":"GET","path":"/x","scope":"a:b","extra":1}"#),
+            base(r#"{"method":"GET","path":"/x","scope":"a:b","content_types":[]}"#),
+            r#"{"scopes":["a:b"],"roles":{},"routes":[],"forwarded_headers":["Accept"]}"#.to_owned(),
+            r#"{"scopes":["a:b"],"roles":{},"routes":[],"forwarded_headers":["x-forwarded-user"]}"#.to_owned(),
+            r#"{"scopes":["a:b"],"roles":{},"routes":[],"forwarded_headers":["authorization"]}"#.to_owned(),
+            r#"{"scopes":["a:b"],"roles":{},"routes":[],"forwarded_headers":["a b"]}"#.to_owned(),
+            base(r#"{"method":"GET","path":"/x","scope":"a:b","content_types":["application/JSON"]}"#),
+            base(r#"{"method":"GET","path":"/x","scope":"a:b","content_types":["json"]}"#),
+            base(r#"{"method":"GET","path":"/x","scope":"a:b","content_types":["*/*"]}"#),
+            base(r#"{"method":"GET","path":"/x","scope":"a:b","content_types":["a/b; charset=x"]}"#),
             r#"{"scopes":["a:*"],"roles":{},"routes":[]}"#.to_owned(),
             r#"{"scopes":["a:b"],"roles":{"r":["c:d"]},"routes":[]}"#.to_owned(),
         ] {
             assert!(Policy::from_json(&bad).is_err(), "accepted {bad}");
         }
+    }
+
+    #[test]
+    fn body_types() {
+        let pol = Policy::from_json(
+            r#"{"scopes":["a:b"],"roles":{},"routes":[
+                {"method":"POST","path":"/json","scope":"a:b","content_types":["application/json","text/*"]},
+                {"method":"POST","path":"/any","scope":"a:b"},
+                {"method":"POST","path":"/form","scope":"a:b","content_types":["multipart/form-data"]}]}"#,
+        )
+        .unwrap();
+        let r = |path: &str| pol.route("POST", &p(path)).unwrap();
+        let code = |path: &str, body: bool, ct: Option<&str>| r(path).accepts_body(body, ct).map_err(|e| e.code);
+        let no = Err(ErrorCode::UnsupportedMediaType);
+        // No body: nothing to check, whatever the header says.
+        assert_eq!(code("/json", false, None), Ok(()));
+        assert_eq!(code("/json", false, Some("application/x-www-form-urlencoded")), Ok(()));
+        // Listed types, with parameters and any case.
+        assert_eq!(code("/json", true, Some("application/json")), Ok(()));
+        assert_eq!(code("/json", true, Some(" Application/JSON ; charset=utf-8")), Ok(()));
+        assert_eq!(code("/json", true, Some("text/markdown")), Ok(()));
+        // A body with no type (Rack reads an untyped POST body as a form),
+        // an empty type, a form, a look-alike.
+        for ct in [
+            None,
+            Some(""),
+            Some(" ;x=1"),
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=x"),
+            Some("application/jsonx"),
+            Some("application/json-seq"),
+            Some("text"),
+        ] {
+            assert_eq!(code("/json", true, ct), no, "{ct:?}");
+        }
+        // A route that lists nothing takes any typed body but a form.
+        assert_eq!(code("/any", true, Some("application/pdf")), Ok(()));
+        for ct in [None, Some("application/x-www-form-urlencoded"), Some("Multipart/Form-Data; boundary=b")] {
+            assert_eq!(code("/any", true, ct), no, "{ct:?}");
+        }
+        // A form only where a route lists it.
+        assert_eq!(code("/form", true, Some("multipart/form-data; boundary=b")), Ok(()));
+        let msg = r("/json").accepts_body(true, None).unwrap_err().to_string();
+        assert!(msg.contains("application/json, text/*"), "{msg}");
+        // The shipped policy: the AI routes take JSON only.
+        let pol = Policy::default_policy().unwrap();
+        for path in ["/v1/ai/chat", "/v1/messages", "/v1/embeddings", "/v1/summarize"] {
+            let route = pol.route("POST", &p(path)).unwrap();
+            assert_eq!(route.accepts_body(true, Some("application/json")), Ok(()), "{path}");
+            for ct in ["application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "text/plain"] {
+                assert!(route.accepts_body(true, Some(ct)).is_err(), "{path} {ct}");
+            }
+        }
+        let docs = pol.route("POST", &p("/v1/documents")).unwrap();
+        assert_eq!(docs.accepts_body(true, Some("application/pdf")), Ok(()));
+        assert!(docs.accepts_body(true, Some("multipart/form-data; boundary=x")).is_err());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! What the origin receives: the header filter and the signed identity.
 //!
-//! keyward adds `X-Keyward-Org`, `X-Keyward-Key-Id`, `X-Keyward-Key-Kind`,
+//! keyward adds `X-Keyward-Method` (the method that was authorized: an
+//! origin compares it to the method its framework dispatches on, which a
+//! method override could have changed), `X-Keyward-Org`, `X-Keyward-Key-Id`, `X-Keyward-Key-Kind`,
 //! `X-Keyward-Scopes`, `X-Keyward-User` (only for user-bound keys),
 //! `X-Keyward-Resource` (only for widget keys bound to a bot or other
 //! resource), `X-Request-Id`, `X-Keyward-Timestamp` (Unix seconds) and
@@ -11,7 +13,7 @@
 //! ```text
 //! keyward-v1
 //! <X-Keyward-Timestamp>
-//! <method>
+//! <method>         X-Keyward-Method: the method that was authorized
 //! <path>            the canonical path, exactly as forwarded
 //! <query>           the raw query without '?', or empty
 //! <X-Request-Id>
@@ -34,33 +36,49 @@ use sha2::Sha256;
 use crate::authorize::Grant;
 
 /// Headers that never reach the origin, besides every `x-keyward-*`, every
-/// name with an `_` and every header the `Connection` header nominates:
-/// credentials, cookies, method and path overrides (so the method and path
-/// that were authorized are the ones the origin runs), a client-chosen
-/// request id, client-chosen forwarding claims (keyward sets
-/// `X-Forwarded-For` and `X-Forwarded-Proto` itself), and hop-by-hop headers.
-const DROPPED: &[&str] = &[
+/// name with a prefix in [`DROPPED_PREFIXES`], every name with an `_` and
+/// every header the `Connection` header nominates: credentials, cookies,
+/// method and path overrides (so the method and path that were authorized
+/// are the ones the origin runs), host overrides, a client-chosen request
+/// id, client-chosen address claims (keyward sets `X-Forwarded-For` and
+/// `X-Forwarded-Proto` itself), identity headers that proxy-auth origins
+/// trust, and hop-by-hop headers.
+pub const DROPPED: &[&str] = &[
     "authorization",
     "x-api-key",
     "cookie",
+    // Method and path overrides.
     "x-http-method-override",
     "x-method-override",
     "x-http-method",
-    "x-original-url",
-    "x-rewrite-url",
     "x-original-method",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-envoy-original-path",
+    "x-override-url",
+    // Host overrides.
+    "host",
+    "x-host",
+    "x-original-host",
+    "x-http-host-override",
+    // Address and request claims.
     "x-request-id",
     "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-forwarded-server",
     "x-real-ip",
     "true-client-ip",
     "x-client-ip",
-    "host",
+    "client-ip",
+    "x-originating-ip",
+    "x-remote-addr",
+    "x-remote-ip",
+    "x-cluster-client-ip",
+    // Identity headers of authenticating proxies.
+    "remote-user",
+    "x-remote-user",
+    "x-webauth-user",
+    "x-authenticated-user",
+    // Hop-by-hop.
     "connection",
     "keep-alive",
     "proxy-authorization",
@@ -72,12 +90,39 @@ const DROPPED: &[&str] = &[
     "upgrade",
 ];
 
-/// The client's request headers that may be forwarded, in order.
+/// Name prefixes that never reach the origin: every `X-Forwarded-*`
+/// (`-User`, `-Email`, `-Groups`, `-Access-Token`, `-Uri`, `-Path`,
+/// `-Method`, `-Ssl`, `-Scheme`, …: frameworks and proxy-auth origins read
+/// them; keyward sets its own), keyward's own, and the identity headers of
+/// authenticating proxies (oauth2-proxy, Cloudflare Access, AWS ALB, Google
+/// IAP, Azure App Service).
+pub const DROPPED_PREFIXES: &[&str] = &[
+    "x-forwarded-",
+    "x-keyward-",
+    "x-auth-request-",
+    "cf-access-",
+    "x-amzn-oidc-",
+    "x-goog-authenticated-user-",
+    "x-goog-iap-",
+    "x-ms-client-principal",
+];
+
+/// Whether a header name is never forwarded, whatever the policy says.
+pub fn never_forwarded(lower: &str) -> bool {
+    lower.contains('_') || DROPPED.contains(&lower) || DROPPED_PREFIXES.iter().any(|p| lower.starts_with(p))
+}
+
+/// The client's request headers that may be forwarded, in order: those not
+/// [`never_forwarded`] and not nominated by `Connection`, and, when the
+/// policy has an allow-list (`forwarded_headers`), only the names it lists.
 ///
 /// Names with `_` are dropped outright: servers that map `-` and `_` to the
 /// same CGI variable would otherwise read `X_Keyward_User` as
 /// `X-Keyward-User`.
-pub fn forwarded_headers<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)> + Clone) -> Vec<(&'a str, &'a str)> {
+pub fn forwarded_headers<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a str)> + Clone,
+    allow: Option<&[String]>,
+) -> Vec<(&'a str, &'a str)> {
     let nominated: Vec<String> = headers
         .clone()
         .into_iter()
@@ -89,10 +134,7 @@ pub fn forwarded_headers<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str
         .into_iter()
         .filter(|(name, _)| {
             let lower = name.to_ascii_lowercase();
-            !lower.contains('_')
-                && !lower.starts_with("x-keyward-")
-                && !DROPPED.contains(&lower.as_str())
-                && !nominated.contains(&lower)
+            !never_forwarded(&lower) && !nominated.contains(&lower) && allow.is_none_or(|a| a.contains(&lower))
         })
         .collect()
 }
@@ -125,6 +167,7 @@ pub fn identity_headers(
         resource,
     ]);
     let mut h = vec![
+        ("X-Keyward-Method", method.to_owned()),
         ("X-Keyward-Org", grant.org_id.clone()),
         ("X-Keyward-Key-Id", grant.key_id.clone()),
         ("X-Keyward-Key-Kind", grant.kind.as_str().to_owned()),
@@ -231,12 +274,44 @@ mod tests {
             "TE",
             "Keep-Alive",
             "X-Internal-Auth",
+            "X-Forwarded-User",
+            "X-Forwarded-Email",
+            "X-Forwarded-Groups",
+            "X-Forwarded-Access-Token",
+            "X-Forwarded-Uri",
+            "X-Forwarded-Path",
+            "X-Forwarded-Url",
+            "X-Forwarded-Method",
+            "X-Forwarded-Ssl",
+            "X-Forwarded-Scheme",
+            "X-Forwarded-Anything",
+            "X-Original-URI",
+            "X-Envoy-Original-Path",
+            "X-Override-URL",
+            "X-Host",
+            "X-Original-Host",
+            "X-HTTP-Host-Override",
+            "Client-IP",
+            "X-Originating-IP",
+            "X-Remote-Addr",
+            "X-Cluster-Client-IP",
+            "X-Auth-Request-Email",
+            "Cf-Access-Jwt-Assertion",
+            "X-Amzn-Oidc-Identity",
+            "X-Goog-Authenticated-User-Email",
+            "X-MS-CLIENT-PRINCIPAL-NAME",
+            "Remote-User",
+            "X-Webauth-User",
         ];
         let kept = ["Content-Type", "Accept", "User-Agent", "X-Custom", "Content-Length", "X-Keyward"];
         let mut all: Vec<(&str, &str)> = dropped.iter().chain(kept.iter()).map(|n| (*n, "v")).collect();
         all.push(("Connection", "close, X-Internal-Auth"));
-        let out: Vec<&str> = forwarded_headers(all.iter().copied()).into_iter().map(|(n, _)| n).collect();
+        let out: Vec<&str> = forwarded_headers(all.iter().copied(), None).into_iter().map(|(n, _)| n).collect();
         assert_eq!(out, kept);
+        // Allow-list mode: only the listed names, and never a dropped one.
+        let allow = ["content-type".to_owned(), "x-custom".to_owned(), "x-forwarded-user".to_owned()];
+        let out: Vec<&str> = forwarded_headers(all.iter().copied(), Some(&allow)).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(out, ["Content-Type", "X-Custom"]);
     }
 
     #[test]
@@ -263,6 +338,7 @@ mod tests {
         assert_eq!(get("X-Keyward-Scopes"), Some("ai:chat control:read"));
         assert_eq!(get("X-Keyward-User"), Some("u1"));
         assert_eq!(get("X-Request-Id"), Some("req_1"));
+        assert_eq!(get("X-Keyward-Method"), Some("POST"));
         let expected = sign(
             &SigningKey::new(b"s3cret"),
             "keyward-v1\n1700000000\nPOST\n/v1/ai/chat\na=1\nreq_1\norg_1\n01KEY\nsecret\nai:chat control:read\nu1\n",
@@ -282,5 +358,15 @@ mod tests {
             1_700_000_000,
         );
         assert_ne!(other.last(), h.last());
+        let delete = identity_headers(
+            &grant(Some("u1")),
+            &SigningKey::new(b"s3cret"),
+            "req_1",
+            "DELETE",
+            "/v1/ai/chat",
+            "a=1",
+            1_700_000_000,
+        );
+        assert_ne!(delete.last(), h.last(), "the method is signed");
     }
 }

@@ -324,7 +324,7 @@ fn audit_log_records_every_action() {
     assert_eq!(revoked["request_id"], revoke_rid.as_str());
     assert!(revoked["created_at"].as_str().unwrap().ends_with("+00:00"));
     assert_eq!(entries[1]["actor"], format!("key:{key_id}"));
-    assert_eq!(entries[2]["actor"], "admin");
+    assert_eq!(entries[2]["actor"], "admin:default");
     assert_eq!(entries[3]["detail"], json!({"from": "viewer", "to": "operator"}));
     assert_eq!(entries[5]["detail"], json!({"from": false, "to": true}));
     // Paging.

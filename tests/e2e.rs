@@ -107,7 +107,7 @@ fn x_api_key_header_works_and_user_bound_key_forwards_user() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["data"]["role"], "viewer");
     let (key, key_id) = h().key(&org, json!({"name": "u", "scopes": ["*"], "user_id": "u_1"}));
-    let r = h().send("POST", "/v1/ai/chat", &[("x-api-key", &key)], Some(b"{}"));
+    let r = h().send("POST", "/v1/ai/chat", &[("x-api-key", &key), ("content-type", "application/json")], Some(b"{}"));
     assert_eq!(r.status, 200, "{}", r.text());
     let hd = &r.json()["echo"]["headers"];
     assert_eq!(hd["x-keyward-user"], "u_1");
@@ -299,13 +299,14 @@ fn paths_are_canonical_and_what_matched_is_what_is_forwarded() {
     // this key may not call.
     let v = assert_refused_without_origin(&h().send("GET", "/v1/ai/../api_keys", &a, None), 403, "MISSING_SCOPE");
     assert_eq!(v["error"]["message"], "This API key lacks the required scope: control:read");
+    let aj = [("authorization", auth.as_str()), ("content-type", "application/json")];
     for p in ["/v1/x/../ai/chat", "/v1/ai/./chat", "/v1/ai/%2e/chat", "/v1/x/%2E%2E/ai/chat"] {
-        let r = h().send("POST", p, &a, Some(b"{}"));
+        let r = h().send("POST", p, &aj, Some(b"{}"));
         assert_eq!(r.status, 200, "{p}: {}", r.text());
         assert_eq!(r.json()["echo"]["url"], "/v1/ai/chat", "{p}");
     }
     // Escaped unreserved characters are decoded: one spelling reaches the origin.
-    let r = h().send("POST", "/v1/ai/%63hat", &a, Some(b"{}"));
+    let r = h().send("POST", "/v1/ai/%63hat", &aj, Some(b"{}"));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["echo"]["url"], "/v1/ai/chat");
 }
@@ -460,7 +461,14 @@ fn unreadable_records_fail_closed() {
     let org = own.org(true);
     let (key, _) = own.key(&org, json!({"name": "k", "scopes": ["ai:chat"]}));
     let (key2, _) = own.key(&org, json!({"name": "k2", "scopes": ["ai:chat"]}));
-    let send = |k: &str| own.send("POST", "/v1/ai/chat", &[("authorization", &bearer(k))], Some(b"{}"));
+    let send = |k: &str| {
+        own.send(
+            "POST",
+            "/v1/ai/chat",
+            &[("authorization", &bearer(k)), ("content-type", "application/json")],
+            Some(b"{}"),
+        )
+    };
     assert_eq!(send(&key).status, 200);
     // A key record that does not decode: refuse.
     own.kv(&["put", &format!("key:{}", sha256_hex(key2.as_bytes())), "{not json"]);
@@ -657,7 +665,12 @@ fn down() -> &'static Harness {
 fn origin_down_is_502_and_baa_gate_can_be_turned_off() {
     let org = down().org(false);
     let (key, _) = down().key(&org, json!({"name": "k", "scopes": ["ai:chat"]}));
-    let r = down().send("POST", "/v1/ai/chat", &[("authorization", &bearer(&key))], Some(b"{}"));
+    let r = down().send(
+        "POST",
+        "/v1/ai/chat",
+        &[("authorization", &bearer(&key)), ("content-type", "application/json")],
+        Some(b"{}"),
+    );
     // Not 402: REQUIRE_BAA=false. Authorized, then the origin is unreachable.
     let v = r.assert_error(502, "ORIGIN_UNAVAILABLE");
     assert_eq!(v["error"]["retryable"], true);
@@ -679,7 +692,9 @@ fn a_panic_answers_500_with_the_envelope_and_the_worker_recovers() {
     // authorized (and meets the down origin: 502).
     let org = down().org(true);
     let (key, _) = down().key(&org, json!({"name": "after", "scopes": ["ai:chat"]}));
-    down().send("POST", "/v1/ai/chat", &[("x-api-key", &key)], Some(b"{}")).assert_error(502, "ORIGIN_UNAVAILABLE");
+    down()
+        .send("POST", "/v1/ai/chat", &[("x-api-key", &key), ("content-type", "application/json")], Some(b"{}"))
+        .assert_error(502, "ORIGIN_UNAVAILABLE");
     // On the main worker the panic route does not exist (the var is unset).
     h().send("GET", "/__keyward/panic", &[("x-api-key", "x")], None).assert_error(401, "INVALID_API_KEY");
 }

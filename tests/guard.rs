@@ -16,7 +16,7 @@ fn h() -> &'static Harness {
 
 fn chat(h: &Harness, key: &str) -> Resp {
     let auth = format!("Bearer {key}");
-    h.send("POST", "/v1/ai/chat", &[("authorization", &auth)], Some(b"{}"))
+    h.send("POST", "/v1/ai/chat", &[("authorization", &auth), ("content-type", "application/json")], Some(b"{}"))
 }
 
 fn origin_count(h: &Harness, key_id: &str) -> usize {
@@ -53,7 +53,13 @@ fn hundred_concurrent_requests_admit_exactly_the_limit() {
             std::thread::spawn(move || {
                 let auth = format!("Bearer {key}");
                 barrier.wait();
-                send(port, "POST", "/v1/ai/chat", &[("authorization", &auth)], Some(b"{}"))
+                send(
+                    port,
+                    "POST",
+                    "/v1/ai/chat",
+                    &[("authorization", &auth), ("content-type", "application/json")],
+                    Some(b"{}"),
+                )
             })
         })
         .collect();

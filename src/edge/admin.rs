@@ -12,13 +12,13 @@
 use worker::{Env, Request, Response};
 
 use super::{call_org, json_response, random, read_body, settings, unavailable, with_plaintext, Settings};
+use crate::admin::AdminTokens;
 use crate::admin::{self as core, KeyInput, OrgCommand, OrgRequest, MAX_BODY_BYTES};
 use crate::authorize::Refusal;
 use crate::error::{ApiError, ErrorCode};
 use crate::ids;
 use crate::path::{split_url, CanonicalPath};
 use crate::records::KeyRecord;
-use crate::secrets_equal;
 use crate::token;
 
 enum Route<'a> {
@@ -29,27 +29,28 @@ enum Route<'a> {
     Guard(&'a str, &'a str),
 }
 
-/// Whether the request carries `Authorization: Bearer <ADMIN_TOKEN>`
-/// (compared in constant time; false when no token is configured).
-pub(super) fn is_admin(req: &Request, expected: Option<&str>) -> bool {
-    let Some(expected) = expected else { return false };
-    let presented = req.headers().get("authorization").ok().flatten();
-    presented
-        .as_deref()
-        .and_then(|v| v.split_at_checked(7))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer "))
-        .is_some_and(|(_, tok)| secrets_equal(tok.as_bytes(), expected.as_bytes()))
+/// The operator whose admin token the request carries in
+/// `Authorization: Bearer <token>` (every configured token compared in
+/// constant time), if any.
+pub(super) fn admin_operator<'a>(req: &Request, tokens: &'a AdminTokens) -> Option<&'a str> {
+    let presented = req.headers().get("authorization").ok().flatten()?;
+    let (scheme, token) = presented.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case("bearer ") {
+        return None;
+    }
+    tokens.operator(token)
 }
 
 pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i64) -> Result<Response, Refusal> {
     let settings = settings(env)?;
     // Authenticate before anything else, including routing.
-    if settings.admin_token.is_none() {
-        return Err(unavailable("configuration", "ADMIN_TOKEN is not set (or shorter than 32 bytes)"));
+    if settings.admin_tokens.is_empty() {
+        return Err(unavailable("configuration", "no admin token is set (ADMIN_TOKEN or ADMIN_TOKENS)"));
     }
-    if !is_admin(&req, settings.admin_token.as_deref()) {
+    let Some(operator) = admin_operator(&req, &settings.admin_tokens) else {
         return Err(ErrorCode::AdminUnauthorized.into());
-    }
+    };
+    let actor = format!("admin:{operator}");
 
     let url = req.inner().url();
     let (raw_path, _) = split_url(&url);
@@ -103,7 +104,7 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
         Route::Keys(org) => {
             let body = read_body(&mut req, MAX_BODY_BYTES).await?;
             let input = core::parse_key(&body, &settings.policy, now, settings.default_consistency)?;
-            let (status, body) = mint(env, settings, org, input, None, "admin", request_id, now).await?;
+            let (status, body) = mint(env, settings, org, input, None, &actor, request_id, now).await?;
             return Ok(json_response(status, body, request_id));
         }
         Route::Key(org, key) => {
@@ -114,7 +115,7 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
         }
         Route::Guard(org, key) => return guard_stats(env, settings, org, key, request_id, now).await,
     };
-    let request = OrgRequest { command, actor: "admin".into(), request_id: request_id.into(), now_ms: now };
+    let request = OrgRequest { command, actor: actor.clone(), request_id: request_id.into(), now_ms: now };
     let (status, body) = call_org(env, org_id, &request).await?;
     Ok(json_response(status, body, request_id))
 }

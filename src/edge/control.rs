@@ -57,7 +57,7 @@ pub(super) struct Caller<'a> {
 }
 
 pub(super) async fn handle(
-    mut req: Request,
+    req: Request,
     env: &Env,
     settings: &Settings,
     caller: &Caller<'_>,
@@ -66,6 +66,57 @@ pub(super) async fn handle(
 ) -> Result<Response, Refusal> {
     let org_id = caller.grant.org_id.as_str();
     let actor = format!("key:{}", caller.grant.key_id);
+    // A write refused here, before the org's object, is recorded in the
+    // audit log all the same (the object records those it refuses itself).
+    let refused_write = match &route {
+        Route::CreateKey => Some(("key.create_refused", String::new())),
+        Route::RevokeKey(id) => Some(("key.revoke_refused", id.clone())),
+        _ => None,
+    };
+    let result = serve(req, env, settings, caller, route, query, &actor).await;
+    if let (Err(Early(refusal)), Some((action, target))) = (&result, refused_write) {
+        let (target, detail) = crate::admin::refused_entry(&target, &refusal.error);
+        let command = OrgCommand::AuditRefused { org_id: org_id.into(), action: action.into(), target, detail };
+        let request = OrgRequest { command, actor, request_id: caller.request_id.into(), now_ms: caller.now };
+        if let Err(e) = call_org(env, org_id, &request).await {
+            worker::console_warn!("keyward: recording a refused control write failed: {}", e.error);
+        }
+    }
+    result.map_err(|e| match e {
+        Early(r) | Late(r) => r,
+    })
+}
+
+/// A refusal from this shell (before the org's object saw the command), or
+/// one the object answered (and recorded, for a write).
+enum Failure {
+    Early(Refusal),
+    Late(Refusal),
+}
+use Failure::{Early, Late};
+
+impl From<Refusal> for Failure {
+    fn from(r: Refusal) -> Self {
+        Early(r)
+    }
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Early(e.into())
+    }
+}
+
+async fn serve(
+    mut req: Request,
+    env: &Env,
+    settings: &Settings,
+    caller: &Caller<'_>,
+    route: Route,
+    query: &str,
+    actor: &str,
+) -> Result<Response, Failure> {
+    let org_id = caller.grant.org_id.as_str();
     let command = match route {
         Route::CreateKey => {
             let body = read_body(&mut req, MAX_BODY_BYTES).await?;
@@ -84,7 +135,9 @@ pub(super) async fn handle(
             // against its own records (KV may lag).
             let creator = caller.grant.user_id.clone();
             let (status, body) =
-                admin::mint(env, settings, org_id, input, creator, &actor, caller.request_id, caller.now).await?;
+                admin::mint(env, settings, org_id, input, creator, actor, caller.request_id, caller.now)
+                    .await
+                    .map_err(Late)?;
             return Ok(json_response(status, body, caller.request_id));
         }
         Route::ListKeys => {
@@ -107,7 +160,7 @@ pub(super) async fn handle(
             OrgCommand::Usage { org_id: org_id.into(), from, to }
         }
     };
-    let request = OrgRequest { command, actor, request_id: caller.request_id.into(), now_ms: caller.now };
-    let (status, body) = call_org(env, org_id, &request).await?;
+    let request = OrgRequest { command, actor: actor.into(), request_id: caller.request_id.into(), now_ms: caller.now };
+    let (status, body) = call_org(env, org_id, &request).await.map_err(Late)?;
     Ok(json_response(status, body, caller.request_id))
 }

@@ -18,13 +18,14 @@ use futures_util::future::{select, Either};
 use worker::{AbortController, Context, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response};
 
 use super::{control, count_io, now_ms, settings, unavailable, Io, Settings, KV_BINDING};
-use crate::authorize::{extract_credential, parse_key, Facts, Grant, Refusal};
+use crate::authorize::{extract_credential, has_body, parse_key, Facts, Grant, Refusal};
 use crate::cors;
 use crate::error::{ApiError, ErrorCode};
 use crate::flow::{Admitted, Gate, Isolate, Later, Next, SlotId};
 use crate::guard::QuotaWire;
 use crate::path::{check_query, split_url, CanonicalPath};
 use crate::records::{org_kv_key, user_kv_key, KeyRecord, OrgRecord, UserRecord};
+use crate::reply::{cache_control, dropped_response_header};
 use crate::signing::{forwarded_headers, identity_headers};
 
 thread_local! {
@@ -75,12 +76,17 @@ pub(super) async fn handle(
     let referer = headers.get("referer").ok().flatten();
     let client_ip = cors::client_ip(headers.get("cf-connecting-ip").ok().flatten().as_deref())
         .unwrap_or_else(|| "unknown".to_owned());
+    let content_type = headers.get("content-type").ok().flatten();
+    let content_length = headers.get("content-length").ok().flatten();
+    let has_body = has_body(&method, req.inner().body().is_some(), content_length.as_deref());
     let incoming = Incoming { req, method, path, query, client_ip, request_id, now };
     let facts = Facts {
         method: &incoming.method,
         path: &incoming.path,
         origin: origin.as_deref(),
         referer: referer.as_deref(),
+        has_body,
+        content_type: content_type.as_deref(),
     };
     let mut later = Vec::new();
     let mut exit = Vec::new();
@@ -296,7 +302,8 @@ fn build_upstream(incoming: &Incoming<'_>, settings: &Settings, grant: &Grant) -
     let bodyless = method == "GET" || method == "HEAD";
     let incoming_headers: Vec<(String, String)> = incoming.req.headers().entries().collect();
     let out = Headers::new();
-    for (name, value) in forwarded_headers(incoming_headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))) {
+    let allow = settings.policy.forwarded_headers();
+    for (name, value) in forwarded_headers(incoming_headers.iter().map(|(n, v)| (n.as_str(), v.as_str())), allow) {
         if bodyless && name.eq_ignore_ascii_case("content-length") {
             continue;
         }
@@ -322,7 +329,12 @@ fn build_upstream(incoming: &Incoming<'_>, settings: &Settings, grant: &Grant) -
         target.push_str(incoming.query);
     }
     let mut init = RequestInit::new();
-    init.with_method(Method::from(method.to_owned())).with_headers(out).with_redirect(worker::RequestRedirect::Manual);
+    // Never served from or stored in a cache: the response belongs to this
+    // request's identity, which is not in any cache key.
+    init.with_method(Method::from(method.to_owned()))
+        .with_headers(out)
+        .with_redirect(worker::RequestRedirect::Manual)
+        .with_cache(worker::CacheMode::NoStore);
     if !bodyless {
         // The body is streamed through, never buffered.
         if let Some(body) = incoming.req.inner().body() {
@@ -333,9 +345,10 @@ fn build_upstream(incoming: &Incoming<'_>, settings: &Settings, grant: &Grant) -
 }
 
 /// Sends to the origin (bounded by `ORIGIN_TIMEOUT_MS` to the response
-/// headers) and re-wraps the response: same status and headers but the
-/// origin's `Access-Control-*` (CORS is decided at the edge), the body
-/// stream passed through, our request id set.
+/// headers) and re-wraps the response: same status and headers but those
+/// [`dropped_response_header`] (`Access-Control-*`: CORS is decided at the
+/// edge; CDN cache instructions), `Cache-Control` made private
+/// ([`cache_control`]), the body stream passed through, our request id set.
 async fn send(upstream: Request, settings: &Settings, request_id: &str) -> Result<Response, Refusal> {
     // A timer of our own, dropped once the headers are in: the platform's
     // `AbortSignal.timeout` would also abort a long streamed body.
@@ -361,9 +374,11 @@ async fn send(upstream: Request, settings: &Settings, request_id: &str) -> Resul
         .map_err(|e| unavailable("response headers", format!("{e:?}")))?;
     let _ = headers.set("x-request-id", request_id);
     let names: Vec<String> = headers.keys().into_iter().filter_map(|k| k.ok()).filter_map(|k| k.as_string()).collect();
-    for name in names.iter().filter(|n| n.to_ascii_lowercase().starts_with("access-control-")) {
+    for name in names.iter().filter(|n| dropped_response_header(n)) {
         let _ = headers.delete(name);
     }
+    let cache_control = cache_control(headers.get("cache-control").ok().flatten().as_deref());
+    let _ = headers.set("cache-control", &cache_control);
     let init = worker::web_sys::ResponseInit::new();
     init.set_status(raw.status());
     init.set_headers(&headers);

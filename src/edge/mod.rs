@@ -39,7 +39,8 @@ pub(crate) struct Settings {
     pub(crate) origin_base_path: String,
     pub(crate) origin_timeout_ms: u32,
     pub(crate) signing_key: Option<crate::signing::SigningKey>,
-    pub(crate) admin_token: Option<String>,
+    /// `ADMIN_TOKEN` (named `default`) and `ADMIN_TOKENS` (`name=token,…`).
+    pub(crate) admin_tokens: crate::admin::AdminTokens,
     /// `LEASE_MS` (default 1000, 50–10000) and, in benchmark builds only,
     /// `KEY_GUARD` (see [`crate::flow::FlowSettings`]).
     pub(crate) flow: crate::flow::FlowSettings,
@@ -89,6 +90,14 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
     };
     let origin_url = string_binding(env, "ORIGIN_URL").ok_or("ORIGIN_URL is not set")?;
     let parsed = crate::path::OriginUrl::parse(origin_url.trim())?;
+    let allow_insecure = match string_binding(env, "ALLOW_INSECURE_ORIGIN").as_deref().map(str::trim) {
+        None | Some("") | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(other) => return Err(format!("ALLOW_INSECURE_ORIGIN must be true or false, not {other:?}")),
+    };
+    if parsed.is_insecure() && !allow_insecure {
+        return Err("ORIGIN_URL must be https:// (http:// only for a loopback host, or with ALLOW_INSECURE_ORIGIN=true): the signed identity and the body would cross the network in clear".into());
+    }
     let origin_timeout_ms = u32::try_from(int_var(env, "ORIGIN_TIMEOUT_MS", 30_000, 1..=600_000)?).unwrap_or(30_000);
     let usage_rollup_ms = int_var(env, "USAGE_ROLLUP_SECONDS", 30, 1..=3600)? * 1000;
     let lease_ms = int_var(env, "LEASE_MS", 1000, 50..=10_000)?;
@@ -121,7 +130,11 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
         origin_base_path,
         origin_timeout_ms,
         signing_key: secret("ORIGIN_SIGNING_SECRET").map(|s| crate::signing::SigningKey::new(s.as_bytes())),
-        admin_token: secret("ADMIN_TOKEN"),
+        admin_tokens: crate::admin::AdminTokens::parse(
+            string_binding(env, "ADMIN_TOKEN").as_deref(),
+            string_binding(env, "ADMIN_TOKENS").as_deref(),
+            MIN_SECRET_LEN,
+        )?,
         flow: crate::flow::FlowSettings { lease_ms, key_guard },
         default_consistency,
         guard_delay_ms,
@@ -331,7 +344,7 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response>
 
 fn test_panic_allowed(req: &Request, env: &Env) -> bool {
     string_binding(env, "KEYWARD_TEST_PANIC").as_deref() == Some("enabled")
-        && admin::is_admin(req, settings(env).ok().and_then(|s| s.admin_token.as_deref()))
+        && settings(env).ok().and_then(|s| admin::admin_operator(req, &s.admin_tokens)).is_some()
 }
 
 /// How much of an oversized body is read and discarded before refusing.

@@ -87,27 +87,50 @@ fn sql_err(e: worker::Error) -> Refusal {
     super::unavailable("org sqlite", e)
 }
 
-async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String), Refusal> {
-    let kv = env.kv(super::KV_BINDING).map_err(|e| super::unavailable("KV binding", e))?;
-    let now = r.now_ms;
-    let audit = |action: &str, target: &str, detail: Value| -> Result<(), Refusal> {
-        sql.exec(
-            "INSERT INTO audit (at, actor, action, target, request_id, detail) VALUES (?, ?, ?, ?, ?, ?)",
-            vec![
-                now.into(),
-                r.actor.as_str().into(),
-                action.into(),
-                target.into(),
-                r.request_id.as_str().into(),
-                detail.to_string().into(),
-            ],
-        )
+/// Most audit entries kept per org; past it the oldest are deleted (a
+/// caller can grow the log with refused writes, within its rate limits).
+const MAX_AUDIT_ROWS: i64 = 100_000;
+
+/// Appends an audit entry, then forgets entries beyond [`MAX_AUDIT_ROWS`].
+fn write_audit(sql: &SqlStorage, r: &OrgRequest, action: &str, target: &str, detail: &str) -> Result<(), Refusal> {
+    sql.exec(
+        "INSERT INTO audit (at, actor, action, target, request_id, detail) VALUES (?, ?, ?, ?, ?, ?)",
+        vec![
+            r.now_ms.into(),
+            r.actor.as_str().into(),
+            action.into(),
+            target.into(),
+            r.request_id.as_str().into(),
+            detail.into(),
+        ],
+    )
+    .map_err(sql_err)?;
+    sql.exec("DELETE FROM audit WHERE seq <= (SELECT MAX(seq) FROM audit) - ?", vec![MAX_AUDIT_ROWS.into()])
         .map(|_| ())
         .map_err(sql_err)
-    };
+}
+
+/// Runs a command; a write it refuses (4xx) is recorded in the audit log.
+async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String), Refusal> {
+    let result = run(&sql, env, &r).await;
+    if let (Err(refusal), Some((action, target))) = (&result, r.command.refused_action()) {
+        if (400..500).contains(&refusal.error.code.status()) {
+            let (target, detail) = crate::admin::refused_entry(target, &refusal.error);
+            if let Err(e) = write_audit(&sql, &r, action, &target, &detail) {
+                worker::console_warn!("keyward: recording a refused write failed: {}", e.error);
+            }
+        }
+    }
+    result
+}
+
+async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String), Refusal> {
+    let kv = env.kv(super::KV_BINDING).map_err(|e| super::unavailable("KV binding", e))?;
+    let now = r.now_ms;
+    let audit = |action: &str, target: &str, detail: Value| write_audit(sql, r, action, target, &detail.to_string());
     match &r.command {
         OrgCommand::UpsertOrg { org_id, name, baa_active } => {
-            let prev = load_org(&sql)?;
+            let prev = load_org(sql)?;
             if prev.as_ref().is_some_and(|(o, _)| &o.id != org_id) {
                 return Err(super::unavailable("org object", "org id mismatch"));
             }
@@ -138,8 +161,8 @@ async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String)
             Ok((200, success(data, None)))
         }
         OrgCommand::UpsertUser { org_id, user_id, role, disabled } => {
-            require_org(&sql, org_id)?;
-            let prev = load_user(&sql, user_id)?;
+            require_org(sql, org_id)?;
+            let prev = load_user(sql, user_id)?;
             // Omitted `disabled` keeps the current value.
             let disabled = &disabled.unwrap_or(prev.as_ref().is_some_and(|p| p.disabled));
             sql.exec(
@@ -174,12 +197,12 @@ async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String)
             Ok((200, success(data, None)))
         }
         OrgCommand::CreateKey { record, hash, creator } => {
-            require_org(&sql, &record.org_id)?;
+            require_org(sql, &record.org_id)?;
             if let Some(uid) = creator {
-                may_manage_keys(&sql, &env, uid)?;
+                may_manage_keys(sql, &env, uid)?;
             }
             if let Some(uid) = &record.user_id {
-                if load_user(&sql, uid)?.is_none() {
+                if load_user(sql, uid)?.is_none() {
                     return Err(ApiError::validation("user_id", "no such user in this org").into());
                 }
             }
@@ -212,7 +235,7 @@ async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String)
             Ok((201, success(key_view(record), None)))
         }
         OrgCommand::RevokeKey { org_id, key_id, caller } => {
-            require_org(&sql, org_id)?;
+            require_org(sql, org_id)?;
             #[derive(Deserialize)]
             struct Row {
                 hash: String,
@@ -229,7 +252,7 @@ async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String)
                 serde_json::from_str(&row.record).map_err(|e| super::unavailable("key decode", e))?;
             if let Some(c) = caller {
                 if let Some(uid) = &c.user_id {
-                    may_manage_keys(&sql, &env, uid)?;
+                    may_manage_keys(sql, &env, uid)?;
                 }
                 let who = Caller {
                     scopes: &c.scopes,
@@ -266,16 +289,21 @@ async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String)
             put_kv(&kv, &key_kv_key(&row.hash), &record).await?;
             Ok((200, success(json!({ "id": key_id, "revoked_at": rfc3339(revoked_at) }), None)))
         }
-        OrgCommand::ListKeys { org_id, cursor, limit } => list_keys(&sql, org_id, cursor.as_deref(), *limit),
-        OrgCommand::ListAudit { org_id, cursor, limit } => list_audit(&sql, org_id, cursor.as_deref(), *limit),
+        OrgCommand::ListKeys { org_id, cursor, limit } => list_keys(sql, org_id, cursor.as_deref(), *limit),
+        OrgCommand::ListAudit { org_id, cursor, limit } => list_audit(sql, org_id, cursor.as_deref(), *limit),
         OrgCommand::Usage { org_id, from, to } => {
             let rollup = super::settings(&env).map(|s| s.usage_rollup_ms).unwrap_or(30_000);
-            usage(&sql, org_id, *from, *to, rollup)
+            usage(sql, org_id, *from, *to, rollup)
         }
-        OrgCommand::LeaseFacts { org_id, key_id } => lease_facts(&sql, org_id, key_id),
+        OrgCommand::LeaseFacts { org_id, key_id } => lease_facts(sql, org_id, key_id),
+        OrgCommand::AuditRefused { org_id, action, target, detail } => {
+            require_org(sql, org_id)?;
+            write_audit(sql, r, action, target, detail)?;
+            Ok((200, success(json!({}), None)))
+        }
         OrgCommand::RecordUsage { org_id, key_id, seq, hours, last_used_at } => {
-            require_org(&sql, org_id)?;
-            record_usage(&sql, key_id, *seq, hours, *last_used_at)
+            require_org(sql, org_id)?;
+            record_usage(sql, key_id, *seq, hours, *last_used_at)
         }
     }
 }

@@ -192,7 +192,8 @@ impl Outcome {
 
 pub(crate) fn gate<'r>(env: &'r Env, r: &'r Req) -> Gate<'r> {
     let presented = ApiKey::parse(&env.config.format, &r.token).unwrap();
-    let facts = Facts { method: r.method, path: &r.path, origin: r.origin, referer: None };
+    let facts =
+        Facts { method: r.method, path: &r.path, origin: r.origin, referer: None, has_body: false, content_type: None };
     Gate::new(facts, presented, presented.hash(), &r.ip, &env.policy, &env.config, env.settings)
 }
 
