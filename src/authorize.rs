@@ -639,6 +639,10 @@ mod tests {
         assert!(!p("GET", "/v1/ai/chat", None), "method");
         assert!(!p("POST", "/v1/nope", None), "route");
         assert!(!p("POST", "/v1/ai/chat", Some("https://a.com")), "secret key from a browser");
+        assert!(!p("POST", "/v1/ai/chat", Some("")), "an empty Origin is an Origin");
+        assert!(!p("POST", "/v1/ai/chat", Some("null")), "an opaque origin is an Origin");
+        let e = decide(&w, "POST", "/v1/ai/chat", Some(""), false).unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::OriginNotAllowed);
         let path = CanonicalPath::parse("/v1/ai/chat").unwrap();
         let presented = parse_key(&w.config.format, &w.token).unwrap();
         let form = Facts {
@@ -696,6 +700,9 @@ mod tests {
         for (a, x) in [
             (None, None),
             (Some(""), None),
+            (Some(""), Some(t)),
+            (None, Some("")),
+            (Some("Bearer kw_live_x"), Some("")),
             (Some("Bearer"), None),
             (Some("Bearer "), None),
             (Some("Bearerkw_live_x"), None),
