@@ -120,6 +120,17 @@ pub fn has_body(method: &str, stream: bool, content_length: Option<&str>) -> boo
     stream && !matches!(method, "GET" | "HEAD") && content_length.map(str::trim) != Some("0")
 }
 
+/// Whether a forwarded body must go through the upload guard
+/// (`__keywardUploadGuard` in `worker/entry.mjs`): it has no valid
+/// `Content-Length`. With a length, the runtime sends `Content-Length` and
+/// an upload that stops short fails at the origin. Without one (chunked, or
+/// HTTP/2), workerd ends the chunked body cleanly when the client's stream
+/// fails on a reused connection to the origin: the origin would store a
+/// truncated upload as whole. The guard aborts the origin fetch first.
+pub fn needs_upload_guard(has_body: bool, content_length: Option<&str>) -> bool {
+    has_body && content_length.and_then(|v| v.trim().parse::<u64>().ok()).is_none()
+}
+
 /// The records the shell read for this key. `key: None` means the hash is
 /// not in KV.
 #[derive(Clone, Copy, Debug, Default)]
@@ -688,6 +699,16 @@ mod tests {
         assert!(!has_body("POST", false, None));
         assert!(!has_body("GET", true, Some("5")), "a GET body is never forwarded");
         assert!(!has_body("HEAD", true, None));
+    }
+
+    #[test]
+    fn upload_guard() {
+        assert!(needs_upload_guard(true, None), "chunked");
+        assert!(needs_upload_guard(true, Some("")));
+        assert!(needs_upload_guard(true, Some("12, 12")), "not one length");
+        assert!(!needs_upload_guard(true, Some("100")));
+        assert!(!needs_upload_guard(true, Some(" 7 ")));
+        assert!(!needs_upload_guard(false, None));
     }
 
     #[test]

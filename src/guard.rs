@@ -1066,12 +1066,8 @@ impl GuardState {
     ) -> Result<GuardState, String> {
         let e = |what: &str, err: serde_json::Error| format!("{what}: {err}");
         let mut s = GuardState {
-            meta: meta.map(serde_json::from_str).transpose().map_err(|err| e("meta", err))?.unwrap_or_default(),
-            counters: counters
-                .map(serde_json::from_str)
-                .transpose()
-                .map_err(|err| e("counters", err))?
-                .unwrap_or_default(),
+            meta: meta.map(crate::from_json).transpose().map_err(|err| e("meta", err))?.unwrap_or_default(),
+            counters: counters.map(crate::from_json).transpose().map_err(|err| e("counters", err))?.unwrap_or_default(),
             ..GuardState::default()
         };
         for (id, seen, text) in visitors {
@@ -1079,7 +1075,7 @@ impl GuardState {
             s.visitors.insert(id, Visitor { seen, ledger });
         }
         for (id, text) in leases {
-            s.leases.insert(id, serde_json::from_str(&text).map_err(|err| e("lease", err))?);
+            s.leases.insert(id, crate::from_json(&text).map_err(|err| e("lease", err))?);
         }
         Ok(s)
     }
@@ -1100,7 +1096,7 @@ impl GuardState {
         let opt = |k: &str| v.get(k).filter(|x| !x.is_null());
         // Through text: the decoders already in the binary are reused.
         fn decode<T: serde::de::DeserializeOwned>(x: Option<&Value>) -> Result<Option<T>, String> {
-            x.map(|x| serde_json::from_str(&x.to_string()).map_err(|e| format!("v1 state: {e}"))).transpose()
+            x.map(|x| crate::from_json(&x.to_string()).map_err(|e| format!("v1 state: {e}"))).transpose()
         }
         let mut s = GuardState::default();
         s.meta.key = decode(opt("key"))?;

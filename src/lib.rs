@@ -45,6 +45,14 @@ pub mod vecmap;
 #[cfg(target_arch = "wasm32")]
 mod edge;
 
+/// Decodes JSON text through [`serde_json::Value`]: every type shares the one
+/// text parser and its decoder only walks a `Value` (far less wasm than a
+/// text decoder per type). Same results as `serde_json::from_str` for the
+/// records keyward writes; error messages carry no line/column.
+pub fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> serde_json::Result<T> {
+    T::deserialize(serde_json::from_str::<serde_json::Value>(s)?)
+}
+
 /// Lowercase hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);

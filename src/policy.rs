@@ -216,7 +216,7 @@ impl Policy {
 
     /// Parses and validates a policy document.
     pub fn from_json(json: &str) -> Result<Self, String> {
-        let raw: RawPolicy = serde_json::from_str(json).map_err(|e| format!("policy: {e}"))?;
+        let raw: RawPolicy = crate::from_json(json).map_err(|e| format!("policy: {e}"))?;
         let mut scopes = Vec::new();
         for s in raw.scopes {
             match Scope::parse(&s) {

@@ -362,3 +362,59 @@ fn empty_credential_and_origin_headers() {
     let r = h().send("POST", "/v1/ai/chat/", &[("authorization", &bearer(&key)), JSON], Some(b"{}"));
     refused_at_edge(&r, 404, "ROUTE_NOT_FOUND");
 }
+
+/// An upload the client abandons halfway must reach the origin as an
+/// aborted request, never as a shorter complete one (the origin would store
+/// a truncated document as whole). keyward hands the runtime the client's
+/// own body stream and forwards `Content-Length`: wrapping the stream in a
+/// JavaScript stream (a `TransformStream`, a `tee`) would turn the client's
+/// abort into a cleanly ended chunked body. Run on workerd without
+/// `wrangler dev`'s proxy, which ends such a body cleanly itself (see
+/// [`Harness::start_on_workerd`]).
+#[test]
+fn an_aborted_upload_reaches_the_origin_as_aborted_never_as_complete() {
+    use std::io::Write;
+    let w = Harness::start_on_workerd(Options { origin_url: None, vars: vec![] });
+    let org = w.org(true);
+    let (key, key_id) = w.key(&org, json!({"name": "docs", "scopes": ["ai:documents"]}));
+    let entries = || -> Vec<Value> {
+        w.origin_log().into_iter().filter(|e| e["headers"]["x-keyward-key-id"] == key_id.as_str()).collect()
+    };
+    for (framing, body) in [
+        // Chunked: two chunks, then the client goes away before the last chunk.
+        ("Transfer-Encoding: chunked", b"10\r\n0123456789abcdef\r\n10\r\n0123456789abcdef\r\n".to_vec()),
+        // Content-Length: 100 promised, 32 sent.
+        ("Content-Length: 100", b"0123456789abcdef0123456789abcdef".to_vec()),
+    ] {
+        // A whole upload first (the connection from the front to workerd is
+        // then in use, as it is when the proxy in front truncates).
+        let whole = vec![b'x'; 100_000];
+        let r = w.send(
+            "POST",
+            "/v1/documents",
+            &[("authorization", &bearer(&key)), ("content-type", "application/octet-stream")],
+            Some(&whole),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["echo"]["body"].as_str().unwrap().len(), 100_000);
+        let _ = send(w.origin_port, "POST", "/__origin/reset", &[], None);
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", w.port)).unwrap();
+        let head = format!(
+            "POST /v1/documents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/octet-stream\r\n{framing}\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&body).unwrap();
+        s.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        drop(s);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while entries().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let seen = entries();
+        assert_eq!(seen.len(), 1, "{framing}: the upload reached the origin once: {seen:?}");
+        assert_eq!(seen[0]["aborted"], true, "{framing}: the origin saw a complete body: {}", seen[0]);
+        assert_eq!(seen[0]["body"], "0123456789abcdef0123456789abcdef", "{framing}");
+        let _ = send(w.origin_port, "POST", "/__origin/reset", &[], None);
+    }
+}

@@ -17,6 +17,43 @@ globalThis.__keywardPanic = () => {
   pending.clear();
 };
 
+// Uploads of unknown length (chunked, or HTTP/2 without Content-Length) go
+// to the origin through this pump (src/edge/gate.rs, upload_guard): when
+// the client's stream fails midway, workerd would end the chunked body
+// cleanly on a reused connection to the origin, which would then store a
+// truncated upload as whole. The pump aborts the origin fetch first, so
+// the origin sees the request fail. A failure on the origin's side (it
+// answered early, or went away) only stops reading the client: the
+// origin's answer is not cut.
+globalThis.__keywardUploadGuard = (body, controller) => {
+  const { readable, writable } = new IdentityTransformStream();
+  const reader = body.getReader();
+  const writer = writable.getWriter();
+  (async () => {
+    for (;;) {
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch (e) {
+        controller.abort(e);
+        writer.abort(e).catch(() => {});
+        return;
+      }
+      if (chunk.done) {
+        await writer.close().catch(() => {});
+        return;
+      }
+      try {
+        await writer.write(chunk.value);
+      } catch (e) {
+        reader.cancel(e).catch(() => {});
+        return;
+      }
+    }
+  })();
+  return readable;
+};
+
 function requestId() {
   const b = new Uint8Array(12);
   crypto.getRandomValues(b);

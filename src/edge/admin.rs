@@ -181,7 +181,7 @@ async fn guard_stats(
     let command = OrgCommand::LeaseFacts { org_id: org_id.into(), key_id: key_id.into() };
     let request = OrgRequest { command, actor: "admin".into(), request_id: request_id.into(), now_ms: now };
     let (status, body) = call_org(env, org_id, &request).await?;
-    let key = match (status, serde_json::from_str::<super::FactsEnvelope>(&body)) {
+    let key = match (status, crate::from_json::<super::FactsEnvelope>(&body)) {
         (200, Ok(super::FactsEnvelope { data: crate::guard::Facts { key: Some(k), org: Some(_), .. } })) => k,
         (200, _) => return Err(ApiError::new(ErrorCode::ResourceNotFound).into()),
         _ => return Ok(json_response(status, body, request_id)),

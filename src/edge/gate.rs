@@ -15,10 +15,10 @@
 use std::cell::RefCell;
 
 use futures_util::future::{select, Either};
-use worker::{AbortController, Context, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response};
+use worker::{Context, Delay, Env, Fetch, Headers, Method, Request, Response};
 
 use super::{control, count_io, now_ms, settings, unavailable, Io, Settings, KV_BINDING};
-use crate::authorize::{extract_credential, has_body, parse_key, Facts, Grant, Refusal};
+use crate::authorize::{extract_credential, has_body, needs_upload_guard, parse_key, Facts, Grant, Refusal};
 use crate::cors;
 use crate::error::{ApiError, ErrorCode};
 use crate::flow::{Admitted, Gate, Isolate, Later, Next, SlotId};
@@ -248,7 +248,7 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
     let text = kv.get(key).text().await.map_err(|e| unavailable("KV read", e))?;
     match text {
         None => Ok(None),
-        Some(t) => serde_json::from_str(&t).map(Some).map_err(|e| unavailable("KV record decode", e)),
+        Some(t) => crate::from_json(&t).map(Some).map_err(|e| unavailable("KV record decode", e)),
     }
 }
 
@@ -293,7 +293,11 @@ async fn upstream(
 /// The request for the origin: same method, `ORIGIN_URL`'s base path + the
 /// canonical path + the raw query, the filtered client headers, the signed
 /// identity, and the body streamed through (none for GET and HEAD).
-fn build_upstream(incoming: &Incoming<'_>, settings: &Settings, grant: &Grant) -> Result<Request, Refusal> {
+fn build_upstream(
+    incoming: &Incoming<'_>,
+    settings: &Settings,
+    grant: &Grant,
+) -> Result<(Request, worker::web_sys::AbortController), Refusal> {
     let key = settings
         .signing_key
         .as_ref()
@@ -328,20 +332,37 @@ fn build_upstream(incoming: &Incoming<'_>, settings: &Settings, grant: &Grant) -
         target.push('?');
         target.push_str(incoming.query);
     }
-    let mut init = RequestInit::new();
     // Never served from or stored in a cache: the response belongs to this
-    // request's identity, which is not in any cache key.
-    init.with_method(Method::from(method.to_owned()))
-        .with_headers(out)
-        .with_redirect(worker::RequestRedirect::Manual)
-        .with_cache(worker::CacheMode::NoStore);
-    if !bodyless {
-        // The body is streamed through, never buffered.
-        if let Some(body) = incoming.req.inner().body() {
-            init.with_body(Some(body.into()));
-        }
-    }
-    Request::new_with_init(&target, &init).map_err(|e| unavailable("origin request", e))
+    // request's identity, which is not in any cache key. Redirects are not
+    // followed. The body is streamed through, never buffered.
+    let controller =
+        worker::web_sys::AbortController::new().map_err(|e| unavailable("abort controller", format!("{e:?}")))?;
+    let body = if bodyless { None } else { incoming.req.inner().body().map(wasm_bindgen::JsValue::from) };
+    let content_length = incoming.req.inner().headers().get("content-length").ok().flatten();
+    let body = match body {
+        Some(b) if needs_upload_guard(true, content_length.as_deref()) => Some(upload_guard(&b, &controller)?),
+        other => other,
+    };
+    let method = Method::from(method.to_owned());
+    let request = super::new_request(&target, method.as_ref(), Some(&out), body.as_ref(), true)
+        .map_err(|e| unavailable("origin request", e))?;
+    Ok((request, controller))
+}
+
+/// The client's body of unknown length behind `__keywardUploadGuard`
+/// (`worker/entry.mjs`): if the client's stream fails, the origin fetch is
+/// aborted before the body ends (see [`needs_upload_guard`]).
+fn upload_guard(
+    body: &wasm_bindgen::JsValue,
+    controller: &worker::web_sys::AbortController,
+) -> Result<wasm_bindgen::JsValue, Refusal> {
+    use wasm_bindgen::JsCast;
+    let global = js_sys::global();
+    let guard = js_sys::Reflect::get(&global, &wasm_bindgen::JsValue::from_str("__keywardUploadGuard"))
+        .ok()
+        .and_then(|f| f.dyn_into::<js_sys::Function>().ok())
+        .ok_or_else(|| unavailable("upload guard", "worker/entry.mjs did not define __keywardUploadGuard"))?;
+    guard.call2(&global, body, controller).map_err(|e| unavailable("upload guard", format!("{e:?}")))
 }
 
 /// Sends to the origin (bounded by `ORIGIN_TIMEOUT_MS` to the response
@@ -349,11 +370,14 @@ fn build_upstream(incoming: &Incoming<'_>, settings: &Settings, grant: &Grant) -
 /// [`dropped_response_header`] (`Access-Control-*`: CORS is decided at the
 /// edge; CDN cache instructions), `Cache-Control` made private
 /// ([`cache_control`]), the body stream passed through, our request id set.
-async fn send(upstream: Request, settings: &Settings, request_id: &str) -> Result<Response, Refusal> {
+async fn send(
+    (upstream, controller): (Request, worker::web_sys::AbortController),
+    settings: &Settings,
+    request_id: &str,
+) -> Result<Response, Refusal> {
     // A timer of our own, dropped once the headers are in: the platform's
     // `AbortSignal.timeout` would also abort a long streamed body.
-    let controller = AbortController::default();
-    let signal = controller.signal();
+    let signal = worker::AbortSignal::from(controller.signal());
     let fetch = Fetch::Request(upstream);
     let sending = Box::pin(fetch.send_with_signal(&signal));
     let timeout = Box::pin(Delay::from(std::time::Duration::from_millis(u64::from(settings.origin_timeout_ms))));

@@ -209,7 +209,7 @@ impl KeyGuard {
         if status != 200 {
             return Err(rust_err(format!("lease facts: org answered {status}")));
         }
-        let facts = serde_json::from_str::<super::FactsEnvelope>(&body).map_err(rust_err)?.data;
+        let facts = crate::from_json::<super::FactsEnvelope>(&body).map_err(rust_err)?.data;
         *self.facts.borrow_mut() = Some(FetchedFacts { facts, at: now });
         Ok(())
     }
@@ -244,7 +244,7 @@ impl DurableObject for KeyGuard {
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
         let text = req.text().await?;
-        let Ok(request) = serde_json::from_str::<GuardRequest>(&text) else {
+        let Ok(request) = crate::from_json::<GuardRequest>(&text) else {
             return Response::error("bad guard request", 400);
         };
         self.stats.borrow_mut().calls.count(&request);
@@ -331,7 +331,7 @@ impl DurableObject for KeyGuard {
 /// Asks the key's object; any failure is an error (the caller refuses, 503).
 pub(crate) async fn call(env: &Env, key_id: &str, request: &GuardRequest) -> Result<GuardReply, String> {
     let text = call_raw(env, key_id, request).await?;
-    match serde_json::from_str(&text).map_err(|e| e.to_string())? {
+    match crate::from_json(&text).map_err(|e| e.to_string())? {
         GuardReply::Invalid { reason } => Err(format!("guard refused the request as invalid: {reason}")),
         reply => Ok(reply),
     }
@@ -343,9 +343,8 @@ pub(crate) async fn call_raw(env: &Env, key_id: &str, request: &GuardRequest) ->
     let ns = env.durable_object(super::KEYS_BINDING).map_err(|e| e.to_string())?;
     let stub = ns.id_from_name(key_id).and_then(|id| id.get_stub()).map_err(|e| e.to_string())?;
     let body = serde_json::to_string(request).map_err(|e| e.to_string())?;
-    let mut init = worker::RequestInit::new();
-    init.with_method(worker::Method::Post).with_body(Some(body.into()));
-    let req = Request::new_with_init("https://guard.keyward.internal/", &init).map_err(|e| e.to_string())?;
+    let req = super::new_request("https://guard.keyward.internal/", "POST", None, Some(&body.into()), false)
+        .map_err(|e| e.to_string())?;
     let mut resp = stub.fetch_with_request(req).await.map_err(|e| e.to_string())?;
     if resp.status_code() != 200 {
         return Err(format!("guard answered {}", resp.status_code()));

@@ -325,7 +325,8 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response>
     }
     #[cfg(feature = "bench")]
     {
-        if path == "/__keyward/io" && admin::is_admin(&req, settings(&env).ok().and_then(|s| s.admin_token.as_deref()))
+        if path == "/__keyward/io"
+            && settings(&env).ok().and_then(|s| admin::admin_operator(&req, &s.admin_tokens)).is_some()
         {
             let [kv_reads, guard_calls, requests] = IO.with(|c| c.get());
             let body = serde_json::json!({ "kv_reads": kv_reads, "guard_calls": guard_calls, "requests": requests });
@@ -399,13 +400,42 @@ pub(crate) async fn call_org(
     let ns = env.durable_object(ORGS_BINDING).map_err(|e| unavailable("ORGS binding", e))?;
     let stub = ns.id_from_name(org_id).and_then(|id| id.get_stub()).map_err(|e| unavailable("org stub", e))?;
     let body = serde_json::to_string(request).map_err(|e| unavailable("org command", e))?;
-    let mut init = worker::RequestInit::new();
-    init.with_method(worker::Method::Post).with_body(Some(body.into()));
-    let req = Request::new_with_init("https://org.keyward.internal/command", &init)
+    let req = new_request("https://org.keyward.internal/command", "POST", None, Some(&body.into()), false)
         .map_err(|e| unavailable("org request", e))?;
     let mut resp = stub.fetch_with_request(req).await.map_err(|e| unavailable("org object", e))?;
     let text = resp.text().await.map_err(|e| unavailable("org reply", e))?;
     Ok((resp.status_code(), text))
+}
+
+/// A request built on `web_sys` directly, as `Request::new_with_init` would
+/// build it from a `RequestInit` with default `cf` properties (worker's
+/// `RequestInit` brings in the conversion of every `cf` option: much wasm).
+/// `origin`: redirects are not followed and no cache is used.
+pub(crate) fn new_request(
+    url: &str,
+    method: &str,
+    headers: Option<&Headers>,
+    body: Option<&wasm_bindgen::JsValue>,
+    origin: bool,
+) -> worker::Result<Request> {
+    use worker::web_sys::{RequestCache, RequestInit, RequestRedirect};
+    let init = RequestInit::new();
+    if let Some(h) = headers {
+        init.set_headers(h.as_ref());
+    }
+    init.set_method(method);
+    if origin {
+        init.set_redirect(RequestRedirect::Manual);
+        init.set_cache(RequestCache::NoStore);
+    } else {
+        init.set_redirect(RequestRedirect::Follow);
+    }
+    if let Some(b) = body {
+        init.set_body(b);
+    }
+    worker::web_sys::Request::new_with_str_and_init(url, &init).map(Request::from).map_err(|e| {
+        worker::Error::JsError(e.as_string().unwrap_or_else(|| "invalid URL or options for Request".to_string()))
+    })
 }
 
 /// The org object's answer to [`crate::admin::OrgCommand::LeaseFacts`].

@@ -9,7 +9,6 @@
 //! change is answered 503 so the operator retries (every command is
 //! idempotent or safe to repeat).
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 use worker::{durable_object, DurableObject, Env, Request, Response, SqlStorage, SqlStorageValue, State};
 
@@ -62,7 +61,7 @@ impl DurableObject for OrgStore {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let request: OrgRequest = match req.text().await.ok().and_then(|t| serde_json::from_str(&t).ok()) {
+        let request: OrgRequest = match req.text().await.ok().and_then(|t| crate::from_json(&t).ok()) {
             Some(r) => r,
             None => return Ok(reply_err(&ApiError::new(ErrorCode::InternalError).into(), "req_unknown")),
         };
@@ -85,6 +84,35 @@ fn reply_err(refusal: &Refusal, request_id: &str) -> Response {
 
 fn sql_err(e: worker::Error) -> Refusal {
     super::unavailable("org sqlite", e)
+}
+
+/// A query's rows, read raw: no row type to decode (less code in the wasm).
+type Row = Vec<SqlStorageValue>;
+
+fn rows(sql: &SqlStorage, query: &str, args: Option<Vec<SqlStorageValue>>) -> Result<Vec<Row>, Refusal> {
+    sql.exec(query, args).and_then(|c| c.raw().collect()).map_err(sql_err)
+}
+
+fn text(v: Option<&SqlStorageValue>) -> Result<String, Refusal> {
+    match v {
+        Some(SqlStorageValue::String(s)) => Ok(s.clone()),
+        _ => Err(super::unavailable("org sqlite", "expected text")),
+    }
+}
+
+fn int(v: Option<&SqlStorageValue>) -> Result<i64, Refusal> {
+    match v {
+        Some(SqlStorageValue::Integer(n)) => Ok(*n),
+        Some(SqlStorageValue::Float(f)) if f.fract() == 0.0 => Ok(*f as i64),
+        _ => Err(super::unavailable("org sqlite", "expected an integer")),
+    }
+}
+
+fn opt_int(v: Option<&SqlStorageValue>) -> Result<Option<i64>, Refusal> {
+    match v {
+        Some(SqlStorageValue::Null) => Ok(None),
+        v => int(v).map(Some),
+    }
 }
 
 /// Most audit entries kept per org; past it the oldest are deleted (a
@@ -236,20 +264,13 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
         }
         OrgCommand::RevokeKey { org_id, key_id, caller } => {
             require_org(sql, org_id)?;
-            #[derive(Deserialize)]
-            struct Row {
-                hash: String,
-                record: String,
-            }
-            let rows: Vec<Row> = sql
-                .exec("SELECT hash, record FROM keys WHERE id = ?", vec![key_id.as_str().into()])
-                .and_then(|c| c.to_array())
-                .map_err(sql_err)?;
-            let Some(row) = rows.into_iter().next() else {
+            let found = rows(sql, "SELECT hash, record FROM keys WHERE id = ?", Some(vec![key_id.as_str().into()]))?;
+            let Some(row) = found.first() else {
                 return Err(ApiError::new(ErrorCode::ResourceNotFound).into());
             };
+            let hash = text(row.first())?;
             let mut record: KeyRecord =
-                serde_json::from_str(&row.record).map_err(|e| super::unavailable("key decode", e))?;
+                crate::from_json(&text(row.get(1))?).map_err(|e| super::unavailable("key decode", e))?;
             if let Some(c) = caller {
                 if let Some(uid) = &c.user_id {
                     may_manage_keys(sql, &env, uid)?;
@@ -286,7 +307,7 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             }
             // Written again on a repeated revoke too, so a retry after a
             // failed KV write repairs the read model.
-            put_kv(&kv, &key_kv_key(&row.hash), &record).await?;
+            put_kv(&kv, &key_kv_key(&hash), &record).await?;
             Ok((200, success(json!({ "id": key_id, "revoked_at": rfc3339(revoked_at) }), None)))
         }
         OrgCommand::ListKeys { org_id, cursor, limit } => list_keys(sql, org_id, cursor.as_deref(), *limit),
@@ -310,29 +331,22 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
 
 fn list_keys(sql: &SqlStorage, org_id: &str, cursor: Option<&str>, limit: u32) -> Result<(u16, String), Refusal> {
     require_org(sql, org_id)?;
-    #[derive(Deserialize)]
-    struct Row {
-        record: String,
-        last_used_at: Option<i64>,
-    }
     // One more than asked, to know whether there is a next page. ULIDs sort
     // by creation time, so `id < cursor` walks newest to oldest with no
     // duplicates or gaps.
-    let rows: Vec<Row> = sql
-        .exec(
-            "SELECT record, last_used_at FROM keys WHERE revoked_at IS NULL AND (?1 IS NULL OR id < ?1)
+    let rows = rows(
+        sql,
+        "SELECT record, last_used_at FROM keys WHERE revoked_at IS NULL AND (?1 IS NULL OR id < ?1)
              ORDER BY id DESC LIMIT ?2",
-            vec![SqlStorageValue::from(cursor.map(str::to_owned)), (i64::from(limit) + 1).into()],
-        )
-        .and_then(|c| c.to_array())
-        .map_err(sql_err)?;
+        Some(vec![SqlStorageValue::from(cursor.map(str::to_owned)), (i64::from(limit) + 1).into()]),
+    )?;
     let has_more = rows.len() > limit as usize;
     let mut data = Vec::with_capacity(rows.len());
     let mut last_id = None;
-    for row in rows.into_iter().take(limit as usize) {
-        let k: KeyRecord = serde_json::from_str(&row.record).map_err(|e| super::unavailable("key decode", e))?;
+    for row in rows.iter().take(limit as usize) {
+        let k: KeyRecord = crate::from_json(&text(row.first())?).map_err(|e| super::unavailable("key decode", e))?;
         let mut view = key_view(&k);
-        view["last_used_at"] = json!(row.last_used_at.map(rfc3339));
+        view["last_used_at"] = json!(opt_int(row.get(1))?.map(rfc3339));
         last_id = Some(k.id);
         data.push(view);
     }
@@ -342,7 +356,6 @@ fn list_keys(sql: &SqlStorage, org_id: &str, cursor: Option<&str>, limit: u32) -
 
 fn list_audit(sql: &SqlStorage, org_id: &str, cursor: Option<&str>, limit: u32) -> Result<(u16, String), Refusal> {
     require_org(sql, org_id)?;
-    #[derive(Deserialize)]
     struct Row {
         seq: i64,
         at: i64,
@@ -353,14 +366,25 @@ fn list_audit(sql: &SqlStorage, org_id: &str, cursor: Option<&str>, limit: u32) 
         detail: String,
     }
     let cursor: Option<i64> = cursor.and_then(|c| c.parse().ok());
-    let rows: Vec<Row> = sql
-        .exec(
-            "SELECT seq, at, actor, action, target, request_id, detail FROM audit
+    let rows = rows(
+        sql,
+        "SELECT seq, at, actor, action, target, request_id, detail FROM audit
              WHERE (?1 IS NULL OR seq < ?1) ORDER BY seq DESC LIMIT ?2",
-            vec![SqlStorageValue::from(cursor), (i64::from(limit) + 1).into()],
-        )
-        .and_then(|c| c.to_array())
-        .map_err(sql_err)?;
+        Some(vec![SqlStorageValue::from(cursor), (i64::from(limit) + 1).into()]),
+    )?
+    .iter()
+    .map(|r| {
+        Ok(Row {
+            seq: int(r.first())?,
+            at: int(r.get(1))?,
+            actor: text(r.get(2))?,
+            action: text(r.get(3))?,
+            target: text(r.get(4))?,
+            request_id: text(r.get(5))?,
+            detail: text(r.get(6))?,
+        })
+    })
+    .collect::<Result<Vec<Row>, Refusal>>()?;
     let has_more = rows.len() > limit as usize;
     let entries: Vec<Value> = rows
         .iter()
@@ -387,7 +411,6 @@ const USAGE_ROWS: i64 = 10_000;
 
 fn usage(sql: &SqlStorage, org_id: &str, from: i64, to: i64, rollup_ms: i64) -> Result<(u16, String), Refusal> {
     require_org(sql, org_id)?;
-    #[derive(Deserialize)]
     struct Row {
         key_id: String,
         hour: i64,
@@ -396,13 +419,16 @@ fn usage(sql: &SqlStorage, org_id: &str, from: i64, to: i64, rollup_ms: i64) -> 
     }
     // Hours that overlap [from, to).
     let first_hour = from - from.rem_euclid(crate::guard::HOUR_MS);
-    let rows: Vec<Row> = sql
-        .exec(
-            "SELECT key_id, hour, allowed, refused FROM usage WHERE hour >= ? AND hour < ? ORDER BY hour, key_id LIMIT ?",
-            vec![first_hour.into(), to.into(), (USAGE_ROWS + 1).into()],
-        )
-        .and_then(|c| c.to_array())
-        .map_err(sql_err)?;
+    let rows = rows(
+        sql,
+        "SELECT key_id, hour, allowed, refused FROM usage WHERE hour >= ? AND hour < ? ORDER BY hour, key_id LIMIT ?",
+        Some(vec![first_hour.into(), to.into(), (USAGE_ROWS + 1).into()]),
+    )?
+    .iter()
+    .map(|r| {
+        Ok(Row { key_id: text(r.first())?, hour: int(r.get(1))?, allowed: int(r.get(2))?, refused: text(r.get(3))? })
+    })
+    .collect::<Result<Vec<Row>, Refusal>>()?;
     let truncated = rows.len() > USAGE_ROWS as usize;
     let data: Vec<Value> = rows
         .iter()
@@ -432,22 +458,13 @@ fn record_usage(
     hours: &[(i64, UsageCounts)],
     last_used_at: Option<i64>,
 ) -> Result<(u16, String), Refusal> {
-    #[derive(Deserialize)]
-    struct Row {
-        allowed: i64,
-        refused: String,
-    }
-    #[derive(Deserialize)]
-    struct Seq {
-        seq: i64,
-    }
     // A roll-up is applied once: the guard re-sends one whose reply it lost.
     let seq = i64::try_from(seq).unwrap_or(i64::MAX);
-    let applied: Vec<Seq> = sql
-        .exec("SELECT seq FROM usage_seq WHERE key_id = ?", vec![key_id.into()])
-        .and_then(|c| c.to_array())
-        .map_err(sql_err)?;
-    if applied.first().is_some_and(|a| a.seq >= seq) {
+    let applied = match rows(sql, "SELECT seq FROM usage_seq WHERE key_id = ?", Some(vec![key_id.into()]))?.first() {
+        Some(r) => Some(int(r.first())?),
+        None => None,
+    };
+    if applied.is_some_and(|a| a >= seq) {
         return Ok((200, success(json!({ "recorded": 0, "duplicate": true }), None)));
     }
     sql.exec(
@@ -456,17 +473,16 @@ fn record_usage(
     )
     .map_err(sql_err)?;
     for (hour, counts) in hours {
-        let existing: Vec<Row> = sql
-            .exec(
-                "SELECT allowed, refused FROM usage WHERE key_id = ? AND hour = ?",
-                vec![key_id.into(), (*hour).into()],
-            )
-            .and_then(|c| c.to_array())
-            .map_err(sql_err)?;
+        let existing = rows(
+            sql,
+            "SELECT allowed, refused FROM usage WHERE key_id = ? AND hour = ?",
+            Some(vec![key_id.into(), (*hour).into()]),
+        )?;
         let mut total = UsageCounts::default();
         if let Some(row) = existing.first() {
-            total.allowed = u64::try_from(row.allowed).unwrap_or(0);
-            total.refused = serde_json::from_str(&row.refused).unwrap_or_default();
+            let (allowed, refused) = (int(row.first())?, text(row.get(1))?);
+            total.allowed = u64::try_from(allowed).unwrap_or(0);
+            total.refused = crate::from_json(&refused).unwrap_or_default();
         }
         total.add(counts);
         // Refunds net out against admissions, whichever roll-up carried them.
@@ -523,18 +539,9 @@ fn lease_facts(sql: &SqlStorage, org_id: &str, key_id: &str) -> Result<(u16, Str
     let first = |query: &str, arg: &str| -> Result<Option<Vec<SqlStorageValue>>, Refusal> {
         sql.exec(query, vec![arg.into()]).map_err(sql_err)?.raw().next().transpose().map_err(sql_err)
     };
-    let text = |v: Option<&SqlStorageValue>| match v {
-        Some(SqlStorageValue::String(s)) => Ok(s.clone()),
-        _ => Err(super::unavailable("org sqlite", "expected text")),
-    };
-    let int = |v: Option<&SqlStorageValue>| match v {
-        Some(SqlStorageValue::Integer(n)) => Ok(*n),
-        Some(SqlStorageValue::Float(f)) if f.fract() == 0.0 => Ok(*f as i64),
-        _ => Err(super::unavailable("org sqlite", "expected an integer")),
-    };
     let org = load_org(sql)?.map(|(o, _)| o).filter(|o| o.id == org_id);
     let key: Option<KeyRecord> = match first("SELECT record FROM keys WHERE id = ?", key_id)? {
-        Some(row) => Some(serde_json::from_str(&text(row.first())?).map_err(|e| super::unavailable("key decode", e))?),
+        Some(row) => Some(crate::from_json(&text(row.first())?).map_err(|e| super::unavailable("key decode", e))?),
         None => None,
     };
     let user = match key.as_ref().and_then(|k| k.user_id.as_deref()) {
@@ -557,7 +564,9 @@ fn lease_facts(sql: &SqlStorage, org_id: &str, key_id: &str) -> Result<(u16, Str
 
 async fn put_kv<T: serde::Serialize>(kv: &worker::kv::KvStore, key: &str, value: &T) -> Result<(), Refusal> {
     let text = serde_json::to_string(value).map_err(|e| super::unavailable("KV encode", e))?;
-    kv.put(key, text)
+    // Bytes, not `put(key, String)`: the same UTF-8 value in KV, without
+    // worker's generic serde_wasm_bindgen path.
+    kv.put_bytes(key, text.as_bytes())
         .map_err(|e| super::unavailable("KV put", e))?
         .execute()
         .await
@@ -565,21 +574,16 @@ async fn put_kv<T: serde::Serialize>(kv: &worker::kv::KvStore, key: &str, value:
 }
 
 fn load_org(sql: &SqlStorage) -> Result<Option<(OrgRecord, i64)>, Refusal> {
-    #[derive(Deserialize)]
-    struct Row {
-        id: String,
-        name: String,
-        baa_active: i64,
-        created_at: i64,
-        updated_at: i64,
-    }
-    let rows: Vec<Row> = sql
-        .exec("SELECT id, name, baa_active, created_at, updated_at FROM org LIMIT 1", None)
-        .and_then(|c| c.to_array())
-        .map_err(sql_err)?;
-    Ok(rows.into_iter().next().map(|r| {
-        (OrgRecord { id: r.id, name: r.name, baa_active: r.baa_active != 0, updated_at: r.updated_at }, r.created_at)
-    }))
+    let Some(r) = rows(sql, "SELECT id, name, baa_active, created_at, updated_at FROM org LIMIT 1", None)?.pop() else {
+        return Ok(None);
+    };
+    let org = OrgRecord {
+        id: text(r.first())?,
+        name: text(r.get(1))?,
+        baa_active: int(r.get(2))? != 0,
+        updated_at: int(r.get(4))?,
+    };
+    Ok(Some((org, int(r.get(3))?)))
 }
 
 fn require_org(sql: &SqlStorage, org_id: &str) -> Result<(), Refusal> {
@@ -609,14 +613,10 @@ fn may_manage_keys(sql: &SqlStorage, env: &Env, user_id: &str) -> Result<(), Ref
 }
 
 fn load_user(sql: &SqlStorage, user_id: &str) -> Result<Option<UserRow>, Refusal> {
-    #[derive(Deserialize)]
-    struct Row {
-        role: String,
-        disabled: i64,
+    match rows(sql, "SELECT role, disabled FROM users WHERE id = ?", Some(vec![SqlStorageValue::from(user_id)]))?
+        .first()
+    {
+        Some(r) => Ok(Some(UserRow { role: text(r.first())?, disabled: int(r.get(1))? != 0 })),
+        None => Ok(None),
     }
-    let rows: Vec<Row> = sql
-        .exec("SELECT role, disabled FROM users WHERE id = ?", vec![SqlStorageValue::from(user_id)])
-        .and_then(|c| c.to_array())
-        .map_err(sql_err)?;
-    Ok(rows.into_iter().next().map(|r| UserRow { role: r.role, disabled: r.disabled != 0 }))
 }

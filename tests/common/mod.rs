@@ -140,6 +140,13 @@ fn spawn_watched(args: &[&str], envs: &[(&str, &str)], log: &Path) -> Child {
 
 impl Harness {
     pub fn start(opts: Options) -> Harness {
+        let mut h = Harness::start_parts(opts);
+        h.start_worker();
+        h
+    }
+
+    /// The origin, the state directory and `wrangler dev`'s arguments.
+    fn start_parts(opts: Options) -> Harness {
         check_build();
         let state = std::env::temp_dir().join(format!("keyward-e2e-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&state).unwrap();
@@ -190,7 +197,37 @@ impl Harness {
             args.push("--var".into());
             args.push(format!("{k}:{v}"));
         }
-        let mut h = Harness { port, origin_port, children, worker: None, worker_args: args, state };
+        Harness { port, origin_port, children, worker: None, worker_args: args, state }
+    }
+
+    /// Like [`Harness::start`], but runs the worker on workerd through
+    /// Miniflare's API (`bench/serve.mjs`, config from `bench/mfconfig.mjs`)
+    /// instead of `wrangler dev`: the same workerd, worker, KV and Durable
+    /// Objects, without wrangler's dev proxy in front. For what that proxy
+    /// changes: once its connection to workerd is reused, it turns a client
+    /// that disconnects in the middle of a chunked upload into a cleanly
+    /// ended body before the worker sees it (the worker then cannot tell a
+    /// truncated upload from a whole one; Cloudflare's edge has no such proxy).
+    pub fn start_on_workerd(opts: Options) -> Harness {
+        let mut h = Harness::start_parts(opts);
+        let serve = h.state.join("serve.json");
+        let env_file = h.state.join("test.env");
+        let mut args: Vec<String> = vec![
+            "bench/mfconfig.mjs".into(),
+            "--config".into(),
+            root().join("wrangler.toml").display().to_string(),
+            "--port".into(),
+            h.port.to_string(),
+            "--state".into(),
+            h.state.join("workerd-state").display().to_string(),
+            "--env-file".into(),
+            env_file.display().to_string(),
+        ];
+        args.extend(h.worker_args.iter().skip_while(|a| *a != "--var").cloned());
+        let out = Command::new("node").current_dir(root()).args(&args).output().expect("node bench/mfconfig.mjs");
+        assert!(out.status.success(), "mfconfig: {}", String::from_utf8_lossy(&out.stderr));
+        std::fs::write(&serve, &out.stdout).unwrap();
+        h.worker_args = vec!["node".into(), "bench/serve.mjs".into(), serve.display().to_string()];
         h.start_worker();
         h
     }
