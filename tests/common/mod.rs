@@ -26,6 +26,9 @@ pub struct Harness {
     children: Vec<Child>,
     worker: Option<Child>,
     worker_args: Vec<String>,
+    /// `bench/mfconfig.mjs`'s arguments but `--port`, when the worker runs
+    /// on workerd without wrangler ([`Harness::start_on_workerd`]).
+    mfconfig: Option<Vec<String>>,
     pub state: PathBuf,
 }
 
@@ -151,17 +154,16 @@ impl Harness {
         let state = std::env::temp_dir().join(format!("keyward-e2e-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&state).unwrap();
         let mut children = Vec::new();
-        let origin_port = free_port();
+        let mut origin_port = free_port();
         let origin_url = match opts.origin_url {
             Some(u) => u,
             None => {
-                let port = origin_port.to_string();
-                children.push(spawn_watched(
-                    &["node", "demo/origin.mjs"],
-                    &[("PORT", &port)],
-                    &state.join("origin.log"),
-                ));
-                wait_for(origin_port, "/__origin/log", &state.join("origin.log"));
+                let log = state.join("origin.log");
+                let (child, port) = start_with_retry(&log, "/__origin/log", |port| {
+                    (spawn_watched(&["node", "demo/origin.mjs"], &[("PORT", &port.to_string())], &log), port)
+                });
+                children.push(child);
+                origin_port = port;
                 format!("http://127.0.0.1:{origin_port}")
             }
         };
@@ -193,11 +195,13 @@ impl Harness {
         // Usage rolls up every second in tests (30 s by default).
         args.push("--var".into());
         args.push("USAGE_ROLLUP_SECONDS:1".into());
+        // `{origin}` in a var's value stands for the origin's URL (the demo
+        // origin also serves a fake Turnstile siteverify).
         for (k, v) in &opts.vars {
             args.push("--var".into());
-            args.push(format!("{k}:{v}"));
+            args.push(format!("{k}:{}", v.replace("{origin}", &origin_url)));
         }
-        Harness { port, origin_port, children, worker: None, worker_args: args, state }
+        Harness { port, origin_port, children, worker: None, worker_args: args, mfconfig: None, state }
     }
 
     /// Like [`Harness::start`], but runs the worker on workerd through
@@ -210,33 +214,59 @@ impl Harness {
     /// truncated upload from a whole one; Cloudflare's edge has no such proxy).
     pub fn start_on_workerd(opts: Options) -> Harness {
         let mut h = Harness::start_parts(opts);
-        let serve = h.state.join("serve.json");
         let env_file = h.state.join("test.env");
         let mut args: Vec<String> = vec![
             "bench/mfconfig.mjs".into(),
             "--config".into(),
             root().join("wrangler.toml").display().to_string(),
-            "--port".into(),
-            h.port.to_string(),
             "--state".into(),
             h.state.join("workerd-state").display().to_string(),
             "--env-file".into(),
             env_file.display().to_string(),
         ];
         args.extend(h.worker_args.iter().skip_while(|a| *a != "--var").cloned());
-        let out = Command::new("node").current_dir(root()).args(&args).output().expect("node bench/mfconfig.mjs");
-        assert!(out.status.success(), "mfconfig: {}", String::from_utf8_lossy(&out.stderr));
-        std::fs::write(&serve, &out.stdout).unwrap();
-        h.worker_args = vec!["node".into(), "bench/serve.mjs".into(), serve.display().to_string()];
+        h.mfconfig = Some(args);
         h.start_worker();
         h
     }
 
+    /// Starts the worker on `self.port`; when that port (or, under wrangler,
+    /// the inspector's or one wrangler picks itself) turns out to be taken
+    /// (ports are chosen free, then bound later by another process, so a
+    /// parallel test can win the race), starts it again on fresh ports.
     fn start_worker(&mut self) {
-        let argv: Vec<&str> = self.worker_args.iter().map(String::as_str).collect();
         let log = self.state.join("wrangler.log");
-        self.worker = Some(spawn_watched(&argv, &[("CI", "true"), ("WRANGLER_SEND_METRICS", "false")], &log));
-        wait_for(self.port, "/", &log);
+        let mut first = true;
+        let (child, port) = start_with_retry(&log, "/", |fresh| {
+            // The first attempt keeps the chosen port (a restart keeps its own).
+            let port = if std::mem::take(&mut first) { self.port } else { fresh };
+            self.set_worker_port(port);
+            let argv: Vec<&str> = self.worker_args.iter().map(String::as_str).collect();
+            (spawn_watched(&argv, &[("CI", "true"), ("WRANGLER_SEND_METRICS", "false")], &log), port)
+        });
+        self.port = port;
+        self.worker = Some(child);
+    }
+
+    fn set_worker_port(&mut self, port: u16) {
+        if let Some(mf) = &self.mfconfig {
+            let serve = self.state.join("serve.json");
+            let out = Command::new("node")
+                .current_dir(root())
+                .args(mf)
+                .args(["--port", &port.to_string()])
+                .output()
+                .expect("node bench/mfconfig.mjs");
+            assert!(out.status.success(), "mfconfig: {}", String::from_utf8_lossy(&out.stderr));
+            std::fs::write(&serve, &out.stdout).unwrap();
+            self.worker_args = vec!["node".into(), "bench/serve.mjs".into(), serve.display().to_string()];
+            return;
+        }
+        let inspector = free_port();
+        for (flag, value) in [("--port", port), ("--inspector-port", inspector)] {
+            let i = self.worker_args.iter().position(|a| a == flag).expect("wrangler flag");
+            self.worker_args[i + 1] = value.to_string();
+        }
     }
 
     /// Stops `wrangler dev` (and workerd) and starts it again on the same
@@ -318,6 +348,12 @@ impl Harness {
         log.into_iter().find(|e| e["headers"]["x-request-id"] == request_id)
     }
 
+    /// The siteverify calls the demo origin's fake Turnstile answered.
+    pub fn siteverify_calls(&self) -> Vec<Value> {
+        let r = send(self.origin_port, "GET", "/__turnstile/calls", &[], None);
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
     /// Every request the origin received whose path starts with `prefix`.
     pub fn origin_log(&self) -> Vec<Value> {
         let r = send(self.origin_port, "GET", "/__origin/log", &[], None);
@@ -336,17 +372,66 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}_{}_{}", std::process::id(), t, N.fetch_add(1, Ordering::Relaxed))
 }
 
-fn wait_for(port: u16, path: &str, log: &Path) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+/// Spawns a server with `spawn(port)` on a free port and waits until it
+/// answers `path`. A port taken between choosing and binding (another test's
+/// server, or one wrangler picks for itself) shows as the process exiting or
+/// logging "address in use": then it is started again on a fresh port, up to
+/// three times. Returns the running child and its port.
+fn start_with_retry(log: &Path, path: &str, mut spawn: impl FnMut(u16) -> (Child, u16)) -> (Child, u16) {
+    let mut attempt = 1;
     loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-            let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-            let mut buf = Vec::new();
-            if s.write_all(req.as_bytes()).is_ok() && s.read_to_end(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 ") {
-                return;
+        let (mut child, port) = spawn(free_port());
+        match wait_up(&mut child, port, path, log) {
+            Ok(()) => return (child, port),
+            Err(why) if attempt < 3 => {
+                eprintln!("harness: server on port {port} did not come up ({why}); retrying on fresh ports");
+                kill_group(&mut child);
+                attempt += 1;
+            }
+            Err(why) => {
+                kill_group(&mut child);
+                panic!(
+                    "server on port {port} did not come up: {why}; log:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
             }
         }
+    }
+}
+
+/// Waits until `port` answers `path` with an HTTP response; fails early when
+/// `child` exits or its log reports a port already taken.
+fn wait_up(child: &mut Child, port: u16, path: &str, log: &Path) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        if answers(port, path) {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited with {status}"));
+        }
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains("Address already in use") || text.contains("EADDRINUSE") {
+            return Err("address already in use".into());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err("no answer in 90 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn answers(port: u16, path: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let mut buf = Vec::new();
+    s.write_all(req.as_bytes()).is_ok() && s.read_to_end(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 ")
+}
+
+fn wait_for(port: u16, path: &str, log: &Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !answers(port, path) {
         if std::time::Instant::now() > deadline {
             panic!("server on port {port} did not come up; log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
         }
