@@ -87,6 +87,8 @@ fn decide(w: &World) -> (Grant, KeyRecord, CanonicalPath) {
         referer: None,
         has_body: false,
         content_type: None,
+        visitor_token: None,
+        turnstile_token: None,
     };
     let records = Records { key: Some(&key), org: Some(&org), user: None };
     let grant = authorize(&facts, &presented, &records, &w.policy, &w.config, black_box(NOW_MS)).unwrap();
@@ -175,6 +177,8 @@ mod steps {
                 referer: None,
                 has_body: false,
                 content_type: None,
+                visitor_token: None,
+                turnstile_token: None,
             };
             let records = Records { key: Some(&key), org: Some(&org), user: None };
             authorize(&facts, &presented, &records, &w.policy, &w.config, black_box(NOW_MS)).unwrap()
@@ -188,8 +192,16 @@ mod steps {
         let presented = ApiKey::parse(&w.config.format, &w.token).unwrap();
         let key: KeyRecord = serde_json::from_str(&w.key_json).unwrap();
         let org: OrgRecord = serde_json::from_str(ORG_JSON).unwrap();
-        let facts =
-            Facts { method: METHOD, path: &path, origin: None, referer: None, has_body: false, content_type: None };
+        let facts = Facts {
+            method: METHOD,
+            path: &path,
+            origin: None,
+            referer: None,
+            has_body: false,
+            content_type: None,
+            visitor_token: None,
+            turnstile_token: None,
+        };
         let records = Records { key: Some(&key), org: Some(&org), user: None };
         let grant = authorize(&facts, &presented, &records, &w.policy, &w.config, NOW_MS).unwrap();
         b.bench_local(|| {

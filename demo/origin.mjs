@@ -15,11 +15,42 @@ import http from "node:http";
 
 const port = Number(process.env.PORT || 8788);
 const log = [];
+// A fake Turnstile siteverify (tests and `make dev`): with the secret
+// TURNSTILE_TEST_SECRET, the token "pass:<hostname>" passes for that
+// hostname, anything else fails. GET /__turnstile/calls lists the calls.
+const turnstileSecret = process.env.TURNSTILE_TEST_SECRET || "test-turnstile-secret-0123456789abcdef";
+const turnstileCalls = [];
 
 const server = http.createServer((req, res) => {
   if (req.url === "/__origin/log") {
     res.writeHead(200, { "content-type": "application/json" });
     res.end(JSON.stringify(log));
+    return;
+  }
+  if (req.url === "/__turnstile/calls") {
+    res.writeHead(200, { "content-type": "application/json" });
+    res.end(JSON.stringify(turnstileCalls));
+    return;
+  }
+  if (req.url === "/__turnstile/siteverify" && req.method === "POST") {
+    const parts = [];
+    req.on("data", (c) => parts.push(c));
+    req.on("end", () => {
+      let call = {};
+      try {
+        call = JSON.parse(Buffer.concat(parts).toString("utf8"));
+      } catch {
+        // Not JSON: fails below.
+      }
+      turnstileCalls.push({ ...call, secret_ok: call.secret === turnstileSecret, content_type: req.headers["content-type"] });
+      if (turnstileCalls.length > 1000) turnstileCalls.shift();
+      const token = String(call.response || "");
+      let answer = { success: false, "error-codes": ["invalid-input-response"] };
+      if (call.secret !== turnstileSecret) answer = { success: false, "error-codes": ["invalid-input-secret"] };
+      else if (token.startsWith("pass:")) answer = { success: true, hostname: token.slice(5), "error-codes": [] };
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify(answer));
+    });
     return;
   }
   if (req.url === "/__origin/reset" && req.method === "POST") {

@@ -63,6 +63,10 @@ pub struct KeyInput {
     pub allowed_origins: Vec<OriginPattern>,
     /// Widget keys: bound bot / resource id.
     pub resource_id: Option<String>,
+    /// Widget keys: own per-visitor limits (empty: the policy's).
+    pub visitor_rate_limits: Vec<RateLimit>,
+    /// Widget keys: visitors must pass Turnstile first.
+    pub turnstile_required: bool,
     /// `strict` or `leased` (default: the deployment's `DEFAULT_CONSISTENCY`).
     pub consistency: Consistency,
     /// Whether `consistency` was given in the body (a minted key without it
@@ -344,6 +348,8 @@ pub fn parse_key(
             "rate_limits",
             "allowed_origins",
             "resource_id",
+            "visitor_rate_limits",
+            "turnstile_required",
             "consistency",
         ],
     )?;
@@ -385,7 +391,7 @@ pub fn parse_key(
     };
     let (allowed_origins, resource_id) = match kind {
         KeyKind::Secret => {
-            for f in ["allowed_origins", "resource_id"] {
+            for f in ["allowed_origins", "resource_id", "visitor_rate_limits", "turnstile_required"] {
                 if m.get(f).is_some_and(|v| !v.is_null()) {
                     return Err(ApiError::validation(f, "is only for widget keys (kind \"widget\")"));
                 }
@@ -423,6 +429,21 @@ pub fn parse_key(
         Some(_) => return Err(ApiError::validation("user_id", "must be 1-64 characters of A-Z, a-z, 0-9, _ and -")),
     };
     let rate_limits = parse_rate_limits(m.get("rate_limits"))?;
+    let visitor_rate_limits = parse_limits_field("visitor_rate_limits", m.get("visitor_rate_limits"))?;
+    let turnstile_required = match m.get("turnstile_required") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::validation("turnstile_required", "must be true or false")),
+    };
+    if kind == KeyKind::Widget {
+        let key_limits = crate::ratelimit::merge_limits(policy.default_rate_limits(), &rate_limits);
+        let visitor =
+            if visitor_rate_limits.is_empty() { policy.widget_ip_rate_limits() } else { &visitor_rate_limits };
+        if let Err(problem) = crate::ratelimit::check_visitor_limits(&key_limits, visitor) {
+            let field = if visitor_rate_limits.is_empty() { "rate_limits" } else { "visitor_rate_limits" };
+            return Err(ApiError::validation(field, &problem));
+        }
+    }
     let (consistency, consistency_given) = match m.get("consistency") {
         None | Some(Value::Null) => (default_consistency, false),
         Some(Value::String(c)) => match Consistency::parse(c) {
@@ -440,6 +461,8 @@ pub fn parse_key(
         rate_limits,
         allowed_origins,
         resource_id,
+        visitor_rate_limits,
+        turnstile_required,
         consistency,
         consistency_given,
     })
@@ -480,17 +503,21 @@ fn parse_resource(v: Option<&Value>) -> Result<Option<String>, ApiError> {
 
 /// `rate_limits`: up to 4 of `{"name", "limit", "window_seconds"}`, names unique.
 fn parse_rate_limits(v: Option<&Value>) -> Result<Vec<RateLimit>, ApiError> {
+    parse_limits_field("rate_limits", v)
+}
+
+fn parse_limits_field(name: &str, v: Option<&Value>) -> Result<Vec<RateLimit>, ApiError> {
     let items = match v {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(a)) if a.len() > MAX_LIMITS => {
-            return Err(ApiError::validation("rate_limits", "must hold at most 4 limits"))
+            return Err(ApiError::validation(name, "must hold at most 4 limits"))
         }
         Some(Value::Array(a)) => a,
-        Some(_) => return Err(ApiError::validation("rate_limits", "must be an array")),
+        Some(_) => return Err(ApiError::validation(name, "must be an array")),
     };
     let mut out: Vec<RateLimit> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        let field = format!("rate_limits[{i}]");
+        let field = format!("{name}[{i}]");
         let Value::Object(o) = item else {
             return Err(ApiError::validation(&field, "must be an object {name, limit, window_seconds}"));
         };

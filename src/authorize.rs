@@ -22,11 +22,29 @@ pub struct Config {
     pub format: TokenFormat,
     /// Whether an active BAA is required (`REQUIRE_BAA`, default on).
     pub require_baa: bool,
+    /// The IPv6 prefix length a widget key's visitor is grouped by
+    /// (`VISITOR_IPV6_PREFIX`, 32–64, default 48).
+    pub visitor_ipv6_prefix: u8,
+    /// The HMAC key of visitor tokens (derived from `ORIGIN_SIGNING_SECRET`;
+    /// `None` without it: a key requiring Turnstile is then a 503).
+    pub visitor_tokens: Option<crate::signing::SigningKey>,
+    /// How long a visitor token is valid, in ms (`VISITOR_TOKEN_TTL_SECONDS`).
+    pub visitor_token_ttl_ms: i64,
+    /// Whether `TURNSTILE_SECRET_KEY` is set (else a Turnstile token cannot
+    /// be verified: 503).
+    pub turnstile: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { format: TokenFormat::default(), require_baa: true }
+        Self {
+            format: TokenFormat::default(),
+            require_baa: true,
+            visitor_ipv6_prefix: crate::cors::DEFAULT_VISITOR_IPV6_PREFIX,
+            visitor_tokens: None,
+            visitor_token_ttl_ms: crate::turnstile::DEFAULT_TTL_SECONDS * 1000,
+            turnstile: false,
+        }
     }
 }
 
@@ -108,6 +126,10 @@ pub struct Facts<'a> {
     pub has_body: bool,
     /// The `Content-Type` header, if any.
     pub content_type: Option<&'a str>,
+    /// `X-Keyward-Visitor`: a visitor token issued earlier (Turnstile).
+    pub visitor_token: Option<&'a str>,
+    /// `CF-Turnstile-Response`: a Turnstile token to verify.
+    pub turnstile_token: Option<&'a str>,
 }
 
 /// Whether a request has a body to check ([`Facts::has_body`]): the
@@ -241,7 +263,7 @@ pub fn preauthorize(facts: &Facts<'_>, presented: &ApiKey<'_>, key: &KeyRecord, 
 
 /// A secret key refuses browser requests; a widget key needs an allowed
 /// origin (which its CORS headers will echo).
-fn kind_rules(facts: &Facts<'_>, key: &KeyRecord) -> Result<Option<BrowserOrigin>, Refusal> {
+pub(crate) fn kind_rules(facts: &Facts<'_>, key: &KeyRecord) -> Result<Option<BrowserOrigin>, Refusal> {
     Ok(match key.kind {
         KeyKind::Secret if facts.origin.is_some() => {
             return Err(ApiError::with_message(
@@ -400,6 +422,8 @@ mod tests {
                 rate_limits: Vec::new(),
                 allowed_origins: Vec::new(),
                 resource_id: None,
+                visitor_rate_limits: Vec::new(),
+                turnstile_required: false,
                 consistency: Default::default(),
             },
             org: OrgRecord { id: "org_1".into(), name: "Org".into(), baa_active: true, updated_at: 0 },
@@ -417,7 +441,16 @@ mod tests {
     fn decide(w: &World, method: &str, path: &str, origin: Option<&str>, with_user: bool) -> Result<Grant, Refusal> {
         let path = CanonicalPath::parse(path).unwrap();
         let presented = parse_key(&w.config.format, &w.token).unwrap();
-        let facts = Facts { method, path: &path, origin, referer: None, has_body: false, content_type: None };
+        let facts = Facts {
+            method,
+            path: &path,
+            origin,
+            referer: None,
+            has_body: false,
+            content_type: None,
+            visitor_token: None,
+            turnstile_token: None,
+        };
         let records = Records { key: Some(&w.key), org: Some(&w.org), user: with_user.then_some(&w.user) };
         authorize(&facts, &presented, &records, &w.policy, &w.config, NOW)
     }
@@ -442,8 +475,16 @@ mod tests {
         let w = world();
         let path = CanonicalPath::parse("/v1/ai/chat").unwrap();
         let presented = parse_key(&w.config.format, &w.token).unwrap();
-        let facts =
-            Facts { method: "POST", path: &path, origin: None, referer: None, has_body: false, content_type: None };
+        let facts = Facts {
+            method: "POST",
+            path: &path,
+            origin: None,
+            referer: None,
+            has_body: false,
+            content_type: None,
+            visitor_token: None,
+            turnstile_token: None,
+        };
         let none = Records { key: None, org: Some(&w.org), user: None };
         let e1 = authorize(&facts, &presented, &none, &w.policy, &w.config, NOW).unwrap_err();
         assert_eq!(e1.error.code, ErrorCode::InvalidApiKey);
@@ -481,8 +522,16 @@ mod tests {
         let w = world();
         let path = CanonicalPath::parse("/v1/ai/chat").unwrap();
         let presented = parse_key(&w.config.format, &w.token).unwrap();
-        let facts =
-            Facts { method: "POST", path: &path, origin: None, referer: None, has_body: false, content_type: None };
+        let facts = Facts {
+            method: "POST",
+            path: &path,
+            origin: None,
+            referer: None,
+            has_body: false,
+            content_type: None,
+            visitor_token: None,
+            turnstile_token: None,
+        };
         let r = Records { key: Some(&w.key), org: None, user: None };
         assert_eq!(code(authorize(&facts, &presented, &r, &w.policy, &w.config, NOW)), ErrorCode::ServiceUnavailable);
         let other = OrgRecord { id: "org_2".into(), ..w.org.clone() };
@@ -565,7 +614,16 @@ mod tests {
     ) -> Result<Grant, Refusal> {
         let path = CanonicalPath::parse(path).unwrap();
         let presented = parse_key(&w.config.format, &w.token).unwrap();
-        let facts = Facts { method, path: &path, origin, referer, has_body: false, content_type: None };
+        let facts = Facts {
+            method,
+            path: &path,
+            origin,
+            referer,
+            has_body: false,
+            content_type: None,
+            visitor_token: None,
+            turnstile_token: None,
+        };
         let records = Records { key: Some(&w.key), org: Some(&w.org), user: None };
         authorize(&facts, &presented, &records, &w.policy, &w.config, NOW)
     }
@@ -638,7 +696,16 @@ mod tests {
             let path = CanonicalPath::parse(path).unwrap();
             let presented = parse_key(&w.config.format, &w.token).unwrap();
             preauthorize(
-                &Facts { method: m, path: &path, origin, referer: None, has_body: false, content_type: None },
+                &Facts {
+                    method: m,
+                    path: &path,
+                    origin,
+                    referer: None,
+                    has_body: false,
+                    content_type: None,
+                    visitor_token: None,
+                    turnstile_token: None,
+                },
                 &presented,
                 &w.key,
                 &w.policy,
@@ -663,6 +730,8 @@ mod tests {
             referer: None,
             has_body: true,
             content_type: Some("application/x-www-form-urlencoded"),
+            visitor_token: None,
+            turnstile_token: None,
         };
         assert!(!preauthorize(&form, &presented, &w.key, &w.policy, NOW), "a form body to a JSON route");
         let records = Records { key: Some(&w.key), org: Some(&w.org), user: None };
@@ -680,8 +749,16 @@ mod tests {
         revoked.key.revoked_at = Some(1);
         let path = CanonicalPath::parse("/v1/ai/chat").unwrap();
         let presented = parse_key(&revoked.config.format, &revoked.token).unwrap();
-        let facts =
-            Facts { method: "POST", path: &path, origin: None, referer: None, has_body: false, content_type: None };
+        let facts = Facts {
+            method: "POST",
+            path: &path,
+            origin: None,
+            referer: None,
+            has_body: false,
+            content_type: None,
+            visitor_token: None,
+            turnstile_token: None,
+        };
         assert!(!preauthorize(&facts, &presented, &revoked.key, &revoked.policy, NOW));
         // Org-dependent refusals are authorize's alone: preauthorize passes.
         let mut no_baa = world();

@@ -225,6 +225,8 @@ mod tests {
             rate_limits: vec![],
             allowed_origins: vec![],
             resource_id: None,
+            visitor_rate_limits: vec![],
+            turnstile_required: false,
             consistency: Consistency::Strict,
             consistency_given: false,
         }
@@ -391,6 +393,8 @@ mod tests {
             rate_limits: vec![],
             allowed_origins: vec![],
             resource_id: None,
+            visitor_rate_limits: Vec::new(),
+            turnstile_required: false,
             consistency: Default::default(),
         };
         let mine = sc(&["ai:*", "control:read"]);

@@ -51,6 +51,11 @@ impl BrowserOrigin {
         Self::parse(&format!("{scheme}://{}", &rest[..end]))
     }
 
+    /// The host (lowercase DNS name or IPv4 address).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     /// The serialized origin, as a browser sends it (default port omitted).
     pub fn serialize(&self) -> String {
         if Some(self.port) == default_port(&self.scheme) {
@@ -174,32 +179,38 @@ pub fn request_origin(origin: Option<&str>, referer: Option<&str>) -> Option<Bro
     }
 }
 
+/// The default IPv6 prefix length a visitor is grouped by
+/// (`VISITOR_IPV6_PREFIX`): a /48 is what one site or subscriber is
+/// usually delegated, so rotating addresses or /64s inside it (a free
+/// tunnel hands out a /48) is not a way around a per-visitor limit.
+pub const DEFAULT_VISITOR_IPV6_PREFIX: u8 = 48;
+
 /// The visitor a per-visitor limit counts: the client IPv4 address, or the
-/// /64 of an IPv6 address (one subscriber typically holds a whole /64, so
-/// rotating addresses inside it is not a way around the limit).
-pub fn visitor(ip: &str) -> String {
-    if !ip.contains(':') {
-        return ip.to_owned();
+/// first `v6_prefix` bits of an IPv6 address (`2001:db8:1::/48`; an
+/// IPv4-mapped IPv6 address counts as its IPv4 address). Anything that does
+/// not parse as an address is one visitor under its own text (the shell
+/// passes `unknown` when Cloudflare sent no address).
+pub fn visitor(ip: &str, v6_prefix: u8) -> String {
+    use std::net::{IpAddr, Ipv6Addr};
+    match ip.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => v4.to_string(),
+        Ok(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let bits = u32::from(v6_prefix.clamp(1, 128));
+                let mask = u128::MAX << (128 - bits);
+                format!("{}/{bits}", Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        },
+        Err(_) => ip.to_owned(),
     }
-    // Expand "::" far enough to take the first four groups.
-    let (head, tail) = ip.split_once("::").unwrap_or((ip, ""));
-    let mut groups: Vec<&str> = head.split(':').filter(|g| !g.is_empty()).collect();
-    let tail_len = tail.split(':').filter(|g| !g.is_empty()).count();
-    if ip.contains("::") {
-        while groups.len() + tail_len < 8 {
-            groups.push("0");
-        }
-        groups.extend(tail.split(':').filter(|g| !g.is_empty()));
-    }
-    let prefix: Vec<String> = groups.iter().take(4).map(|g| g.trim_start_matches('0').to_owned()).collect();
-    let prefix: Vec<&str> = prefix.iter().map(|g| if g.is_empty() { "0" } else { g.as_str() }).collect();
-    format!("{}::/64", prefix.join(":"))
 }
 
 /// Request headers a widget may send (answered in preflights).
-pub const ALLOWED_HEADERS: &str = "authorization, x-api-key, content-type";
+pub const ALLOWED_HEADERS: &str = "authorization, x-api-key, content-type, cf-turnstile-response, x-keyward-visitor";
 /// Response headers a widget page may read.
-pub const EXPOSED_HEADERS: &str = "RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, Retry-After, X-Request-Id";
+pub const EXPOSED_HEADERS: &str =
+    "RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, Retry-After, X-Request-Id, X-Keyward-Visitor-Token";
 /// How long a browser may cache a preflight, in seconds.
 pub const MAX_AGE_SECONDS: u32 = 600;
 
@@ -446,13 +457,15 @@ mod tests {
 
     #[test]
     fn visitors() {
-        assert_eq!(visitor("203.0.113.7"), "203.0.113.7");
-        assert_eq!(visitor("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64");
-        assert_eq!(visitor("2001:db8:1:2::9"), "2001:db8:1:2::/64");
-        assert_eq!(visitor("2001:0db8:0001:0002:ffff::1"), "2001:db8:1:2::/64");
-        assert_eq!(visitor("2001:db8::1"), "2001:db8:0:0::/64");
-        assert_eq!(visitor("::1"), "0:0:0:0::/64");
-        assert_eq!(visitor("unknown"), "unknown");
+        assert_eq!(visitor("203.0.113.7", 48), "203.0.113.7");
+        assert_eq!(visitor("2001:db8:1:2:3:4:5:6", 48), "2001:db8:1::/48");
+        assert_eq!(visitor("2001:db8:1:ffff::9", 48), "2001:db8:1::/48", "another /64 of the same /48");
+        assert_eq!(visitor("2001:0db8:0001:0002:ffff::1", 64), "2001:db8:1:2::/64");
+        assert_eq!(visitor("2001:db8::1", 48), "2001:db8::/48");
+        assert_eq!(visitor("2001:db8:abcd:12ff::1", 56), "2001:db8:abcd:1200::/56");
+        assert_eq!(visitor("::1", 48), "::/48");
+        assert_eq!(visitor("::ffff:203.0.113.7", 48), "203.0.113.7", "IPv4-mapped");
+        assert_eq!(visitor("unknown", 48), "unknown");
     }
 
     #[test]

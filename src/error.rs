@@ -73,6 +73,11 @@ catalogue! {
     /// The request came from an origin the key may not be used from.
     OriginNotAllowed = ("ORIGIN_NOT_ALLOWED", 403, "permission_error", false,
         "Requests from this origin are not allowed with this key.");
+    /// A widget key that requires Cloudflare Turnstile, and the request
+    /// carried neither a valid visitor token nor an acceptable Turnstile
+    /// token.
+    TurnstileRequired = ("TURNSTILE_REQUIRED", 403, "permission_error", false,
+        "This widget key requires a Turnstile challenge: send its token in CF-Turnstile-Response.");
     /// No route in the policy matches the canonical path.
     RouteNotFound = ("ROUTE_NOT_FOUND", 404, "not_found_error", false,
         "No route matches this path.");

@@ -55,6 +55,7 @@ use crate::policy::Policy;
 use crate::ratelimit::{ceil_seconds, merge_limits};
 use crate::records::{Consistency, KeyRecord, OrgRecord, UserRecord};
 use crate::token::{ApiKey, KeyHash, KeyKind};
+use crate::turnstile;
 
 /// How long a key record read from KV is reused by an isolate. Safe: a key
 /// record changes only by revocation, which the guard enforces (strict) or
@@ -325,6 +326,15 @@ pub enum Next {
         /// The request.
         request: GuardRequest,
     },
+    /// Verify a Turnstile token: POST [`crate::turnstile::siteverify_body`]
+    /// to the siteverify endpoint; pass the status and body (or why there is
+    /// none) to [`Gate::turnstile_replied`].
+    VerifyTurnstile {
+        /// The token from `CF-Turnstile-Response`.
+        token: String,
+        /// The client address, if known (`remoteip`).
+        remote_ip: Option<String>,
+    },
     /// Another request of this isolate is asking the guard for `slot`: wait
     /// until [`Isolate::asking`] says it has its answer, or until `until`,
     /// then step on.
@@ -374,6 +384,11 @@ enum Phase {
         key: Rc<KeyRecord>,
         asked_at: i64,
     },
+    /// A Turnstile token is being verified for a page on `host`.
+    Verifying {
+        key: Rc<KeyRecord>,
+        host: String,
+    },
     Done,
 }
 
@@ -404,6 +419,12 @@ pub struct Gate<'r> {
     first_wait: Option<i64>,
     /// The guard already declined to count this request once.
     declined: bool,
+    /// The visitor passed Turnstile (a valid visitor token, or a verified
+    /// Turnstile token) for this request.
+    visitor_verified: bool,
+    /// A visitor token issued to this request's visitor.
+    issued: Option<String>,
+    turnstile_reply: Option<Result<(u16, String), String>>,
     steps: u8,
     later: Vec<Later>,
 }
@@ -437,9 +458,24 @@ impl<'r> Gate<'r> {
             waiting_on: None,
             first_wait: None,
             declined: false,
+            visitor_verified: false,
+            issued: None,
+            turnstile_reply: None,
             steps: 0,
             later: Vec::new(),
         }
+    }
+
+    /// The siteverify answer of [`Next::VerifyTurnstile`]: its status and
+    /// body, or why there is none.
+    pub fn turnstile_replied(&mut self, r: Result<(u16, String), String>) {
+        self.turnstile_reply = Some(r);
+    }
+
+    /// A visitor token issued to this request's visitor (after a verified
+    /// Turnstile token), for the response's `X-Keyward-Visitor-Token`.
+    pub fn issued_visitor_token(&self) -> Option<&str> {
+        self.issued.as_deref()
     }
 
     /// The result of [`Next::ReadKey`].
@@ -512,6 +548,7 @@ impl<'r> Gate<'r> {
             }
             Phase::Leased { key } => self.leased(iso, key, now),
             Phase::LeaseAsked { key, asked_at } => self.lease_answered(iso, key, asked_at, now),
+            Phase::Verifying { key, host } => self.turnstile_verified(iso, key, &host, now),
             Phase::Done => self.unavailable(iso),
         }
     }
@@ -577,10 +614,20 @@ impl<'r> Gate<'r> {
         KeyRef { key_id: key.id.clone(), org_id: key.org_id.clone() }
     }
 
+    /// A widget key's per-visitor limits: its own, else the policy's.
+    fn visitor_limits<'k>(&'k self, key: &'k KeyRecord) -> &'k [crate::ratelimit::RateLimit] {
+        if key.kind != KeyKind::Widget {
+            &[]
+        } else if key.visitor_rate_limits.is_empty() {
+            self.policy.widget_ip_rate_limits()
+        } else {
+            &key.visitor_rate_limits
+        }
+    }
+
     /// The visitor a widget key's per-visitor limits count.
     fn visitor(&self, key: &KeyRecord) -> Option<String> {
-        (key.kind == KeyKind::Widget && !self.policy.widget_ip_rate_limits().is_empty())
-            .then(|| cors::visitor(self.client_ip))
+        (!self.visitor_limits(key).is_empty()).then(|| cors::visitor(self.client_ip, self.config.visitor_ipv6_prefix))
     }
 
     /// The key's limits: its own over the policy's defaults, and for a
@@ -588,9 +635,7 @@ impl<'r> Gate<'r> {
     fn limits(&self, key: &KeyRecord) -> Limits {
         Limits {
             key: merge_limits(self.policy.default_rate_limits(), &key.rate_limits),
-            visitor: self
-                .visitor(key)
-                .map(|id| VisitorLimits { id, limits: self.policy.widget_ip_rate_limits().to_vec() }),
+            visitor: self.visitor(key).map(|id| VisitorLimits { id, limits: self.visitor_limits(key).to_vec() }),
         }
     }
 
@@ -609,6 +654,11 @@ impl<'r> Gate<'r> {
                 iso.mark_revoked(&self.hash);
             }
             return Next::Refuse(r);
+        }
+        if key.turnstile_required && !self.visitor_verified {
+            if let Some(next) = self.turnstile(iso, &key, now) {
+                return next;
+            }
         }
         if !self.settings.key_guard {
             self.phase = Phase::StrictReading { key: key.clone(), with_check: false, cached_limit: None };
@@ -653,6 +703,76 @@ impl<'r> Gate<'r> {
             user_id: key.user_id.clone(),
             key_id: key.id.clone(),
             request,
+        }
+    }
+
+    /// A widget key that requires Turnstile: a request from an allowed
+    /// origin goes on (`None`) with a valid visitor token, is verified with
+    /// a Turnstile token, and is refused without either — before the guard
+    /// is asked, so unverified floods cost it nothing. A request from an
+    /// origin the key does not allow goes on, to be refused as such.
+    fn turnstile(&mut self, iso: &mut Isolate, key: &Rc<KeyRecord>, now: i64) -> Option<Next> {
+        let Ok(Some(origin)) = crate::authorize::kind_rules(&self.facts, key) else { return None };
+        let Some(tokens) = &self.config.visitor_tokens else { return Some(self.unavailable(iso)) };
+        let visitor = cors::visitor(self.client_ip, self.config.visitor_ipv6_prefix);
+        if self.facts.visitor_token.is_some_and(|t| turnstile::verify(tokens, t, &key.id, &visitor, now)) {
+            self.visitor_verified = true;
+            return None;
+        }
+        match self.facts.turnstile_token {
+            Some(t) if turnstile::plausible_token(t) => {
+                if !self.config.turnstile {
+                    return Some(self.unavailable(iso));
+                }
+                self.phase = Phase::Verifying { key: key.clone(), host: origin.host().to_owned() };
+                let remote_ip = (self.client_ip != "unknown").then(|| self.client_ip.to_owned());
+                Some(Next::VerifyTurnstile { token: t.to_owned(), remote_ip })
+            }
+            Some(_) => Some(self.turnstile_refusal(iso, &origin, "The Turnstile token is malformed.".into(), now)),
+            None => {
+                let message = ErrorCode::TurnstileRequired.default_message().to_owned();
+                Some(self.turnstile_refusal(iso, &origin, message, now))
+            }
+        }
+    }
+
+    fn turnstile_refusal(
+        &mut self,
+        iso: &mut Isolate,
+        origin: &cors::BrowserOrigin,
+        message: String,
+        now: i64,
+    ) -> Next {
+        iso.count_refusal(&self.hash, "turnstile_required", now, self.settings.lease_ms, &mut self.later);
+        let mut refusal: Refusal = ApiError::with_message(ErrorCode::TurnstileRequired, message).into();
+        refusal.headers.extend(cors::response_headers(origin));
+        Next::Refuse(refusal)
+    }
+
+    /// The siteverify answer: a pass issues a visitor token and the request
+    /// goes on; a refusal is a 403; no answer, or an unreadable one, a 503.
+    fn turnstile_verified(&mut self, iso: &mut Isolate, key: Rc<KeyRecord>, host: &str, now: i64) -> Next {
+        let Some(Ok((status, body))) = self.turnstile_reply.take() else { return self.unavailable(iso) };
+        let Some(origin) = cors::request_origin(self.facts.origin, self.facts.referer) else {
+            return self.unavailable(iso);
+        };
+        match turnstile::verdict(status, &body, host) {
+            Ok(()) => {
+                let Some(tokens) = &self.config.visitor_tokens else { return self.unavailable(iso) };
+                let visitor = cors::visitor(self.client_ip, self.config.visitor_ipv6_prefix);
+                self.issued = Some(turnstile::issue(tokens, &key.id, &visitor, now, self.config.visitor_token_ttl_ms));
+                self.visitor_verified = true;
+                self.decide(iso, key, now)
+            }
+            Err(turnstile::Failure::Unreadable) => self.unavailable(iso),
+            Err(turnstile::Failure::Refused(codes)) => {
+                let message = format!("The Turnstile token was not accepted ({codes}); solve the challenge again.");
+                self.turnstile_refusal(iso, &origin, message, now)
+            }
+            Err(turnstile::Failure::WrongHost) => {
+                let message = "The Turnstile token was solved for another site than this page's.".to_owned();
+                self.turnstile_refusal(iso, &origin, message, now)
+            }
         }
     }
 
@@ -1380,3 +1500,5 @@ mod harness;
 mod review_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod turnstile_tests;

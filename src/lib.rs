@@ -40,6 +40,7 @@ pub mod reply;
 pub mod scope;
 pub mod signing;
 pub mod token;
+pub mod turnstile;
 pub mod vecmap;
 
 #[cfg(target_arch = "wasm32")]

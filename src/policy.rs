@@ -279,6 +279,10 @@ impl Policy {
         if raw.default_rate_limits.iter().any(|d| raw.widget_ip_rate_limits.iter().any(|w| w.name == d.name)) {
             return Err("policy: widget_ip_rate_limits names must differ from default_rate_limits names".into());
         }
+        if !raw.widget_ip_rate_limits.is_empty() {
+            crate::ratelimit::check_visitor_limits(&raw.default_rate_limits, &raw.widget_ip_rate_limits)
+                .map_err(|e| format!("policy: widget_ip_rate_limits against default_rate_limits: {e}"))?;
+        }
         let mut widget_scopes = Vec::new();
         for s in raw.widget_scopes {
             match Scope::parse(&s) {

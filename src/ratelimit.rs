@@ -108,6 +108,44 @@ impl RateLimit {
     }
 }
 
+/// How many visitors, at least, it must take to exhaust each of a widget
+/// key's limits: a visitor's own limits may let it use at most this share
+/// of any key limit (see [`check_visitor_limits`]).
+pub const MIN_VISITORS_PER_KEY_LIMIT: u64 = 4;
+
+/// The most one visitor can be admitted within `window_seconds` under
+/// `visitor` limits (each limit of `m` per `u` seconds allows at most
+/// `m * ceil(window / u)` in any window of that length).
+pub fn visitor_max_within(visitor: &[RateLimit], window_seconds: u32) -> Option<u64> {
+    visitor.iter().map(|v| u64::from(v.limit) * u64::from(window_seconds.div_ceil(v.window_seconds.max(1)))).min()
+}
+
+/// Whether a widget key's per-visitor limits stay well below its own: for
+/// every key limit of `n` per `w` seconds, one visitor may get at most
+/// `n / MIN_VISITORS_PER_KEY_LIMIT` within `w`, so a few addresses cannot
+/// exhaust the site's budget. There must be visitor limits, named apart
+/// from the key's. The error says what to change.
+pub fn check_visitor_limits(key: &[RateLimit], visitor: &[RateLimit]) -> Result<(), String> {
+    if visitor.is_empty() {
+        return Err(
+            "a widget key needs per-visitor limits (visitor_rate_limits, or the policy's widget_ip_rate_limits)".into(),
+        );
+    }
+    if let Some(v) = visitor.iter().find(|v| key.iter().any(|k| k.name == v.name)) {
+        return Err(format!("the per-visitor limit {:?} must be named apart from the key's limits", v.name));
+    }
+    for k in key {
+        let most = visitor_max_within(visitor, k.window_seconds).unwrap_or(u64::MAX);
+        if most.saturating_mul(MIN_VISITORS_PER_KEY_LIMIT) > u64::from(k.limit) {
+            return Err(format!(
+                "one visitor could use {most} of the key's {} per {} s ({:?}); per-visitor limits must leave at least {MIN_VISITORS_PER_KEY_LIMIT} visitors' worth (lower visitor_rate_limits or raise rate_limits)",
+                k.limit, k.window_seconds, k.name
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Merges a key's own limits over the defaults: same name overrides, new
 /// names add. Sorted by name for a stable order.
 pub fn merge_limits(defaults: &[RateLimit], own: &[RateLimit]) -> Vec<RateLimit> {
@@ -742,5 +780,29 @@ mod tests {
         let mut s = Ledger::default();
         let admitted = (0..100).filter(|_| matches!(s.step(&l, T0), Verdict::Allowed(_))).count();
         assert_eq!(admitted, 20);
+    }
+
+    #[test]
+    fn visitor_limits_stay_well_below_the_key() {
+        let l = |name: &str, limit: u32, w: u32| RateLimit { name: name.into(), limit, window_seconds: w };
+        assert_eq!(visitor_max_within(&[l("v", 10, 60)], 60), Some(10));
+        assert_eq!(visitor_max_within(&[l("v", 10, 60)], 3600), Some(600));
+        assert_eq!(visitor_max_within(&[l("v", 10, 60)], 30), Some(10));
+        assert_eq!(visitor_max_within(&[l("v", 10, 60), l("h", 100, 3600)], 3600), Some(100));
+        assert_eq!(visitor_max_within(&[l("v", 10, 60)], 61), Some(20), "two minute windows overlap 61 s");
+        assert!(check_visitor_limits(&[l("minute", 60, 60)], &[l("ip", 15, 60)]).is_ok());
+        let e = check_visitor_limits(&[l("minute", 60, 60)], &[l("ip", 16, 60)]).unwrap_err();
+        assert!(e.contains("one visitor could use 16 of the key's 60 per 60 s"), "{e}");
+        // The old shipped pair (20/min per visitor, 60/min per key): 3 visitors exhaust it.
+        assert!(check_visitor_limits(&[l("minute", 60, 60)], &[l("ip", 20, 60)]).is_err());
+        // Every key limit counts: an hourly one too.
+        assert!(check_visitor_limits(&[l("minute", 600, 60), l("hour", 1000, 3600)], &[l("ip", 10, 60)]).is_err());
+        assert!(check_visitor_limits(
+            &[l("minute", 600, 60), l("hour", 1000, 3600)],
+            &[l("ip", 10, 60), l("ip_hour", 250, 3600)]
+        )
+        .is_ok());
+        assert!(check_visitor_limits(&[l("minute", 60, 60)], &[]).is_err());
+        assert!(check_visitor_limits(&[l("minute", 60, 60)], &[l("minute", 1, 60)]).is_err());
     }
 }

@@ -50,6 +50,14 @@ pub struct KeyRecord {
     /// forwarded as `X-Keyward-Resource`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_id: Option<String>,
+    /// Widget keys: the limits each visitor (client address; IPv6 by
+    /// prefix) is held to, instead of the policy's `widget_ip_rate_limits`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub visitor_rate_limits: Vec<RateLimit>,
+    /// Widget keys: every visitor must pass a Cloudflare Turnstile
+    /// challenge first (then carries a short-lived visitor token).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub turnstile_required: bool,
     /// How often a request must ask the key's guard (fixed at creation).
     #[serde(default, skip_serializing_if = "Consistency::is_strict")]
     pub consistency: Consistency,

@@ -20,11 +20,18 @@ fn h() -> &'static Harness {
     H.get_or_init(|| {
         Harness::start(Options {
             origin_url: None,
-            vars: vec![("ADMIN_TOKENS", format!("ops={}, release-bot={}", OPS_TOKEN, BOT_TOKEN))],
+            vars: vec![
+                ("ADMIN_TOKENS", format!("ops={}, release-bot={}", OPS_TOKEN, BOT_TOKEN)),
+                ("TURNSTILE_SECRET_KEY", TURNSTILE_SECRET.into()),
+                ("TURNSTILE_VERIFY_URL", "{origin}/__turnstile/siteverify".into()),
+            ],
         })
     })
 }
 
+/// The fake siteverify's secret (demo/origin.mjs).
+const TURNSTILE_SECRET: &str = "test-turnstile-secret-0123456789abcdef";
+const SHOP: &str = "https://shop.example.com";
 const OPS_TOKEN: &str = "ops-token-0123456789-abcdefghijklmnopqrstuv";
 const BOT_TOKEN: &str = "bot-token-0123456789-abcdefghijklmnopqrstuv";
 
@@ -417,4 +424,130 @@ fn an_aborted_upload_reaches_the_origin_as_aborted_never_as_complete() {
         assert_eq!(seen[0]["body"], "0123456789abcdef0123456789abcdef", "{framing}");
         let _ = send(w.origin_port, "POST", "/__origin/reset", &[], None);
     }
+}
+
+fn widget_send(key: &str, ip: &str, extra: &[(&str, &str)]) -> Resp {
+    let auth = bearer(key);
+    let mut hs = vec![("authorization", auth.as_str()), ("origin", SHOP), ("cf-connecting-ip", ip), JSON];
+    hs.extend_from_slice(extra);
+    h().send("POST", "/v1/ai/chat", &hs, Some(b"{}"))
+}
+
+#[test]
+fn per_visitor_limits_are_the_keys_own_validated_and_grouped_by_ipv6_48() {
+    let org = h().org(true);
+    let widget = |extra: Value| {
+        let mut body = json!({"name": "w", "scopes": ["ai:chat"], "kind": "widget", "allowed_origins": [SHOP],
+                              "rate_limits": [{"name": "minute", "limit": 100, "window_seconds": 60}]});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        h().admin("POST", &format!("/admin/orgs/{org}/api_keys"), Some(body))
+    };
+    // Refused: a visitor limit one visitor could use a quarter of the key with.
+    let v = widget(json!({"visitor_rate_limits": [{"name": "ip", "limit": 30, "window_seconds": 60}]}))
+        .assert_error(422, "VALIDATION_FAILED");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(m.starts_with("visitor_rate_limits: one visitor could use 30 of the key's 100 per 60 s"), "{m}");
+    // Refused: the policy's per-visitor default against a small key limit.
+    let v = widget(json!({"rate_limits": [{"name": "minute", "limit": 20, "window_seconds": 60}]}))
+        .assert_error(422, "VALIDATION_FAILED");
+    assert!(v["error"]["message"].as_str().unwrap().starts_with("rate_limits: one visitor could use 10"), "{v}");
+    // Refused: a secret key with per-visitor limits.
+    let r = h().admin(
+        "POST",
+        &format!("/admin/orgs/{org}/api_keys"),
+        Some(json!({"name": "s", "scopes": ["ai:chat"], "visitor_rate_limits": [{"name": "ip", "limit": 1, "window_seconds": 60}]})),
+    );
+    assert_eq!(
+        r.assert_error(422, "VALIDATION_FAILED")["error"]["message"],
+        "visitor_rate_limits: is only for widget keys (kind \"widget\")"
+    );
+    // A key's own per-visitor limit: 3 a minute.
+    let r = widget(json!({"visitor_rate_limits": [{"name": "ip", "limit": 3, "window_seconds": 60}]}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let key = r.json()["data"]["plaintext"].as_str().unwrap().to_owned();
+    assert_eq!(r.json()["data"]["visitor_rate_limits"], json!([{"name": "ip", "limit": 3, "window_seconds": 60}]));
+    for i in 0..3 {
+        let r = widget_send(&key, "2001:db8:1:2::1", &[]);
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    // Another /64 of the same /48 is the same visitor; another /48 is not.
+    let r = widget_send(&key, "2001:db8:1:ffff::7", &[]);
+    r.assert_error(429, "RATE_LIMITED");
+    assert_eq!(r.header("ratelimit-limit"), Some("3"));
+    assert_eq!(r.header("access-control-allow-origin"), Some(SHOP));
+    assert_eq!(widget_send(&key, "2001:db8:2::1", &[]).status, 200);
+    assert_eq!(widget_send(&key, "203.0.113.50", &[]).status, 200);
+}
+
+#[test]
+fn turnstile_verifies_a_visitor_once_then_its_token_carries_it() {
+    let org = h().org(true);
+    let (key, key_id) = h().key(
+        &org,
+        json!({"name": "t", "scopes": ["ai:chat"], "kind": "widget", "allowed_origins": [SHOP], "turnstile_required": true}),
+    );
+    let calls_before = h().siteverify_calls().len();
+    // No token: refused at the edge, readable by the page, the guard untouched.
+    for _ in 0..5 {
+        let r = widget_send(&key, "203.0.113.7", &[]);
+        let v = refused_at_edge(&r, 403, "TURNSTILE_REQUIRED");
+        assert_eq!(
+            v["error"]["message"],
+            "This widget key requires a Turnstile challenge: send its token in CF-Turnstile-Response."
+        );
+        assert_eq!(r.header("access-control-allow-origin"), Some(SHOP));
+    }
+    let stats = h().guard_stats(&org, &key_id);
+    assert_eq!(guard_calls(&stats), 0, "{stats}");
+    // A token solved on another site, or refused by Turnstile: refused.
+    let r = widget_send(&key, "203.0.113.7", &[("cf-turnstile-response", "pass:evil.example")]);
+    assert!(refused_at_edge(&r, 403, "TURNSTILE_REQUIRED")["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("another site"));
+    let r = widget_send(&key, "203.0.113.7", &[("cf-turnstile-response", "fail")]);
+    assert!(refused_at_edge(&r, 403, "TURNSTILE_REQUIRED")["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("invalid-input-response"));
+    // A token solved on this page: verified once, a visitor token issued.
+    let r = widget_send(&key, "203.0.113.7", &[("cf-turnstile-response", "pass:shop.example.com")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.header("x-keyward-visitor-token").expect("a visitor token").to_owned();
+    assert!(r.header("access-control-expose-headers").unwrap().contains("X-Keyward-Visitor-Token"));
+    let calls = h().siteverify_calls();
+    assert_eq!(calls.len(), calls_before + 3);
+    let last = calls.last().unwrap();
+    assert_eq!(
+        (&last["response"], &last["remoteip"], &last["secret_ok"], &last["content_type"]),
+        (&json!("pass:shop.example.com"), &json!("203.0.113.7"), &json!(true), &json!("application/json"))
+    );
+    // The visitor token carries this visitor; no more verification.
+    for _ in 0..3 {
+        let r = widget_send(&key, "203.0.113.7", &[("x-keyward-visitor", &token)]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-keyward-visitor-token"), None);
+    }
+    assert_eq!(h().siteverify_calls().len(), calls_before + 3);
+    // Not another visitor; not a tampered token.
+    refused_at_edge(&widget_send(&key, "198.51.100.9", &[("x-keyward-visitor", &token)]), 403, "TURNSTILE_REQUIRED");
+    // (The last hex digit changed to another one.)
+    let last = if token.ends_with('0') { '1' } else { '0' };
+    let tampered = format!("{}{last}", &token[..token.len() - 1]);
+    assert_ne!(tampered, token);
+    refused_at_edge(&widget_send(&key, "203.0.113.7", &[("x-keyward-visitor", &tampered)]), 403, "TURNSTILE_REQUIRED");
+    // The preflight lets a page send both headers.
+    let r = h().send(
+        "OPTIONS",
+        "/v1/ai/chat",
+        &[
+            ("origin", SHOP),
+            ("access-control-request-method", "POST"),
+            ("access-control-request-headers", "content-type, cf-turnstile-response, x-keyward-visitor"),
+        ],
+        None,
+    );
+    assert_eq!(r.status, 204);
+    let allowed = r.header("access-control-allow-headers").unwrap();
+    assert!(allowed.contains("cf-turnstile-response") && allowed.contains("x-keyward-visitor"), "{allowed}");
 }

@@ -131,7 +131,10 @@ fn preflight_is_answered_at_the_edge_without_any_key() {
         assert_eq!(r.header("access-control-allow-origin"), Some(origin), "echoed, never *");
         assert_eq!(r.header("vary"), Some("Origin"));
         assert_eq!(r.header("access-control-allow-methods"), Some("POST"));
-        assert_eq!(r.header("access-control-allow-headers"), Some("authorization, x-api-key, content-type"));
+        assert_eq!(
+            r.header("access-control-allow-headers"),
+            Some("authorization, x-api-key, content-type, cf-turnstile-response, x-keyward-visitor")
+        );
         assert_eq!(r.header("access-control-max-age"), Some("600"));
         assert!(r.header("x-request-id").is_some());
         assert!(r.body.is_empty());
@@ -205,15 +208,15 @@ fn widget_key_creation_rules() {
 
 #[test]
 fn one_visitor_cannot_exhaust_the_sites_budget() {
-    // The key allows 100/min; each visitor (client IP) 20/min (policy).
+    // The key allows 100/min; each visitor (client IP) 10/min (policy).
     let (key, _) = widget(&[SHOP], json!({"rate_limits": [{"name": "minute", "limit": 100, "window_seconds": 60}]}));
-    for i in 0..20 {
+    for i in 0..10 {
         let r = chat(&key, &[("origin", SHOP)]);
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
     }
     let r = chat(&key, &[("origin", SHOP)]);
     r.assert_error(429, "RATE_LIMITED");
-    assert_eq!(r.header("ratelimit-limit"), Some("20"), "the per-visitor limit refused it");
+    assert_eq!(r.header("ratelimit-limit"), Some("10"), "the per-visitor limit refused it");
     assert_eq!(r.header("access-control-allow-origin"), Some(SHOP), "the page can read its 429");
     assert!(r.header("retry-after").is_some());
     // Another visitor (the local runtime passes CF-Connecting-IP through;
@@ -274,7 +277,7 @@ fn browser_widget_on_an_allowed_origin_gets_its_answer() {
     let text = v["text"].as_str().unwrap();
     assert!(text.starts_with("200 OK"), "{text}");
     assert!(text.contains(&key_id), "{text}");
-    assert!(text.contains("19 requests left"), "RateLimit-Remaining was readable: {text}");
+    assert!(text.contains("· 9 requests left"), "RateLimit-Remaining was readable: {text}");
 }
 
 #[test]

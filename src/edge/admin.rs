@@ -5,7 +5,7 @@
 //! | --- | --- | --- |
 //! | PUT | `/admin/orgs/{org_id}` | `{"name", "baa_active"}` |
 //! | PUT | `/admin/orgs/{org_id}/users/{user_id}` | `{"role", "disabled"?}` |
-//! | POST | `/admin/orgs/{org_id}/api_keys` | `{"name", "scopes", "kind"?, "expires_at"?, "user_id"?, "rate_limits"?, "allowed_origins"?, "resource_id"?}` |
+//! | POST | `/admin/orgs/{org_id}/api_keys` | `{"name", "scopes", "kind"?, "expires_at"?, "user_id"?, "rate_limits"?, "allowed_origins"?, "resource_id"?, "visitor_rate_limits"?, "turnstile_required"?, "consistency"?}` |
 //! | DELETE | `/admin/orgs/{org_id}/api_keys/{key_id}` | — |
 //! | GET | `/admin/orgs/{org_id}/api_keys/{key_id}/guard` | — (the key's guard: calls, writes, leases, bytes) |
 
@@ -104,6 +104,7 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
         Route::Keys(org) => {
             let body = read_body(&mut req, MAX_BODY_BYTES).await?;
             let input = core::parse_key(&body, &settings.policy, now, settings.default_consistency)?;
+            turnstile_configured(settings, &input)?;
             let (status, body) = mint(env, settings, org, input, None, &actor, request_id, now).await?;
             return Ok(json_response(status, body, request_id));
         }
@@ -118,6 +119,17 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
     let request = OrgRequest { command, actor: actor.clone(), request_id: request_id.into(), now_ms: now };
     let (status, body) = call_org(env, org_id, &request).await?;
     Ok(json_response(status, body, request_id))
+}
+
+/// A key that requires Turnstile needs a deployment that can verify it.
+pub(super) fn turnstile_configured(settings: &Settings, input: &KeyInput) -> Result<(), ApiError> {
+    if input.turnstile_required && settings.turnstile.is_none() {
+        return Err(ApiError::validation(
+            "turnstile_required",
+            "this deployment has no TURNSTILE_SECRET_KEY, so visitors could never pass",
+        ));
+    }
+    Ok(())
 }
 
 /// Mints a key (admin API and control API alike): generates the token and
@@ -150,6 +162,8 @@ pub(super) async fn mint(
         rate_limits: input.rate_limits,
         allowed_origins: input.allowed_origins,
         resource_id: input.resource_id,
+        visitor_rate_limits: input.visitor_rate_limits,
+        turnstile_required: input.turnstile_required,
         consistency: input.consistency,
     };
     let command = OrgCommand::CreateKey { record: Box::new(record), hash: new.hash.to_hex(), creator };
@@ -190,8 +204,13 @@ async fn guard_stats(
         .await
         .map_err(|e| unavailable("key guard", e))?;
     let limits = crate::ratelimit::merge_limits(settings.policy.default_rate_limits(), &key.rate_limits);
-    let visitor_limits =
-        if key.kind == crate::token::KeyKind::Widget { settings.policy.widget_ip_rate_limits() } else { &[] };
+    let visitor_limits = if key.kind != crate::token::KeyKind::Widget {
+        &[]
+    } else if key.visitor_rate_limits.is_empty() {
+        settings.policy.widget_ip_rate_limits()
+    } else {
+        &key.visitor_rate_limits
+    };
     let mut data: serde_json::Value = serde_json::from_str(&stats).map_err(|e| unavailable("stats decode", e))?;
     data["key_id"] = serde_json::Value::String(key.id.clone());
     data["consistency"] = serde_json::json!(key.consistency);

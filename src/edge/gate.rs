@@ -27,6 +27,7 @@ use crate::path::{check_query, split_url, CanonicalPath};
 use crate::records::{org_kv_key, user_kv_key, KeyRecord, OrgRecord, UserRecord};
 use crate::reply::{cache_control, dropped_response_header};
 use crate::signing::{forwarded_headers, identity_headers};
+use crate::turnstile;
 
 thread_local! {
     /// What this isolate remembers between requests (keys, leases, refusals
@@ -77,6 +78,8 @@ pub(super) async fn handle(
     let client_ip = cors::client_ip(headers.get("cf-connecting-ip").ok().flatten().as_deref())
         .unwrap_or_else(|| "unknown".to_owned());
     let content_type = headers.get("content-type").ok().flatten();
+    let visitor_token = headers.get(turnstile::VISITOR_HEADER).ok().flatten();
+    let turnstile_token = headers.get(turnstile::TURNSTILE_HEADER).ok().flatten();
     let content_length = headers.get("content-length").ok().flatten();
     let has_body = has_body(&method, req.inner().body().is_some(), content_length.as_deref());
     let incoming = Incoming { req, method, path, query, client_ip, request_id, now };
@@ -87,12 +90,14 @@ pub(super) async fn handle(
         referer: referer.as_deref(),
         has_body,
         content_type: content_type.as_deref(),
+        visitor_token: visitor_token.as_deref(),
+        turnstile_token: turnstile_token.as_deref(),
     };
     let mut later = Vec::new();
     let mut exit = Vec::new();
-    let result = match admit(env, settings, facts, presented, &incoming.client_ip, &mut later).await {
+    let result = match admit(env, settings, facts, presented, &incoming.client_ip, &mut later, &mut exit).await {
         Ok(admitted) => {
-            exit = exit_headers(&admitted.grant, admitted.quota.as_ref());
+            exit.extend(exit_headers(&admitted.grant, admitted.quota.as_ref()));
             upstream(incoming, env, settings, admitted, &mut later).await
         }
         Err(refusal) => Err(refusal),
@@ -111,6 +116,7 @@ async fn admit(
     presented: crate::token::ApiKey<'_>,
     client_ip: &str,
     later: &mut Vec<Later>,
+    exit: &mut Vec<(&'static str, String)>,
 ) -> Result<Admitted, Refusal> {
     // The KV binding only when a step reads (a leased key's hot path never does).
     let kv = || env.kv(KV_BINDING).map_err(|e| unavailable("KV binding", e));
@@ -143,13 +149,47 @@ async fn admit(
                 let _question = EndQuestion(gate.asking().cloned());
                 gate.guard_replied(super::guard::call(env, &key_id, &request).await)
             }
+            Next::VerifyTurnstile { token, remote_ip } => {
+                gate.turnstile_replied(siteverify(settings, &token, remote_ip.as_deref()).await)
+            }
             Next::Wait { slot, until } => wait(slot, until).await,
             Next::Refuse(refusal) => break Err(refusal),
             Next::Admit(admitted) => break Ok(admitted),
         }
     };
     later.extend(gate.take_later());
+    if let Some(token) = gate.issued_visitor_token() {
+        exit.push((turnstile::ISSUED_HEADER, token.to_owned()));
+    }
     result
+}
+
+/// How long a siteverify call may take before the request is a 503.
+const SITEVERIFY_TIMEOUT_MS: u64 = 5_000;
+
+/// Asks Turnstile's siteverify about a token: its status and body, or why
+/// there is none (then the request fails closed).
+async fn siteverify(settings: &Settings, token: &str, remote_ip: Option<&str>) -> Result<(u16, String), String> {
+    let (secret, url) = settings.turnstile.as_ref().ok_or("no TURNSTILE_SECRET_KEY")?;
+    let headers = Headers::new();
+    headers.set("content-type", "application/json").map_err(|e| e.to_string())?;
+    let body = wasm_bindgen::JsValue::from(turnstile::siteverify_body(secret, token, remote_ip));
+    let request = super::new_request(url, "POST", Some(&headers), Some(&body), true).map_err(|e| e.to_string())?;
+    let controller = worker::AbortController::default();
+    let signal = controller.signal();
+    let sending = Box::pin(async move {
+        let mut resp = Fetch::Request(request).send_with_signal(&signal).await.map_err(|e| e.to_string())?;
+        let text = resp.text().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((resp.status_code(), text))
+    });
+    let timeout = Box::pin(Delay::from(std::time::Duration::from_millis(SITEVERIFY_TIMEOUT_MS)));
+    match select(sending, timeout).await {
+        Either::Left((r, _)) => r,
+        Either::Right(((), _)) => {
+            controller.abort();
+            Err("siteverify timed out".into())
+        }
+    }
 }
 
 /// Ends this request's question to the guard when the await that carries it

@@ -41,6 +41,9 @@ pub(crate) struct Settings {
     pub(crate) signing_key: Option<crate::signing::SigningKey>,
     /// `ADMIN_TOKEN` (named `default`) and `ADMIN_TOKENS` (`name=token,…`).
     pub(crate) admin_tokens: crate::admin::AdminTokens,
+    /// `TURNSTILE_SECRET_KEY` and `TURNSTILE_VERIFY_URL` (siteverify), when
+    /// a secret is set.
+    pub(crate) turnstile: Option<(String, String)>,
     /// `LEASE_MS` (default 1000, 50–10000) and, in benchmark builds only,
     /// `KEY_GUARD` (see [`crate::flow::FlowSettings`]).
     pub(crate) flow: crate::flow::FlowSettings,
@@ -88,6 +91,13 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
         Some("false") | Some("0") => false,
         Some(other) => return Err(format!("REQUIRE_BAA must be true or false, not {other:?}")),
     };
+    let visitor_ipv6_prefix = u8::try_from(int_var(
+        env,
+        "VISITOR_IPV6_PREFIX",
+        i64::from(crate::cors::DEFAULT_VISITOR_IPV6_PREFIX),
+        32..=64,
+    )?)
+    .unwrap_or(crate::cors::DEFAULT_VISITOR_IPV6_PREFIX);
     let origin_url = string_binding(env, "ORIGIN_URL").ok_or("ORIGIN_URL is not set")?;
     let parsed = crate::path::OriginUrl::parse(origin_url.trim())?;
     let allow_insecure = match string_binding(env, "ALLOW_INSECURE_ORIGIN").as_deref().map(str::trim) {
@@ -123,13 +133,37 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
         None => None,
     };
     let crate::path::OriginUrl { origin, base_path: origin_base_path } = parsed;
+    let signing_secret = secret("ORIGIN_SIGNING_SECRET");
+    let visitor_tokens = signing_secret.as_deref().map(|s| crate::turnstile::visitor_token_key(s.as_bytes()));
+    let visitor_token_ttl_ms =
+        int_var(env, "VISITOR_TOKEN_TTL_SECONDS", crate::turnstile::DEFAULT_TTL_SECONDS, 60..=86_400)? * 1000;
+    let verify_url = string_binding(env, "TURNSTILE_VERIFY_URL")
+        .map(|u| u.trim().to_owned())
+        .unwrap_or_else(|| crate::turnstile::DEFAULT_VERIFY_URL.to_owned());
+    let verify_origin = verify_url
+        .find("://")
+        .and_then(|i| verify_url[i + 3..].find('/').map(|j| &verify_url[..i + 3 + j]))
+        .unwrap_or(&verify_url);
+    match crate::path::OriginUrl::parse(verify_origin) {
+        Ok(u) if !u.is_insecure() || allow_insecure => {}
+        _ => return Err("TURNSTILE_VERIFY_URL must be an https:// URL (http:// only for a loopback host)".into()),
+    }
+    let turnstile = secret("TURNSTILE_SECRET_KEY").map(|s| (s, verify_url));
     Ok(Settings {
-        config: Config { format, require_baa },
+        config: Config {
+            format,
+            require_baa,
+            visitor_ipv6_prefix,
+            visitor_tokens,
+            visitor_token_ttl_ms,
+            turnstile: turnstile.is_some(),
+        },
         policy,
         origin,
         origin_base_path,
         origin_timeout_ms,
-        signing_key: secret("ORIGIN_SIGNING_SECRET").map(|s| crate::signing::SigningKey::new(s.as_bytes())),
+        signing_key: signing_secret.map(|s| crate::signing::SigningKey::new(s.as_bytes())),
+        turnstile,
         admin_tokens: crate::admin::AdminTokens::parse(
             string_binding(env, "ADMIN_TOKEN").as_deref(),
             string_binding(env, "ADMIN_TOKENS").as_deref(),

@@ -257,6 +257,7 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
                     "name": record.name, "kind": record.kind, "scopes": record.scopes, "user_id": record.user_id,
                     "expires_at": record.expires_at.map(rfc3339), "rate_limits": record.rate_limits,
                     "allowed_origins": record.allowed_origins, "resource_id": record.resource_id,
+                    "visitor_rate_limits": record.visitor_rate_limits, "turnstile_required": record.turnstile_required,
                     "consistency": record.consistency,
                 }),
             )?;
@@ -527,6 +528,8 @@ pub(crate) fn key_view(k: &KeyRecord) -> Value {
         "rate_limits": k.rate_limits,
         "allowed_origins": k.allowed_origins,
         "resource_id": k.resource_id,
+        "visitor_rate_limits": k.visitor_rate_limits,
+        "turnstile_required": k.turnstile_required,
         "consistency": k.consistency,
     })
 }

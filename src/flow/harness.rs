@@ -26,7 +26,11 @@ pub(crate) struct Env {
 pub(crate) fn env() -> Env {
     Env {
         policy: Policy::default_policy().unwrap(),
-        config: Config::default(),
+        config: Config {
+            visitor_tokens: Some(crate::turnstile::visitor_token_key(b"the harness's origin signing secret!")),
+            turnstile: true,
+            ..Config::default()
+        },
         settings: FlowSettings { lease_ms: LEASE, key_guard: true },
     }
 }
@@ -55,6 +59,21 @@ pub(crate) struct Store {
     pub(crate) calls_by_kind: HashMap<&'static str, u32>,
     /// How far the guard's clock is ahead of the isolate's (ms).
     pub(crate) skew: i64,
+    /// siteverify calls, with the remote address each carried.
+    pub(crate) siteverify: Vec<(String, Option<String>)>,
+}
+
+impl Store {
+    /// The fake siteverify: `pass:<host>` passes for that host, `down` has
+    /// no answer, anything else is refused.
+    fn verify_turnstile(&mut self, token: &str, remote_ip: Option<String>) -> Result<(u16, String), String> {
+        self.siteverify.push((token.to_owned(), remote_ip));
+        match token.strip_prefix("pass:") {
+            Some(host) => Ok((200, format!(r#"{{"success":true,"hostname":"{host}","error-codes":[]}}"#))),
+            None if token == "down" => Err("connection refused".into()),
+            None => Ok((200, r#"{"success":false,"error-codes":["invalid-input-response"]}"#.into())),
+        }
+    }
 }
 
 impl Store {
@@ -85,11 +104,20 @@ impl Store {
                 Vec::new()
             },
             resource_id: None,
+            visitor_rate_limits: Vec::new(),
+            turnstile_required: false,
             consistency,
         };
         self.kv_keys.insert(k.hash.0, record.clone());
         self.db_keys.insert(record.id.clone(), record.clone());
         Key { token: k.plaintext, id: record.id }
+    }
+
+    /// Changes a key's record everywhere (KV and the org's records).
+    pub(crate) fn edit_key(&mut self, key: &Key, edit: impl Fn(&mut KeyRecord)) {
+        for r in self.kv_keys.values_mut().chain(self.db_keys.values_mut()).filter(|r| r.id == key.id) {
+            edit(r);
+        }
     }
 
     /// The org's revoke: the tombstone first, then the system of record
@@ -157,6 +185,10 @@ pub(crate) struct Req {
     pub(crate) method: &'static str,
     pub(crate) origin: Option<&'static str>,
     pub(crate) ip: String,
+    /// `X-Keyward-Visitor`.
+    pub(crate) visitor_token: Option<String>,
+    /// `CF-Turnstile-Response`.
+    pub(crate) turnstile: Option<String>,
 }
 
 pub(crate) fn chat(key: &Key) -> Req {
@@ -166,6 +198,8 @@ pub(crate) fn chat(key: &Key) -> Req {
         method: "POST",
         origin: None,
         ip: "203.0.113.9".into(),
+        visitor_token: None,
+        turnstile: None,
     }
 }
 
@@ -192,8 +226,16 @@ impl Outcome {
 
 pub(crate) fn gate<'r>(env: &'r Env, r: &'r Req) -> Gate<'r> {
     let presented = ApiKey::parse(&env.config.format, &r.token).unwrap();
-    let facts =
-        Facts { method: r.method, path: &r.path, origin: r.origin, referer: None, has_body: false, content_type: None };
+    let facts = Facts {
+        method: r.method,
+        path: &r.path,
+        origin: r.origin,
+        referer: None,
+        has_body: false,
+        content_type: None,
+        visitor_token: r.visitor_token.as_deref(),
+        turnstile_token: r.turnstile.as_deref(),
+    };
     Gate::new(facts, presented, presented.hash(), &r.ip, &env.policy, &env.config, env.settings)
 }
 
@@ -237,6 +279,11 @@ pub(crate) fn step_refunding(
             State::Asked(key_id, request)
         }
         Next::Ask { key_id, request } => State::Asked(key_id, request),
+        Next::VerifyTurnstile { token, remote_ip } => {
+            let reply = store.verify_turnstile(&token, remote_ip);
+            g.turnstile_replied(reply);
+            State::Ready
+        }
         Next::Wait { slot, .. } => State::Waiting(slot),
         Next::Refuse(r) => State::Done(Outcome::Refused(r)),
         Next::Admit(a) => {
@@ -319,6 +366,7 @@ pub(crate) fn run_all_timed(
     }
     for g in gates.iter_mut() {
         later.extend(g.take_later());
+        ISSUED.with(|i| i.borrow_mut().push(g.issued_visitor_token().map(str::to_owned)));
     }
     let timed: Vec<Later> = later.iter().filter(|l| !matches!(l, Later::Call { .. })).cloned().collect();
     store.run_later(iso, later, now, env);
@@ -333,6 +381,8 @@ pub(crate) fn run_all_timed(
 }
 
 thread_local! {
+    /// The visitor token each finished request was issued (in order).
+    pub(crate) static ISSUED: std::cell::RefCell<Vec<Option<String>>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Timed work (lease returns, refusal reports), run when due.
     pub(crate) static PENDING: std::cell::RefCell<Vec<Later>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -354,6 +404,19 @@ pub(crate) fn one(env: &Env, store: &mut Store, iso: &mut Isolate, r: Req, now: 
     run_all(env, store, iso, std::slice::from_ref(&r), now).pop().unwrap()
 }
 
+/// [`one`], and the visitor token the request was issued.
+pub(crate) fn one_issued(
+    env: &Env,
+    store: &mut Store,
+    iso: &mut Isolate,
+    r: Req,
+    now: i64,
+) -> (Outcome, Option<String>) {
+    ISSUED.with(|i| i.borrow_mut().clear());
+    let o = one(env, store, iso, r, now);
+    (o, ISSUED.with(|i| i.borrow_mut().pop().flatten()))
+}
+
 pub(crate) fn admitted(o: &[Outcome]) -> usize {
     o.iter().filter(|o| matches!(o, Outcome::Admitted(..))).count()
 }
@@ -366,6 +429,8 @@ impl Req {
             method: self.method,
             origin: self.origin,
             ip: self.ip.clone(),
+            visitor_token: self.visitor_token.clone(),
+            turnstile: self.turnstile.clone(),
         }
     }
 }

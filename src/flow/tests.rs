@@ -240,13 +240,14 @@ fn widget_visitors_are_limited_apart_and_a_visitors_flood_stays_here() {
     let k = store.key(1, KeyKind::Widget, Consistency::Strict, 1000);
     let mut iso = Isolate::default();
     let from = |ip: &str| Req { origin: Some("https://shop.example.com"), ip: ip.into(), ..chat(&k) };
-    for _ in 0..20 {
+    // The shipped policy: 10 per minute per visitor.
+    for _ in 0..10 {
         assert!(matches!(one(&env, &mut store, &mut iso, from("198.51.100.1"), T0), Outcome::Admitted(..)));
     }
     let calls = store.guard_calls;
     for _ in 0..100 {
         let Outcome::Refused(r) = one(&env, &mut store, &mut iso, from("198.51.100.1"), T0 + 1) else { panic!() };
-        assert_eq!((r.error.code, r.header("ratelimit-limit")), (ErrorCode::RateLimited, Some("20")));
+        assert_eq!((r.error.code, r.header("ratelimit-limit")), (ErrorCode::RateLimited, Some("10")));
         assert_eq!(r.header("access-control-allow-origin"), Some("https://shop.example.com"));
     }
     assert_eq!(store.guard_calls, calls + 1);

@@ -38,6 +38,8 @@ fn record() -> KeyRecord {
         rate_limits: Vec::new(),
         allowed_origins: Vec::new(),
         resource_id: None,
+        visitor_rate_limits: Vec::new(),
+        turnstile_required: false,
         consistency: Consistency::Leased,
     }
 }
