@@ -21,6 +21,7 @@ WORKER := build/index_bg.wasm
 SOURCES := $(shell find src policy -type f) Cargo.toml Cargo.lock
 
 .PHONY: help tools dev test lint deploy clean bench
+.PHONY: deploy-check
 
 help:
 	@echo "make dev     run keyward locally (wrangler dev + demo origin), seeded with a demo key"
@@ -76,7 +77,7 @@ lint: tools
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
 
-test: tools .tools/chromium $(WORKER) lint
+test: tools .tools/chromium $(WORKER) lint deploy-check
 	cargo test --all-targets
 
 # Core (divan) and end-to-end (workerd + wrk) benchmarks; installs wrk,
@@ -85,6 +86,11 @@ test: tools .tools/chromium $(WORKER) lint
 # (bench/README.md).
 bench: tools $(WORKER)
 	WASM_OPT_FEATURES="$(WASM_FEATURES)" ./bench/run.sh
+
+# wrangler deploy --dry-run (offline, no login) into build/dry-run, then the
+# upload's size against the Workers limits (scripts/deploy-check.sh).
+deploy-check: tools $(WORKER)
+	./scripts/deploy-check.sh
 
 deploy: tools $(WORKER)
 	node_modules/.bin/wrangler deploy
