@@ -21,7 +21,7 @@ WORKER := build/index_bg.wasm
 SOURCES := $(shell find src policy -type f) Cargo.toml Cargo.lock
 
 .PHONY: help tools dev test lint deploy clean bench
-.PHONY: deploy-check
+.PHONY: deploy-check load-psl
 
 help:
 	@echo "make dev     run keyward locally (wrangler dev + demo origin), seeded with a demo key"
@@ -94,6 +94,15 @@ deploy-check: tools $(WORKER)
 
 deploy: tools $(WORKER)
 	node_modules/.bin/wrangler deploy
+
+# Loads data/public_suffix_list.dat into a deployment (once after the first
+# deploy, and whenever the list is refreshed with scripts/public-suffix-list.py):
+#   make load-psl KEYWARD_URL=https://edge.example.com ADMIN_TOKEN=...
+load-psl:
+	@test -n "$(KEYWARD_URL)" && test -n "$(ADMIN_TOKEN)" || { echo "set KEYWARD_URL and ADMIN_TOKEN"; exit 2; }
+	curl -fsS -X PUT "$(KEYWARD_URL)/admin/public_suffix_list" -H "Authorization: Bearer $(ADMIN_TOKEN)" \
+	  -H 'content-type: text/plain' --data-binary @data/public_suffix_list.dat
+	@echo
 
 clean:
 	rm -rf build target .tools

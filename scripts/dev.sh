@@ -45,6 +45,9 @@ done
 admin() { curl -sS -X "$1" "$base$2" -H "Authorization: Bearer $ADMIN_TOKEN" -H 'content-type: application/json' ${3:+-d "$3"}; }
 field() { node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const v=JSON.parse(s);const r=process.argv[1].split(".").reduce((o,k)=>o&&o[k],v);if(r===undefined){console.error(s);process.exit(1)}console.log(r)})' "$1"; }
 
+# The public suffix list (widget keys' wildcard origins are checked against it).
+curl -sS -X PUT "$base/admin/public_suffix_list" -H "Authorization: Bearer $ADMIN_TOKEN" \
+  -H 'content-type: text/plain' --data-binary @data/public_suffix_list.dat > /dev/null
 admin PUT /admin/orgs/org_demo '{"name":"Demo Org","baa_active":true}' > /dev/null
 admin PUT /admin/orgs/org_demo/users/user_demo '{"role":"admin"}' > /dev/null
 # A fresh demo key each run; the previous one is revoked (keyward never

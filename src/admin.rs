@@ -493,6 +493,26 @@ fn parse_origins(v: Option<&Value>) -> Result<Vec<OriginPattern>, ApiError> {
     Ok(out)
 }
 
+/// Whether creating this key needs the public suffix list (it has a
+/// wildcard origin).
+pub fn needs_suffix_list(input: &KeyInput) -> bool {
+    input.allowed_origins.iter().any(|o| o.wildcard_domain().is_some())
+}
+
+/// Refuses a wildcard origin whose domain is a public suffix
+/// (`https://*.github.io` would admit every GitHub Pages site).
+pub fn check_public_suffixes(input: &KeyInput, list: &crate::psl::SuffixList) -> Result<(), ApiError> {
+    for o in &input.allowed_origins {
+        if let Some(domain) = o.wildcard_domain().filter(|d| list.is_public_suffix(d)) {
+            return Err(ApiError::validation(
+                "allowed_origins",
+                &format!("{o}: {domain} is a public suffix, so the wildcard would admit every site registered under it; list your own domain"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn parse_resource(v: Option<&Value>) -> Result<Option<String>, ApiError> {
     match v {
         None | Some(Value::Null) => Ok(None),
@@ -617,6 +637,33 @@ mod tests {
         let e = parse_key(body.as_bytes(), &pol(), 0, Consistency::Strict).expect_err(body);
         assert_eq!(e.code, ErrorCode::ValidationFailed);
         e.message().to_owned()
+    }
+
+    #[test]
+    fn wildcards_over_public_suffixes_are_refused() {
+        let list = "// ===BEGIN ICANN DOMAINS===\ncom\nuk\nco.uk\n// ===BEGIN PRIVATE DOMAINS===\ngithub.io\n";
+        let (list, _) = crate::psl::SuffixList::parse(list).unwrap();
+        let key = |origins: &str| {
+            let body = format!(r#"{{"name":"w","scopes":["ai:chat"],"kind":"widget","allowed_origins":{origins}}}"#);
+            parse_key(body.as_bytes(), &pol(), 0, Consistency::Strict).unwrap()
+        };
+        let ok = key(r#"["https://shop.example.com","https://*.example.co.uk","https://*.me.github.io"]"#);
+        assert!(needs_suffix_list(&ok));
+        assert!(check_public_suffixes(&ok, &list).is_ok());
+        assert!(!needs_suffix_list(&key(r#"["https://github.io","https://shop.example.com"]"#)));
+        for (origins, shown) in [
+            (
+                r#"["https://shop.example.com","https://*.github.io"]"#,
+                "https://*.github.io: github.io is a public suffix",
+            ),
+            (r#"["https://*.co.uk"]"#, "https://*.co.uk: co.uk is a public suffix"),
+            (r#"["https://*.GitHub.io:8443"]"#, "https://*.github.io:8443: github.io is a public suffix"),
+        ] {
+            let e = check_public_suffixes(&key(origins), &list).unwrap_err();
+            assert_eq!(e.code, ErrorCode::ValidationFailed);
+            assert!(e.message().starts_with("allowed_origins: "), "{}", e.message());
+            assert!(e.message().contains(shown), "{}", e.message());
+        }
     }
 
     #[test]

@@ -83,6 +83,16 @@ fn parse_port(p: &str) -> Option<u16> {
 
 /// Lowercase DNS name (labels of `[a-z0-9-]`, no leading/trailing `-`, no
 /// empty label, so no trailing dot), or an IPv4 address.
+/// A label the WHATWG URL parser reads as a number: decimal, or `0x` hex
+/// (`0x` alone included).
+fn is_numeric_label(l: &str) -> bool {
+    let hex = l.strip_prefix("0x");
+    match hex {
+        Some(h) => h.bytes().all(|b| b.is_ascii_hexdigit()),
+        None => !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()),
+    }
+}
+
 fn valid_host(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 253
@@ -128,7 +138,19 @@ impl OriginPattern {
         if wildcard && !o.host.contains('.') {
             return Err("a wildcard needs a domain with at least two labels (https://*.example.com)");
         }
+        // `*.0.0.1` is no domain: a host ending in a number is an IPv4
+        // address to a browser (WHATWG URL), so the wildcard would stand for
+        // addresses, not subdomains.
+        if wildcard && o.host.rsplit('.').next().is_some_and(is_numeric_label) {
+            return Err("a wildcard's domain must be a name, not (part of) an IP address");
+        }
         Ok(Self { scheme: o.scheme, host: o.host, wildcard, port: o.port })
+    }
+
+    /// For a wildcard pattern, the domain after `*.` (checked against the
+    /// public suffix list at key creation, [`crate::psl`]).
+    pub fn wildcard_domain(&self) -> Option<&str> {
+        self.wildcard.then_some(self.host.as_str())
     }
 
     /// Whether a request origin matches.
@@ -324,6 +346,17 @@ mod tests {
         );
         let r = preflight(&pol, &path("/v1/ai/chat"), Some("https://a.com"), "DELETE").unwrap_err();
         assert_eq!((r.error.code, r.header("allow")), (ErrorCode::MethodNotAllowed, Some("POST")));
+    }
+
+    #[test]
+    fn wildcards_over_addresses_are_refused() {
+        for bad in ["http://*.0.0.1", "https://*.1.2.3", "https://*.example.0x7f", "https://*.a.0x", "https://*.com"] {
+            assert!(OriginPattern::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(p("https://*.example.com").wildcard_domain(), Some("example.com"));
+        assert_eq!(p("https://*.0x7g.example").wildcard_domain(), Some("0x7g.example"), "not a number");
+        assert_eq!(p("https://*.example.c0m").wildcard_domain(), Some("example.c0m"));
+        assert_eq!(p("http://127.0.0.1:8080").wildcard_domain(), None, "an exact address stays allowed");
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub mod guard;
 pub mod ids;
 pub mod path;
 pub mod policy;
+pub mod psl;
 pub mod ratelimit;
 pub mod records;
 pub mod reply;

@@ -328,7 +328,10 @@ fn refused_control_writes_are_audited() {
 
 #[test]
 fn plain_http_origins_are_refused_unless_loopback_or_allowed() {
-    let far = Harness::start(Options { origin_url: Some("http://origin.example.invalid".into()), vars: vec![] });
+    let far = Harness::start_without_suffix_list(Options {
+        origin_url: Some("http://origin.example.invalid".into()),
+        vars: vec![],
+    });
     let r = far.send("POST", "/v1/ai/chat", &[("authorization", "Bearer kw_live_x"), JSON], Some(b"{}"));
     r.assert_error(503, "SERVICE_UNAVAILABLE");
     let log = std::fs::read_to_string(far.state.join("wrangler.log")).unwrap();
@@ -550,4 +553,97 @@ fn turnstile_verifies_a_visitor_once_then_its_token_carries_it() {
     assert_eq!(r.status, 204);
     let allowed = r.header("access-control-allow-headers").unwrap();
     assert!(allowed.contains("cf-turnstile-response") && allowed.contains("x-keyward-visitor"), "{allowed}");
+}
+
+fn widget_body(origins: &[&str]) -> Value {
+    json!({"name": "w", "scopes": ["ai:chat"], "kind": "widget", "allowed_origins": origins})
+}
+
+#[test]
+fn wildcard_origins_over_public_suffixes_or_addresses_are_refused() {
+    let org = h().org(true);
+    let keys = format!("/admin/orgs/{org}/api_keys");
+    for (origin, says) in [
+        ("https://*.github.io", "https://*.github.io: github.io is a public suffix"),
+        ("https://*.co.uk", "https://*.co.uk: co.uk is a public suffix"),
+        ("https://*.pages.dev", "pages.dev is a public suffix"),
+        ("https://*.xn--55qx5d.cn", "xn--55qx5d.cn is a public suffix"),
+    ] {
+        let r = h().admin("POST", &keys, Some(widget_body(&[SHOP, origin])));
+        let v = r.assert_error(422, "VALIDATION_FAILED");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("allowed_origins: ") && message.contains(says), "{origin}: {message}");
+    }
+    let r = h().admin("POST", &keys, Some(widget_body(&["http://*.0.0.1"])));
+    let v = r.assert_error(422, "VALIDATION_FAILED");
+    assert!(v["error"]["message"].as_str().unwrap().contains("allowed_origins[0]: a wildcard's domain must be a name"));
+    // A registrable domain (also one under a private suffix) is fine.
+    for origin in ["https://*.example.com", "https://*.example.co.uk", "https://*.mine.github.io"] {
+        let r = h().admin("POST", &keys, Some(widget_body(&[origin])));
+        assert_eq!(r.status, 201, "{origin}: {}", r.text());
+    }
+    // The control API applies the same rule (and audits the refusal).
+    let (minter, _) = h().key(&org, json!({"name": "minter", "scopes": ["control:read", "ai:chat"]}));
+    let auth = bearer(&minter);
+    let body = serde_json::to_vec(&widget_body(&["https://*.github.io"])).unwrap();
+    let r = h().send("POST", "/v1/api_keys", &[("authorization", &auth), JSON], Some(&body));
+    r.assert_error(422, "VALIDATION_FAILED");
+    let body = serde_json::to_vec(&widget_body(&["https://*.shop.example.com"])).unwrap();
+    let r = h().send("POST", "/v1/api_keys", &[("authorization", &auth), JSON], Some(&body));
+    assert_eq!(r.status, 201, "{}", r.text());
+    // What is loaded, as the operator sees it.
+    let list = std::fs::read("data/public_suffix_list.dat").unwrap();
+    let r = h().admin("GET", "/admin/public_suffix_list", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let info = r.json();
+    assert!(info["rules"].as_u64().unwrap() > 9000, "{info}");
+    assert_eq!(info["sha256"], sha256_hex(&list));
+    assert!(info["updated_at"].as_str().unwrap().ends_with("+00:00"), "{info}");
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn without_a_public_suffix_list_wildcards_wait_and_a_bad_list_is_refused() {
+    let own = Harness::start_without_suffix_list(Options { origin_url: None, vars: vec![] });
+    let org = own.org(true);
+    let keys = format!("/admin/orgs/{org}/api_keys");
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    own.admin("GET", "/admin/public_suffix_list", None).assert_error(404, "RESOURCE_NOT_FOUND");
+    // Fail closed: a wildcard cannot be checked, so it is not created.
+    let r = own.admin("POST", &keys, Some(widget_body(&["https://*.example.com"])));
+    let v = r.assert_error(503, "SERVICE_UNAVAILABLE");
+    assert!(v["error"]["message"].as_str().unwrap().contains("PUT /admin/public_suffix_list"), "{v}");
+    // Exact origins need no list.
+    assert_eq!(own.admin("POST", &keys, Some(widget_body(&[SHOP]))).status, 201);
+    // A list that is not one, or too large, is refused and changes nothing.
+    let put = |body: &[u8]| {
+        own.send(
+            "PUT",
+            "/admin/public_suffix_list",
+            &[("authorization", &auth), ("content-type", "text/plain")],
+            Some(body),
+        )
+    };
+    let v = put(b"com\nco.uk\n").assert_error(422, "VALIDATION_FAILED");
+    assert!(v["error"]["message"].as_str().unwrap().starts_with("body: has no rules"), "{v}");
+    let v = put(b"// ===BEGIN ICANN DOMAINS===\ncom\nCO.UK\n").assert_error(422, "VALIDATION_FAILED");
+    assert!(v["error"]["message"].as_str().unwrap().starts_with("body: line 3:"), "{v}");
+    put(&vec![b'a'; (1 << 20) + 1]).assert_error(413, "PAYLOAD_TOO_LARGE");
+    own.admin("GET", "/admin/public_suffix_list", None).assert_error(404, "RESOURCE_NOT_FOUND");
+    let r = own.send("DELETE", "/admin/public_suffix_list", &[("authorization", &auth)], None);
+    r.assert_error(405, "METHOD_NOT_ALLOWED");
+    assert_eq!(r.header("allow"), Some("GET, PUT"));
+    own.send("PUT", "/admin/public_suffix_list", &[], Some(b"com")).assert_error(401, "ADMIN_UNAUTHORIZED");
+    // Loaded: checked, and a new list takes effect on the next creation.
+    own.load_suffix_list();
+    assert_eq!(own.admin("POST", &keys, Some(widget_body(&["https://*.example.com"]))).status, 201);
+    own.admin("POST", &keys, Some(widget_body(&["https://*.github.io"]))).assert_error(422, "VALIDATION_FAILED");
+    let small = b"// ===BEGIN ICANN DOMAINS===\ncom\n// ===BEGIN PRIVATE DOMAINS===\nexample.com\n";
+    assert_eq!(put(small).json()["rules"], 2);
+    own.admin("POST", &keys, Some(widget_body(&["https://*.example.com"]))).assert_error(422, "VALIDATION_FAILED");
+    assert_eq!(own.admin("POST", &keys, Some(widget_body(&["https://*.github.io"]))).status, 201);
 }

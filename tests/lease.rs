@@ -421,7 +421,7 @@ fn the_origins_vary_is_appended_to_not_replaced() {
 #[test]
 fn measurement_switches_do_not_exist_outside_a_benchmark_build() {
     for var in [("KEY_GUARD", "off"), ("GUARD_DELAY_MS", "50")] {
-        let own = Harness::start(Options { origin_url: None, vars: vec![(var.0, var.1.into())] });
+        let own = Harness::start_without_suffix_list(Options { origin_url: None, vars: vec![(var.0, var.1.into())] });
         // The worker refuses to run at all: no request gets through unguarded.
         let r = own.send("POST", "/v1/ai/chat", &[("authorization", "Bearer kw_live_x")], Some(b"{}"));
         r.assert_error(503, "SERVICE_UNAVAILABLE");

@@ -8,16 +8,20 @@
 //! | POST | `/admin/orgs/{org_id}/api_keys` | `{"name", "scopes", "kind"?, "expires_at"?, "user_id"?, "rate_limits"?, "allowed_origins"?, "resource_id"?, "visitor_rate_limits"?, "turnstile_required"?, "consistency"?}` |
 //! | DELETE | `/admin/orgs/{org_id}/api_keys/{key_id}` | — |
 //! | GET | `/admin/orgs/{org_id}/api_keys/{key_id}/guard` | — (the key's guard: calls, writes, leases, bytes) |
+//! | PUT, GET | `/admin/public_suffix_list` | the list's text (`data/public_suffix_list.dat`) |
 
 use worker::{Env, Request, Response};
 
-use super::{call_org, json_response, random, read_body, settings, unavailable, with_plaintext, Settings};
+use sha2::{Digest, Sha256};
+
+use super::{call_org, json_response, random, read_body, settings, unavailable, with_plaintext, Settings, KV_BINDING};
 use crate::admin::AdminTokens;
 use crate::admin::{self as core, KeyInput, OrgCommand, OrgRequest, MAX_BODY_BYTES};
 use crate::authorize::Refusal;
 use crate::error::{ApiError, ErrorCode};
 use crate::ids;
 use crate::path::{split_url, CanonicalPath};
+use crate::psl::{self, ListInfo, SuffixList};
 use crate::records::KeyRecord;
 use crate::token;
 
@@ -56,6 +60,9 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
     let (raw_path, _) = split_url(&url);
     let path = CanonicalPath::parse(raw_path)?;
     let segs: Vec<&str> = path.segments().collect();
+    if segs == ["admin", "public_suffix_list"] {
+        return public_suffix_list(req, env, request_id, now).await;
+    }
     let route = match segs.as_slice() {
         ["admin", "orgs", org] => Route::Org(org),
         ["admin", "orgs", org, "users", user] => Route::User(org, user),
@@ -104,7 +111,7 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
         Route::Keys(org) => {
             let body = read_body(&mut req, MAX_BODY_BYTES).await?;
             let input = core::parse_key(&body, &settings.policy, now, settings.default_consistency)?;
-            turnstile_configured(settings, &input)?;
+            creatable(env, settings, &input).await?;
             let (status, body) = mint(env, settings, org, input, None, &actor, request_id, now).await?;
             return Ok(json_response(status, body, request_id));
         }
@@ -121,15 +128,91 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
     Ok(json_response(status, body, request_id))
 }
 
-/// A key that requires Turnstile needs a deployment that can verify it.
-pub(super) fn turnstile_configured(settings: &Settings, input: &KeyInput) -> Result<(), ApiError> {
+/// The checks of a new key that need the deployment (admin and control API
+/// alike): a key that requires Turnstile needs a deployment that can verify
+/// it, and a wildcard origin must not stand over a public suffix.
+pub(super) async fn creatable(env: &Env, settings: &Settings, input: &KeyInput) -> Result<(), Refusal> {
     if input.turnstile_required && settings.turnstile.is_none() {
         return Err(ApiError::validation(
             "turnstile_required",
             "this deployment has no TURNSTILE_SECRET_KEY, so visitors could never pass",
-        ));
+        )
+        .into());
+    }
+    if core::needs_suffix_list(input) {
+        let list = suffix_list(env).await?;
+        core::check_public_suffixes(input, &list)?;
     }
     Ok(())
+}
+
+thread_local! {
+    /// The parsed public suffix list and its digest: parsed once per isolate
+    /// and list (a small KV read tells whether it changed).
+    static SUFFIX_LIST: std::cell::RefCell<Option<(String, std::rc::Rc<SuffixList>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The loaded public suffix list. None loaded: 503, since a wildcard origin
+/// cannot be checked (never let through unchecked).
+async fn suffix_list(env: &Env) -> Result<std::rc::Rc<SuffixList>, Refusal> {
+    let kv = env.kv(KV_BINDING).map_err(|e| unavailable("KV binding", e))?;
+    let info = kv.get(psl::KV_INFO).text().await.map_err(|e| unavailable("KV read", e))?;
+    let Some(info) = info.and_then(|t| crate::from_json::<ListInfo>(&t).ok()) else {
+        return Err(ApiError::with_message(
+            ErrorCode::ServiceUnavailable,
+            "No public suffix list is loaded, so a wildcard origin cannot be checked: an operator must PUT /admin/public_suffix_list.",
+        )
+        .into());
+    };
+    if let Some(list) =
+        SUFFIX_LIST.with_borrow(|c| c.as_ref().filter(|(sha, _)| *sha == info.sha256).map(|c| c.1.clone()))
+    {
+        return Ok(list);
+    }
+    let text = kv.get(psl::KV_LIST).text().await.map_err(|e| unavailable("KV read", e))?.unwrap_or_default();
+    let (list, _) = SuffixList::parse(&text).map_err(|e| unavailable("public suffix list", e))?;
+    let list = std::rc::Rc::new(list);
+    SUFFIX_LIST.with_borrow_mut(|c| *c = Some((info.sha256, list.clone())));
+    Ok(list)
+}
+
+/// `PUT /admin/public_suffix_list` (the list's text: stored in KV after it
+/// parses) and `GET` (what is loaded). Deployment-wide, so in no org's
+/// audit log.
+async fn public_suffix_list(mut req: Request, env: &Env, request_id: &str, now: i64) -> Result<Response, Refusal> {
+    let kv = env.kv(KV_BINDING).map_err(|e| unavailable("KV binding", e))?;
+    let info = match req.inner().method().as_str() {
+        "PUT" => {
+            let body = read_body(&mut req, psl::MAX_LIST_BYTES).await?;
+            let text = std::str::from_utf8(&body).map_err(|_| ApiError::validation("body", "is not UTF-8 text"))?;
+            let (_, rules) = SuffixList::parse(text).map_err(|e| ApiError::validation("body", &e))?;
+            let info = ListInfo { rules, sha256: crate::hex(&Sha256::digest(&body)), updated_at: ids::rfc3339(now) };
+            let info_json = serde_json::to_string(&info).map_err(|e| unavailable("KV encode", e))?;
+            // The text first: the info names a list that is there.
+            for (key, value) in [(psl::KV_LIST, &body[..]), (psl::KV_INFO, info_json.as_bytes())] {
+                kv.put_bytes(key, value)
+                    .map_err(|e| unavailable("KV put", e))?
+                    .execute()
+                    .await
+                    .map_err(|e| unavailable("KV put", e))?;
+            }
+            info_json
+        }
+        "GET" => kv
+            .get(psl::KV_INFO)
+            .text()
+            .await
+            .map_err(|e| unavailable("KV read", e))?
+            .ok_or_else(|| Refusal::from(ApiError::new(ErrorCode::ResourceNotFound)))?,
+        _ => {
+            return Err(Refusal {
+                error: ApiError::new(ErrorCode::MethodNotAllowed),
+                headers: vec![("Allow", "GET, PUT".into())],
+            })
+        }
+    };
+    Ok(json_response(200, info, request_id))
 }
 
 /// Mints a key (admin API and control API alike): generates the token and

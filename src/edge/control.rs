@@ -131,7 +131,7 @@ async fn serve(
                 consistency: caller.key.consistency,
             };
             rules::check_create(&settings.policy, &who, &mut input)?;
-            admin::turnstile_configured(settings, &input)?;
+            admin::creatable(env, settings, &input).await?;
             // The org object re-checks the creating user's role and state
             // against its own records (KV may lag).
             let creator = caller.grant.user_id.clone();

@@ -143,9 +143,31 @@ fn spawn_watched(args: &[&str], envs: &[(&str, &str)], log: &Path) -> Child {
 
 impl Harness {
     pub fn start(opts: Options) -> Harness {
+        let h = Harness::start_without_suffix_list(opts);
+        h.load_suffix_list();
+        h
+    }
+
+    /// Like [`Harness::start`], but no public suffix list is loaded (as on
+    /// a fresh deployment before `make load-psl`).
+    pub fn start_without_suffix_list(opts: Options) -> Harness {
         let mut h = Harness::start_parts(opts);
         h.start_worker();
         h
+    }
+
+    /// Loads `data/public_suffix_list.dat` as `make dev` does.
+    pub fn load_suffix_list(&self) -> Value {
+        let list = std::fs::read(root().join("data/public_suffix_list.dat")).unwrap();
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let r = self.send(
+            "PUT",
+            "/admin/public_suffix_list",
+            &[("authorization", &auth), ("content-type", "text/plain")],
+            Some(&list),
+        );
+        assert_eq!(r.status, 200, "loading the public suffix list: {}", r.text());
+        r.json()
     }
 
     /// The origin, the state directory and `wrangler dev`'s arguments.
@@ -227,6 +249,7 @@ impl Harness {
         args.extend(h.worker_args.iter().skip_while(|a| *a != "--var").cloned());
         h.mfconfig = Some(args);
         h.start_worker();
+        h.load_suffix_list();
         h
     }
 
