@@ -4,8 +4,9 @@
 //! and methods are exactly the policy's routes, the control routes and the
 //! admin routes; and every operation, sent for real to `wrangler dev`,
 //! answers with a documented status, a documented error code, the
-//! documented headers and a body of the documented shape. Run with
-//! `make test`.
+//! documented headers (and header values) and a body of the documented
+//! shape; what the origin receives is the documented signed identity. Run
+//! with `make test`.
 #![allow(clippy::disallowed_methods)]
 
 mod common;
@@ -21,14 +22,19 @@ const SPEC: &str = include_str!("../openapi.json");
 const POLICY: &str = include_str!("../policy/policy.json");
 const ADMIN_SRC: &str = include_str!("../src/edge/admin.rs");
 const CONTROL_SRC: &str = include_str!("../src/edge/control.rs");
+/// `parse_key`'s accepted fields (`only_fields`) are the documented `KeyInput`.
+const ADMIN_CORE_SRC: &str = include_str!("../src/admin.rs");
+/// `key_view`'s fields are the documented `ApiKey`.
+const ORG_SRC: &str = include_str!("../src/edge/org.rs");
 
 /// Operation keys of a Path Item.
 const OP_KEYS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 /// Methods tried for a 405.
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 /// Response headers keyward itself sets: when one is on a response, the spec
-/// must document it for that operation and status.
-const KEYWARD_HEADERS: [&str; 11] = [
+/// must document it for that operation and status (and its value must fit the
+/// documented schema).
+const KEYWARD_HEADERS: [&str; 13] = [
     "x-request-id",
     "ratelimit-limit",
     "ratelimit-remaining",
@@ -40,8 +46,13 @@ const KEYWARD_HEADERS: [&str; 11] = [
     "access-control-allow-methods",
     "access-control-allow-headers",
     "access-control-max-age",
+    "cache-control",
+    "x-keyward-visitor-token",
 ];
 const SHOP: &str = "https://shop.example.com";
+/// The demo origin's fake siteverify passes `pass:<hostname>` with this secret.
+const TURNSTILE_SECRET: &str = "test-turnstile-secret-0123456789abcdef";
+const FORM: &str = "application/x-www-form-urlencoded";
 const UNKNOWN_ULID: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
 
 fn spec() -> &'static Value {
@@ -56,7 +67,16 @@ fn policy() -> &'static Value {
 
 fn h() -> &'static Harness {
     static H: OnceLock<Harness> = OnceLock::new();
-    H.get_or_init(|| Harness::start(Options { origin_url: None, vars: vec![("ORIGIN_TIMEOUT_MS", "1500".into())] }))
+    H.get_or_init(|| {
+        Harness::start(Options {
+            origin_url: None,
+            vars: vec![
+                ("ORIGIN_TIMEOUT_MS", "1500".into()),
+                ("TURNSTILE_SECRET_KEY", TURNSTILE_SECRET.into()),
+                ("TURNSTILE_VERIFY_URL", "{origin}/__turnstile/siteverify".into()),
+            ],
+        })
+    })
 }
 
 /// Follows a local `$ref` (any depth).
@@ -119,22 +139,32 @@ impl Op {
         assert!(!out.contains('{'), "unfilled parameter in {out}");
         out
     }
-    /// A valid-looking body: the example of the documented JSON body, or
-    /// `{}` for a proxied body.
-    fn sample_body(&self) -> Option<String> {
+    /// A valid-looking body and its media type: the example of the
+    /// documented JSON (or else text) body, or `{}` as JSON for a proxied
+    /// body of any type.
+    fn sample_body(&self) -> Option<(&'static str, String)> {
         let body = self.v.get("requestBody")?;
-        match body["content"].get("application/json") {
-            Some(c) => {
+        for (media, text) in [("application/json", false), ("text/plain", true)] {
+            if let Some(c) = body["content"].get(media) {
                 let schema = resolve(&c["schema"]);
-                Some(
-                    schema
-                        .get("example")
-                        .unwrap_or_else(|| panic!("{}: body schema has no example", self.id()))
-                        .to_string(),
-                )
+                let example = schema
+                    .get("example")
+                    .unwrap_or_else(|| panic!("{}: {media} body schema has no example", self.id()));
+                let body =
+                    if text { example.as_str().expect("a text example").to_owned() } else { example.to_string() };
+                return Some((media, body));
             }
-            None => Some("{}".into()),
         }
+        Some(("application/json", "{}".into()))
+    }
+    /// The media types of the documented request body.
+    fn body_types(&self) -> Vec<&'static str> {
+        self.v["requestBody"]["content"].as_object().map(|c| c.keys().map(String::as_str).collect()).unwrap_or_default()
+    }
+    /// Whether keyward checks this operation's request body type (every
+    /// public method but GET; a GET body is never looked at or forwarded).
+    fn checks_body_type(&self) -> bool {
+        !self.is_admin() && !self.is_preflight() && self.method != "GET"
     }
 }
 
@@ -310,6 +340,26 @@ fn conforms(op: &Op, r: &Resp, case: &str) -> Value {
             );
         }
     }
+    // Every documented header that is present has a value of its schema.
+    for (name, hv) in documented {
+        let Some(value) = r.header(name) else { continue };
+        let schema = &resolve(hv)["schema"];
+        let v = match schema["type"].as_str() {
+            Some("integer") => value.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::from(value)),
+            _ => Value::from(value),
+        };
+        let mut errs = Vec::new();
+        validate(schema, &v, &format!("header {name}"), &mut errs);
+        assert!(errs.is_empty(), "{errs:?}: {ctx}");
+    }
+    // Never publicly cacheable, whoever answered.
+    let cc = r.header("cache-control").unwrap_or_else(|| panic!("no Cache-Control: {ctx}"));
+    let directives: Vec<String> = cc.split(',').map(|d| d.trim().to_ascii_lowercase()).collect();
+    assert!(directives.iter().any(|d| d == "private" || d == "no-store"), "Cache-Control {cc}: {ctx}");
+    assert!(
+        !directives.iter().any(|d| ["public", "proxy-revalidate"].contains(&d.as_str()) || d.starts_with("s-maxage")),
+        "Cache-Control {cc}: {ctx}"
+    );
     if let Some(codes) = doc.get("x-keyward-error-codes") {
         let body = r.json();
         let code = body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error envelope: {ctx}"));
@@ -341,11 +391,16 @@ fn conforms(op: &Op, r: &Resp, case: &str) -> Value {
 
 /// Sends `method path` with `headers` and an optional JSON body.
 fn send_to(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Resp {
+    send_typed(port, method, path, headers, body.map(|b| ("application/json", b)))
+}
+
+/// Sends `method path` with `headers` and an optional body of a media type.
+fn send_typed(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: Option<(&str, &str)>) -> Resp {
     let mut hs: Vec<(&str, &str)> = headers.to_vec();
-    if body.is_some() {
-        hs.push(("content-type", "application/json"));
+    if let Some((media, _)) = body {
+        hs.push(("content-type", media));
     }
-    send(port, method, path, &hs, body.map(str::as_bytes))
+    send(port, method, path, &hs, body.map(|(_, b)| b.as_bytes()))
 }
 
 /// The credential header for `key`, alternating between the two documented
@@ -382,7 +437,7 @@ fn fill(op: &Op, ps: &[(&'static str, String)]) -> String {
 /// `OPTIONS`, which is authorized like any request) with `headers`.
 fn plain(port: u16, op: &Op, path: &str, headers: &[(&str, &str)]) -> Resp {
     let body = if op.is_preflight() { None } else { op.sample_body() };
-    send_to(port, &op.method, path, headers, body.as_deref())
+    send_typed(port, &op.method, path, headers, body.as_ref().map(|(m, b)| (*m, b.as_str())))
 }
 
 // ---------------------------------------------------------------- static checks
@@ -410,6 +465,18 @@ fn spec_is_openapi_3_1_and_self_consistent() {
         (schemes["AdminToken"]["type"].as_str(), schemes["AdminToken"]["scheme"].as_str()),
         (Some("http"), Some("bearer"))
     );
+    // Named admin tokens, and how the audit log names their operators.
+    let admin_desc = schemes["AdminToken"]["description"].as_str().unwrap();
+    for needle in ["ADMIN_TOKEN`", "ADMIN_TOKENS", "admin:default", "admin:<name>"] {
+        assert!(admin_desc.contains(needle), "AdminToken description lacks {needle}: {admin_desc}");
+    }
+    // The CORS header lists are the code's.
+    let headers = &s["components"]["headers"];
+    assert_eq!(headers["Access-Control-Allow-Headers"]["schema"]["const"], keyward::cors::ALLOWED_HEADERS);
+    for h in ["Access-Control-Expose-Headers", "Access-Control-Expose-Headers.optional"] {
+        assert_eq!(headers[h]["schema"]["const"], keyward::cors::EXPOSED_HEADERS, "{h}");
+    }
+    assert_eq!(headers["X-Keyward-Visitor-Token"]["required"], false);
 
     // Every $ref resolves.
     fn walk(v: &'static Value, n: &mut usize) {
@@ -467,6 +534,29 @@ fn spec_is_openapi_3_1_and_self_consistent() {
         let in_template: BTreeSet<&str> =
             op.path.split('/').filter_map(|seg| seg.strip_prefix('{').and_then(|x| x.strip_suffix('}'))).collect();
         assert_eq!(declared, in_template, "{ctx}: path parameters");
+        // Widget routes take the Turnstile and visitor tokens.
+        let header_params: BTreeSet<&str> = op.v["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(resolve)
+            .filter(|p| p["in"] == "header")
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        let widget_scopes = strs(&policy()["widget_scopes"]);
+        if !op.is_preflight() && op.scope().is_some_and(|sc| widget_scopes.contains(&sc)) {
+            for name in ["CF-Turnstile-Response", "X-Keyward-Visitor"] {
+                assert!(header_params.contains(name), "{ctx}: widget route without the {name} parameter");
+            }
+        }
+        // A request body keyward checks the type of: 415, and only there.
+        let media = op.response(415).map(|r| strs(&r["x-keyward-error-codes"]));
+        assert_eq!(media, op.checks_body_type().then(|| vec!["UNSUPPORTED_MEDIA_TYPE"]), "{ctx}: 415");
+        // Turnstile is decided before the route: every public 403 can be it.
+        if !op.is_admin() {
+            let forbidden = strs(&op.response(403).unwrap_or_else(|| panic!("{ctx}: no 403"))["x-keyward-error-codes"]);
+            assert!(forbidden.contains(&"TURNSTILE_REQUIRED"), "{ctx}: 403 lacks TURNSTILE_REQUIRED");
+        }
 
         for (status, resp) in op.v["responses"].as_object().unwrap() {
             let resp = resolve(resp);
@@ -474,6 +564,13 @@ fn spec_is_openapi_3_1_and_self_consistent() {
             let hs = &resp["headers"];
             assert_eq!(resolve(&hs["X-Request-Id"])["required"], true, "{ctx}: X-Request-Id");
             let required = |name: &str| hs.get(name).is_some_and(|x| resolve(x)["required"] == true);
+            // Never publicly cacheable: keyward's own answers are `no-store`,
+            // the origin's are passed on made private.
+            assert!(required("Cache-Control"), "{ctx}: Cache-Control");
+            let passed_on = op.is_proxied() && (status == "default" || status.starts_with('2'));
+            let cc = &resolve(&hs["Cache-Control"])["schema"]["const"];
+            let want = if passed_on { Value::Null } else { json!("no-store") };
+            assert_eq!(cc, &want, "{ctx}: Cache-Control");
             let code: u16 = match status.parse() {
                 Ok(c) => c,
                 Err(_) => {
@@ -572,15 +669,59 @@ fn schema_check_catches_undocumented_shapes() {
     assert!(!check(&schemas["ErrorEnvelope"], no_message).is_empty());
     let key = json!({"id": UNKNOWN_ULID, "name": "k", "kind": "secret", "prefix": "kw_live_", "last_four": "abcd",
         "scopes": ["ai:chat"], "user_id": null, "expires_at": null, "created_at": "2026-05-02T10:00:00+00:00",
-        "revoked_at": null, "rate_limits": [], "allowed_origins": [], "resource_id": null, "consistency": "strict",
-        "plaintext": "kw_live_x"});
+        "revoked_at": null, "rate_limits": [], "allowed_origins": [], "resource_id": null, "visitor_rate_limits": [],
+        "turnstile_required": false, "consistency": "strict", "plaintext": "kw_live_x"});
     assert_eq!(check(&schemas["CreatedApiKey"], key.clone()), Vec::<String>::new());
     let mut extra = key.clone();
     extra["hash"] = json!("abc");
     assert!(!check(&schemas["CreatedApiKey"], extra).is_empty(), "an undocumented field");
+    for field in ["visitor_rate_limits", "turnstile_required", "consistency"] {
+        let mut missing = key.clone();
+        missing.as_object_mut().unwrap().remove(field);
+        assert!(!check(&schemas["CreatedApiKey"], missing).is_empty(), "{field} missing");
+    }
+    for (field, bad) in [
+        ("turnstile_required", json!("yes")),
+        ("visitor_rate_limits", json!([{"name": "ip", "limit": 0, "window_seconds": 60}])),
+        ("consistency", json!("eventual")),
+    ] {
+        let mut v = key.clone();
+        v[field] = bad;
+        assert!(!check(&schemas["CreatedApiKey"], v).is_empty(), "{field} of the wrong shape");
+    }
     let mut bad_time = key;
     bad_time["created_at"] = json!("yesterday");
     assert!(!check(&schemas["CreatedApiKey"], bad_time).is_empty(), "a malformed date-time");
+}
+
+/// The string literals of the first `[...]` after `start` in `src`.
+fn literals_after<'a>(src: &'a str, start: &str, open: &str) -> BTreeSet<&'a str> {
+    let from = src.find(start).unwrap_or_else(|| panic!("{start} not found"));
+    let rest = &src[from..];
+    let list = &rest[rest.find(open).unwrap_or_else(|| panic!("{open} after {start} not found")) + open.len()..];
+    let list = &list[..list.find(']').unwrap()];
+    list.split('"').skip(1).step_by(2).collect()
+}
+
+/// The key fields the code accepts and answers are the documented ones:
+/// `parse_key`'s `only_fields` list is `KeyInput`, `key_view`'s object is
+/// `ApiKey` (all of them required: the view always has them).
+#[test]
+fn key_fields_are_the_code_s() {
+    let schemas = &spec()["components"]["schemas"];
+    let input: BTreeSet<&str> =
+        schemas["KeyInput"]["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+    let accepted = literals_after(ADMIN_CORE_SRC, "pub fn parse_key(", "only_fields(");
+    assert!(accepted.contains("visitor_rate_limits") && accepted.contains("turnstile_required"), "{accepted:?}");
+    assert_eq!(input, accepted, "KeyInput vs parse_key's accepted fields");
+    let view_src = &ORG_SRC[ORG_SRC.find("fn key_view(").expect("key_view in src/edge/org.rs")..];
+    let view_src = &view_src[..view_src.find("})").unwrap()];
+    let view: BTreeSet<&str> =
+        view_src.lines().filter_map(|l| l.trim().strip_prefix('"')?.split_once("\":").map(|(k, _)| k)).collect();
+    let api_key = resolve(&schemas["ApiKey"]);
+    let documented: BTreeSet<&str> = api_key["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(documented, view, "ApiKey vs key_view");
+    assert_eq!(strs(&api_key["required"]).into_iter().collect::<BTreeSet<_>>(), view, "ApiKey.required vs key_view");
 }
 
 /// `{name}` → `{}`, so templates compare regardless of parameter names.
@@ -589,11 +730,36 @@ fn shape(path: &str) -> String {
 }
 
 /// The admin routes as the router in `src/edge/admin.rs` matches them:
-/// `["admin", "orgs", org] => Route::Org(org)` and `Route::Org(_) | ... => "PUT"`.
+/// `["admin", "orgs", org] => Route::Org(org)` and `Route::Org(_) | ... => "PUT"`;
+/// and a path handled by a function of its own,
+/// `if segs == ["admin", "public_suffix_list"] { return public_suffix_list(…)`,
+/// whose methods are the arms `"PUT" => …` of that function.
 fn admin_routes_in_source() -> BTreeSet<(String, String)> {
     let mut by_variant: BTreeMap<String, String> = BTreeMap::new();
     let mut methods: BTreeMap<String, String> = BTreeMap::new();
-    for line in ADMIN_SRC.lines().map(str::trim) {
+    let mut own: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut lines = ADMIN_SRC.lines().map(str::trim);
+    while let Some(line) = lines.next() {
+        if let Some(segs) = line.strip_prefix("if segs == [").and_then(|l| l.strip_suffix("] {")) {
+            let path =
+                format!("/{}", segs.split(',').map(|s| s.trim().trim_matches('"')).collect::<Vec<_>>().join("/"));
+            let call = lines.next().unwrap_or_default();
+            let handler = call.strip_prefix("return ").and_then(|c| c.split('(').next()).unwrap_or_else(|| {
+                panic!("{path}: expected `return handler(...)` after the match in src/edge/admin.rs, found {call:?}")
+            });
+            let body = &ADMIN_SRC[ADMIN_SRC.find(&format!("fn {handler}(")).expect("the handler")..];
+            // To the function's closing brace (at the start of a line).
+            let body = &body[..body.find("\n}\n").unwrap_or(body.len())];
+            let arms: Vec<&str> = body
+                .lines()
+                .map(str::trim)
+                .filter_map(|l| l.strip_prefix('"')?.split_once("\" =>").map(|(m, _)| m))
+                .filter(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()))
+                .collect();
+            assert!(!arms.is_empty(), "{path}: no method arms in {handler}");
+            own.extend(arms.into_iter().map(|m| (m.to_owned(), path.clone())));
+            continue;
+        }
         if let Some(rest) = line.strip_prefix('[') {
             if let Some((segs, target)) = rest.split_once("] => Route::") {
                 let path: Vec<String> = segs
@@ -615,13 +781,15 @@ fn admin_routes_in_source() -> BTreeSet<(String, String)> {
         }
     }
     assert!(!by_variant.is_empty(), "found no admin routes in src/edge/admin.rs: update admin_routes_in_source");
-    by_variant
+    let mut out: BTreeSet<(String, String)> = by_variant
         .iter()
         .map(|(v, p)| {
             let m = methods.get(v).unwrap_or_else(|| panic!("no method for admin route {v} in src/edge/admin.rs"));
             (m.clone(), p.clone())
         })
-        .collect()
+        .collect();
+    out.extend(own);
+    out
 }
 
 /// The control routes keyward serves, as `src/edge/control.rs` matches them:
@@ -646,6 +814,9 @@ fn every_route_is_documented_and_nothing_else() {
     let widget_scopes = strs(&policy()["widget_scopes"]);
     // Policy: pattern → (method → (scope, served by keyward)).
     let mut routes: BTreeMap<String, BTreeMap<String, (String, bool)>> = BTreeMap::new();
+    // Policy: pattern → (method → the request body types it accepts: its
+    // `content_types`, or `*/*` for any but a form).
+    let mut body_types: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
     for r in policy()["routes"].as_array().unwrap() {
         let methods = match &r["method"] {
             Value::String(m) => vec![m.as_str()],
@@ -654,10 +825,12 @@ fn every_route_is_documented_and_nothing_else() {
         for m in methods {
             let entry = (r["scope"].as_str().unwrap().to_owned(), r["served_by"] == "keyward");
             routes.entry(shape(r["path"].as_str().unwrap())).or_default().entry(m.to_owned()).or_insert(entry);
+            let types = r.get("content_types").map(strs).unwrap_or_else(|| vec!["*/*"]);
+            body_types.entry((m.to_owned(), shape(r["path"].as_str().unwrap()))).or_insert(types);
         }
     }
     let admin = admin_routes_in_source();
-    assert_eq!(admin.len(), 5, "admin routes: {admin:?}");
+    assert_eq!(admin.len(), 7, "admin routes: {admin:?}");
     let control = control_routes_in_source();
     let served: BTreeSet<(String, String)> = routes
         .iter()
@@ -692,6 +865,12 @@ fn every_route_is_documented_and_nothing_else() {
             assert_eq!(op["x-keyward-served-by"], if *local { "keyward" } else { "origin" }, "{m} {path}: served_by");
             if !*local {
                 assert!(op["responses"].get("200").is_some() && op["responses"].get("default").is_some(), "{m} {path}");
+            }
+            // A documented request body has exactly the route's media types.
+            if let Some(content) = op["requestBody"]["content"].as_object() {
+                let documented: BTreeSet<&str> = content.keys().map(String::as_str).collect();
+                let accepted: BTreeSet<&str> = body_types[&(m.clone(), key.clone())].iter().copied().collect();
+                assert_eq!(documented, accepted, "{m} {path}: request body media types vs the policy's content_types");
             }
         }
         // Every public path documents keyward's preflight answer: 204 where a
@@ -775,10 +954,49 @@ fn every_operation_answers_as_documented() {
             assert_eq!(r.header("access-control-allow-origin"), Some(SHOP));
         }
         if op.is_proxied() {
-            // The origin answered (the demo origin echoes what it received).
+            // The origin answered (the demo origin echoes what it received),
+            // with the documented identity.
             assert_eq!(body["echo"]["method"], op.method.as_str(), "{} {}", op.method, op.path);
+            origin_request_is_documented(&op, &body["echo"], r.header("x-request-id").unwrap());
         }
     }
+}
+
+/// What the origin received (the demo origin's echo) carries the documented
+/// identity headers (`x-keyward-origin-request`): every required one, no
+/// undocumented `X-Keyward-*`, the authorized method, and a signature over
+/// the documented canonical fields.
+fn origin_request_is_documented(op: &Op, echo: &Value, request_id: &str) {
+    let ctx = format!("{} {}", op.method, op.path);
+    let doc = &spec()["x-keyward-origin-request"];
+    let documented = doc["headers"].as_object().expect("x-keyward-origin-request.headers");
+    let got = echo["headers"].as_object().unwrap();
+    for (name, h) in documented {
+        if h["required"] == true {
+            assert!(got.contains_key(&name.to_ascii_lowercase()), "{ctx}: the origin did not receive {name}: {echo}");
+        }
+    }
+    for name in got.keys().filter(|n| n.starts_with("x-keyward-")) {
+        assert!(
+            documented.keys().any(|d| d.eq_ignore_ascii_case(name)),
+            "{ctx}: {name} reaches the origin, undocumented"
+        );
+    }
+    let header = |n: &str| got.get(&n.to_ascii_lowercase()).and_then(Value::as_str).unwrap_or("");
+    assert_eq!(header("X-Keyward-Method"), op.method, "{ctx}");
+    assert_eq!(header("X-Request-Id"), request_id, "{ctx}");
+    let fields: Vec<&str> = strs(&doc["x-keyward-signature"]["canonical_fields"])
+        .into_iter()
+        .map(|f| match f {
+            "keyward-v1" => "keyward-v1",
+            "method" => header("X-Keyward-Method"),
+            "path" => echo["path"].as_str().unwrap(),
+            "query" => echo["query"].as_str().unwrap(),
+            name => header(name),
+        })
+        .collect();
+    let want = format!("v1={}", hmac_sha256_hex(SIGNING_SECRET.as_bytes(), fields.join("\n").as_bytes()));
+    assert_eq!(header("X-Keyward-Signature"), want, "{ctx}: the signature over the documented fields");
 }
 
 /// Refusals every public operation can meet, before anything specific to it.
@@ -832,6 +1050,19 @@ fn refusals_of_public_operations_are_documented() {
             v["error"]["message"].as_str().unwrap().ends_with(&format!(": {scope}")),
             "documented scope {scope}: {v}"
         );
+        // A body of a type the route does not take, or of none: 415.
+        if op.checks_body_type() {
+            assert!(!op.body_types().contains(&FORM), "{}: the case below needs a route without form bodies", op.id());
+            let (kn, kv) = cred(&key, i);
+            for (case, headers) in [
+                ("form body", vec![(kn, kv.as_str()), ("content-type", FORM)]),
+                ("body without Content-Type", vec![(kn, kv.as_str())]),
+            ] {
+                let r = send(port, &op.method, &path, &headers, Some(b"_method=GET&a=1"));
+                assert_eq!(r.status, 415, "{} {path} ({case}): {}", op.method, r.text());
+                assert_eq!(conforms(&op, &r, case)["error"]["code"], "UNSUPPORTED_MEDIA_TYPE");
+            }
+        }
     }
 }
 
@@ -986,6 +1217,24 @@ fn control_api_refusals_are_documented() {
     ] {
         check(id, path, &auth, None, 422, "VALIDATION_FAILED");
     }
+    // The refused writes are in the org's audit log, as documented; the
+    // admin API's writes name the operator.
+    let op = find("listAudit");
+    let r = send_to(port, "GET", "/v1/audit?limit=100", &auth, None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let entries = conforms(&op, &r, "audit log after refusals")["data"].as_array().unwrap().clone();
+    for (action, target) in [("key.create_refused", ""), ("key.revoke_refused", "not-a-ulid")] {
+        let e = entries
+            .iter()
+            .find(|e| e["action"] == action && e["target"] == target)
+            .unwrap_or_else(|| panic!("no {action} entry for {target:?}: {entries:?}"));
+        assert!(e["actor"].as_str().unwrap().starts_with("key:"), "{e}");
+        let detail = e["detail"].as_object().unwrap();
+        assert_eq!(detail.keys().collect::<Vec<_>>(), ["code", "message", "status"], "{e}");
+        assert_eq!(catalogue(detail["code"].as_str().unwrap()).status(), detail["status"], "{e}");
+    }
+    let created = entries.iter().find(|e| e["action"] == "key.created").expect("key.created");
+    assert_eq!(created["actor"], "admin:default", "ADMIN_TOKEN's operator: {created}");
 }
 
 #[test]
@@ -997,42 +1246,70 @@ fn admin_api_refusals_are_documented() {
     let ps = params(&org);
     for op in ops().into_iter().filter(Op::is_admin) {
         let path = fill(&op, &ps);
-        let body = op.sample_body();
+        let sample = op.sample_body();
+        let body = sample.as_ref().map(|(m, b)| (*m, b.as_str()));
         for headers in [&[][..], &[("authorization", "Bearer not-the-admin-token-0123456789-abcdefgh")][..]] {
-            let r = send_to(port, &op.method, &path, headers, body.as_deref());
+            let r = send_typed(port, &op.method, &path, headers, body);
             assert_eq!(r.status, 401, "{} {path}", op.method);
             conforms(&op, &r, "no admin token");
         }
-        // An encoded slash in the last path parameter: 400.
-        let last = op.path.rsplit('/').find_map(|s| s.strip_prefix('{')?.strip_suffix('}')).unwrap();
-        let bad: Vec<(&'static str, String)> =
-            ps.iter().map(|(k, v)| (*k, if *k == last { "a%2Fb".to_owned() } else { v.clone() })).collect();
-        let r = send_to(port, &op.method, &fill(&op, &bad), &auth, body.as_deref());
-        assert_eq!(r.status, 400, "{} {}", op.method, fill(&op, &bad));
+        // An encoded slash in the last path parameter (or, without one, the
+        // last segment): 400.
+        let bad_path = match op.path.rsplit('/').find_map(|s| s.strip_prefix('{')?.strip_suffix('}')) {
+            Some(last) => {
+                let bad: Vec<(&'static str, String)> =
+                    ps.iter().map(|(k, v)| (*k, if *k == last { "a%2Fb".to_owned() } else { v.clone() })).collect();
+                fill(&op, &bad)
+            }
+            None => format!("{path}%2Fb"),
+        };
+        let r = send_typed(port, &op.method, &bad_path, &auth, body);
+        assert_eq!(r.status, 400, "{} {bad_path}", op.method);
         conforms(&op, &r, "encoded slash");
         // A malformed org id: 404.
-        let bad = params("not.an.id");
-        let r = send_to(port, &op.method, &fill(&op, &bad), &auth, body.as_deref());
-        assert_eq!(r.status, 404, "{} {}", op.method, fill(&op, &bad));
-        conforms(&op, &r, "malformed org id");
+        if op.path.contains("{org_id}") {
+            let bad = params("not.an.id");
+            let r = send_typed(port, &op.method, &fill(&op, &bad), &auth, body);
+            assert_eq!(r.status, 404, "{} {}", op.method, fill(&op, &bad));
+            conforms(&op, &r, "malformed org id");
+        }
         if op.v.get("requestBody").is_some() {
-            for (b, status) in [
-                ("{}".to_owned(), 422),
-                (r#"{"unknown": 1}"#.to_owned(), 422),
-                ("not json".to_owned(), 422),
-                (json!({"name": "x".repeat(70 * 1024)}).to_string(), 413),
-            ] {
-                let r = send_to(port, &op.method, &path, &auth, Some(&b));
+            let invalid: Vec<(&str, String, u16)> = if op.body_types() == ["text/plain"] {
+                // The public suffix list: no rules, a malformed rule, too large.
+                let section = "// ===BEGIN ICANN DOMAINS===\n";
+                vec![
+                    ("text/plain", String::new(), 422),
+                    ("text/plain", "// nothing but comments\n\n".to_owned(), 422),
+                    ("text/plain", "com\nco.uk\n".to_owned(), 422),
+                    ("text/plain", format!("{section}com\nBad_Rule\n"), 422),
+                    ("text/plain", format!("{section}com\n{}", "// padding\n".repeat(100 * 1024)), 413),
+                ]
+            } else {
+                vec![
+                    ("application/json", "{}".to_owned(), 422),
+                    ("application/json", r#"{"unknown": 1}"#.to_owned(), 422),
+                    ("application/json", "not json".to_owned(), 422),
+                    ("application/json", json!({"name": "x".repeat(70 * 1024)}).to_string(), 413),
+                ]
+            };
+            for (media, b, status) in invalid {
+                let r = send_typed(port, &op.method, &path, &auth, Some((media, &b)));
                 assert_eq!(r.status, status, "{} {path}: {}", op.method, r.text());
-                conforms(&op, &r, "invalid body");
+                let v = conforms(&op, &r, "invalid body");
+                if status == 422 {
+                    assert!(v["error"]["message"].as_str().unwrap().contains(':'), "names the field: {v}");
+                }
             }
         }
     }
     // The org (users and keys) and the key (revocation, its guard) must exist.
     let missing = unique("org");
-    for op in ops().into_iter().filter(|o| o.is_admin() && o.path != "/admin/orgs/{org_id}") {
+    for op in
+        ops().into_iter().filter(|o| o.is_admin() && o.path.contains("{org_id}") && o.path != "/admin/orgs/{org_id}")
+    {
         let mut ps = params(&missing);
-        let r = send_to(port, &op.method, &fill(&op, &ps), &auth, op.sample_body().as_deref());
+        let sample = op.sample_body();
+        let r = send_typed(port, &op.method, &fill(&op, &ps), &auth, sample.as_ref().map(|(m, b)| (*m, b.as_str())));
         assert_eq!(r.status, 404, "{} {}: {}", op.method, op.path, r.text());
         conforms(&op, &r, "no such org");
         if op.path.contains("{key_id}") {
@@ -1101,11 +1378,20 @@ fn origin_timeouts_are_documented() {
     });
 }
 
+/// A second worker, as bare as a deployment can be: its origin is down, and it
+/// has no public suffix list loaded and no `TURNSTILE_SECRET_KEY`.
+fn bare() -> &'static Harness {
+    static B: OnceLock<Harness> = OnceLock::new();
+    B.get_or_init(|| {
+        let closed = format!("http://127.0.0.1:{}", free_port());
+        Harness::start_without_suffix_list(Options { origin_url: Some(closed), vars: vec![] })
+    })
+}
+
 /// 502 on every proxied operation, from a second worker whose origin is down.
 #[test]
 fn origin_down_is_documented() {
-    let closed = format!("http://127.0.0.1:{}", free_port());
-    let down = Harness::start(Options { origin_url: Some(closed), vars: vec![] });
+    let down = bare();
     let org = down.org(true);
     let (key, _) = down.key(&org, json!({"name": "k", "scopes": ["*"]}));
     let ps = params(&org);
@@ -1115,5 +1401,154 @@ fn origin_down_is_documented() {
         let r = plain(down.port, &op, &path, &[(n, &v)]);
         assert_eq!(r.status, 502, "{} {path}: {}", op.method, r.text());
         conforms(&op, &r, "origin down");
+    }
+}
+
+/// What a deployment without a public suffix list or Turnstile answers:
+/// `GET /admin/public_suffix_list` 404, a wildcard origin 503 (admin and
+/// control API), `turnstile_required` 422.
+#[test]
+fn unconfigured_deployment_refusals_are_documented() {
+    let b = bare();
+    let find = |id: &str| ops().into_iter().find(|o| o.id() == id).unwrap_or_else(|| panic!("no operation {id}"));
+    let admin = admin_auth();
+    let auth = [("authorization", admin.as_str())];
+    let op = find("adminGetPublicSuffixList");
+    let r = send_to(b.port, "GET", "/admin/public_suffix_list", &auth, None);
+    assert_eq!(
+        (r.status, conforms(&op, &r, "no list loaded")["error"]["code"].as_str()),
+        (404, Some("RESOURCE_NOT_FOUND"))
+    );
+    let org = b.org(true);
+    let (key, _) = b.key(&org, json!({"name": "k", "scopes": ["*"]}));
+    let wildcard =
+        json!({"name": "w", "kind": "widget", "scopes": ["ai:chat"], "allowed_origins": ["https://*.example.com"]});
+    let turnstile = json!({"name": "t", "kind": "widget", "scopes": ["ai:chat"], "allowed_origins": [SHOP], "turnstile_required": true});
+    let admin_path = format!("/admin/orgs/{org}/api_keys");
+    let key_auth = format!("Bearer {key}");
+    for (id, path, headers) in [
+        ("adminCreateApiKey", admin_path.as_str(), &auth[..]),
+        ("createApiKey", "/v1/api_keys", &[("authorization", key_auth.as_str())][..]),
+    ] {
+        let op = find(id);
+        let r = send_to(b.port, "POST", path, headers, Some(&wildcard.to_string()));
+        assert_eq!(r.status, 503, "{id}: {}", r.text());
+        assert_eq!(conforms(&op, &r, "wildcard origin, no list")["error"]["code"], "SERVICE_UNAVAILABLE");
+        let r = send_to(b.port, "POST", path, headers, Some(&turnstile.to_string()));
+        assert_eq!(r.status, 422, "{id}: {}", r.text());
+        let v = conforms(&op, &r, "turnstile_required without TURNSTILE_SECRET_KEY");
+        assert!(v["error"]["message"].as_str().unwrap().starts_with("turnstile_required: "), "{v}");
+    }
+}
+
+/// Widget keys' own fields (`visitor_rate_limits`, `turnstile_required`,
+/// wildcard origins) are answered and refused as documented, by the admin
+/// and the control API.
+#[test]
+fn widget_key_fields_are_documented() {
+    let (org, key, _) = setup();
+    let port = h().port;
+    let find = |id: &str| ops().into_iter().find(|o| o.id() == id).unwrap_or_else(|| panic!("no operation {id}"));
+    let admin = admin_auth();
+    let admin_path = format!("/admin/orgs/{org}/api_keys");
+    let key_auth = format!("Bearer {key}");
+    let widget = |extra: Value| {
+        let mut body = json!({"name": "w", "kind": "widget", "scopes": ["ai:chat"], "allowed_origins": [SHOP],
+                              "rate_limits": [{"name": "minute", "limit": 60, "window_seconds": 60}]});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body.to_string()
+    };
+    for (id, path, auth) in
+        [("adminCreateApiKey", admin_path.as_str(), &admin), ("createApiKey", "/v1/api_keys", &key_auth)]
+    {
+        let op = find(id);
+        let headers = [("authorization", auth.as_str())];
+        let ok = |body: String, case: &str| {
+            let r = send_to(port, "POST", path, &headers, Some(&body));
+            assert_eq!(r.status, 201, "{id} ({case}): {}", r.text());
+            conforms(&op, &r, case)["data"].clone()
+        };
+        let refused = |body: String, field: &str, case: &str| {
+            let r = send_to(port, "POST", path, &headers, Some(&body));
+            assert_eq!(r.status, 422, "{id} ({case}): {}", r.text());
+            let v = conforms(&op, &r, case);
+            let m = v["error"]["message"].as_str().unwrap();
+            assert!(m.starts_with(&format!("{field}: ")) || m.starts_with(&format!("{field}[")), "{id} ({case}): {m}");
+        };
+        let own = json!([{"name": "ip", "limit": 5, "window_seconds": 60}]);
+        let k = ok(
+            widget(json!({"visitor_rate_limits": own, "turnstile_required": true})),
+            "own visitor limits, Turnstile",
+        );
+        assert_eq!((&k["visitor_rate_limits"], &k["turnstile_required"]), (&own, &json!(true)), "{id}: {k}");
+        let k = ok(widget(json!({"allowed_origins": ["https://*.shop.example.com"]})), "a wildcard origin");
+        assert_eq!((&k["visitor_rate_limits"], &k["turnstile_required"]), (&json!([]), &json!(false)), "{id}: {k}");
+        assert_eq!(k["allowed_origins"], json!(["https://*.shop.example.com"]), "{id}");
+        // One visitor with more than a quarter of a key limit; a name shared
+        // with the key's limits; the policy's per-visitor limits (10 a
+        // minute) over a key of 20 a minute.
+        let quarter = json!([{"name": "ip", "limit": 16, "window_seconds": 60}]);
+        refused(widget(json!({"visitor_rate_limits": quarter})), "visitor_rate_limits", "a quarter of the key");
+        let shared = json!([{"name": "minute", "limit": 1, "window_seconds": 60}]);
+        refused(widget(json!({"visitor_rate_limits": shared})), "visitor_rate_limits", "a shared name");
+        let small = json!([{"name": "minute", "limit": 20, "window_seconds": 60}]);
+        refused(widget(json!({"rate_limits": small})), "rate_limits", "the policy's visitor limits over a small key");
+        // Widget-only fields on a secret key.
+        for (field, value) in [("visitor_rate_limits", own.clone()), ("turnstile_required", json!(true))] {
+            let body = json!({"name": "s", "scopes": ["ai:chat"], field: value}).to_string();
+            refused(body, field, "a widget-only field on a secret key");
+        }
+        // Wildcards over a public suffix, a single label or an address.
+        for origin in ["https://*.github.io", "https://*.co.uk", "https://*.com", "http://*.0.0.1"] {
+            refused(widget(json!({"allowed_origins": [origin]})), "allowed_origins", origin);
+        }
+    }
+}
+
+/// A widget key with `turnstile_required`: refused without a token on every
+/// public operation (plain `OPTIONS` included), with the CORS headers; a
+/// verified Turnstile token answers with a visitor token, which then carries
+/// the visitor.
+#[test]
+fn turnstile_refusals_and_visitor_tokens_are_documented() {
+    let org = h().org(true);
+    let body = json!({"name": "t", "kind": "widget", "scopes": ["ai:chat"], "allowed_origins": [SHOP], "turnstile_required": true});
+    let (widget, _) = h().key(&org, body);
+    let port = h().port;
+    let ps = params(&org);
+    for (i, op) in ops().into_iter().filter(|o| !o.is_admin()).enumerate() {
+        let path = fill(&op, &ps);
+        let (n, v) = cred(&widget, i);
+        let page = [(n, v.as_str()), ("origin", SHOP)];
+        let r = plain(port, &op, &path, &page);
+        assert_eq!(r.status, 403, "{} {path}: {}", op.method, r.text());
+        assert_eq!(conforms(&op, &r, "no Turnstile token")["error"]["code"], "TURNSTILE_REQUIRED");
+        assert_eq!(r.header("access-control-allow-origin"), Some(SHOP), "{} {path}", op.method);
+        if op.is_preflight() || !widget_methods(&op.path).contains(&op.method) {
+            continue;
+        }
+        let malformed = [(n, v.as_str()), ("origin", SHOP), ("cf-turnstile-response", "not a token!")];
+        let r = plain(port, &op, &path, &malformed);
+        assert_eq!(conforms(&op, &r, "malformed Turnstile token")["error"]["code"], "TURNSTILE_REQUIRED");
+        let solved = [(n, v.as_str()), ("origin", SHOP), ("cf-turnstile-response", "pass:shop.example.com")];
+        let r = plain(port, &op, &path, &solved);
+        assert_eq!(r.status, 200, "{} {path}: {}", op.method, r.text());
+        conforms(&op, &r, "a verified Turnstile token");
+        let token = r.header("x-keyward-visitor-token").expect("a visitor token").to_owned();
+        // `v1.<expiry>.<64 hex>`, as documented.
+        let parts: Vec<&str> = token.split('.').collect();
+        assert!(
+            parts.len() == 3
+                && parts[0] == "v1"
+                && parts[1].parse::<u64>().is_ok()
+                && parts[2].len() == 64
+                && parts[2].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "visitor token {token}"
+        );
+        let carried = [(n, v.as_str()), ("origin", SHOP), ("x-keyward-visitor", token.as_str())];
+        let r = plain(port, &op, &path, &carried);
+        assert_eq!(r.status, 200, "{} {path}: {}", op.method, r.text());
+        conforms(&op, &r, "a visitor token");
+        assert!(r.header("x-keyward-visitor-token").is_none(), "no new token while one is valid");
     }
 }
