@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes data/public_suffix_list.dat: the Public Suffix List as keyward
-loads it (`PUT /admin/public_suffix_list`, seeded by `make dev`, the tests
-and `make seed-psl`).
+loads it (`PUT /admin/public_suffix_list`, loaded by `make dev`, the tests
+and `make load-psl`).
 
 Input: the list as published (https://publicsuffix.org/list/public_suffix_list.dat),
 here taken from the PyPI package `publicsuffixlist`, which ships a dated copy
@@ -10,8 +10,8 @@ here taken from the PyPI package `publicsuffixlist`, which ships a dated copy
     pip download --no-deps publicsuffixlist==1.1.2.20261023 -d /tmp/psl
     python3 scripts/public-suffix-list.py /tmp/psl/publicsuffixlist-*.whl
 
-Output: the license header, the ICANN and PRIVATE section markers (keyward's
-parser, the `publicsuffix` crate, needs them) and every rule, with rules in
+Output: the license header, the ICANN and PRIVATE section markers (keyward
+reads rules only inside them, as the list is laid out) and every rule, with rules in
 Unicode turned into their punycode (ASCII) form — browsers send `Origin` in
 punycode and keyward accepts only ASCII origins, so that is the only form
 that can ever match. Other comments are dropped (the upstream file is the

@@ -436,13 +436,7 @@ pub fn parse_key(
         Some(_) => return Err(ApiError::validation("turnstile_required", "must be true or false")),
     };
     if kind == KeyKind::Widget {
-        let key_limits = crate::ratelimit::merge_limits(policy.default_rate_limits(), &rate_limits);
-        let visitor =
-            if visitor_rate_limits.is_empty() { policy.widget_ip_rate_limits() } else { &visitor_rate_limits };
-        if let Err(problem) = crate::ratelimit::check_visitor_limits(&key_limits, visitor) {
-            let field = if visitor_rate_limits.is_empty() { "rate_limits" } else { "visitor_rate_limits" };
-            return Err(ApiError::validation(field, &problem));
-        }
+        check_widget_limits(policy, &rate_limits, &visitor_rate_limits)?;
     }
     let (consistency, consistency_given) = match m.get("consistency") {
         None | Some(Value::Null) => (default_consistency, false),
@@ -485,12 +479,26 @@ fn parse_origins(v: Option<&Value>) -> Result<Vec<OriginPattern>, ApiError> {
         let Value::String(s) = item else {
             return Err(ApiError::validation(&format!("allowed_origins[{i}]"), "must be a string"));
         };
-        let p = OriginPattern::parse(s).map_err(|e| ApiError::validation(&format!("allowed_origins[{i}]"), e))?;
+        let p = OriginPattern::parse(s)
+            .and_then(|p| p.check_new().map(|()| p))
+            .map_err(|e| ApiError::validation(&format!("allowed_origins[{i}]"), e))?;
         if !out.contains(&p) {
             out.push(p);
         }
     }
     Ok(out)
+}
+
+/// A widget key's per-visitor limits (its own, or else the policy's) stay
+/// well below its limits (`rate_limits` over the policy's defaults):
+/// checked when the body is read, and again by the control API once the
+/// caller's limits are merged in ([`crate::control::check_create`]).
+pub fn check_widget_limits(policy: &Policy, rate_limits: &[RateLimit], visitor: &[RateLimit]) -> Result<(), ApiError> {
+    let key_limits = crate::ratelimit::merge_limits(policy.default_rate_limits(), rate_limits);
+    let own = !visitor.is_empty();
+    let visitor = if own { visitor } else { policy.widget_ip_rate_limits() };
+    crate::ratelimit::check_visitor_limits(&key_limits, visitor)
+        .map_err(|problem| ApiError::validation(if own { "visitor_rate_limits" } else { "rate_limits" }, &problem))
 }
 
 /// Whether creating this key needs the public suffix list (it has a
@@ -499,14 +507,15 @@ pub fn needs_suffix_list(input: &KeyInput) -> bool {
     input.allowed_origins.iter().any(|o| o.wildcard_domain().is_some())
 }
 
-/// Refuses a wildcard origin whose domain is a public suffix
-/// (`https://*.github.io` would admit every GitHub Pages site).
+/// Refuses a wildcard origin that reaches a public suffix, its domain's or
+/// one below it (`https://*.github.io` would admit every GitHub Pages site,
+/// `https://*.amazonaws.com` every S3 bucket's site).
 pub fn check_public_suffixes(input: &KeyInput, list: &crate::psl::SuffixList) -> Result<(), ApiError> {
     for o in &input.allowed_origins {
-        if let Some(domain) = o.wildcard_domain().filter(|d| list.is_public_suffix(d)) {
+        if let Some(suffix) = o.wildcard_domain().and_then(|d| list.suffix_under(d)) {
             return Err(ApiError::validation(
                 "allowed_origins",
-                &format!("{o}: {domain} is a public suffix, so the wildcard would admit every site registered under it; list your own domain"),
+                &format!("{o} reaches the public suffix {suffix}, so it would admit sites others register there; list your own domain"),
             ));
         }
     }
@@ -641,7 +650,8 @@ mod tests {
 
     #[test]
     fn wildcards_over_public_suffixes_are_refused() {
-        let list = "// ===BEGIN ICANN DOMAINS===\ncom\nuk\nco.uk\n// ===BEGIN PRIVATE DOMAINS===\ngithub.io\n";
+        let list =
+            "// ===BEGIN ICANN DOMAINS===\ncom\nuk\nco.uk\njp\n*.kawasaki.jp\n// ===BEGIN PRIVATE DOMAINS===\ngithub.io\n";
         let (list, _) = crate::psl::SuffixList::parse(list).unwrap();
         let key = |origins: &str| {
             let body = format!(r#"{{"name":"w","scopes":["ai:chat"],"kind":"widget","allowed_origins":{origins}}}"#);
@@ -654,10 +664,11 @@ mod tests {
         for (origins, shown) in [
             (
                 r#"["https://shop.example.com","https://*.github.io"]"#,
-                "https://*.github.io: github.io is a public suffix",
+                "https://*.github.io reaches the public suffix github.io",
             ),
-            (r#"["https://*.co.uk"]"#, "https://*.co.uk: co.uk is a public suffix"),
-            (r#"["https://*.GitHub.io:8443"]"#, "https://*.github.io:8443: github.io is a public suffix"),
+            (r#"["https://*.co.uk"]"#, "https://*.co.uk reaches the public suffix co.uk"),
+            (r#"["https://*.GitHub.io:8443"]"#, "https://*.github.io:8443 reaches the public suffix github.io"),
+            (r#"["https://*.kawasaki.jp"]"#, "https://*.kawasaki.jp reaches the public suffix *.kawasaki.jp"),
         ] {
             let e = check_public_suffixes(&key(origins), &list).unwrap_err();
             assert_eq!(e.code, ErrorCode::ValidationFailed);

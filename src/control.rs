@@ -19,6 +19,7 @@ use crate::policy::Policy;
 use crate::ratelimit::{merge_limits, RateLimit};
 use crate::records::{Consistency, KeyRecord};
 use crate::scope::Scope;
+use crate::token::KeyKind;
 
 /// The calling key, as authorized.
 #[derive(Clone, Copy, Debug)]
@@ -78,6 +79,11 @@ pub fn check_create(policy: &Policy, caller: &Caller<'_>, input: &mut KeyInput) 
         }
     }
     input.rate_limits = limits;
+    // The limits the new key really gets may be tighter than its body said,
+    // so its visitors' share is checked again against them.
+    if input.kind == KeyKind::Widget {
+        crate::admin::check_widget_limits(policy, &input.rate_limits, &input.visitor_rate_limits)?;
+    }
     // Never laxer than its parent: a strict key mints strict keys; without
     // an explicit mode a minted key takes the stricter of the deployment's
     // default and its parent's.
@@ -263,6 +269,31 @@ mod tests {
             consistency: Consistency::Strict,
         };
         assert!(check_create(&pol, &caller, &mut input(&["ai:embeddings", "ai:*"], None)).is_ok());
+    }
+
+    #[test]
+    fn a_minted_widget_keys_visitors_stay_within_the_limits_it_inherits() {
+        let pol = Policy::default_policy().unwrap();
+        let mine = sc(&["ai:chat", "control:read"]);
+        let lim = |name: &str, limit| RateLimit { name: name.into(), limit, window_seconds: 60 };
+        let tight = [lim("minute", 20)];
+        let caller = |limits| Caller {
+            scopes: &mine,
+            user_id: None,
+            user_role: None,
+            expires_at: None,
+            limits,
+            consistency: Consistency::Strict,
+        };
+        let widget = || KeyInput { kind: KeyKind::Widget, ..input(&["ai:chat"], None) };
+        // The policy's 10 per visitor fits the policy's 60, not the 20 the
+        // caller passes on.
+        let e = check_create(&pol, &caller(&tight), &mut widget()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::ValidationFailed);
+        assert!(e.message().starts_with("rate_limits: one visitor could use 10 of the key's 20"), "{}", e.message());
+        let mut own = KeyInput { visitor_rate_limits: vec![lim("visitor", 5)], ..widget() };
+        assert!(check_create(&pol, &caller(&tight), &mut own).is_ok());
+        assert!(check_create(&pol, &caller(&[]), &mut widget()).is_ok());
     }
 
     #[test]

@@ -81,8 +81,6 @@ fn parse_port(p: &str) -> Option<u16> {
     p.parse().ok().filter(|&n| n > 0)
 }
 
-/// Lowercase DNS name (labels of `[a-z0-9-]`, no leading/trailing `-`, no
-/// empty label, so no trailing dot), or an IPv4 address.
 /// A label the WHATWG URL parser reads as a number: decimal, or `0x` hex
 /// (`0x` alone included).
 fn is_numeric_label(l: &str) -> bool {
@@ -93,6 +91,8 @@ fn is_numeric_label(l: &str) -> bool {
     }
 }
 
+/// Lowercase DNS name (labels of `[a-z0-9-]`, no leading/trailing `-`, no
+/// empty label, so no trailing dot), or an IPv4 address.
 fn valid_host(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 253
@@ -138,13 +138,19 @@ impl OriginPattern {
         if wildcard && !o.host.contains('.') {
             return Err("a wildcard needs a domain with at least two labels (https://*.example.com)");
         }
-        // `*.0.0.1` is no domain: a host ending in a number is an IPv4
-        // address to a browser (WHATWG URL), so the wildcard would stand for
-        // addresses, not subdomains.
-        if wildcard && o.host.rsplit('.').next().is_some_and(is_numeric_label) {
+        Ok(Self { scheme: o.scheme, host: o.host, wildcard, port: o.port })
+    }
+
+    /// The rules a pattern meets only when a key is created (stored keys
+    /// from before a rule keep decoding, so they can still be listed and
+    /// revoked): `*.0.0.1` is no domain — a host ending in a number is an
+    /// IPv4 address to a browser (WHATWG URL), so the wildcard would stand
+    /// for addresses, not subdomains.
+    pub fn check_new(&self) -> Result<(), &'static str> {
+        if self.wildcard && self.host.rsplit('.').next().is_some_and(is_numeric_label) {
             return Err("a wildcard's domain must be a name, not (part of) an IP address");
         }
-        Ok(Self { scheme: o.scheme, host: o.host, wildcard, port: o.port })
+        Ok(())
     }
 
     /// For a wildcard pattern, the domain after `*.` (checked against the
@@ -293,17 +299,26 @@ pub fn preflight(
     Ok(preflight_headers(&origin, &methods))
 }
 
-/// The client address for per-visitor limits and `X-Forwarded-For`: the
-/// `CF-Connecting-IP` header, which Cloudflare sets (clients cannot), if it
-/// looks like an IP address (hex digits, dots and colons, at most 45 bytes),
-/// lowercased; `None` otherwise (then every such request is one visitor,
-/// `unknown`, and no `X-Forwarded-For` is sent).
-pub fn client_ip(header: Option<&str>) -> Option<String> {
-    header
-        .filter(|ip| {
-            !ip.is_empty() && ip.len() <= 45 && ip.bytes().all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b':')
-        })
-        .map(str::to_ascii_lowercase)
+/// The client's address, for per-visitor limits and `X-Forwarded-For`:
+/// `CF-Connecting-IP` (which Cloudflare sets; clients cannot), as the
+/// canonical text of an IP address, or `None` when it is missing or not an
+/// address (then the request is the one visitor `unknown` and no
+/// `X-Forwarded-For` is sent): every spelling of an address is the same
+/// visitor, and junk is not a new one.
+/// With the zone's Pseudo IPv4 set to overwrite headers, Cloudflare puts a
+/// Class E address (240.0.0.0/4) hashed from the client's IPv6 address in
+/// `CF-Connecting-IP` and the real one in `CF-Connecting-IPv6`: then the
+/// IPv6 address is the client (else every address of one /48 would be a
+/// visitor of its own). `CF-Connecting-IPv6` is read only then, when
+/// Cloudflare has set it.
+pub fn client_ip(cf_connecting_ip: Option<&str>, cf_connecting_ipv6: Option<&str>) -> Option<String> {
+    use std::net::IpAddr;
+    let ip: IpAddr = cf_connecting_ip.filter(|v| v.len() <= 45)?.parse().ok()?;
+    let pseudo = matches!(ip, IpAddr::V4(v4) if v4.octets()[0] >= 240 && !v4.is_broadcast());
+    match cf_connecting_ipv6.filter(|_| pseudo).and_then(|v| v.parse::<std::net::Ipv6Addr>().ok()) {
+        Some(v6) => Some(v6.to_string()),
+        None => Some(ip.to_string()),
+    }
 }
 
 /// CORS headers of a preflight answer.
@@ -350,9 +365,12 @@ mod tests {
 
     #[test]
     fn wildcards_over_addresses_are_refused() {
-        for bad in ["http://*.0.0.1", "https://*.1.2.3", "https://*.example.0x7f", "https://*.a.0x", "https://*.com"] {
-            assert!(OriginPattern::parse(bad).is_err(), "{bad}");
+        for bad in ["http://*.0.0.1", "https://*.1.2.3", "https://*.example.0x7f", "https://*.a.0x", "https://*.1.2"] {
+            assert!(p(bad).check_new().is_err(), "{bad}");
+            // A key stored before the rule still decodes (to be listed, revoked).
+            assert_eq!(OriginPattern::try_from(bad.to_owned()).unwrap().to_string(), bad);
         }
+        assert!(OriginPattern::parse("https://*.com").is_err(), "one label");
         assert_eq!(p("https://*.example.com").wildcard_domain(), Some("example.com"));
         assert_eq!(p("https://*.0x7g.example").wildcard_domain(), Some("0x7g.example"), "not a number");
         assert_eq!(p("https://*.example.c0m").wildcard_domain(), Some("example.c0m"));
@@ -361,12 +379,23 @@ mod tests {
 
     #[test]
     fn client_ips_are_taken_only_when_they_look_like_one() {
-        assert_eq!(client_ip(Some("203.0.113.7")).as_deref(), Some("203.0.113.7"));
-        assert_eq!(client_ip(Some("2001:DB8::1")).as_deref(), Some("2001:db8::1"));
+        let ip = |v: &str| client_ip(Some(v), None);
+        assert_eq!(ip("203.0.113.7").as_deref(), Some("203.0.113.7"));
+        assert_eq!(ip("2001:DB8::1").as_deref(), Some("2001:db8::1"));
+        assert_eq!(ip("2001:db8:0:0::1").as_deref(), Some("2001:db8::1"), "one spelling per address");
+        for junk in ["01.2.3.4", "1.2.3.4.", "::ffff:1.2.3.4:80", "1.2.3", "fe80::1%eth0"] {
+            assert_eq!(ip(junk), None, "{junk}");
+        }
+        // Pseudo IPv4: the Class E stand-in gives way to the real IPv6.
+        let v6 = Some("2001:DB8:7::1");
+        assert_eq!(client_ip(Some("240.16.0.1"), v6).as_deref(), Some("2001:db8:7::1"));
+        assert_eq!(client_ip(Some("240.16.0.1"), None).as_deref(), Some("240.16.0.1"));
+        assert_eq!(client_ip(Some("203.0.113.7"), v6).as_deref(), Some("203.0.113.7"), "read only for pseudo IPv4");
+        assert_eq!(client_ip(Some("240.16.0.1"), Some("junk")).as_deref(), Some("240.16.0.1"));
         for bad in
             [None, Some(""), Some("1.2.3.4, 5.6.7.8"), Some("evil\r\nx: y"), Some(&"1".repeat(46)[..]), Some("g::1")]
         {
-            assert_eq!(client_ip(bad), None, "{bad:?}");
+            assert_eq!(client_ip(bad, None), None, "{bad:?}");
         }
     }
 

@@ -63,6 +63,13 @@ use crate::turnstile;
 pub const KEY_CACHE_MS: i64 = 30_000;
 /// Most keys one isolate remembers.
 pub const MAX_KEYS: usize = 10_000;
+/// Turnstile verifications (siteverify calls) one visitor of a key may
+/// cause per minute in an isolate; beyond, `403 TURNSTILE_REQUIRED` without
+/// a call, so a script replaying junk tokens from an allowed origin cannot
+/// turn keyward into a siteverify amplifier. Counted in the visitor's slot
+/// (bounded by [`MAX_SLOTS`]; an evicted slot starts again, which takes
+/// other visitors' requests, each verified or refused in turn).
+pub const MAX_VERIFICATIONS_PER_MINUTE: u32 = 5;
 /// Most slots (a key, or a widget key's visitor) one isolate remembers.
 pub const MAX_SLOTS: usize = 10_000;
 /// How long a request waits for another request's question to the guard
@@ -150,6 +157,10 @@ struct Slot {
     /// The guard declined a reservation although one was asked for (its
     /// lease table is full): questions about this slot go in parallel.
     parallel_until: Option<i64>,
+    /// Turnstile verifications of this visitor since `verify_since`
+    /// ([`MAX_VERIFICATIONS_PER_MINUTE`]).
+    verify_since: i64,
+    verifications: u32,
 }
 
 /// `HashMap` keys are hashed after a secret prefix drawn per isolate, so a
@@ -724,6 +735,11 @@ impl<'r> Gate<'r> {
                 if !self.config.turnstile {
                     return Some(self.unavailable(iso));
                 }
+                let slot = SlotId { hash: self.hash, visitor: Some(visitor) };
+                if !iso.may_verify(&slot, now, &mut self.later) {
+                    let message = "Too many Turnstile verifications for this visitor; retry in a minute.".into();
+                    return Some(self.turnstile_refusal(iso, &origin, message, now));
+                }
                 self.phase = Phase::Verifying { key: key.clone(), host: origin.host().to_owned() };
                 let remote_ip = (self.client_ip != "unknown").then(|| self.client_ip.to_owned());
                 Some(Next::VerifyTurnstile { token: t.to_owned(), remote_ip })
@@ -1162,6 +1178,17 @@ impl Isolate {
     /// CSPRNG by the shell).
     pub fn new(seed: [u8; 16]) -> Isolate {
         Isolate { keys: HashMap::with_hasher(Keyed(seed)), slots: HashMap::with_hasher(Keyed(seed)), last_now: 0 }
+    }
+
+    /// Counts a Turnstile verification in `slot` (a visitor of a key):
+    /// false when the visitor had its share this minute.
+    fn may_verify(&mut self, slot: &SlotId, now: i64, later: &mut Vec<Later>) -> bool {
+        let s = self.slot_mut(slot, now, later);
+        if now - s.verify_since >= 60_000 {
+            (s.verify_since, s.verifications) = (now, 0);
+        }
+        s.verifications += 1;
+        s.verifications <= MAX_VERIFICATIONS_PER_MINUTE
     }
 
     /// Number of keys and slots remembered (for tests and stats).

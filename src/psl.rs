@@ -73,12 +73,16 @@ impl SuffixList {
                 continue;
             }
             let rule = line.split_whitespace().next().unwrap_or_default();
-            if !valid_rule(rule) {
+            let problem = if !rule.is_ascii() {
+                "is not ASCII: origins are, so rules must be in punycode (scripts/public-suffix-list.py converts the published list)"
+            } else if !valid_rule(rule) {
+                "is not a rule (lowercase ASCII/punycode labels, `*`, a leading `!`)"
+            } else {
+                ""
+            };
+            if !problem.is_empty() {
                 let shown: String = rule.chars().take(80).collect();
-                return Err(format!(
-                    "line {}: {shown:?} is not a rule (lowercase ASCII/punycode labels, `*`, a leading `!`)",
-                    n + 1
-                ));
+                return Err(format!("line {}: {shown:?} {problem}", n + 1));
             }
             rules.push(rule.to_owned());
         }
@@ -106,13 +110,32 @@ impl SuffixList {
     }
 }
 
+impl SuffixList {
+    /// The public suffix a wildcard over `domain` (`*.domain`, one or more
+    /// labels in front) would reach, if any: `domain` itself when it is a
+    /// public suffix, else a suffix below it (`*.amazonaws.com` reaches
+    /// `s3.amazonaws.com`, where anyone names a bucket; `*.kawasaki.jp`
+    /// reaches every `*.kawasaki.jp` city). Exception rules make nothing
+    /// public, so they are skipped.
+    pub fn suffix_under(&self, domain: &str) -> Option<String> {
+        if self.is_public_suffix(domain) {
+            return Some(domain.to_owned());
+        }
+        self.0.iter().filter(|r| !r.starts_with('!')).find_map(|r| {
+            let base = r.strip_prefix("*.").unwrap_or(r);
+            let under = base.strip_suffix(domain).is_some_and(|head| head.ends_with('.'));
+            (under || (base == domain && base.len() < r.len())).then(|| r.clone())
+        })
+    }
+}
+
 fn valid_rule(rule: &str) -> bool {
     let body = rule.strip_prefix('!').unwrap_or(rule);
     (body.len() == rule.len() || body.contains('.'))
         && !body.is_empty()
         && body.len() <= 253
-        && body.split('.').all(|l| {
-            l == "*"
+        && body.split('.').enumerate().all(|(i, l)| {
+            (l == "*" && i == 0 && body.len() > 1 && body.len() == rule.len())
                 || (!l.is_empty()
                     && l.len() <= 63
                     && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
@@ -146,13 +169,40 @@ mod tests {
     }
 
     #[test]
+    fn a_wildcard_reaches_the_suffixes_below_its_domain() {
+        let (l, _) = SuffixList::parse(SMALL).unwrap();
+        assert_eq!(l.suffix_under("github.io").as_deref(), Some("github.io"));
+        assert_eq!(l.suffix_under("kawasaki.jp").as_deref(), Some("*.kawasaki.jp"));
+        assert_eq!(l.suffix_under("city.kawasaki.jp"), None, "an exception is not a suffix");
+        assert_eq!(l.suffix_under("example.com"), None);
+        assert_eq!(l.suffix_under("me.github.io"), None);
+        let text = include_str!("../data/public_suffix_list.dat");
+        let (l, _) = SuffixList::parse(text).unwrap();
+        for (domain, reaches) in
+            [("amazonaws.com", "s3.amazonaws.com"), ("fastly.net", "fastly.net"), ("kawasaki.jp", "*.kawasaki.jp")]
+        {
+            let got = l.suffix_under(domain).unwrap_or_else(|| panic!("{domain}"));
+            assert!(got == reaches || got.ends_with(&format!(".{domain}")), "{domain}: {got}");
+        }
+        assert!(l.suffix_under("amazonaws.com").unwrap().ends_with(".amazonaws.com"));
+        for domain in ["example.com", "shop.example.co.uk", "keyward.dev"] {
+            assert_eq!(l.suffix_under(domain), None, "{domain}");
+        }
+    }
+
+    #[test]
     fn malformed_lists_are_refused_with_the_line() {
         assert!(SuffixList::parse("").unwrap_err().contains("no rules"));
         assert!(SuffixList::parse("com\nuk\n").unwrap_err().contains("no rules"), "rules outside a section");
         let e = SuffixList::parse("// ===BEGIN ICANN DOMAINS===\ncom\nCO.UK\n").unwrap_err();
         assert!(e.starts_with("line 3:"), "{e}");
-        assert!(SuffixList::parse("// ===BEGIN ICANN DOMAINS===\nbücher.de\n").is_err(), "Unicode, not punycode");
+        let e = SuffixList::parse("// ===BEGIN ICANN DOMAINS===\nbücher.de\n").unwrap_err();
+        assert!(e.starts_with("line 2: \"bücher.de\" is not ASCII"), "{e}");
         assert!(SuffixList::parse("// ===BEGIN ICANN DOMAINS===\na..b\n").is_err());
+        for misplaced in ["a.*.jp", "*.*.jp", "jp.*", "*", "!*.jp"] {
+            let list = format!("// ===BEGIN ICANN DOMAINS===\n{misplaced}\n");
+            assert!(SuffixList::parse(&list).is_err(), "{misplaced}: a `*` only as the leftmost label of a rule");
+        }
         assert!(SuffixList::parse("// ===BEGIN ICANN DOMAINS===\n!jp\n").is_err(), "an exception needs two labels");
         assert!(SuffixList::parse(&"x".repeat(MAX_LIST_BYTES + 1)).unwrap_err().contains("larger"));
     }

@@ -56,7 +56,8 @@ pub fn issue(key: &SigningKey, key_id: &str, visitor: &str, now_ms: i64, ttl_ms:
 pub fn verify(key: &SigningKey, token: &str, key_id: &str, visitor: &str, now_ms: i64) -> bool {
     let mut parts = token.splitn(3, '.');
     let (Some("v1"), Some(exp), Some(mac)) = (parts.next(), parts.next(), parts.next()) else { return false };
-    let Some(expires_s) = exp.parse::<i64>().ok().filter(|_| exp.len() <= 12 && !exp.starts_with(['+', '-'])) else {
+    let Some(expires_s) = exp.parse::<i64>().ok().filter(|_| exp.len() <= 12 && !exp.starts_with(['+', '-', '0']))
+    else {
         return false;
     };
     if expires_s.saturating_mul(1000) <= now_ms || mac.len() != 64 {
@@ -146,12 +147,14 @@ mod tests {
         for junk in ["", "v1", "v1..", "v2.1800000900.00", "v1.+1900000000.x", "v1.-1.x", &format!("{t}x")] {
             assert!(!verify(&key, junk, "01KEY", "203.0.113.7", NOW), "{junk}");
         }
-        // Not an origin signature of the same text.
+        // One spelling per token: no leading zero on the expiry.
+        let padded = t.replacen("v1.", "v1.0", 1);
+        assert!(!verify(&key, &padded, "01KEY", "203.0.113.7", NOW), "{padded}");
+        // A token MACed with the origin signing key itself (no derivation)
+        // is not one: knowing origin signatures gives no visitor tokens.
         let origin_key = SigningKey::new(b"an origin signing secret of 32 bytes!");
-        assert_ne!(
-            sign(&origin_key, &message("01KEY", "203.0.113.7", 1)),
-            sign(&key, &message("01KEY", "203.0.113.7", 1))
-        );
+        let forged = format!("v1.1800000900.{}", sign(&origin_key, &message("01KEY", "203.0.113.7", 1_800_000_900)));
+        assert!(!verify(&key, &forged, "01KEY", "203.0.113.7", NOW));
     }
 
     #[test]

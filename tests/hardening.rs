@@ -564,10 +564,12 @@ fn wildcard_origins_over_public_suffixes_or_addresses_are_refused() {
     let org = h().org(true);
     let keys = format!("/admin/orgs/{org}/api_keys");
     for (origin, says) in [
-        ("https://*.github.io", "https://*.github.io: github.io is a public suffix"),
-        ("https://*.co.uk", "https://*.co.uk: co.uk is a public suffix"),
-        ("https://*.pages.dev", "pages.dev is a public suffix"),
-        ("https://*.xn--55qx5d.cn", "xn--55qx5d.cn is a public suffix"),
+        ("https://*.github.io", "https://*.github.io reaches the public suffix github.io,"),
+        ("https://*.co.uk", "https://*.co.uk reaches the public suffix co.uk,"),
+        ("https://*.pages.dev", "reaches the public suffix pages.dev,"),
+        ("https://*.xn--55qx5d.cn", "reaches the public suffix xn--55qx5d.cn,"),
+        // Not a suffix itself, but anyone names an S3 bucket's site under it.
+        ("https://*.amazonaws.com", "https://*.amazonaws.com reaches the public suffix "),
     ] {
         let r = h().admin("POST", &keys, Some(widget_body(&[SHOP, origin])));
         let v = r.assert_error(422, "VALIDATION_FAILED");
@@ -588,6 +590,10 @@ fn wildcard_origins_over_public_suffixes_or_addresses_are_refused() {
     let body = serde_json::to_vec(&widget_body(&["https://*.github.io"])).unwrap();
     let r = h().send("POST", "/v1/api_keys", &[("authorization", &auth), JSON], Some(&body));
     r.assert_error(422, "VALIDATION_FAILED");
+    let audit = h().send("GET", "/v1/audit?limit=1", &[("authorization", &auth)], None).json();
+    let entry = &audit["data"][0];
+    assert_eq!((&entry["action"], &entry["request_id"]), (&json!("key.create_refused"), &json!(request_id(&r))));
+    assert!(entry["detail"].to_string().contains("reaches the public suffix github.io"), "{entry}");
     let body = serde_json::to_vec(&widget_body(&["https://*.shop.example.com"])).unwrap();
     let r = h().send("POST", "/v1/api_keys", &[("authorization", &auth), JSON], Some(&body));
     assert_eq!(r.status, 201, "{}", r.text());
@@ -595,7 +601,7 @@ fn wildcard_origins_over_public_suffixes_or_addresses_are_refused() {
     let list = std::fs::read("data/public_suffix_list.dat").unwrap();
     let r = h().admin("GET", "/admin/public_suffix_list", None);
     assert_eq!(r.status, 200, "{}", r.text());
-    let info = r.json();
+    let info = &r.json()["data"];
     assert!(info["rules"].as_u64().unwrap() > 9000, "{info}");
     assert_eq!(info["sha256"], sha256_hex(&list));
     assert!(info["updated_at"].as_str().unwrap().ends_with("+00:00"), "{info}");
@@ -619,6 +625,16 @@ fn without_a_public_suffix_list_wildcards_wait_and_a_bad_list_is_refused() {
     assert!(v["error"]["message"].as_str().unwrap().contains("PUT /admin/public_suffix_list"), "{v}");
     // Exact origins need no list.
     assert_eq!(own.admin("POST", &keys, Some(widget_body(&[SHOP]))).status, 201);
+    // The same through the control API; an outage is not a refusal of the
+    // caller, so the audit log records no refused write for it.
+    let (minter, _) = own.key(&org, json!({"name": "minter", "scopes": ["control:read", "ai:chat"]}));
+    let minter = bearer(&minter);
+    let body = serde_json::to_vec(&widget_body(&["https://*.example.com"])).unwrap();
+    own.send("POST", "/v1/api_keys", &[("authorization", &minter), JSON], Some(&body))
+        .assert_error(503, "SERVICE_UNAVAILABLE");
+    let audit = own.send("GET", "/v1/audit?limit=10", &[("authorization", &minter)], None).json();
+    let actions: Vec<&str> = audit["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert!(!actions.is_empty() && !actions.contains(&"key.create_refused"), "{actions:?}");
     // A list that is not one, or too large, is refused and changes nothing.
     let put = |body: &[u8]| {
         own.send(
@@ -643,7 +659,7 @@ fn without_a_public_suffix_list_wildcards_wait_and_a_bad_list_is_refused() {
     assert_eq!(own.admin("POST", &keys, Some(widget_body(&["https://*.example.com"]))).status, 201);
     own.admin("POST", &keys, Some(widget_body(&["https://*.github.io"]))).assert_error(422, "VALIDATION_FAILED");
     let small = b"// ===BEGIN ICANN DOMAINS===\ncom\n// ===BEGIN PRIVATE DOMAINS===\nexample.com\n";
-    assert_eq!(put(small).json()["rules"], 2);
+    assert_eq!(put(small).json()["data"]["rules"], 2);
     own.admin("POST", &keys, Some(widget_body(&["https://*.example.com"]))).assert_error(422, "VALIDATION_FAILED");
     assert_eq!(own.admin("POST", &keys, Some(widget_body(&["https://*.github.io"]))).status, 201);
 }

@@ -132,10 +132,10 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
 /// alike): a key that requires Turnstile needs a deployment that can verify
 /// it, and a wildcard origin must not stand over a public suffix.
 pub(super) async fn creatable(env: &Env, settings: &Settings, input: &KeyInput) -> Result<(), Refusal> {
-    if input.turnstile_required && settings.turnstile.is_none() {
+    if input.turnstile_required && (settings.turnstile.is_none() || settings.config.visitor_tokens.is_none()) {
         return Err(ApiError::validation(
             "turnstile_required",
-            "this deployment has no TURNSTILE_SECRET_KEY, so visitors could never pass",
+            "this deployment has no TURNSTILE_SECRET_KEY (or no ORIGIN_SIGNING_SECRET, which signs visitor tokens), so visitors could never pass",
         )
         .into());
     }
@@ -146,35 +146,20 @@ pub(super) async fn creatable(env: &Env, settings: &Settings, input: &KeyInput) 
     Ok(())
 }
 
-thread_local! {
-    /// The parsed public suffix list and its digest: parsed once per isolate
-    /// and list (a small KV read tells whether it changed).
-    static SUFFIX_LIST: std::cell::RefCell<Option<(String, std::rc::Rc<SuffixList>)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// The loaded public suffix list. None loaded: 503, since a wildcard origin
-/// cannot be checked (never let through unchecked).
-async fn suffix_list(env: &Env) -> Result<std::rc::Rc<SuffixList>, Refusal> {
+/// The loaded public suffix list, read and parsed for each key creation
+/// that needs it (rare; ~150 KB scanned in a few ms, and never a copy that
+/// is older than KV's). None loaded: 503, since a wildcard origin cannot be
+/// checked (never let through unchecked).
+async fn suffix_list(env: &Env) -> Result<SuffixList, Refusal> {
     let kv = env.kv(KV_BINDING).map_err(|e| unavailable("KV binding", e))?;
-    let info = kv.get(psl::KV_INFO).text().await.map_err(|e| unavailable("KV read", e))?;
-    let Some(info) = info.and_then(|t| crate::from_json::<ListInfo>(&t).ok()) else {
+    let Some(text) = kv.get(psl::KV_LIST).text().await.map_err(|e| unavailable("KV read", e))? else {
         return Err(ApiError::with_message(
             ErrorCode::ServiceUnavailable,
             "No public suffix list is loaded, so a wildcard origin cannot be checked: an operator must PUT /admin/public_suffix_list.",
         )
         .into());
     };
-    if let Some(list) =
-        SUFFIX_LIST.with_borrow(|c| c.as_ref().filter(|(sha, _)| *sha == info.sha256).map(|c| c.1.clone()))
-    {
-        return Ok(list);
-    }
-    let text = kv.get(psl::KV_LIST).text().await.map_err(|e| unavailable("KV read", e))?.unwrap_or_default();
-    let (list, _) = SuffixList::parse(&text).map_err(|e| unavailable("public suffix list", e))?;
-    let list = std::rc::Rc::new(list);
-    SUFFIX_LIST.with_borrow_mut(|c| *c = Some((info.sha256, list.clone())));
-    Ok(list)
+    SuffixList::parse(&text).map(|(list, _)| list).map_err(|e| unavailable("public suffix list", e))
 }
 
 /// `PUT /admin/public_suffix_list` (the list's text: stored in KV after it
@@ -212,7 +197,7 @@ async fn public_suffix_list(mut req: Request, env: &Env, request_id: &str, now: 
             })
         }
     };
-    Ok(json_response(200, info, request_id))
+    Ok(json_response(200, crate::error::success_raw(&info), request_id))
 }
 
 /// Mints a key (admin API and control API alike): generates the token and

@@ -68,13 +68,19 @@ pub(super) async fn handle(
     let actor = format!("key:{}", caller.grant.key_id);
     // A write refused here, before the org's object, is recorded in the
     // audit log all the same (the object records those it refuses itself).
+    // Refusals of the caller (4xx) only, as the object does: a 5xx is an
+    // outage, not something the caller asked for and was denied.
     let refused_write = match &route {
         Route::CreateKey => Some(("key.create_refused", String::new())),
         Route::RevokeKey(id) => Some(("key.revoke_refused", id.clone())),
         _ => None,
     };
     let result = serve(req, env, settings, caller, route, query, &actor).await;
-    if let (Err(Early(refusal)), Some((action, target))) = (&result, refused_write) {
+    let early = match &result {
+        Err(Early(refusal)) if refusal.error.code.status() < 500 => Some(refusal),
+        _ => None,
+    };
+    if let (Some(refusal), Some((action, target))) = (early, refused_write) {
         let (target, detail) = crate::admin::refused_entry(&target, &refusal.error);
         let command = OrgCommand::AuditRefused { org_id: org_id.into(), action: action.into(), target, detail };
         let request = OrgRequest { command, actor, request_id: caller.request_id.into(), now_ms: caller.now };

@@ -75,8 +75,11 @@ pub(super) async fn handle(
     let presented = parse_key(&settings.config.format, token)?;
     let origin = headers.get("origin").ok().flatten();
     let referer = headers.get("referer").ok().flatten();
-    let client_ip = cors::client_ip(headers.get("cf-connecting-ip").ok().flatten().as_deref())
-        .unwrap_or_else(|| "unknown".to_owned());
+    let client_ip = cors::client_ip(
+        headers.get("cf-connecting-ip").ok().flatten().as_deref(),
+        headers.get("cf-connecting-ipv6").ok().flatten().as_deref(),
+    )
+    .unwrap_or_else(|| "unknown".to_owned());
     let content_type = headers.get("content-type").ok().flatten();
     let visitor_token = headers.get(turnstile::VISITOR_HEADER).ok().flatten();
     let turnstile_token = headers.get(turnstile::TURNSTILE_HEADER).ok().flatten();

@@ -161,3 +161,28 @@ fn without_a_turnstile_secret_a_token_cannot_be_verified() {
     let o = one(&env, &mut store, &mut iso, with(&k, "203.0.113.9", Some("v1.1.x"), None), T0 + 1);
     assert_eq!(o.code(), Some(ErrorCode::ServiceUnavailable));
 }
+
+#[test]
+fn verifications_per_visitor_are_capped_in_the_isolate() {
+    let (env, mut store, k) = setup(Consistency::Strict);
+    let mut iso = Isolate::default();
+    let cap = MAX_VERIFICATIONS_PER_MINUTE as i64;
+    // Junk tokens from one visitor: the first `cap` are asked of
+    // siteverify, the rest refused without a call.
+    for i in 0..cap + 3 {
+        let r = refusal(one(&env, &mut store, &mut iso, with(&k, "203.0.113.9", None, Some("fail")), T0 + i));
+        assert_eq!(r.error.code, ErrorCode::TurnstileRequired);
+        assert_eq!(r.error.message().contains("Too many"), i >= cap, "{i}: {}", r.error.message());
+    }
+    assert_eq!(store.siteverify.len() as i64, cap);
+    // Another visitor is verified; a real pass from the capped one waits a minute.
+    let other = one(&env, &mut store, &mut iso, with(&k, "198.51.100.4", None, Some("pass:shop.example.com")), T0 + 10);
+    assert!(matches!(other, Outcome::Admitted(..)), "{other:?}");
+    let capped = with(&k, "203.0.113.9", None, Some("pass:shop.example.com"));
+    assert!(refusal(one(&env, &mut store, &mut iso, capped.clone_req(), T0 + 59_999))
+        .error
+        .message()
+        .contains("Too many"));
+    let o = one(&env, &mut store, &mut iso, capped, T0 + 60_000);
+    assert!(matches!(o, Outcome::Admitted(..)), "{o:?}");
+}
