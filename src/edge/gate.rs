@@ -140,14 +140,15 @@ async fn admit(
                 let kv = kv()?;
                 let (records, reply) = futures_util::join!(
                     read_records(&kv, &org_id, user_id.as_deref()),
-                    super::guard::call(env, &key_id, &request)
+                    super::guard::ask(env, &key_id, &request, settings.guard_timeout_ms)
                 );
                 gate.records_read(records);
                 gate.guard_replied(reply);
             }
             Next::Ask { key_id, request } => {
                 let _question = EndQuestion(gate.asking().cloned());
-                gate.guard_replied(super::guard::call(env, &key_id, &request).await)
+                let reply = super::guard::ask(env, &key_id, &request, settings.guard_timeout_ms).await;
+                gate.guard_replied(reply)
             }
             Next::VerifyTurnstile { token, remote_ip } => {
                 gate.turnstile_replied(siteverify(settings, &token, remote_ip.as_deref()).await)

@@ -38,6 +38,9 @@ pub(crate) struct Settings {
     /// prefixed to the canonical path.
     pub(crate) origin_base_path: String,
     pub(crate) origin_timeout_ms: u32,
+    /// `GUARD_TIMEOUT_MS` (default 2000): how long a request waits for its
+    /// key's guard before it is answered 503 ([`guard::ask`]).
+    pub(crate) guard_timeout_ms: u32,
     pub(crate) signing_key: Option<crate::signing::SigningKey>,
     /// `ADMIN_TOKEN` (named `default`) and `ADMIN_TOKENS` (`name=token,…`).
     pub(crate) admin_tokens: crate::admin::AdminTokens,
@@ -109,6 +112,7 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
         return Err("ORIGIN_URL must be https:// (http:// only for a loopback host, or with ALLOW_INSECURE_ORIGIN=true): the signed identity and the body would cross the network in clear".into());
     }
     let origin_timeout_ms = u32::try_from(int_var(env, "ORIGIN_TIMEOUT_MS", 30_000, 1..=600_000)?).unwrap_or(30_000);
+    let guard_timeout_ms = u32::try_from(int_var(env, "GUARD_TIMEOUT_MS", 2_000, 100..=30_000)?).unwrap_or(2_000);
     let usage_rollup_ms = int_var(env, "USAGE_ROLLUP_SECONDS", 30, 1..=3600)? * 1000;
     let lease_ms = int_var(env, "LEASE_MS", 1000, 50..=10_000)?;
     let default_consistency = match string_binding(env, "DEFAULT_CONSISTENCY").as_deref().map(str::trim) {
@@ -162,6 +166,7 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
         origin,
         origin_base_path,
         origin_timeout_ms,
+        guard_timeout_ms,
         signing_key: signing_secret.map(|s| crate::signing::SigningKey::new(s.as_bytes())),
         turnstile,
         admin_tokens: crate::admin::AdminTokens::parse(
