@@ -250,6 +250,8 @@ impl DurableObject for KeyGuard {
         self.stats.borrow_mut().calls.count(&request);
         let settings = super::settings(&self.env).map_err(|_| rust_err("configuration"))?;
         let deadline = req.headers().get(DEADLINE_HEADER).ok().flatten().and_then(|d| d.parse::<i64>().ok());
+        // Test builds only (src/edge/faults.rs): throw, or be slow.
+        super::faults::Fault::of(&req).in_guard(settings.guard_timeout_ms).await?;
         #[cfg(feature = "bench")]
         if settings.guard_delay_ms > 0 {
             // Benchmark builds only: a guard this far away.
@@ -357,9 +359,10 @@ pub(crate) async fn ask(
     key_id: &str,
     request: &GuardRequest,
     timeout_ms: u32,
+    fault: super::faults::Fault,
 ) -> Result<GuardReply, String> {
     let deadline = super::now_ms() + i64::from(timeout_ms);
-    let answer = Box::pin(call_with(env, key_id, request, Some(deadline)));
+    let answer = Box::pin(call_with(env, key_id, request, Some(deadline), fault));
     let timer = Box::pin(worker::Delay::from(std::time::Duration::from_millis(u64::from(timeout_ms))));
     match futures_util::future::select(answer, timer).await {
         futures_util::future::Either::Left((reply, _)) => reply,
@@ -370,7 +373,7 @@ pub(crate) async fn ask(
 /// Asks the key's object (work after the response, the admin API's
 /// tombstone); any failure is an error (the caller refuses, 503).
 pub(crate) async fn call(env: &Env, key_id: &str, request: &GuardRequest) -> Result<GuardReply, String> {
-    call_with(env, key_id, request, None).await
+    call_with(env, key_id, request, None, super::faults::Fault::none()).await
 }
 
 async fn call_with(
@@ -378,11 +381,13 @@ async fn call_with(
     key_id: &str,
     request: &GuardRequest,
     deadline: Option<i64>,
+    fault: super::faults::Fault,
 ) -> Result<GuardReply, String> {
     let headers = worker::Headers::new();
     if let Some(d) = deadline {
         headers.set(DEADLINE_HEADER, &d.to_string()).map_err(|e| e.to_string())?;
     }
+    fault.tag_guard(&headers);
     let text = send(env, key_id, request, &headers).await?;
     match crate::from_json(&text).map_err(|e| e.to_string())? {
         GuardReply::Invalid { reason } => Err(format!("guard refused the request as invalid: {reason}")),

@@ -8,6 +8,7 @@
 
 mod admin;
 mod control;
+mod faults;
 mod gate;
 mod guard;
 mod org;
@@ -121,6 +122,9 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
             .ok_or_else(|| format!("DEFAULT_CONSISTENCY must be strict or leased, not {c:?}"))?,
     };
     let (key_guard, guard_delay_ms) = measurement_switches(env)?;
+    if !cfg!(feature = "faults") && string_binding(env, "KEYWARD_TEST_PANIC").is_some_and(|v| !v.trim().is_empty()) {
+        return Err("KEYWARD_TEST_PANIC exists only in test builds (cargo feature faults)".into());
+    }
     let policy = Policy::default_policy()?;
     // A secret shorter than 32 bytes is treated as absent (and logged): the
     // admin API or the proxy then answers 503 rather than run on a weak one.
@@ -353,10 +357,12 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response>
     };
     let url = req.inner().url();
     let (path, _) = crate::path::split_url(&url);
+    #[cfg(feature = "faults")]
     if path == "/__keyward/panic" && test_panic_allowed(&req, &env) {
-        // Test-only: proves that a panic still answers with the envelope
-        // (worker/entry.mjs) and that the next request is served by a fresh
-        // instance. Needs KEYWARD_TEST_PANIC=enabled *and* the admin token.
+        // Test builds only: proves that a panic still answers with the
+        // envelope (worker/entry.mjs) and that the next request is served by
+        // a fresh instance. Needs KEYWARD_TEST_PANIC=enabled *and* the admin
+        // token.
         #[allow(clippy::panic)]
         {
             panic!("deliberate test panic");
@@ -382,6 +388,7 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response>
     Ok(result.unwrap_or_else(|refusal| error_response(&refusal, &request_id)))
 }
 
+#[cfg(feature = "faults")]
 fn test_panic_allowed(req: &Request, env: &Env) -> bool {
     string_binding(env, "KEYWARD_TEST_PANIC").as_deref() == Some("enabled")
         && settings(env).ok().and_then(|s| admin::admin_operator(req, &s.admin_tokens)).is_some()
@@ -436,10 +443,22 @@ pub(crate) async fn call_org(
     org_id: &str,
     request: &crate::admin::OrgRequest,
 ) -> Result<(u16, String), Refusal> {
+    call_org_with(env, org_id, request, faults::Fault::none()).await
+}
+
+/// [`call_org`] for a request that may carry a fault (test builds: the org
+/// object's fault travels with the call, see [`faults`]).
+pub(crate) async fn call_org_with(
+    env: &Env,
+    org_id: &str,
+    request: &crate::admin::OrgRequest,
+    fault: faults::Fault,
+) -> Result<(u16, String), Refusal> {
     let ns = env.durable_object(ORGS_BINDING).map_err(|e| unavailable("ORGS binding", e))?;
     let stub = ns.id_from_name(org_id).and_then(|id| id.get_stub()).map_err(|e| unavailable("org stub", e))?;
     let body = serde_json::to_string(request).map_err(|e| unavailable("org command", e))?;
-    let req = new_request("https://org.keyward.internal/command", "POST", None, Some(&body.into()), false)
+    let headers = fault.for_org();
+    let req = new_request("https://org.keyward.internal/command", "POST", headers.as_ref(), Some(&body.into()), false)
         .map_err(|e| unavailable("org request", e))?;
     let mut resp = stub.fetch_with_request(req).await.map_err(|e| unavailable("org object", e))?;
     let text = resp.text().await.map_err(|e| unavailable("org reply", e))?;
