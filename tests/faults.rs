@@ -232,6 +232,21 @@ fn read_to_close(port: u16, req: &[u8]) -> (String, Vec<u8>, bool) {
 /// worker has no way to reset the client's connection instead). That
 /// behaviour is pinned below, so that the day the runtime aborts such a
 /// response this test fails and the chunked case becomes a strict check too.
+/// A chunked body's data, and whether its last chunk (`0\r\n\r\n`) came.
+fn dechunk(mut rest: &[u8]) -> (Vec<u8>, bool) {
+    let mut data = Vec::new();
+    while let Some(nl) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..nl]).trim(), 16).expect("a chunk size");
+        if size == 0 {
+            return (data, &rest[nl..] == b"\r\n\r\n");
+        }
+        let end = (nl + 2 + size).min(rest.len());
+        data.extend_from_slice(&rest[nl + 2..end]);
+        rest = rest.get(end + 2..).unwrap_or_default();
+    }
+    (data, false)
+}
+
 #[test]
 fn an_origin_reset_mid_body_reaches_the_client_as_a_cut_response() {
     let (_, key, key_id) = key(json!({}));
@@ -256,12 +271,9 @@ fn an_origin_reset_mid_body_reaches_the_client_as_a_cut_response() {
     // Chunked: today the runtime ends it cleanly after the part sent.
     let (head, body) = send(None);
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
-    let clean = format!("3e8\r\n{}\r\n0\r\n\r\n", "x".repeat(1000));
-    assert_eq!(
-        String::from_utf8_lossy(&body),
-        clean,
-        "workerd no longer ends a failed chunked body cleanly: assert that the last chunk is missing"
-    );
+    let (data, last_chunk) = dechunk(&body);
+    assert_eq!(data, "x".repeat(1000).into_bytes(), "the part sent arrived, and nothing else");
+    assert!(last_chunk, "workerd no longer ends a failed chunked body cleanly: assert that the last chunk is missing");
     // The origin received both (they count: they reached it, README Request
     // flow); the next request is served and sees exactly those two counted.
     let seen = h().origin_log().into_iter().filter(|e| e["headers"]["x-keyward-key-id"] == key_id.as_str()).count();
