@@ -667,8 +667,10 @@ impl GuardState {
         if let Err(reason) = validate(request) {
             return (GuardReply::Invalid { reason: reason.to_owned() }, ch);
         }
-        let now = self.counters.ledger.clamp(cx.now);
-        if cx.deadline.is_some_and(|d| now > d)
+        // The deadline is compared with the clock as read, not the clamped
+        // one below (which never goes back, and may run ahead of real time
+        // for a while after a clock step: late questions would then fail).
+        if cx.deadline.is_some_and(|d| cx.now > d)
             && matches!(request, GuardRequest::Check { .. } | GuardRequest::Lease { .. })
         {
             // Nothing counted, recorded or settled: the worker gave up on
@@ -679,6 +681,7 @@ impl GuardState {
             // closed: 503, never an allow.
             return (GuardReply::Invalid { reason: "past the worker's deadline".into() }, ch);
         }
+        let now = self.counters.ledger.clamp(cx.now);
         let resolved;
         let request = match request {
             GuardRequest::Check { limits, .. }
