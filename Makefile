@@ -18,9 +18,13 @@ export CI ?= true
 export WRANGLER_SEND_METRICS := false
 
 WORKER := build/index_bg.wasm
+# The fault-injection build (cargo feature `faults`, tests/faults.rs): its own
+# output directory and cargo target directory, so it never overwrites build/
+# nor waits on its lock. Never deployed.
+FAULTS := build-faults/index_bg.wasm
 SOURCES := $(shell find src policy -type f) Cargo.toml Cargo.lock
 
-.PHONY: help tools dev test lint deploy clean bench
+.PHONY: help tools dev test lint deploy clean bench build-faults
 .PHONY: deploy-check load-psl
 
 help:
@@ -69,6 +73,12 @@ $(WORKER): $(SOURCES) | tools
 
 build: $(WORKER)
 
+$(FAULTS): $(SOURCES) | tools
+	worker-build --release --out-dir build-faults -- --features faults --target-dir target/faults
+	$(WASM_OPT_BIN) $@ -o $@ -Oz --strip-debug --strip-producers $(WASM_FEATURES)
+
+build-faults: $(FAULTS)
+
 dev: tools $(WORKER)
 	./scripts/dev.sh
 
@@ -76,8 +86,9 @@ lint: tools
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
+	cargo clippy --lib --target wasm32-unknown-unknown --features faults -- -D warnings
 
-test: tools .tools/chromium $(WORKER) lint deploy-check
+test: tools .tools/chromium $(WORKER) $(FAULTS) lint deploy-check
 	cargo test --all-targets
 
 # Core (divan) and end-to-end (workerd + wrk) benchmarks; installs wrk,
@@ -105,4 +116,4 @@ load-psl:
 	@echo
 
 clean:
-	rm -rf build target .tools
+	rm -rf build build-faults target .tools

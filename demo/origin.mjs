@@ -10,7 +10,10 @@
 // one carrying `x-test-vary: V` gets `vary: V`; one carrying
 // `x-test-response-headers: {"name": "value", …}` (JSON) gets those headers.
 // A request whose body ends in an error (the sender aborted it) is logged
-// with `aborted: true` and the bytes that arrived.
+// with `aborted: true` and the bytes that arrived. One carrying
+// `x-test-reset-after-bytes: N` gets a 200 whose body stops after N bytes:
+// the connection is destroyed (a reset) midway, with the body chunked or,
+// with `x-test-reset-declared-length: M`, with `content-length: M`.
 import http from "node:http";
 
 const port = Number(process.env.PORT || 8788);
@@ -96,6 +99,17 @@ const server = http.createServer((req, res) => {
     };
     log.push(entry);
     if (log.length > 5000) log.shift();
+    const resetAfter = Number(req.headers["x-test-reset-after-bytes"] || 0);
+    if (resetAfter > 0) {
+      // Fault tests: the origin goes away in the middle of its body.
+      const headers = { "content-type": "text/plain", "x-origin": "demo" };
+      const declared = Number(req.headers["x-test-reset-declared-length"] || 0);
+      if (declared > 0) headers["content-length"] = String(declared);
+      res.writeHead(200, headers);
+      res.write("x".repeat(resetAfter));
+      setTimeout(() => res.socket.destroy(), 300);
+      return;
+    }
     const delay = Number(req.headers["x-test-delay-ms"] || 0);
     setTimeout(() => {
       const headers = { "content-type": "application/json", "x-origin": "demo" };

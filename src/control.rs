@@ -212,8 +212,27 @@ pub fn range(query: &str, now_ms: i64) -> Result<(i64, i64), ApiError> {
     Ok((from, to))
 }
 
+/// Whether a control request whose call to the org's object failed (503:
+/// the object threw, was unreachable or reset) still counts against the
+/// calling key's limits. A write (`POST`, `DELETE`) may have been applied
+/// before its answer was lost — as a request sent to the origin may have
+/// been acted on — so it counts; a read changed nothing and is given back
+/// (refunded to the key's guard after the response).
+pub fn failed_call_counts(method: &str) -> bool {
+    !matches!(method, "GET" | "HEAD")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_failed_read_is_given_back_a_failed_write_counts() {
+        assert!(!super::failed_call_counts("GET"));
+        assert!(!super::failed_call_counts("HEAD"));
+        assert!(super::failed_call_counts("POST"));
+        assert!(super::failed_call_counts("DELETE"));
+        assert!(super::failed_call_counts("PATCH"));
+    }
+
     use super::*;
     use crate::token::KeyKind;
 

@@ -634,6 +634,10 @@ pub struct Context<'a> {
     pub config: &'a Config,
     /// A random id for a new lease (masked to [`LEASE_ID_MASK`]).
     pub lease_id: u64,
+    /// When the worker stops waiting for the answer (its `GUARD_TIMEOUT_MS`,
+    /// on its clock), if it waits: a check or lease question applied later
+    /// counts nothing, for the worker has answered 503 by then.
+    pub deadline: Option<i64>,
 }
 
 /// How many units to reserve for a lease: what the isolate expects to use,
@@ -662,6 +666,20 @@ impl GuardState {
         let mut ch = Changes::default();
         if let Err(reason) = validate(request) {
             return (GuardReply::Invalid { reason: reason.to_owned() }, ch);
+        }
+        // The deadline is compared with the clock as read, not the clamped
+        // one below (which never goes back, and may run ahead of real time
+        // for a while after a clock step: late questions would then fail).
+        if cx.deadline.is_some_and(|d| cx.now > d)
+            && matches!(request, GuardRequest::Check { .. } | GuardRequest::Lease { .. })
+        {
+            // Nothing counted, recorded or settled: the worker gave up on
+            // this question and reports its refusals with the next one (a
+            // lease report it carried is lost: that lease is settled as
+            // fully used after it ends). Should the worker's clock be behind
+            // this object's by more than its timeout, its questions fail
+            // closed: 503, never an allow.
+            return (GuardReply::Invalid { reason: "past the worker's deadline".into() }, ch);
         }
         let now = self.counters.ledger.clamp(cx.now);
         let resolved;

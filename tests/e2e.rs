@@ -648,16 +648,12 @@ fn bad_header_bytes_get_an_envelope() {
     raw(h().port, &req).assert_error(401, "INVALID_API_KEY");
 }
 
-/// A second worker whose origin is down, with the BAA gate off and the
-/// test-only panic route on.
+/// A second worker whose origin is down, with the BAA gate off.
 fn down() -> &'static Harness {
     static H: OnceLock<Harness> = OnceLock::new();
     H.get_or_init(|| {
         let closed = format!("http://127.0.0.1:{}", free_port());
-        Harness::start(Options {
-            origin_url: Some(closed),
-            vars: vec![("REQUIRE_BAA", "false".into()), ("KEYWARD_TEST_PANIC", "enabled".into())],
-        })
+        Harness::start(Options { origin_url: Some(closed), vars: vec![("REQUIRE_BAA", "false".into())] })
     })
 }
 
@@ -676,25 +672,19 @@ fn origin_down_is_502_and_baa_gate_can_be_turned_off() {
     assert_eq!(v["error"]["retryable"], true);
 }
 
+/// The test hooks exist only in the fault-injection build (tests/faults.rs):
+/// the deployed build has no panic route, ignores `x-keyward-fault`, and
+/// refuses to start with `KEYWARD_TEST_PANIC` set (every request 503).
 #[test]
-fn a_panic_answers_500_with_the_envelope_and_the_worker_recovers() {
-    // Without the admin token the test route does not exist.
-    down().send("GET", "/__keyward/panic", &[], None).assert_error(401, "INVALID_API_KEY");
+fn the_normal_build_has_no_test_hooks() {
     let admin = format!("Bearer {ADMIN_TOKEN}");
-    let r = down().send("GET", "/__keyward/panic", &[("authorization", &admin)], None);
-    let v = r.assert_error(500, "INTERNAL_ERROR");
-    assert_eq!(v["error"]["message"], "An internal error occurred.");
-    // The next requests are served normally.
-    for _ in 0..3 {
-        down().send("POST", "/v1/ai/chat", &[], None).assert_error(401, "INVALID_API_KEY");
+    h().send("GET", "/__keyward/panic", &[("authorization", &admin)], None).assert_error(401, "INVALID_API_KEY");
+    let (_, key, _) = setup(&["ai:chat"]);
+    for f in ["kv-read-error", "kv-undecodable", "guard-throw", "guard-slow"] {
+        let r = chat(&key, &[("x-keyward-fault", f)]);
+        assert_eq!(r.status, 200, "{f}: {}", r.text());
     }
-    // KV, the Durable Objects and the proxy path still work: a real key is
-    // authorized (and meets the down origin: 502).
-    let org = down().org(true);
-    let (key, _) = down().key(&org, json!({"name": "after", "scopes": ["ai:chat"]}));
-    down()
-        .send("POST", "/v1/ai/chat", &[("x-api-key", &key), ("content-type", "application/json")], Some(b"{}"))
-        .assert_error(502, "ORIGIN_UNAVAILABLE");
-    // On the main worker the panic route does not exist (the var is unset).
-    h().send("GET", "/__keyward/panic", &[("x-api-key", "x")], None).assert_error(401, "INVALID_API_KEY");
+    let armed = Harness::start(Options { origin_url: None, vars: vec![("KEYWARD_TEST_PANIC", "enabled".into())] });
+    armed.send("GET", "/__keyward/panic", &[("authorization", &admin)], None).assert_error(503, "SERVICE_UNAVAILABLE");
+    armed.send("POST", "/v1/ai/chat", &[], None).assert_error(503, "SERVICE_UNAVAILABLE");
 }

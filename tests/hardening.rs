@@ -427,6 +427,13 @@ fn an_aborted_upload_reaches_the_origin_as_aborted_never_as_complete() {
         assert_eq!(seen[0]["body"], "0123456789abcdef0123456789abcdef", "{framing}");
         let _ = send(w.origin_port, "POST", "/__origin/reset", &[], None);
     }
+    // The next request is served (tests/faults.rs: the client that goes away
+    // is one of the faults), and the quota shows each upload counted once:
+    // two whole, two aborted (they reached the origin, which may have acted
+    // on them), this one — 60 - 5.
+    let r = w.send("GET", "/v1/documents/after", &[("authorization", &bearer(&key))], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("ratelimit-remaining"), Some("55"));
 }
 
 fn widget_send(key: &str, ip: &str, extra: &[(&str, &str)]) -> Resp {

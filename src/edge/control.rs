@@ -13,7 +13,7 @@
 
 use worker::{Env, Request, Response};
 
-use super::{admin, call_org, json_response, read_body, Settings};
+use super::{admin, call_org, call_org_with, json_response, read_body, Settings};
 use crate::admin::{parse_key, OrgCommand, OrgRequest, RevokeCaller, MAX_BODY_BYTES};
 use crate::authorize::{Grant, Refusal};
 use crate::control::{self as rules, Caller as Rules};
@@ -123,6 +123,7 @@ async fn serve(
     actor: &str,
 ) -> Result<Response, Failure> {
     let org_id = caller.grant.org_id.as_str();
+    let fault = super::faults::Fault::of(&req);
     let command = match route {
         Route::CreateKey => {
             let body = read_body(&mut req, MAX_BODY_BYTES).await?;
@@ -168,6 +169,6 @@ async fn serve(
         }
     };
     let request = OrgRequest { command, actor: actor.into(), request_id: caller.request_id.into(), now_ms: caller.now };
-    let (status, body) = call_org(env, org_id, &request).await.map_err(Late)?;
+    let (status, body) = call_org_with(env, org_id, &request, fault).await.map_err(Late)?;
     Ok(json_response(status, body, caller.request_id))
 }

@@ -17,6 +17,7 @@ use std::cell::RefCell;
 use futures_util::future::{select, Either};
 use worker::{Context, Delay, Env, Fetch, Headers, Method, Request, Response};
 
+use super::faults::Fault;
 use super::{control, count_io, now_ms, settings, unavailable, Io, Settings, KV_BINDING};
 use crate::authorize::{extract_credential, has_body, needs_upload_guard, parse_key, Facts, Grant, Refusal};
 use crate::cors;
@@ -85,6 +86,7 @@ pub(super) async fn handle(
     let turnstile_token = headers.get(turnstile::TURNSTILE_HEADER).ok().flatten();
     let content_length = headers.get("content-length").ok().flatten();
     let has_body = has_body(&method, req.inner().body().is_some(), content_length.as_deref());
+    let fault = Fault::of(&req);
     let incoming = Incoming { req, method, path, query, client_ip, request_id, now };
     let facts = Facts {
         method: &incoming.method,
@@ -98,7 +100,8 @@ pub(super) async fn handle(
     };
     let mut later = Vec::new();
     let mut exit = Vec::new();
-    let result = match admit(env, settings, facts, presented, &incoming.client_ip, &mut later, &mut exit).await {
+    let asked = admit(env, settings, facts, presented, &incoming.client_ip, fault, &mut later, &mut exit).await;
+    let result = match asked {
         Ok(admitted) => {
             exit.extend(exit_headers(&admitted.grant, admitted.quota.as_ref()));
             upstream(incoming, env, settings, admitted, &mut later).await
@@ -112,12 +115,14 @@ pub(super) async fn handle(
 // ------------------------------------------------------------------ admit
 
 /// Runs the core's step machine to a decision, doing the I/O it asks for.
+#[allow(clippy::too_many_arguments)]
 async fn admit(
     env: &Env,
     settings: &Settings,
     facts: Facts<'_>,
     presented: crate::token::ApiKey<'_>,
     client_ip: &str,
+    fault: Fault,
     later: &mut Vec<Later>,
     exit: &mut Vec<(&'static str, String)>,
 ) -> Result<Admitted, Refusal> {
@@ -129,7 +134,7 @@ async fn admit(
         let next = ISOLATE.with(|i| gate.next(&mut i.borrow_mut(), now_ms()));
         match next {
             Next::ReadKey => match kv() {
-                Ok(kv) => gate.key_read(read_json::<KeyRecord>(&kv, &hash.kv_key()).await),
+                Ok(kv) => gate.key_read(read_key(&kv, &hash.kv_key(), fault).await),
                 Err(e) => gate.key_read(Err(e)),
             },
             Next::ReadRecords { org_id, user_id } => match kv() {
@@ -143,14 +148,15 @@ async fn admit(
                 let kv = kv()?;
                 let (records, reply) = futures_util::join!(
                     read_records(&kv, &org_id, user_id.as_deref()),
-                    super::guard::call(env, &key_id, &request)
+                    super::guard::ask(env, &key_id, &request, settings.guard_timeout_ms, fault)
                 );
                 gate.records_read(records);
                 gate.guard_replied(reply);
             }
             Next::Ask { key_id, request } => {
                 let _question = EndQuestion(gate.asking().cloned());
-                gate.guard_replied(super::guard::call(env, &key_id, &request).await)
+                let reply = super::guard::ask(env, &key_id, &request, settings.guard_timeout_ms, fault).await;
+                gate.guard_replied(reply)
             }
             Next::VerifyTurnstile { token, remote_ip } => {
                 gate.turnstile_replied(siteverify(settings, &token, remote_ip.as_deref()).await)
@@ -287,9 +293,22 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
     kv: &worker::kv::KvStore,
     key: &str,
 ) -> Result<Option<T>, Refusal> {
+    decode(read_text(kv, key).await)
+}
+
+/// The key record, as [`read_json`] reads it; a test build's KV fault
+/// replaces what the read returned ([`Fault::kv_read`]).
+async fn read_key(kv: &worker::kv::KvStore, key: &str, fault: Fault) -> Result<Option<KeyRecord>, Refusal> {
+    decode(fault.kv_read(read_text(kv, key).await))
+}
+
+async fn read_text(kv: &worker::kv::KvStore, key: &str) -> Result<Option<String>, String> {
     count_io(Io::KvRead);
-    let text = kv.get(key).text().await.map_err(|e| unavailable("KV read", e))?;
-    match text {
+    kv.get(key).text().await.map_err(|e| e.to_string())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(read: Result<Option<String>, String>) -> Result<Option<T>, Refusal> {
+    match read.map_err(|e| unavailable("KV read", e))? {
         None => Ok(None),
         Some(t) => crate::from_json(&t).map(Some).map_err(|e| unavailable("KV record decode", e)),
     }
@@ -315,10 +334,22 @@ async fn upstream(
     // not a request for the origin.
     match control::route(&grant, &incoming.method, &incoming.path) {
         Some(route) => {
-            admission.served();
             let caller =
                 control::Caller { grant: &grant, key: &key, request_id: incoming.request_id, now: incoming.now };
-            control::handle(incoming.req, env, settings, &caller, route, incoming.query).await
+            let result = control::handle(incoming.req, env, settings, &caller, route, incoming.query).await;
+            match result {
+                // The org's object did not answer a read: given back.
+                Err(refusal)
+                    if refusal.error.code == ErrorCode::ServiceUnavailable
+                        && !crate::control::failed_call_counts(&incoming.method) =>
+                {
+                    Err(refund(admission, refusal, later))
+                }
+                other => {
+                    admission.served();
+                    other
+                }
+            }
         }
         None if grant.local => Err(refund(admission, ErrorCode::RouteNotFound.into(), later)),
         None => match build_upstream(&incoming, settings, &grant) {

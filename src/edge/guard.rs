@@ -249,6 +249,9 @@ impl DurableObject for KeyGuard {
         };
         self.stats.borrow_mut().calls.count(&request);
         let settings = super::settings(&self.env).map_err(|_| rust_err("configuration"))?;
+        let deadline = req.headers().get(DEADLINE_HEADER).ok().flatten().and_then(|d| d.parse::<i64>().ok());
+        // Test builds only (src/edge/faults.rs): throw, or be slow.
+        super::faults::Fault::of(&req).in_guard(settings.guard_timeout_ms).await?;
         #[cfg(feature = "bench")]
         if settings.guard_delay_ms > 0 {
             // Benchmark builds only: a guard this far away.
@@ -276,6 +279,7 @@ impl DurableObject for KeyGuard {
                 policy: &settings.policy,
                 config: &settings.config,
                 lease_id,
+                deadline,
             };
             let mut mem = self.mem.borrow_mut();
             let s = mem.as_mut().ok_or_else(|| rust_err("guard state missing"))?;
@@ -328,9 +332,63 @@ impl DurableObject for KeyGuard {
     }
 }
 
-/// Asks the key's object; any failure is an error (the caller refuses, 503).
+/// The header carrying a request's deadline to the guard (ms since the
+/// epoch, the worker's clock): a check or lease question that reaches
+/// [`GuardState::apply`] after it counts nothing (the worker has answered
+/// 503 by then), so a guard slow to start (queued, loading, reading the
+/// facts) does not charge the key for a request that was refused.
+const DEADLINE_HEADER: &str = "x-keyward-deadline";
+
+/// Asks the key's object for the request at hand, waiting at most
+/// `timeout_ms` (`GUARD_TIMEOUT_MS`); any failure, the deadline passing
+/// included, is an error, which the core answers with 503
+/// ([`crate::flow::Gate::guard_replied`]).
+///
+/// What a timed-out question may have done: the guard may have counted the
+/// request (it was slow after counting, or its answer was). Nothing is
+/// refunded for it: a refund of a request the guard never counted would
+/// give back another request's unit, and the key could then get more than
+/// its limit through. Over-counting by at most the questions that timed out
+/// is the safe direction; a request is never admitted without a count. A
+/// question still unanswered when the deadline passes counts nothing once
+/// the guard gets to it (see [`DEADLINE_HEADER`]). A lease granted to a
+/// question that timed out is never used: the guard settles it as fully
+/// used 30 s after it ends.
+pub(crate) async fn ask(
+    env: &Env,
+    key_id: &str,
+    request: &GuardRequest,
+    timeout_ms: u32,
+    fault: super::faults::Fault,
+) -> Result<GuardReply, String> {
+    let deadline = super::now_ms() + i64::from(timeout_ms);
+    let answer = Box::pin(call_with(env, key_id, request, Some(deadline), fault));
+    let timer = Box::pin(worker::Delay::from(std::time::Duration::from_millis(u64::from(timeout_ms))));
+    match futures_util::future::select(answer, timer).await {
+        futures_util::future::Either::Left((reply, _)) => reply,
+        futures_util::future::Either::Right(((), _)) => Err(format!("no answer within {timeout_ms} ms")),
+    }
+}
+
+/// Asks the key's object (work after the response, the admin API's
+/// tombstone); any failure is an error (the caller refuses, 503).
 pub(crate) async fn call(env: &Env, key_id: &str, request: &GuardRequest) -> Result<GuardReply, String> {
-    let text = call_raw(env, key_id, request).await?;
+    call_with(env, key_id, request, None, super::faults::Fault::none()).await
+}
+
+async fn call_with(
+    env: &Env,
+    key_id: &str,
+    request: &GuardRequest,
+    deadline: Option<i64>,
+    fault: super::faults::Fault,
+) -> Result<GuardReply, String> {
+    let headers = worker::Headers::new();
+    if let Some(d) = deadline {
+        headers.set(DEADLINE_HEADER, &d.to_string()).map_err(|e| e.to_string())?;
+    }
+    fault.tag_guard(&headers);
+    let text = send(env, key_id, request, &headers).await?;
     match crate::from_json(&text).map_err(|e| e.to_string())? {
         GuardReply::Invalid { reason } => Err(format!("guard refused the request as invalid: {reason}")),
         reply => Ok(reply),
@@ -339,11 +397,15 @@ pub(crate) async fn call(env: &Env, key_id: &str, request: &GuardRequest) -> Res
 
 /// Asks the key's object and returns its answer's body (200 only).
 pub(crate) async fn call_raw(env: &Env, key_id: &str, request: &GuardRequest) -> Result<String, String> {
+    send(env, key_id, request, &worker::Headers::new()).await
+}
+
+async fn send(env: &Env, key_id: &str, request: &GuardRequest, headers: &worker::Headers) -> Result<String, String> {
     super::count_io(super::Io::GuardCall);
     let ns = env.durable_object(super::KEYS_BINDING).map_err(|e| e.to_string())?;
     let stub = ns.id_from_name(key_id).and_then(|id| id.get_stub()).map_err(|e| e.to_string())?;
     let body = serde_json::to_string(request).map_err(|e| e.to_string())?;
-    let req = super::new_request("https://guard.keyward.internal/", "POST", None, Some(&body.into()), false)
+    let req = super::new_request("https://guard.keyward.internal/", "POST", Some(headers), Some(&body.into()), false)
         .map_err(|e| e.to_string())?;
     let mut resp = stub.fetch_with_request(req).await.map_err(|e| e.to_string())?;
     if resp.status_code() != 200 {

@@ -8,6 +8,7 @@
 
 mod admin;
 mod control;
+mod faults;
 mod gate;
 mod guard;
 mod org;
@@ -38,6 +39,9 @@ pub(crate) struct Settings {
     /// prefixed to the canonical path.
     pub(crate) origin_base_path: String,
     pub(crate) origin_timeout_ms: u32,
+    /// `GUARD_TIMEOUT_MS` (default 2000): how long a request waits for its
+    /// key's guard before it is answered 503 ([`guard::ask`]).
+    pub(crate) guard_timeout_ms: u32,
     pub(crate) signing_key: Option<crate::signing::SigningKey>,
     /// `ADMIN_TOKEN` (named `default`) and `ADMIN_TOKENS` (`name=token,…`).
     pub(crate) admin_tokens: crate::admin::AdminTokens,
@@ -109,6 +113,7 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
         return Err("ORIGIN_URL must be https:// (http:// only for a loopback host, or with ALLOW_INSECURE_ORIGIN=true): the signed identity and the body would cross the network in clear".into());
     }
     let origin_timeout_ms = u32::try_from(int_var(env, "ORIGIN_TIMEOUT_MS", 30_000, 1..=600_000)?).unwrap_or(30_000);
+    let guard_timeout_ms = u32::try_from(int_var(env, "GUARD_TIMEOUT_MS", 2_000, 100..=30_000)?).unwrap_or(2_000);
     let usage_rollup_ms = int_var(env, "USAGE_ROLLUP_SECONDS", 30, 1..=3600)? * 1000;
     let lease_ms = int_var(env, "LEASE_MS", 1000, 50..=10_000)?;
     let default_consistency = match string_binding(env, "DEFAULT_CONSISTENCY").as_deref().map(str::trim) {
@@ -117,6 +122,9 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
             .ok_or_else(|| format!("DEFAULT_CONSISTENCY must be strict or leased, not {c:?}"))?,
     };
     let (key_guard, guard_delay_ms) = measurement_switches(env)?;
+    if !cfg!(feature = "faults") && string_binding(env, "KEYWARD_TEST_PANIC").is_some_and(|v| !v.trim().is_empty()) {
+        return Err("KEYWARD_TEST_PANIC exists only in test builds (cargo feature faults)".into());
+    }
     let policy = Policy::default_policy()?;
     // A secret shorter than 32 bytes is treated as absent (and logged): the
     // admin API or the proxy then answers 503 rather than run on a weak one.
@@ -162,6 +170,7 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
         origin,
         origin_base_path,
         origin_timeout_ms,
+        guard_timeout_ms,
         signing_key: signing_secret.map(|s| crate::signing::SigningKey::new(s.as_bytes())),
         turnstile,
         admin_tokens: crate::admin::AdminTokens::parse(
@@ -348,10 +357,12 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response>
     };
     let url = req.inner().url();
     let (path, _) = crate::path::split_url(&url);
+    #[cfg(feature = "faults")]
     if path == "/__keyward/panic" && test_panic_allowed(&req, &env) {
-        // Test-only: proves that a panic still answers with the envelope
-        // (worker/entry.mjs) and that the next request is served by a fresh
-        // instance. Needs KEYWARD_TEST_PANIC=enabled *and* the admin token.
+        // Test builds only: proves that a panic still answers with the
+        // envelope (worker/entry.mjs) and that the next request is served by
+        // a fresh instance. Needs KEYWARD_TEST_PANIC=enabled *and* the admin
+        // token.
         #[allow(clippy::panic)]
         {
             panic!("deliberate test panic");
@@ -377,6 +388,7 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response>
     Ok(result.unwrap_or_else(|refusal| error_response(&refusal, &request_id)))
 }
 
+#[cfg(feature = "faults")]
 fn test_panic_allowed(req: &Request, env: &Env) -> bool {
     string_binding(env, "KEYWARD_TEST_PANIC").as_deref() == Some("enabled")
         && settings(env).ok().and_then(|s| admin::admin_operator(req, &s.admin_tokens)).is_some()
@@ -431,10 +443,22 @@ pub(crate) async fn call_org(
     org_id: &str,
     request: &crate::admin::OrgRequest,
 ) -> Result<(u16, String), Refusal> {
+    call_org_with(env, org_id, request, faults::Fault::none()).await
+}
+
+/// [`call_org`] for a request that may carry a fault (test builds: the org
+/// object's fault travels with the call, see [`faults`]).
+pub(crate) async fn call_org_with(
+    env: &Env,
+    org_id: &str,
+    request: &crate::admin::OrgRequest,
+    fault: faults::Fault,
+) -> Result<(u16, String), Refusal> {
     let ns = env.durable_object(ORGS_BINDING).map_err(|e| unavailable("ORGS binding", e))?;
     let stub = ns.id_from_name(org_id).and_then(|id| id.get_stub()).map_err(|e| unavailable("org stub", e))?;
     let body = serde_json::to_string(request).map_err(|e| unavailable("org command", e))?;
-    let req = new_request("https://org.keyward.internal/command", "POST", None, Some(&body.into()), false)
+    let headers = fault.for_org();
+    let req = new_request("https://org.keyward.internal/command", "POST", headers.as_ref(), Some(&body.into()), false)
         .map_err(|e| unavailable("org request", e))?;
     let mut resp = stub.fetch_with_request(req).await.map_err(|e| unavailable("org object", e))?;
     let text = resp.text().await.map_err(|e| unavailable("org reply", e))?;

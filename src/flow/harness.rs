@@ -128,6 +128,19 @@ impl Store {
     }
 
     pub(crate) fn call(&mut self, key_id: &str, req: &GuardRequest, now: i64, env: &Env) -> Result<GuardReply, String> {
+        self.call_by(key_id, req, now, None, env)
+    }
+
+    /// [`Store::call`] for a question the shell waits on until `deadline`
+    /// (`GUARD_TIMEOUT_MS`), applied by the guard at `now`.
+    pub(crate) fn call_by(
+        &mut self,
+        key_id: &str,
+        req: &GuardRequest,
+        now: i64,
+        deadline: Option<i64>,
+        env: &Env,
+    ) -> Result<GuardReply, String> {
         let now = now + self.skew;
         self.guard_calls += 1;
         *self.calls_by_kind.entry(req.kind()).or_default() += 1;
@@ -149,6 +162,7 @@ impl Store {
             policy: &env.policy,
             config: &env.config,
             lease_id: self.lease_id * 7919,
+            deadline,
         };
         let (reply, ch) = state.apply(req, &cx);
         if !ch.is_empty() {

@@ -423,3 +423,83 @@ fn a_lease_is_timed_from_when_it_was_asked_for_not_from_the_answer() {
     let _ = one(&env, &mut store, &mut iso, chat(&k), lease.until);
     assert_eq!(store.guard_calls, calls + 1, "at its end the lease is not used");
 }
+
+/// The shell waits `GUARD_TIMEOUT_MS` for the guard (src/edge/guard.rs,
+/// `ask`), then reports the failure; the core answers 503 (retryable),
+/// admits nothing, refunds nothing, and the next request asks again.
+const GUARD_TIMEOUT: i64 = 2000;
+
+fn timed_out() -> Result<GuardReply, String> {
+    Err(format!("no answer within {GUARD_TIMEOUT} ms"))
+}
+
+#[test]
+fn a_guard_past_its_deadline_is_a_503_that_admits_and_refunds_nothing() {
+    let env = env();
+    let mut store = Store::default();
+    store.org(true);
+    let k = store.key(1, KeyKind::Secret, Consistency::Strict, 5);
+    let mut iso = Isolate::default();
+    let r = chat(&k);
+    // Twice: the guard gets to the question after the deadline (it counts
+    // nothing), then the guard counts it but its answer comes too late.
+    for (start, applied_at, next_remaining) in [(T0, T0 + GUARD_TIMEOUT + 500, 4), (T0 + 10_000, T0 + 10_010, 2)] {
+        let mut g = gate(&env, &r);
+        let asked = loop {
+            match g.next(&mut iso, start) {
+                Next::ReadKey => g.key_read(Ok(store.kv_keys.get(&g.hash).cloned())),
+                Next::ReadRecordsAndAsk { key_id, request, .. } => break (key_id, request),
+                other => panic!("{other:?}"),
+            }
+        };
+        g.records_read(Ok((store.kv_orgs.get("org_1").cloned(), None)));
+        let (key_id, request) = asked;
+        let late = store.call_by(&key_id, &request, applied_at, Some(start + GUARD_TIMEOUT), &env);
+        if applied_at > start + GUARD_TIMEOUT {
+            assert!(late.is_err(), "past the deadline the guard counts nothing: {late:?}");
+        } else {
+            assert!(matches!(late, Ok(GuardReply::Allowed { .. })), "{late:?}");
+        }
+        // The shell stopped waiting at the deadline, whatever the guard did.
+        g.guard_replied(timed_out());
+        let Next::Refuse(refusal) = g.next(&mut iso, start + GUARD_TIMEOUT) else { panic!("refused") };
+        assert_eq!(refusal.error.code, ErrorCode::ServiceUnavailable);
+        assert!(refusal.error.code.retryable());
+        // Nothing is given back: the guard may have counted it (a refund of
+        // a request it never counted would free another request's unit).
+        assert!(g.take_later().iter().all(|l| !matches!(l, Later::Call { request: GuardRequest::Refund { .. }, .. })));
+        // The next request is served, and sees what the guard counted.
+        let o = one(&env, &mut store, &mut iso, chat(&k), start + GUARD_TIMEOUT + 1);
+        let Outcome::Admitted(Some(q), _) = o else { panic!("{o:?}") };
+        assert_eq!(q.remaining, next_remaining, "at most the timed-out question is over-counted, never under");
+    }
+}
+
+#[test]
+fn a_lease_question_past_its_deadline_does_not_leave_the_key_stuck() {
+    let env = env();
+    let mut store = Store::default();
+    store.org(true);
+    let k = store.key(1, KeyKind::Secret, Consistency::Leased, 10);
+    let mut iso = Isolate::default();
+    let (ra, rb) = (chat(&k), chat(&k));
+    let mut a = gate(&env, &ra);
+    let Next::ReadKey = a.next(&mut iso, T0) else { panic!() };
+    a.key_read(Ok(store.kv_keys.get(&a.hash).cloned()));
+    let Next::Ask { request: GuardRequest::Lease { .. }, .. } = a.next(&mut iso, T0) else { panic!("asks a lease") };
+    // A second request waits for that question (one per key at a time).
+    let mut b = gate(&env, &rb);
+    let Next::Wait { slot, .. } = b.next(&mut iso, T0 + 1) else { panic!("waits") };
+    assert!(iso.asking(&slot, T0 + 1));
+    // The guard never answers: the first request is a 503 at the deadline,
+    // and the question ends with it.
+    a.guard_replied(timed_out());
+    let Next::Refuse(refusal) = a.next(&mut iso, T0 + GUARD_TIMEOUT) else { panic!("refused") };
+    assert_eq!(refusal.error.code, ErrorCode::ServiceUnavailable);
+    assert!(!iso.asking(&slot, T0 + GUARD_TIMEOUT), "the slot is free for the next question");
+    // The waiter asks itself and is admitted.
+    let Next::Ask { key_id, request } = b.next(&mut iso, T0 + GUARD_TIMEOUT) else { panic!("asks") };
+    b.guard_replied(store.call(&key_id, &request, T0 + GUARD_TIMEOUT, &env));
+    let Next::Admit(adm) = b.next(&mut iso, T0 + GUARD_TIMEOUT) else { panic!("admitted") };
+    adm.admission.served();
+}

@@ -66,7 +66,7 @@ pub(super) fn world() -> World {
 
 impl World {
     pub(super) fn cx<'a>(&'a self, now: i64, facts: Option<&'a FetchedFacts>, lease_id: u64) -> Context<'a> {
-        Context { now, lease_ms: LEASE_MS, facts, policy: &self.policy, config: &self.config, lease_id }
+        Context { now, lease_ms: LEASE_MS, facts, policy: &self.policy, config: &self.config, lease_id, deadline: None }
     }
 }
 
@@ -646,4 +646,38 @@ fn round_one_state_is_migrated_without_losing_a_tombstone_or_a_count() {
     assert_eq!(s.visitors["203.0.113.7"].ledger.room(&[lim("ip_minute", 5, 60)], T0 + 500), 3);
     assert_eq!(s.counters.usage.hours.values().next().unwrap().allowed, 3);
     assert!(GuardState::from_v1("{").is_err() && GuardState::from_v1("7").is_err());
+}
+
+#[test]
+fn a_question_applied_after_the_workers_deadline_counts_nothing() {
+    let w = world();
+    let mut s = GuardState::default();
+    let with_deadline = |now: i64, deadline: i64, facts: Option<&'static FetchedFacts>| {
+        let mut cx = w.cx(now, facts, 7);
+        cx.deadline = Some(deadline);
+        cx
+    };
+    // Within the deadline: counted as always.
+    let (r, _) = s.apply(&check(5), &with_deadline(T0, T0 + 2000, None));
+    assert!(matches!(r, GuardReply::Allowed { quota: Some(QuotaWire { remaining: 4, .. }), .. }), "{r:?}");
+    // Past it (the worker answered 503 already): nothing counted, recorded
+    // or written, refusals included.
+    let late =
+        GuardRequest::Check { key: key(), limits: limits(5), refusals: [("missing_scope".to_owned(), 3)].into() };
+    let (r, ch) = s.apply(&late, &with_deadline(T0 + 2001, T0 + 2000, None));
+    assert!(matches!(r, GuardReply::Invalid { .. }), "{r:?}");
+    assert!(ch.is_empty(), "{ch:?}");
+    let f: &'static FetchedFacts = Box::leak(Box::new(facts(T0 + 2001)));
+    let (r, ch) = s.apply(&lease_req(limits(5), 3, None), &with_deadline(T0 + 2001, T0 + 2000, Some(f)));
+    assert!(matches!(r, GuardReply::Invalid { .. }) && ch.is_empty() && s.leases.is_empty(), "{r:?}");
+    let hour = T0 - T0.rem_euclid(HOUR_MS);
+    assert_eq!(s.counters.usage.hours[&hour].allowed, 1);
+    assert!(s.counters.usage.hours[&hour].refused.is_empty(), "the late refusals stay the worker's to report");
+    // The next question in time sees the one admission only.
+    let (r, _) = s.apply(&check(5), &with_deadline(T0 + 2002, T0 + 4000, None));
+    assert!(matches!(r, GuardReply::Allowed { quota: Some(QuotaWire { remaining: 3, .. }), .. }), "{r:?}");
+    // Reports, refusals and refunds are never late: they carry no deadline
+    // of their own and are applied whenever they arrive.
+    let refused = GuardRequest::Refused { key: key(), refusals: [("missing_scope".to_owned(), 1)].into() };
+    assert_eq!(s.apply(&refused, &with_deadline(T0 + 9000, T0, None)).0, GuardReply::Recorded);
 }

@@ -5,7 +5,10 @@
 //!
 //! The worker must have been built by `make test` (which runs
 //! `worker-build --release`); this harness refuses to run against a missing
-//! or stale build rather than skip.
+//! or stale build rather than skip. [`Harness::start`] runs the normal build
+//! (`build/`); [`Harness::start_build`] another one, such as the
+//! fault-injection build (`build-faults/`, cargo feature `faults`, also made
+//! by `make test`).
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -52,6 +55,12 @@ pub struct Options {
     pub vars: Vec<(&'static str, String)>,
 }
 
+/// The normal build (`make build`): what is deployed.
+pub const BUILD: &str = "build";
+/// The fault-injection build (`make build-faults`, cargo feature `faults`):
+/// the `x-keyward-fault` header and the test panic route exist only there.
+pub const FAULTS_BUILD: &str = "build-faults";
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -72,8 +81,8 @@ fn newest_mtime(dir: &Path) -> SystemTime {
     newest
 }
 
-fn check_build() {
-    let wasm = root().join("build/index_bg.wasm");
+fn check_build(build: &str) {
+    let wasm = root().join(build).join("index_bg.wasm");
     let wrangler = root().join("node_modules/.bin/wrangler");
     let built = std::fs::metadata(&wasm).and_then(|m| m.modified()).unwrap_or_else(|_| {
         panic!("the worker is not built ({} is missing): run `make test`, which builds it with worker-build and then runs cargo test", wasm.display())
@@ -91,9 +100,21 @@ fn check_build() {
 /// next to the config, and a starting `wrangler dev` cleans that directory:
 /// with one shared config, starting a second worker mid-test restarted the
 /// first ("Your worker restarted mid-request").
-fn isolated_config(state: &Path) -> PathBuf {
+///
+/// For a build other than `build/`, the entry is a copy of
+/// `worker/entry.mjs` in the same directory that imports that build instead
+/// (so the entry cannot drift from the deployed one).
+fn isolated_config(state: &Path, build: &str) -> PathBuf {
     let original = std::fs::read_to_string(root().join("wrangler.toml")).expect("wrangler.toml");
-    let main = root().join("worker/entry.mjs");
+    let mut main = root().join("worker/entry.mjs");
+    if build != BUILD {
+        let entry = std::fs::read_to_string(&main).expect("worker/entry.mjs");
+        let import = "\"../build/index.js\"";
+        assert!(entry.contains(import), "worker/entry.mjs no longer imports {import}: update isolated_config");
+        let to = format!("\"{}\"", root().join(build).join("index.js").display());
+        main = state.join("entry.mjs");
+        std::fs::write(&main, entry.replace(import, &to)).unwrap();
+    }
     let config: String = original
         .lines()
         .map(|l| if l.starts_with("main = ") { format!("main = \"{}\"", main.display()) } else { l.to_owned() })
@@ -143,7 +164,14 @@ fn spawn_watched(args: &[&str], envs: &[(&str, &str)], log: &Path) -> Child {
 
 impl Harness {
     pub fn start(opts: Options) -> Harness {
-        let h = Harness::start_without_suffix_list(opts);
+        Harness::start_build(opts, BUILD)
+    }
+
+    /// [`Harness::start`] on another build directory, e.g. [`FAULTS_BUILD`].
+    /// (A function rather than an [`Options`] field, so that the many
+    /// `Options { .. }` literals in the tests stay as they are.)
+    pub fn start_build(opts: Options, build: &str) -> Harness {
+        let h = Harness::start_without_suffix_list_on(opts, build);
         h.load_suffix_list();
         h
     }
@@ -151,7 +179,11 @@ impl Harness {
     /// Like [`Harness::start`], but no public suffix list is loaded (as on
     /// a fresh deployment before `make load-psl`).
     pub fn start_without_suffix_list(opts: Options) -> Harness {
-        let mut h = Harness::start_parts(opts);
+        Harness::start_without_suffix_list_on(opts, BUILD)
+    }
+
+    fn start_without_suffix_list_on(opts: Options, build: &str) -> Harness {
+        let mut h = Harness::start_parts(opts, build);
         h.start_worker();
         h
     }
@@ -171,8 +203,8 @@ impl Harness {
     }
 
     /// The origin, the state directory and `wrangler dev`'s arguments.
-    fn start_parts(opts: Options) -> Harness {
-        check_build();
+    fn start_parts(opts: Options, build: &str) -> Harness {
+        check_build(build);
         let state = std::env::temp_dir().join(format!("keyward-e2e-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&state).unwrap();
         let mut children = Vec::new();
@@ -199,7 +231,7 @@ impl Harness {
             "node_modules/.bin/wrangler".into(),
             "dev".into(),
             "--config".into(),
-            isolated_config(&state).display().to_string(),
+            isolated_config(&state, build).display().to_string(),
             "--port".into(),
             port.to_string(),
             "--ip".into(),
@@ -235,7 +267,7 @@ impl Harness {
     /// ended body before the worker sees it (the worker then cannot tell a
     /// truncated upload from a whole one; Cloudflare's edge has no such proxy).
     pub fn start_on_workerd(opts: Options) -> Harness {
-        let mut h = Harness::start_parts(opts);
+        let mut h = Harness::start_parts(opts, BUILD);
         let env_file = h.state.join("test.env");
         let mut args: Vec<String> = vec![
             "bench/mfconfig.mjs".into(),
