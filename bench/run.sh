@@ -185,7 +185,7 @@ if [ ! -f $KB_WASM ] || [ -n "$(find src policy Cargo.toml Cargo.lock -newer $KB
   {
     worker-build --release --out-dir $KB/build -- --features bench --target-dir "$ROOT/target/bench" &&
       # shellcheck disable=SC2086
-      "$WASM_OPT_BIN" $KB_WASM -o $KB_WASM -Oz --strip-debug --strip-producers $WASM_OPT_FEATURES
+      "$WASM_OPT_BIN" $KB_WASM -o $KB_WASM ${WASM_OPT_PASSES:--Oz} --strip-debug --strip-producers $WASM_OPT_FEATURES
   } >"$TMP/keyward-bench-build.log" 2>&1 || {
     cat "$TMP/keyward-bench-build.log" >&2
     rm -f $KB_WASM

@@ -1038,7 +1038,8 @@ impl<'r> Gate<'r> {
                 // started no earlier, so the isolate never uses a lease or
                 // its facts past their end.
                 let until = asked_at + valid_ms.min(lease_ms);
-                iso.set_facts(&self.hash, *facts, until, now);
+                let facts = Rc::new(*facts);
+                iso.set_facts(&self.hash, facts.clone(), until, now);
                 if let Some(g) = lease {
                     let until = asked_at + g.valid_ms.min(lease_ms);
                     let s = iso.slot_mut(&slot, now, &mut self.later);
@@ -1074,9 +1075,10 @@ impl<'r> Gate<'r> {
                 let quota = quota.map(|q| QuotaWire { remaining: q.remaining.saturating_add(reserved), ..q });
                 let claim =
                     Claim::Guarded { hash: self.hash, key: Self::key_ref(&key), limits: self.limits(&key), counted_at };
-                let Some(facts) = iso.facts(&self.hash, now) else {
-                    return self.refuse_refunding(iso, claim, ApiError::new(ErrorCode::ServiceUnavailable).into());
-                };
+                // This request is decided on the answer's facts, fresh from
+                // the guard however long the answer took to come back (as a
+                // strict key's answer is); only later requests need them
+                // within their `until`, and ask again after it.
                 let records = facts.records(&key.id, &key.org_id);
                 match authorize(&self.facts, &self.presented, &records, self.policy, self.config, now) {
                     Ok(grant) => {
@@ -1089,7 +1091,7 @@ impl<'r> Gate<'r> {
             GuardReply::Limited { retry_after_ms, quota, key_wide, facts } => {
                 if let Some(f) = facts {
                     let (facts, valid_ms) = *f;
-                    iso.set_facts(&self.hash, facts, asked_at + valid_ms.min(lease_ms), now);
+                    iso.set_facts(&self.hash, Rc::new(facts), asked_at + valid_ms.min(lease_ms), now);
                 }
                 iso.remember_limit(&slot, key_wide, retry_after_ms, quota, now, lease_ms, &mut self.later);
                 // Decided on the facts: a refusal they give comes first,
@@ -1355,13 +1357,13 @@ impl Isolate {
         self.keys.get(hash).and_then(|e| e.facts.as_ref()).filter(|f| f.1 > now).map(|f| f.0.clone())
     }
 
-    fn set_facts(&mut self, hash: &[u8; 32], facts: LeaseFacts, until: i64, now: i64) {
+    fn set_facts(&mut self, hash: &[u8; 32], facts: Rc<LeaseFacts>, until: i64, now: i64) {
         if let Some(e) = self.keys.get_mut(hash) {
             e.confirmed_at = Some(now);
             if let Some(k) = &facts.key {
                 e.record = Rc::new(k.clone());
             }
-            e.facts = Some((Rc::new(facts), until));
+            e.facts = Some((facts, until));
         }
     }
 

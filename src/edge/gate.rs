@@ -25,7 +25,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::flow::{Admitted, Gate, Isolate, Later, Next, SlotId};
 use crate::guard::QuotaWire;
 use crate::path::{check_query, split_url, CanonicalPath};
-use crate::records::{org_kv_key, user_kv_key, KeyRecord, OrgRecord, UserRecord};
+use crate::records::{org_kv_key, user_kv_key, OrgRecord, UserRecord};
 use crate::reply::{cache_control, dropped_response_header};
 use crate::signing::{forwarded_headers, identity_headers};
 use crate::turnstile;
@@ -134,7 +134,7 @@ async fn admit(
         let next = ISOLATE.with(|i| gate.next(&mut i.borrow_mut(), now_ms()));
         match next {
             Next::ReadKey => match kv() {
-                Ok(kv) => gate.key_read(read_key(&kv, &hash.kv_key(), fault).await),
+                Ok(kv) => gate.key_read(read_json(&kv, &hash.kv_key(), fault).await),
                 Err(e) => gate.key_read(Err(e)),
             },
             Next::ReadRecords { org_id, user_id } => match kv() {
@@ -151,12 +151,12 @@ async fn admit(
                     super::guard::ask(env, &key_id, &request, settings.guard_timeout_ms, fault)
                 );
                 gate.records_read(records);
-                gate.guard_replied(reply);
+                gate.guard_replied(logged(reply));
             }
             Next::Ask { key_id, request } => {
                 let _question = EndQuestion(gate.asking().cloned());
                 let reply = super::guard::ask(env, &key_id, &request, settings.guard_timeout_ms, fault).await;
-                gate.guard_replied(reply)
+                gate.guard_replied(logged(reply))
             }
             Next::VerifyTurnstile { token, remote_ip } => {
                 gate.turnstile_replied(siteverify(settings, &token, remote_ip.as_deref()).await)
@@ -276,39 +276,37 @@ async fn read_records(
     user_id: Option<&str>,
 ) -> Result<(Option<OrgRecord>, Option<UserRecord>), Refusal> {
     let org_key = org_kv_key(org_id);
-    let org_fut = read_json::<OrgRecord>(kv, &org_key);
+    let org_fut = read_json::<OrgRecord>(kv, &org_key, Fault::none());
     match user_id {
         None => Ok((org_fut.await?, None)),
         Some(uid) => {
             let user_key = user_kv_key(org_id, uid);
-            let (o, u) = futures_util::join!(org_fut, read_json::<UserRecord>(kv, &user_key));
+            let (o, u) = futures_util::join!(org_fut, read_json::<UserRecord>(kv, &user_key, Fault::none()));
             Ok((o?, u?))
         }
     }
 }
 
+/// A guard call that failed (the request is answered 503) is logged, as
+/// the calls after the response are.
+fn logged<T>(reply: Result<T, String>) -> Result<T, String> {
+    if let Err(e) = &reply {
+        worker::console_warn!("keyward: key guard: {e}");
+    }
+    reply
+}
+
 /// Reads and decodes a JSON record. A read error or an undecodable record is
-/// a refusal (503), never an allow.
+/// a refusal (503), never an allow. A test build's KV fault replaces what
+/// the read returned ([`Fault::kv_read`]; the key record's read only).
 pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
     kv: &worker::kv::KvStore,
     key: &str,
+    fault: Fault,
 ) -> Result<Option<T>, Refusal> {
-    decode(read_text(kv, key).await)
-}
-
-/// The key record, as [`read_json`] reads it; a test build's KV fault
-/// replaces what the read returned ([`Fault::kv_read`]).
-async fn read_key(kv: &worker::kv::KvStore, key: &str, fault: Fault) -> Result<Option<KeyRecord>, Refusal> {
-    decode(fault.kv_read(read_text(kv, key).await))
-}
-
-async fn read_text(kv: &worker::kv::KvStore, key: &str) -> Result<Option<String>, String> {
     count_io(Io::KvRead);
-    kv.get(key).text().await.map_err(|e| e.to_string())
-}
-
-fn decode<T: serde::de::DeserializeOwned>(read: Result<Option<String>, String>) -> Result<Option<T>, Refusal> {
-    match read.map_err(|e| unavailable("KV read", e))? {
+    let read = kv.get(key).text().await.map_err(|e| e.to_string());
+    match fault.kv_read(read).map_err(|e| unavailable("KV read", e))? {
         None => Ok(None),
         Some(t) => crate::from_json(&t).map(Some).map_err(|e| unavailable("KV record decode", e)),
     }

@@ -424,6 +424,31 @@ fn a_lease_is_timed_from_when_it_was_asked_for_not_from_the_answer() {
     assert_eq!(store.guard_calls, calls + 1, "at its end the lease is not used");
 }
 
+#[test]
+fn a_lease_answer_slower_than_lease_ms_admits_its_request_and_is_not_kept() {
+    // Seen in the soak on a loaded machine: the guard granted (and counted)
+    // the request, but its answer came back after LEASE_MS; the request was
+    // then refused 503 although the guard had just authorized it.
+    let env = env();
+    let mut store = Store::default();
+    store.org(true);
+    let k = store.key(1, KeyKind::Secret, Consistency::Leased, 1000);
+    let mut iso = Isolate::default();
+    assert!(matches!(one(&env, &mut store, &mut iso, chat(&k), T0), Outcome::Admitted(..)));
+    // After that lease: a question whose answer takes a whole LEASE_MS.
+    let asked = T0 + 2 * LEASE;
+    let r = chat(&k);
+    let mut g = gate(&env, &r);
+    let Next::Ask { key_id, request } = g.next(&mut iso, asked) else { panic!() };
+    g.guard_replied(store.call(&key_id, &request, asked + LEASE / 2, &env));
+    let Next::Admit(a) = g.next(&mut iso, asked + LEASE) else { panic!("refused a request the guard counted") };
+    a.admission.served();
+    assert_eq!(store.guard_calls, 2);
+    // Its facts are too old to serve another request: the next one asks.
+    let _ = one(&env, &mut store, &mut iso, chat(&k), asked + LEASE + 1);
+    assert_eq!(store.guard_calls, 3);
+}
+
 /// The shell waits `GUARD_TIMEOUT_MS` for the guard (src/edge/guard.rs,
 /// `ask`), then reports the failure; the core answers 503 (retryable),
 /// admits nothing, refunds nothing, and the next request asks again.
