@@ -25,13 +25,14 @@ FAULTS := build-faults/index_bg.wasm
 SOURCES := $(shell find src policy -type f) Cargo.toml Cargo.lock
 
 .PHONY: help tools dev test lint deploy clean bench build-faults
-.PHONY: deploy-check load-psl soak
+.PHONY: deploy-check load-psl soak fuzz
 
 help:
 	@echo "make dev     run keyward locally (wrangler dev + demo origin), seeded with a demo key"
 	@echo "make test    lint, unit and end-to-end tests (installs tools, builds the worker)"
 	@echo "make bench   performance benchmarks (writes bench/results.md)"
 	@echo "make soak    10 min of mixed load against wrangler dev (writes soak/results.md)"
+	@echo "make fuzz    fuzz every parser, FUZZ_SECONDS each (default 60; fuzz/README.md)"
 	@echo "make deploy  wrangler deploy (see README: secrets and KV namespace first)"
 
 tools: .tools/rust .tools/worker-build-$(WORKER_BUILD_VERSION) .tools/wasm-bindgen-$(WASM_BINDGEN_VERSION) node_modules/.package-lock.json
@@ -113,6 +114,14 @@ bench: tools $(WORKER)
 # upload's size against the Workers limits (scripts/deploy-check.sh).
 deploy-check: tools $(WORKER)
 	./scripts/deploy-check.sh
+
+# Every parser of untrusted input under libFuzzer for FUZZ_SECONDS each
+# (default 60; FUZZ_RUNS=N for a number of executions): installs nightly and
+# cargo-fuzz 0.13.1 if missing, prints executions and coverage per target
+# (fuzz/README.md). `make test` runs the same checks on stable
+# (tests/fuzz_smoke.rs).
+fuzz:
+	./fuzz/run.sh $(FUZZ_TARGETS)
 
 # 10 minutes of steady mixed load against `wrangler dev` (soak/run.sh;
 # SOAK_SECONDS, SOAK_RATE, SOAK_RUNTIME=workerd): writes soak/results.md,

@@ -122,7 +122,7 @@ fn decode(v: &str) -> Option<String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = v.get(i + 1..i + 3)?;
+            let hex = v.get(i + 1..i + 3).filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
@@ -182,9 +182,9 @@ pub fn key_cursor(c: &str) -> bool {
     ids::is_ulid(c)
 }
 
-/// An audit cursor is a positive sequence number.
+/// An audit cursor is a positive sequence number, as written (no leading zero).
 pub fn audit_cursor(c: &str) -> bool {
-    !c.is_empty() && c.len() <= 18 && c.bytes().all(|b| b.is_ascii_digit()) && c != "0"
+    !c.is_empty() && c.len() <= 18 && c.bytes().all(|b| b.is_ascii_digit()) && !c.starts_with('0')
 }
 
 /// Longest usage range.
@@ -488,7 +488,9 @@ mod tests {
             assert_eq!(page(bad, key_cursor).unwrap_err().code, ErrorCode::ValidationFailed, "{bad}");
         }
         assert!(page("cursor=42", audit_cursor).is_ok());
-        assert!(page("cursor=0", audit_cursor).is_err());
+        for bad in ["cursor=0", "cursor=00", "cursor=042", "cursor=%+1", "cursor=4%+2"] {
+            assert!(page(bad, audit_cursor).is_err(), "{bad}");
+        }
         let now = 1_800_000_000_000;
         assert_eq!(range("", now).unwrap(), (now - 86_400_000, now));
         assert_eq!(

@@ -55,14 +55,6 @@ impl CanonicalPath {
                         return Err(ApiError::invalid_request("The path has a malformed percent-escape."));
                     };
                     let v = (hi << 4) | lo;
-                    // `%25` + two hex digits reads as another escape to an
-                    // origin that decodes twice.
-                    if v == b'%'
-                        && bytes.get(i + 3).and_then(|&c| hex_val(c)).is_some()
-                        && bytes.get(i + 4).and_then(|&c| hex_val(c)).is_some()
-                    {
-                        return Err(ApiError::invalid_request("The path contains a double-encoded escape (%25XX)."));
-                    }
                     decoded.push(v);
                     match v {
                         b'/' | b'\\' | b'.' => {
@@ -88,6 +80,15 @@ impl CanonicalPath {
                     return Err(ApiError::invalid_request("The path contains ';' (path parameters are not accepted)."))
                 }
                 0x80..=0xff => return Err(ApiError::invalid_request("The path contains a non-ASCII byte.")),
+                // What the URL parser percent-encodes in a path (`?` and `#`
+                // end it): the runtime never passes these raw, and `fetch`
+                // would re-encode them, so the path forwarded would not be
+                // the one matched.
+                b' ' | b'"' | b'<' | b'>' | b'`' | b'{' | b'}' | b'?' | b'#' => {
+                    return Err(ApiError::invalid_request(
+                        "The path contains a character that must be percent-encoded.",
+                    ))
+                }
                 _ => {
                     out.push(b as char);
                     decoded.push(b);
@@ -97,6 +98,13 @@ impl CanonicalPath {
         }
         if std::str::from_utf8(&decoded).is_err() {
             return Err(ApiError::invalid_request("The path's percent-escapes are not valid UTF-8."));
+        }
+        // `%25` + two hex digits reads as another escape to an origin that
+        // decodes twice: checked on the canonical form, so that one built
+        // from decoded escapes (`%25%32%46` -> `%252F`) is refused too.
+        let hex = |b: u8| hex_val(b).is_some();
+        if out.as_bytes().windows(5).any(|w| w.starts_with(b"%25") && hex(w[3]) && hex(w[4])) {
+            return Err(ApiError::invalid_request("The path contains a double-encoded escape (%25XX)."));
         }
         // Segment checks on the normalized form. The first element is the empty
         // string before the leading '/'.
@@ -371,6 +379,18 @@ mod tests {
             "/v1/documents/%252e%252e/api_keys",
             "/v1/documents/a%2541",
             "/v1/documents/%25ff",
+            // Built from decoded escapes (fuzzing found these).
+            "/v1/documents/%25%32%46",
+            "/v1/documents/%25%32%65%25%32%65/api_keys",
+            "/v1/documents/%25%34%31",
+            // Raw bytes the URL parser would have encoded.
+            "/v1/documents/a ",
+            "/v1/documents/a\"b",
+            "/v1/documents/<x>",
+            "/v1/documents/`x`",
+            "/v1/documents/{x}",
+            "/v1/ai/chat?_method=DELETE",
+            "/v1/documents/a#b",
         ] {
             refused(p);
         }

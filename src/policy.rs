@@ -216,6 +216,9 @@ impl Policy {
 
     /// Parses and validates a policy document.
     pub fn from_json(json: &str) -> Result<Self, String> {
+        if !json.trim_start().starts_with('{') {
+            return Err("policy: must be a JSON object".into());
+        }
         let raw: RawPolicy = crate::from_json(json).map_err(|e| format!("policy: {e}"))?;
         let mut scopes = Vec::new();
         for s in raw.scopes {
@@ -570,6 +573,7 @@ mod tests {
             base(r#"{"method":"GET","path":"/x//y","scope":"a:b"}"#),
             base(r#"{"method":"GET","path":"/x","scope":"a:b"},{"method":["POST","GET"],"path":"/x","scope":"a:b"}"#),
             base(r#"{"method":"GET","path":"/x","scope":"a:b","extra":1}"#),
+            r#"[["a:b"],{},[]]"#.to_owned(),
             base(r#"{"method":"GET","path":"/x","scope":"a:b","content_types":[]}"#),
             r#"{"scopes":["a:b"],"roles":{},"routes":[],"forwarded_headers":["Accept"]}"#.to_owned(),
             r#"{"scopes":["a:b"],"roles":{},"routes":[],"forwarded_headers":["x-forwarded-user"]}"#.to_owned(),

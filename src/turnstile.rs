@@ -105,7 +105,9 @@ pub enum Failure {
 
 /// The verdict on a siteverify answer for a page on `expected_host`.
 pub fn verdict(status: u16, body: &str, expected_host: &str) -> Result<(), Failure> {
-    if status != 200 {
+    // Only a JSON object is an answer (serde would also fill the struct
+    // from an array: `[true, "host"]`).
+    if status != 200 || !body.trim_start().starts_with('{') {
         return Err(Failure::Unreadable);
     }
     let answer: Siteverify = crate::from_json(body).map_err(|_| Failure::Unreadable)?;
@@ -168,6 +170,7 @@ mod tests {
             Err(Failure::Refused("timeout-or-duplicate".into()))
         );
         assert_eq!(verdict(200, "<html>", host), Err(Failure::Unreadable));
+        assert_eq!(verdict(200, r#"[true,"shop.example.com"]"#, host), Err(Failure::Unreadable), "fuzzing found it");
         assert_eq!(verdict(500, r#"{"success":true,"hostname":"shop.example.com"}"#, host), Err(Failure::Unreadable));
         assert!(plausible_token("0.AbC-d_e.f:1"));
         assert!(!plausible_token(""));
