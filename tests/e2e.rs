@@ -684,7 +684,10 @@ fn the_normal_build_has_no_test_hooks() {
         let r = chat(&key, &[("x-keyward-fault", f)]);
         assert_eq!(r.status, 200, "{f}: {}", r.text());
     }
-    let armed = Harness::start(Options { origin_url: None, vars: vec![("KEYWARD_TEST_PANIC", "enabled".into())] });
+    let armed = Harness::start_without_suffix_list(Options {
+        origin_url: None,
+        vars: vec![("KEYWARD_TEST_PANIC", "enabled".into())],
+    });
     armed.send("GET", "/__keyward/panic", &[("authorization", &admin)], None).assert_error(503, "SERVICE_UNAVAILABLE");
     armed.send("POST", "/v1/ai/chat", &[], None).assert_error(503, "SERVICE_UNAVAILABLE");
 }
