@@ -80,16 +80,7 @@ fn decide(w: &World) -> (Grant, KeyRecord, CanonicalPath) {
     black_box(&kv_key);
     let key: KeyRecord = serde_json::from_str(black_box(&w.key_json)).unwrap();
     let org: OrgRecord = serde_json::from_str(black_box(ORG_JSON)).unwrap();
-    let facts = Facts {
-        method: black_box(METHOD),
-        path: &path,
-        origin: None,
-        referer: None,
-        has_body: false,
-        content_type: None,
-        visitor_token: None,
-        turnstile_token: None,
-    };
+    let facts = Facts::bare(black_box(METHOD), &path);
     let records = Records { key: Some(&key), org: Some(&org), user: None };
     let grant = authorize(&facts, &presented, &records, &w.policy, &w.config, black_box(NOW_MS)).unwrap();
     (grant, key, path)
@@ -170,16 +161,7 @@ mod steps {
         let key: KeyRecord = serde_json::from_str(&w.key_json).unwrap();
         let org: OrgRecord = serde_json::from_str(ORG_JSON).unwrap();
         b.bench_local(|| {
-            let facts = Facts {
-                method: black_box(METHOD),
-                path: &path,
-                origin: None,
-                referer: None,
-                has_body: false,
-                content_type: None,
-                visitor_token: None,
-                turnstile_token: None,
-            };
+            let facts = Facts::bare(black_box(METHOD), &path);
             let records = Records { key: Some(&key), org: Some(&org), user: None };
             authorize(&facts, &presented, &records, &w.policy, &w.config, black_box(NOW_MS)).unwrap()
         });
@@ -192,16 +174,7 @@ mod steps {
         let presented = ApiKey::parse(&w.config.format, &w.token).unwrap();
         let key: KeyRecord = serde_json::from_str(&w.key_json).unwrap();
         let org: OrgRecord = serde_json::from_str(ORG_JSON).unwrap();
-        let facts = Facts {
-            method: METHOD,
-            path: &path,
-            origin: None,
-            referer: None,
-            has_body: false,
-            content_type: None,
-            visitor_token: None,
-            turnstile_token: None,
-        };
+        let facts = Facts::bare(METHOD, &path);
         let records = Records { key: Some(&key), org: Some(&org), user: None };
         let grant = authorize(&facts, &presented, &records, &w.policy, &w.config, NOW_MS).unwrap();
         b.bench_local(|| {

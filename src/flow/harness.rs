@@ -23,6 +23,16 @@ pub(crate) struct Env {
     pub(crate) settings: FlowSettings,
 }
 
+/// The usual start of a flow test: the environment, a store with an org
+/// that has a BAA, and one secret key with `limit` per minute.
+pub(crate) fn secret_key(consistency: Consistency, limit: u32) -> (Env, Store, Key) {
+    let env = env();
+    let mut store = Store::default();
+    store.org(true);
+    let k = store.key(1, KeyKind::Secret, consistency, limit);
+    (env, store, k)
+}
+
 pub(crate) fn env() -> Env {
     Env {
         policy: Policy::default_policy().unwrap(),

@@ -75,10 +75,7 @@ fn review_records_refusals_of_a_leased_key_cost_no_write() {
 /// guard calls (and again whenever the guard's word lapses), not one.
 #[test]
 fn review_a_concurrent_refusal_flood_probes_once() {
-    let env = env();
-    let mut store = Store::default();
-    store.org(true);
-    let k = store.key(1, KeyKind::Secret, Consistency::Strict, 100);
+    let (env, mut store, k) = secret_key(Consistency::Strict, 100);
     let mut iso = Isolate::default();
     // The key is known to the isolate (one admitted request), then the guard's
     // word lapses and a burst of refused requests arrives at once.
@@ -96,10 +93,7 @@ fn review_a_concurrent_refusal_flood_probes_once() {
 /// until one 429 is back.
 #[test]
 fn review_a_concurrent_over_limit_flood_asks_once() {
-    let env = env();
-    let mut store = Store::default();
-    store.org(true);
-    let k = store.key(1, KeyKind::Secret, Consistency::Strict, 3);
+    let (env, mut store, k) = secret_key(Consistency::Strict, 3);
     let mut iso = Isolate::default();
     for i in 0..3 {
         assert!(matches!(one(&env, &mut store, &mut iso, chat(&k), T0 + i), Outcome::Admitted(..)));
@@ -140,10 +134,7 @@ fn review_a_leased_widget_bad_origin_flood_from_many_visitors_asks_once() {
 /// the refund's answer, without any probe.
 #[test]
 fn review_a_refund_answer_is_not_a_not_revoked_confirmation() {
-    let env = env();
-    let mut store = Store::default();
-    store.org(true);
-    let k = store.key(1, KeyKind::Secret, Consistency::Strict, 100);
+    let (env, mut store, k) = secret_key(Consistency::Strict, 100);
     let mut iso = Isolate::default();
     // T0: admitted by the guard, then refused before the origin: a refund
     // is left for after the response.
@@ -212,10 +203,7 @@ fn review_cancelled_waiters_pin_slots_and_the_slot_map_grows_past_its_bound() {
 /// answer that never comes.
 #[test]
 fn review_a_cancelled_asker_does_not_block_its_slot() {
-    let env = env();
-    let mut store = Store::default();
-    store.org(true);
-    let k = store.key(1, KeyKind::Secret, Consistency::Leased, 1000);
+    let (env, mut store, k) = secret_key(Consistency::Leased, 1000);
     let mut iso = Isolate::default();
     assert!(matches!(one(&env, &mut store, &mut iso, chat(&k), T0), Outcome::Admitted(..)));
     let ra = chat(&k);
@@ -249,10 +237,7 @@ fn review_a_cancelled_asker_does_not_block_its_slot() {
 /// served them all concurrently.)
 #[test]
 fn review_a_full_lease_table_makes_concurrent_leased_requests_fail_503() {
-    let env = env();
-    let mut store = Store::default();
-    store.org(true);
-    let k = store.key(1, KeyKind::Secret, Consistency::Leased, 1_000_000);
+    let (env, mut store, k) = secret_key(Consistency::Leased, 1_000_000);
     // Other isolates hold MAX_LEASES live leases of the key.
     let limits =
         Limits { key: vec![RateLimit { name: "minute".into(), limit: 1_000_000, window_seconds: 60 }], visitor: None };
@@ -286,10 +271,7 @@ fn review_a_full_lease_table_makes_concurrent_leased_requests_fail_503() {
 /// costs ~64 guard calls and ends as a 503, not a 200 or a 401.
 #[test]
 fn review_a_key_expiring_under_clock_skew_loops_through_the_guard() {
-    let env = env();
-    let mut store = Store::default();
-    store.org(true);
-    let k = store.key(1, KeyKind::Secret, Consistency::Leased, 1000);
+    let (env, mut store, k) = secret_key(Consistency::Leased, 1000);
     for r in store.kv_keys.values_mut().chain(store.db_keys.values_mut()) {
         r.expires_at = Some(T0 + 1000);
     }
@@ -387,10 +369,7 @@ fn review_property_leased_widget_visitors_never_exceed_key_or_visitor_limits() {
 /// several isolates; KV stays stale throughout.
 #[test]
 fn review_a_revoked_leased_key_under_concurrency_stops_within_lease_ms() {
-    let env = env();
-    let mut store = Store::default();
-    store.org(true);
-    let k = store.key(1, KeyKind::Secret, Consistency::Leased, 1_000_000);
+    let (env, mut store, k) = secret_key(Consistency::Leased, 1_000_000);
     let mut isolates: Vec<Isolate> = (0..3).map(|_| Isolate::default()).collect();
     let mut t = T0;
     let revoked_at = T0 + 1_234;

@@ -11,10 +11,7 @@ use crate::ratelimit::RateLimit;
 
 #[test]
 fn strict_keys_ask_the_guard_on_every_request() {
-    let env = env();
-    let mut store = Store::default();
-    store.org(true);
-    let k = store.key(1, KeyKind::Secret, Consistency::Strict, 100);
+    let (env, mut store, k) = secret_key(Consistency::Strict, 100);
     let mut iso = Isolate::default();
     for i in 0..5 {
         let o = one(&env, &mut store, &mut iso, chat(&k), T0 + i);
@@ -27,10 +24,7 @@ fn strict_keys_ask_the_guard_on_every_request() {
 
 #[test]
 fn a_hot_leased_key_needs_no_kv_read_and_almost_no_guard_call() {
-    let env = env();
-    let mut store = Store::default();
-    store.org(true);
-    let k = store.key(1, KeyKind::Secret, Consistency::Leased, 1_000_000);
+    let (env, mut store, k) = secret_key(Consistency::Leased, 1_000_000);
     let mut iso = Isolate::default();
     // Cold: the first request asks (one unit, no reservation).
     assert!(matches!(one(&env, &mut store, &mut iso, chat(&k), T0), Outcome::Admitted(..)));
@@ -47,10 +41,7 @@ fn a_hot_leased_key_needs_no_kv_read_and_almost_no_guard_call() {
 
 #[test]
 fn a_leased_keys_remaining_counts_down_without_jumps() {
-    let env = env();
-    let mut store = Store::default();
-    store.org(true);
-    let k = store.key(1, KeyKind::Secret, Consistency::Leased, 6);
+    let (env, mut store, k) = secret_key(Consistency::Leased, 6);
     let mut iso = Isolate::default();
     let mut seen = Vec::new();
     for i in 0..7 {
@@ -69,10 +60,7 @@ fn a_leased_keys_remaining_counts_down_without_jumps() {
 
 #[test]
 fn a_cold_leased_key_asks_every_time_and_reserves_nothing() {
-    let env = env();
-    let mut store = Store::default();
-    store.org(true);
-    let k = store.key(1, KeyKind::Secret, Consistency::Leased, 100);
+    let (env, mut store, k) = secret_key(Consistency::Leased, 100);
     let mut iso = Isolate::default();
     for i in 0..5 {
         assert!(matches!(one(&env, &mut store, &mut iso, chat(&k), T0 + i * 60_000), Outcome::Admitted(..)));
@@ -83,10 +71,7 @@ fn a_cold_leased_key_asks_every_time_and_reserves_nothing() {
 
 #[test]
 fn a_hundred_concurrent_leased_requests_admit_exactly_the_limit() {
-    let env = env();
-    let mut store = Store::default();
-    store.org(true);
-    let k = store.key(1, KeyKind::Secret, Consistency::Leased, 20);
+    let (env, mut store, k) = secret_key(Consistency::Leased, 20);
     let mut iso = Isolate::default();
     let reqs: Vec<Req> = (0..100).map(|_| chat(&k)).collect();
     let out = run_all(&env, &mut store, &mut iso, &reqs, T0);
@@ -109,10 +94,7 @@ fn a_hundred_concurrent_leased_requests_admit_exactly_the_limit() {
 
 #[test]
 fn a_revoked_leased_key_stops_within_lease_ms_everywhere() {
-    let env = env();
-    let mut store = Store::default();
-    store.org(true);
-    let k = store.key(1, KeyKind::Secret, Consistency::Leased, 1_000_000);
+    let (env, mut store, k) = secret_key(Consistency::Leased, 1_000_000);
     let (mut a, mut b) = (Isolate::default(), Isolate::default());
     let mut t = T0;
     let mut revoked_at = None;
@@ -139,10 +121,7 @@ fn a_revoked_leased_key_stops_within_lease_ms_everywhere() {
 
 #[test]
 fn a_baa_change_reaches_a_leased_key_within_lease_ms() {
-    let env = env();
-    let mut store = Store::default();
-    store.org(true);
-    let k = store.key(1, KeyKind::Secret, Consistency::Leased, 1_000_000);
+    let (env, mut store, k) = secret_key(Consistency::Leased, 1_000_000);
     let mut iso = Isolate::default();
     let mut t = T0;
     while t < T0 + 1_000 {
@@ -177,10 +156,7 @@ fn a_baa_change_reaches_a_leased_key_within_lease_ms() {
 
 #[test]
 fn refusals_of_a_known_key_probe_the_guard_at_most_once_per_lease_ms() {
-    let env = env();
-    let mut store = Store::default();
-    store.org(true);
-    let k = store.key(1, KeyKind::Secret, Consistency::Strict, 100);
+    let (env, mut store, k) = secret_key(Consistency::Strict, 100);
     let mut iso = Isolate::default();
     // Never confirmed: the first refusal asks (a revoked key must get 401).
     let o = one(&env, &mut store, &mut iso, to(&k, "POST", "/v1/embeddings"), T0);
@@ -212,10 +188,7 @@ fn refusals_of_a_known_key_probe_the_guard_at_most_once_per_lease_ms() {
 
 #[test]
 fn an_over_limit_flood_costs_one_guard_call_per_lease_ms() {
-    let env = env();
-    let mut store = Store::default();
-    store.org(true);
-    let k = store.key(1, KeyKind::Secret, Consistency::Strict, 3);
+    let (env, mut store, k) = secret_key(Consistency::Strict, 3);
     let mut iso = Isolate::default();
     for i in 0..3 {
         assert!(matches!(one(&env, &mut store, &mut iso, chat(&k), T0 + i), Outcome::Admitted(..)));
@@ -264,10 +237,7 @@ fn widget_visitors_are_limited_apart_and_a_visitors_flood_stays_here() {
 
 #[test]
 fn leased_refunds_go_back_to_the_lease_and_guarded_ones_to_the_guard() {
-    let env = env();
-    let mut store = Store::default();
-    store.org(true);
-    let k = store.key(1, KeyKind::Secret, Consistency::Leased, 10);
+    let (env, mut store, k) = secret_key(Consistency::Leased, 10);
     let mut iso = Isolate::default();
     let r = chat(&k);
     // First request: counted by the guard (the immediate unit).
@@ -309,10 +279,7 @@ fn leased_refunds_go_back_to_the_lease_and_guarded_ones_to_the_guard() {
 #[test]
 #[should_panic(expected = "dropped without being served or refunded")]
 fn an_admission_dropped_undischarged_is_a_bug() {
-    let env = env();
-    let mut store = Store::default();
-    store.org(true);
-    let k = store.key(1, KeyKind::Secret, Consistency::Strict, 10);
+    let (env, mut store, k) = secret_key(Consistency::Strict, 10);
     let mut iso = Isolate::default();
     let r = chat(&k);
     let a = admit_strict(&env, &mut store, &mut iso, &r, T0);
@@ -396,10 +363,7 @@ fn property_isolates_never_admit_more_than_the_limit() {
 
 #[test]
 fn a_lease_is_timed_from_when_it_was_asked_for_not_from_the_answer() {
-    let env = env();
-    let mut store = Store::default();
-    store.org(true);
-    let k = store.key(1, KeyKind::Secret, Consistency::Leased, 1000);
+    let (env, mut store, k) = secret_key(Consistency::Leased, 1000);
     let mut iso = Isolate::default();
     assert!(matches!(one(&env, &mut store, &mut iso, chat(&k), T0), Outcome::Admitted(..)));
     // The second question travels 300 ms each way.
@@ -429,10 +393,7 @@ fn a_lease_answer_slower_than_lease_ms_admits_its_request_and_is_not_kept() {
     // Seen in the soak on a loaded machine: the guard granted (and counted)
     // the request, but its answer came back after LEASE_MS; the request was
     // then refused 503 although the guard had just authorized it.
-    let env = env();
-    let mut store = Store::default();
-    store.org(true);
-    let k = store.key(1, KeyKind::Secret, Consistency::Leased, 1000);
+    let (env, mut store, k) = secret_key(Consistency::Leased, 1000);
     let mut iso = Isolate::default();
     assert!(matches!(one(&env, &mut store, &mut iso, chat(&k), T0), Outcome::Admitted(..)));
     // After that lease: a question whose answer takes a whole LEASE_MS.
@@ -460,10 +421,7 @@ fn timed_out() -> Result<GuardReply, String> {
 
 #[test]
 fn a_guard_past_its_deadline_is_a_503_that_admits_and_refunds_nothing() {
-    let env = env();
-    let mut store = Store::default();
-    store.org(true);
-    let k = store.key(1, KeyKind::Secret, Consistency::Strict, 5);
+    let (env, mut store, k) = secret_key(Consistency::Strict, 5);
     let mut iso = Isolate::default();
     let r = chat(&k);
     // Twice: the guard gets to the question after the deadline (it counts
@@ -502,10 +460,7 @@ fn a_guard_past_its_deadline_is_a_503_that_admits_and_refunds_nothing() {
 
 #[test]
 fn a_lease_question_past_its_deadline_does_not_leave_the_key_stuck() {
-    let env = env();
-    let mut store = Store::default();
-    store.org(true);
-    let k = store.key(1, KeyKind::Secret, Consistency::Leased, 10);
+    let (env, mut store, k) = secret_key(Consistency::Leased, 10);
     let mut iso = Isolate::default();
     let (ra, rb) = (chat(&k), chat(&k));
     let mut a = gate(&env, &ra);
