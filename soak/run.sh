@@ -70,34 +70,17 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/keyward-soak.XXXXXX")
 PGIDS=()
 DRIVER=
 cleanup() {
-  local pg
+  local pg all=("${PGIDS[@]}")
   [ -z "$DRIVER" ] || kill -TERM "$DRIVER" 2>/dev/null || true
-  for pg in "${PGIDS[@]}"; do kill -TERM -- "-$pg" 2>/dev/null || true; done
-  for pg in "${PGIDS[@]}"; do
-    for _ in $(seq 1 50); do kill -0 -- "-$pg" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL -- "-$pg" 2>/dev/null || true
-  done
+  for pg in "${all[@]}"; do kill -TERM -- "-$pg" 2>/dev/null || true; done
+  for pg in "${all[@]}"; do stop "$pg"; done
   if [ -n "${SOAK_KEEP:-}" ]; then echo "soak: kept $TMP" >&2; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# spawn LOG CMD...: CMD in a new session (its own process group) under a
-# watchdog that kills the group if this script dies; SPAWNED = the group id.
-spawn() {
-  local logf=$1
-  shift
-  # shellcheck disable=SC2016
-  setsid bash -c 'parent=$1; shift; "$@" & c=$!
-    while kill -0 "$parent" 2>/dev/null && kill -0 "$c" 2>/dev/null; do sleep 0.5; done
-    kill -- -$$ 2>/dev/null' watchdog $$ "$@" >"$logf" 2>&1 </dev/null &
-  SPAWNED=$!
-  PGIDS+=("$SPAWNED")
-}
-
-free_port() {
-  node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
-}
+# spawn, stop, free_port: scripts/procs.sh.
+. "$ROOT/scripts/procs.sh"
 
 # The build, copied once. worker-build writes index.js before wasm-opt
 # rewrites index_bg.wasm: a copy is taken only when no file changed while it
