@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::sync::{Arc, Barrier, OnceLock};
+use std::sync::OnceLock;
 
 use common::*;
 use serde_json::json;
@@ -45,25 +45,7 @@ fn hundred_concurrent_requests_admit_exactly_the_limit() {
         &org,
         json!({"name": "k", "scopes": ["ai:chat"], "rate_limits": [{"name": "minute", "limit": 20, "window_seconds": 60}]}),
     );
-    let barrier = Arc::new(Barrier::new(100));
-    let port = h().port;
-    let threads: Vec<_> = (0..100)
-        .map(|_| {
-            let (barrier, key) = (barrier.clone(), key.clone());
-            std::thread::spawn(move || {
-                let auth = format!("Bearer {key}");
-                barrier.wait();
-                send(
-                    port,
-                    "POST",
-                    "/v1/ai/chat",
-                    &[("authorization", &auth), ("content-type", "application/json")],
-                    Some(b"{}"),
-                )
-            })
-        })
-        .collect();
-    let responses: Vec<Resp> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let responses = concurrent_chats(h().port, &key, 100);
     let ok = responses.iter().filter(|r| r.status == 200).count();
     let limited: Vec<&Resp> = responses.iter().filter(|r| r.status == 429).collect();
     assert_eq!((ok, limited.len()), (20, 80), "statuses: {:?}", responses.iter().map(|r| r.status).collect::<Vec<_>>());

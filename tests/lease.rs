@@ -9,7 +9,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -125,25 +125,7 @@ fn consistency_is_set_at_creation_listed_and_never_laxer_than_the_parent() {
 fn a_leased_key_admits_exactly_its_limit_under_concurrency() {
     let org = h().org(true);
     let (key, key_id) = h().key(&org, leased(20));
-    let barrier = Arc::new(Barrier::new(100));
-    let port = h().port;
-    let threads: Vec<_> = (0..100)
-        .map(|_| {
-            let (barrier, key) = (barrier.clone(), key.clone());
-            std::thread::spawn(move || {
-                let auth = format!("Bearer {key}");
-                barrier.wait();
-                send(
-                    port,
-                    "POST",
-                    "/v1/ai/chat",
-                    &[("authorization", &auth), ("content-type", "application/json")],
-                    Some(b"{}"),
-                )
-            })
-        })
-        .collect();
-    let responses: Vec<Resp> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let responses = concurrent_chats(h().port, &key, 100);
     let ok = responses.iter().filter(|r| r.status == 200).count();
     let limited: Vec<&Resp> = responses.iter().filter(|r| r.status == 429).collect();
     assert_eq!((ok, limited.len()), (20, 80), "{:?}", responses.iter().map(|r| r.status).collect::<Vec<_>>());

@@ -417,6 +417,28 @@ impl Harness {
 }
 
 /// Calls a guard received, stats reads excepted (from [`Harness::guard_stats`]).
+/// `n` requests `POST /v1/ai/chat` with `key`, released at once from `n`
+/// threads (a barrier), and their responses.
+pub fn concurrent_chats(port: u16, key: &str, n: usize) -> Vec<Resp> {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let (barrier, auth) = (barrier.clone(), format!("Bearer {key}"));
+            std::thread::spawn(move || {
+                barrier.wait();
+                send(
+                    port,
+                    "POST",
+                    "/v1/ai/chat",
+                    &[("authorization", &auth), ("content-type", "application/json")],
+                    Some(b"{}"),
+                )
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
 pub fn guard_calls(stats: &Value) -> u64 {
     stats["calls"].as_object().unwrap().iter().filter(|(k, _)| *k != "stats").map(|(_, v)| v.as_u64().unwrap()).sum()
 }
