@@ -124,6 +124,16 @@ fn a_guard_that_throws_is_a_503_and_counts_nothing() {
     let rid = assert_unavailable(&chat(&key, &fault("guard-throw")));
     origin_never_saw(&rid);
     next_is_served(&key, LIMIT - 2);
+    // An operator can see why: the failed guard call is logged (wrangler
+    // writes its log a moment later).
+    let logged = (0..50).any(|_| {
+        let log = std::fs::read_to_string(h().state.join("wrangler.log")).unwrap_or_default();
+        log.contains("keyward: key guard: Error: injected fault") || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            false
+        }
+    });
+    assert!(logged, "no log line for the failed guard call");
 }
 
 #[test]
