@@ -82,7 +82,7 @@ fn decide(w: &World) -> (Grant, KeyRecord, CanonicalPath) {
     let org: OrgRecord = serde_json::from_str(black_box(ORG_JSON)).unwrap();
     let facts = Facts::bare(black_box(METHOD), &path);
     let records = Records { key: Some(&key), org: Some(&org), user: None };
-    let grant = authorize(&facts, &presented, &records, &w.policy, &w.config, black_box(NOW_MS)).unwrap();
+    let grant = authorize(&facts, presented.kind(), &records, &w.policy, &w.config, black_box(NOW_MS)).unwrap();
     (grant, key, path)
 }
 
@@ -163,7 +163,7 @@ mod steps {
         b.bench_local(|| {
             let facts = Facts::bare(black_box(METHOD), &path);
             let records = Records { key: Some(&key), org: Some(&org), user: None };
-            authorize(&facts, &presented, &records, &w.policy, &w.config, black_box(NOW_MS)).unwrap()
+            authorize(&facts, presented.kind(), &records, &w.policy, &w.config, black_box(NOW_MS)).unwrap()
         });
     }
 
@@ -176,7 +176,7 @@ mod steps {
         let org: OrgRecord = serde_json::from_str(ORG_JSON).unwrap();
         let facts = Facts::bare(METHOD, &path);
         let records = Records { key: Some(&key), org: Some(&org), user: None };
-        let grant = authorize(&facts, &presented, &records, &w.policy, &w.config, NOW_MS).unwrap();
+        let grant = authorize(&facts, presented.kind(), &records, &w.policy, &w.config, NOW_MS).unwrap();
         b.bench_local(|| {
             identity_headers(black_box(&grant), &w.signing, REQUEST_ID, METHOD, path.as_str(), QUERY, NOW_MS / 1000)
         });

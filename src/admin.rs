@@ -122,6 +122,18 @@ pub enum OrgCommand {
         /// The calling key, for the control API (`None`: the admin API).
         caller: Option<RevokeCaller>,
     },
+    /// Revoke a user's JWT sessions: every token issued until now is
+    /// refused on its next request (through the user's sessions guard).
+    RevokeSessions {
+        /// Org id.
+        org_id: String,
+        /// User id.
+        user_id: String,
+        /// The calling key or session's user, for the control API (`None`:
+        /// the admin API, or an org-level key): revoking another user's
+        /// sessions needs a role that may manage keys.
+        caller_user: Option<String>,
+    },
     /// The org's non-revoked keys, newest first.
     ListKeys {
         /// Org id.
@@ -195,6 +207,7 @@ impl OrgCommand {
             OrgCommand::UpsertUser { user_id, .. } => Some(("user.update_refused", user_id)),
             OrgCommand::CreateKey { record, .. } => Some(("key.create_refused", &record.id)),
             OrgCommand::RevokeKey { key_id, .. } => Some(("key.revoke_refused", key_id)),
+            OrgCommand::RevokeSessions { user_id, .. } => Some(("user.sessions_revoke_refused", user_id)),
             _ => None,
         }
     }

@@ -33,6 +33,9 @@ pub struct Config {
     /// Whether `TURNSTILE_SECRET_KEY` is set (else a Turnstile token cannot
     /// be verified: 503).
     pub turnstile: bool,
+    /// `JWT_ALLOWED_ORIGINS`: the browser origins JWT sessions may be used
+    /// from (none: a JWT on a browser request is refused like a secret key).
+    pub session_origins: Vec<crate::cors::OriginPattern>,
 }
 
 impl Default for Config {
@@ -44,6 +47,7 @@ impl Default for Config {
             visitor_tokens: None,
             visitor_token_ttl_ms: crate::turnstile::DEFAULT_TTL_SECONDS * 1000,
             turnstile: false,
+            session_origins: Vec::new(),
         }
     }
 }
@@ -209,6 +213,22 @@ pub struct Grant {
     pub resource_id: Option<String>,
     /// Widget keys: the matched browser origin, echoed in CORS headers.
     pub cors_origin: Option<BrowserOrigin>,
+    /// How the caller authenticated.
+    pub auth: Auth,
+}
+
+/// How a request authenticated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Auth {
+    /// An API key (secret or widget).
+    Key,
+    /// A JWT user session ([`crate::jwt`]).
+    Jwt {
+        /// The token's `jti`, if it has one.
+        token_id: Option<String>,
+    },
+    /// No credential: a public route of the policy.
+    Public,
 }
 
 impl Grant {
@@ -224,8 +244,8 @@ impl Grant {
 /// matches the prefix, not revoked, not expired. The shell calls it right
 /// after the key read, so a revoked or expired key costs no more reads than
 /// an unknown one.
-pub fn precheck(presented: &ApiKey<'_>, key: &KeyRecord, now_ms: i64) -> Result<(), Refusal> {
-    if key.kind != presented.kind() || key.revoked_at.is_some() || key.expires_at.is_some_and(|e| e <= now_ms) {
+pub fn precheck(presented: KeyKind, key: &KeyRecord, now_ms: i64) -> Result<(), Refusal> {
+    if key.kind != presented || key.revoked_at.is_some() || key.expires_at.is_some_and(|e| e <= now_ms) {
         return Err(ErrorCode::InvalidApiKey.into());
     }
     Ok(())
@@ -241,7 +261,7 @@ pub fn precheck(presented: &ApiKey<'_>, key: &KeyRecord, now_ms: i64) -> Result<
 /// the page can read the error.
 pub fn authorize(
     facts: &Facts<'_>,
-    presented: &ApiKey<'_>,
+    presented: KeyKind,
     records: &Records<'_>,
     policy: &Policy,
     config: &Config,
@@ -265,7 +285,7 @@ pub fn authorize(
 /// concurrently with the org and user reads when the request is likely to
 /// be allowed; [`authorize`] stays the decision (and the order of refusals),
 /// and a request it then refuses is refunded to the guard.
-pub fn preauthorize(facts: &Facts<'_>, presented: &ApiKey<'_>, key: &KeyRecord, policy: &Policy, now_ms: i64) -> bool {
+pub fn preauthorize(facts: &Facts<'_>, presented: KeyKind, key: &KeyRecord, policy: &Policy, now_ms: i64) -> bool {
     if precheck(presented, key, now_ms).is_err() || kind_rules(facts, key).is_err() {
         return false;
     }
@@ -283,6 +303,20 @@ pub fn preauthorize(facts: &Facts<'_>, presented: &ApiKey<'_>, key: &KeyRecord, 
 /// origin (which its CORS headers will echo).
 pub(crate) fn kind_rules(facts: &Facts<'_>, key: &KeyRecord) -> Result<Option<BrowserOrigin>, Refusal> {
     Ok(match key.kind {
+        // A JWT session's record carries `JWT_ALLOWED_ORIGINS`: a browser
+        // on one of them may use it (its answers carry CORS headers).
+        KeyKind::Secret if facts.origin.is_some() && crate::jwt::is_session_guard(&key.id) => {
+            match cors::request_origin(facts.origin, None).filter(|o| key.allowed_origins.iter().any(|p| p.matches(o))) {
+                Some(o) => Some(o),
+                None => {
+                    return Err(ApiError::with_message(
+                        ErrorCode::OriginNotAllowed,
+                        "JWT sessions are accepted from a browser only on the origins in JWT_ALLOWED_ORIGINS.",
+                    )
+                    .into())
+                }
+            }
+        }
         KeyKind::Secret if facts.origin.is_some() => {
             return Err(ApiError::with_message(
                 ErrorCode::OriginNotAllowed,
@@ -400,6 +434,7 @@ fn decide_rest(
         local: route.is_local(),
         resource_id: key.resource_id.clone(),
         cors_origin,
+        auth: Auth::Key,
     })
 }
 
@@ -461,7 +496,7 @@ mod tests {
         let presented = parse_key(&w.config.format, &w.token).unwrap();
         let facts = Facts { origin, ..Facts::bare(method, &path) };
         let records = Records { key: Some(&w.key), org: Some(&w.org), user: with_user.then_some(&w.user) };
-        authorize(&facts, &presented, &records, &w.policy, &w.config, NOW)
+        authorize(&facts, presented.kind(), &records, &w.policy, &w.config, NOW)
     }
 
     fn code(r: Result<Grant, Refusal>) -> ErrorCode {
@@ -486,7 +521,7 @@ mod tests {
         let presented = parse_key(&w.config.format, &w.token).unwrap();
         let facts = Facts::bare("POST", &path);
         let none = Records { key: None, org: Some(&w.org), user: None };
-        let e1 = authorize(&facts, &presented, &none, &w.policy, &w.config, NOW).unwrap_err();
+        let e1 = authorize(&facts, presented.kind(), &none, &w.policy, &w.config, NOW).unwrap_err();
         assert_eq!(e1.error.code, ErrorCode::InvalidApiKey);
 
         let mut revoked = world();
@@ -524,10 +559,16 @@ mod tests {
         let presented = parse_key(&w.config.format, &w.token).unwrap();
         let facts = Facts::bare("POST", &path);
         let r = Records { key: Some(&w.key), org: None, user: None };
-        assert_eq!(code(authorize(&facts, &presented, &r, &w.policy, &w.config, NOW)), ErrorCode::ServiceUnavailable);
+        assert_eq!(
+            code(authorize(&facts, presented.kind(), &r, &w.policy, &w.config, NOW)),
+            ErrorCode::ServiceUnavailable
+        );
         let other = OrgRecord { id: "org_2".into(), ..w.org.clone() };
         let r = Records { key: Some(&w.key), org: Some(&other), user: None };
-        assert_eq!(code(authorize(&facts, &presented, &r, &w.policy, &w.config, NOW)), ErrorCode::ServiceUnavailable);
+        assert_eq!(
+            code(authorize(&facts, presented.kind(), &r, &w.policy, &w.config, NOW)),
+            ErrorCode::ServiceUnavailable
+        );
     }
 
     #[test]
@@ -607,7 +648,7 @@ mod tests {
         let presented = parse_key(&w.config.format, &w.token).unwrap();
         let facts = Facts { origin, referer, ..Facts::bare(method, &path) };
         let records = Records { key: Some(&w.key), org: Some(&w.org), user: None };
-        authorize(&facts, &presented, &records, &w.policy, &w.config, NOW)
+        authorize(&facts, presented.kind(), &records, &w.policy, &w.config, NOW)
     }
 
     #[test]
@@ -677,7 +718,7 @@ mod tests {
         let p = |m: &str, path: &str, origin: Option<&str>| {
             let path = CanonicalPath::parse(path).unwrap();
             let presented = parse_key(&w.config.format, &w.token).unwrap();
-            preauthorize(&Facts { origin, ..Facts::bare(m, &path) }, &presented, &w.key, &w.policy, NOW)
+            preauthorize(&Facts { origin, ..Facts::bare(m, &path) }, presented.kind(), &w.key, &w.policy, NOW)
         };
         assert!(p("POST", "/v1/ai/chat", None));
         assert!(!p("POST", "/v1/embeddings", None), "scope");
@@ -695,24 +736,24 @@ mod tests {
             content_type: Some("application/x-www-form-urlencoded"),
             ..Facts::bare("POST", &path)
         };
-        assert!(!preauthorize(&form, &presented, &w.key, &w.policy, NOW), "a form body to a JSON route");
+        assert!(!preauthorize(&form, presented.kind(), &w.key, &w.policy, NOW), "a form body to a JSON route");
         let records = Records { key: Some(&w.key), org: Some(&w.org), user: None };
-        let e = authorize(&form, &presented, &records, &w.policy, &w.config, NOW).unwrap_err();
+        let e = authorize(&form, presented.kind(), &records, &w.policy, &w.config, NOW).unwrap_err();
         assert_eq!(e.error.code, ErrorCode::UnsupportedMediaType);
         let json = Facts { content_type: Some("application/json"), ..form };
-        assert!(preauthorize(&json, &presented, &w.key, &w.policy, NOW));
-        assert!(authorize(&json, &presented, &records, &w.policy, &w.config, NOW).is_ok());
+        assert!(preauthorize(&json, presented.kind(), &w.key, &w.policy, NOW));
+        assert!(authorize(&json, presented.kind(), &records, &w.policy, &w.config, NOW).is_ok());
         // Scope before body type: a key without the scope learns nothing of the route's types.
         let embed_path = CanonicalPath::parse("/v1/embeddings").unwrap();
         let embed = Facts { path: &embed_path, ..form };
-        let e = authorize(&embed, &presented, &records, &w.policy, &w.config, NOW).unwrap_err();
+        let e = authorize(&embed, presented.kind(), &records, &w.policy, &w.config, NOW).unwrap_err();
         assert_eq!(e.error.code, ErrorCode::MissingScope);
         let mut revoked = world();
         revoked.key.revoked_at = Some(1);
         let path = CanonicalPath::parse("/v1/ai/chat").unwrap();
         let presented = parse_key(&revoked.config.format, &revoked.token).unwrap();
         let facts = Facts::bare("POST", &path);
-        assert!(!preauthorize(&facts, &presented, &revoked.key, &revoked.policy, NOW));
+        assert!(!preauthorize(&facts, presented.kind(), &revoked.key, &revoked.policy, NOW));
         // Org-dependent refusals are authorize's alone: preauthorize passes.
         let mut no_baa = world();
         no_baa.org.baa_active = false;

@@ -276,17 +276,26 @@ pub fn append_vary(current: Option<&str>, add: &str) -> String {
 /// methods of the path. The actual request is where the key's allowed
 /// origins are enforced: a disallowed origin gets `403` with no CORS
 /// headers, which the browser reports as a CORS failure.
+///
+/// An origin in `JWT_ALLOWED_ORIGINS` (`session_origins`: deployment
+/// configuration, no secret) is answered with the methods of every route of
+/// the path, for JWT sessions and public routes.
 pub fn preflight(
     policy: &crate::policy::Policy,
     path: &crate::path::CanonicalPath,
     origin: Option<&str>,
     requested: &str,
+    session_origins: &[OriginPattern],
 ) -> Result<Vec<(&'static str, String)>, crate::authorize::Refusal> {
     use crate::error::{ApiError, ErrorCode};
     let origin = origin.and_then(BrowserOrigin::parse).ok_or_else(|| {
         ApiError::with_message(ErrorCode::OriginNotAllowed, "A CORS preflight needs a valid Origin header.")
     })?;
-    let methods = policy.widget_methods(path);
+    let methods = if session_origins.iter().any(|p| p.matches(&origin)) {
+        policy.methods(path)
+    } else {
+        policy.widget_methods(path)
+    };
     if methods.is_empty() {
         return Err(ApiError::new(ErrorCode::RouteNotFound).into());
     }
@@ -349,17 +358,17 @@ mod tests {
         use crate::error::ErrorCode;
         let pol = crate::policy::Policy::default_policy().unwrap();
         let path = |p: &str| crate::path::CanonicalPath::parse(p).unwrap();
-        let h = preflight(&pol, &path("/v1/ai/chat"), Some("https://shop.example.com"), "POST").unwrap();
+        let h = preflight(&pol, &path("/v1/ai/chat"), Some("https://shop.example.com"), "POST", &[]).unwrap();
         assert!(h.contains(&("Access-Control-Allow-Origin", "https://shop.example.com".into())));
         assert!(h.contains(&("Access-Control-Allow-Methods", "POST".into())));
         let code = |r: Result<Vec<(&'static str, String)>, crate::authorize::Refusal>| r.unwrap_err().error.code;
-        assert_eq!(code(preflight(&pol, &path("/v1/ai/chat"), None, "POST")), ErrorCode::OriginNotAllowed);
-        assert_eq!(code(preflight(&pol, &path("/v1/ai/chat"), Some("null"), "POST")), ErrorCode::OriginNotAllowed);
+        assert_eq!(code(preflight(&pol, &path("/v1/ai/chat"), None, "POST", &[])), ErrorCode::OriginNotAllowed);
+        assert_eq!(code(preflight(&pol, &path("/v1/ai/chat"), Some("null"), "POST", &[])), ErrorCode::OriginNotAllowed);
         assert_eq!(
-            code(preflight(&pol, &path("/v1/api_keys"), Some("https://a.com"), "GET")),
+            code(preflight(&pol, &path("/v1/api_keys"), Some("https://a.com"), "GET", &[])),
             ErrorCode::RouteNotFound
         );
-        let r = preflight(&pol, &path("/v1/ai/chat"), Some("https://a.com"), "DELETE").unwrap_err();
+        let r = preflight(&pol, &path("/v1/ai/chat"), Some("https://a.com"), "DELETE", &[]).unwrap_err();
         assert_eq!((r.error.code, r.header("allow")), (ErrorCode::MethodNotAllowed, Some("POST")));
     }
 

@@ -57,6 +57,11 @@ catalogue! {
     /// credentials. Deliberately one message for all: no oracle.
     InvalidApiKey = ("INVALID_API_KEY", 401, "authentication_error", false,
         "The API key is missing, malformed, expired, revoked or unknown.");
+    /// A JWT (`Authorization: Bearer eyJ…`) that does not verify: malformed,
+    /// bad signature, unknown key, expired, not yet valid, wrong issuer or
+    /// audience, a disabled user, a revoked session. One message for all.
+    InvalidToken = ("INVALID_TOKEN", 401, "authentication_error", false,
+        "The access token is invalid, expired or revoked. Sign in again.");
     /// The admin API was called without the right `ADMIN_TOKEN`.
     AdminUnauthorized = ("ADMIN_UNAUTHORIZED", 401, "authentication_error", false,
         "A valid admin token is required.");

@@ -45,16 +45,17 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, DefaultHasher, Hasher};
 use std::rc::Rc;
 
-use crate::authorize::{authorize, preauthorize, precheck, Config, Facts, Grant, Records, Refusal};
+use crate::authorize::{authorize, preauthorize, precheck, Auth, Config, Facts, Grant, Records, Refusal};
 use crate::cors;
 use crate::error::{ApiError, ErrorCode};
 use crate::guard::{
     Facts as LeaseFacts, GuardReply, GuardRequest, KeyRef, LeaseReport, Limits, QuotaWire, Refusals, VisitorLimits,
 };
+use crate::jwt::{is_session_guard, session_guard_id, Session};
 use crate::policy::Policy;
 use crate::ratelimit::{ceil_seconds, merge_limits};
 use crate::records::{Consistency, KeyRecord, OrgRecord, UserRecord};
-use crate::token::{ApiKey, KeyHash, KeyKind};
+use crate::token::{KeyHash, KeyKind};
 use crate::turnstile;
 
 /// How long a key record read from KV is reused by an isolate. Safe: a key
@@ -306,6 +307,9 @@ fn reason_of(code: ErrorCode) -> String {
 }
 
 /// What the shell must do next.
+// `Admit` carries the grant by value: one move per step is cheaper than an
+// allocation per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Next {
     /// Read `key:<hash>` from KV; pass the result to [`Gate::key_read`].
@@ -363,6 +367,7 @@ pub enum Next {
 
 type RecordsRead = Result<(Option<OrgRecord>, Option<UserRecord>), Refusal>;
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Phase {
     Start,
@@ -407,7 +412,13 @@ enum Phase {
 #[derive(Debug)]
 pub struct Gate<'r> {
     facts: Facts<'r>,
-    presented: ApiKey<'r>,
+    /// The presented key's kind (a JWT session's record is a secret key's).
+    kind: KeyKind,
+    /// A JWT session: its record (made from the token, not read) and `jti`.
+    session: Option<(Rc<KeyRecord>, Option<String>)>,
+    /// A JWT session's user's role, once the records were read: its limits
+    /// are the role's.
+    role: Option<String>,
     policy: &'r Policy,
     config: &'r Config,
     settings: FlowSettings,
@@ -444,7 +455,7 @@ impl<'r> Gate<'r> {
     /// A gate for one request whose credential passed the format check.
     pub fn new(
         facts: Facts<'r>,
-        presented: ApiKey<'r>,
+        kind: KeyKind,
         hash: KeyHash,
         client_ip: &'r str,
         policy: &'r Policy,
@@ -453,7 +464,9 @@ impl<'r> Gate<'r> {
     ) -> Self {
         Gate {
             facts,
-            presented,
+            kind,
+            session: None,
+            role: None,
             policy,
             config,
             settings,
@@ -475,6 +488,51 @@ impl<'r> Gate<'r> {
             steps: 0,
             later: Vec::new(),
         }
+    }
+
+    /// A gate for a request with a verified JWT ([`crate::jwt`]): it goes
+    /// the way of a strict, user-bound secret key whose guard is the user's
+    /// sessions guard ([`crate::jwt::session_guard_id`]) — the user's
+    /// records read (enabled, role), the role's scopes (narrowed by the
+    /// token's `scope`), the role's session limits counted exactly per
+    /// user, and the guard refusing a token issued before the user's
+    /// sessions were revoked. Its refusals for the credential are
+    /// `401 INVALID_TOKEN`.
+    pub fn session(
+        facts: Facts<'r>,
+        session: &Session,
+        client_ip: &'r str,
+        policy: &'r Policy,
+        config: &'r Config,
+        settings: FlowSettings,
+    ) -> Self {
+        let id = session_guard_id(&session.org_id, &session.user_id);
+        let star = || vec![crate::scope::Scope::parse("*").unwrap_or_else(|| unreachable!())];
+        let record = KeyRecord {
+            org_id: session.org_id.clone(),
+            user_id: Some(session.user_id.clone()),
+            name: String::new(),
+            kind: KeyKind::Secret,
+            scopes: session.scopes.clone().unwrap_or_else(star),
+            prefix: String::new(),
+            last_four: String::new(),
+            created_at: session.issued_at,
+            expires_at: Some(session.expires_at),
+            revoked_at: None,
+            rate_limits: Vec::new(),
+            allowed_origins: config.session_origins.clone(),
+            resource_id: None,
+            visitor_rate_limits: Vec::new(),
+            turnstile_required: false,
+            consistency: Consistency::Strict,
+            id,
+        };
+        // What the isolate remembers is per user and issue time: a revoked
+        // token marks only the tokens issued in the same second.
+        let hash = KeyHash::of(&format!("{}\n{}", record.id, session.issued_at));
+        let mut gate = Gate::new(facts, KeyKind::Secret, hash, client_ip, policy, config, settings);
+        gate.session = Some((Rc::new(record), session.jti.clone()));
+        gate
     }
 
     /// The siteverify answer of [`Next::VerifyTurnstile`]: its status and
@@ -518,6 +576,25 @@ impl<'r> Gate<'r> {
 
     /// The next step.
     pub fn next(&mut self, iso: &mut Isolate, now: i64) -> Next {
+        let next = self.step(iso, now);
+        let Some((_, jti)) = &self.session else { return next };
+        match next {
+            // A session's credential refusals name the token, not a key.
+            Next::Refuse(r) if r.error.code == ErrorCode::InvalidApiKey => Next::Refuse(ErrorCode::InvalidToken.into()),
+            Next::Refuse(mut r) if r.error.code == ErrorCode::MissingScope => {
+                let message = r.error.message().replacen("This API key", "This session", 1);
+                r.error = ApiError::with_message(ErrorCode::MissingScope, message);
+                Next::Refuse(r)
+            }
+            Next::Admit(mut a) => {
+                a.grant.auth = Auth::Jwt { token_id: jti.clone() };
+                Next::Admit(a)
+            }
+            other => other,
+        }
+    }
+
+    fn step(&mut self, iso: &mut Isolate, now: i64) -> Next {
         let now = iso.clock(now);
         match self.waiting_on.take() {
             // Waking from a wait is not a step: waits are bounded in time.
@@ -600,6 +677,15 @@ impl<'r> Gate<'r> {
     }
 
     fn start(&mut self, iso: &mut Isolate, now: i64) -> Next {
+        if let Some((record, _)) = &self.session {
+            // Never read: the record is the token's. Remembered for the
+            // revocation mark, confirmations and refusal counts.
+            if iso.keys.get(&self.hash).is_some_and(|e| e.revoked) {
+                return Next::Refuse(ErrorCode::InvalidApiKey.into());
+            }
+            let record = iso.remember_key(self.hash, (**record).clone(), now, &mut self.later);
+            return self.decide(iso, record, now);
+        }
         match iso.keys.get_mut(&self.hash) {
             Some(e) if e.revoked => {
                 e.used_at = now;
@@ -622,7 +708,10 @@ impl<'r> Gate<'r> {
     }
 
     fn key_ref(key: &KeyRecord) -> KeyRef {
-        KeyRef { key_id: key.id.clone(), org_id: key.org_id.clone() }
+        // A session's record was made with the token's `iat` as its
+        // creation time: the guard compares it with the user's revocation.
+        let issued_at = is_session_guard(&key.id).then_some(key.created_at);
+        KeyRef { key_id: key.id.clone(), org_id: key.org_id.clone(), issued_at }
     }
 
     /// A widget key's per-visitor limits: its own, else the policy's.
@@ -644,6 +733,10 @@ impl<'r> Gate<'r> {
     /// The key's limits: its own over the policy's defaults, and for a
     /// widget key its visitor's (one client cannot exhaust a site's budget).
     fn limits(&self, key: &KeyRecord) -> Limits {
+        if self.session.is_some() {
+            let role = self.role.as_deref().unwrap_or("");
+            return Limits { key: self.policy.session_rate_limits(role).to_vec(), visitor: None };
+        }
         Limits {
             key: merge_limits(self.policy.default_rate_limits(), &key.rate_limits),
             visitor: self.visitor(key).map(|id| VisitorLimits { id, limits: self.visitor_limits(key).to_vec() }),
@@ -660,7 +753,7 @@ impl<'r> Gate<'r> {
 
     fn decide(&mut self, iso: &mut Isolate, key: Rc<KeyRecord>, now: i64) -> Next {
         // Revoked, expired or mismatched keys cost no more than unknown ones.
-        if let Err(r) = precheck(&self.presented, &key, now) {
+        if let Err(r) = precheck(self.kind, &key, now) {
             if key.revoked_at.is_some() {
                 iso.mark_revoked(&self.hash);
             }
@@ -684,7 +777,7 @@ impl<'r> Gate<'r> {
             // them (KV, not the guard): a refusal they give comes first.
             let ok_at = iso.keys.get(&self.hash).and_then(|e| e.records_ok_at);
             if ok_at.is_some_and(|t| now >= t && now - t < self.settings.lease_ms)
-                && preauthorize(&self.facts, &self.presented, &key, self.policy, now)
+                && preauthorize(&self.facts, self.kind, &key, self.policy, now)
             {
                 iso.count_refusal(&self.hash, "rate_limited", now, self.settings.lease_ms, &mut self.later);
                 let mut refusal = refusal;
@@ -698,8 +791,10 @@ impl<'r> Gate<'r> {
             self.phase = Phase::StrictReading { key: key.clone(), with_check: false, cached_limit: Some(refusal) };
             return Self::read_records(&key);
         }
-        let records_refused = iso.keys.get(&self.hash).is_some_and(|e| e.records_refused);
-        if records_refused || !preauthorize(&self.facts, &self.presented, &key, self.policy, now) {
+        let records_refused = iso.keys.get(&self.hash).is_some_and(|e| e.records_refused)
+            // A session's limits are its user's role's: known after the read.
+            || (self.session.is_some() && self.policy.has_session_rate_limits());
+        if records_refused || !preauthorize(&self.facts, self.kind, &key, self.policy, now) {
             // The records first: a refusal then costs the guard no write.
             self.phase = Phase::StrictReading { key: key.clone(), with_check: false, cached_limit: None };
             return Self::read_records(&key);
@@ -823,7 +918,7 @@ impl<'r> Gate<'r> {
         let decision = match self.records.take() {
             Some(Ok((org, user))) => {
                 let records = Records { key: Some(&key), org: org.as_ref(), user: user.as_ref() };
-                authorize(&self.facts, &self.presented, &records, self.policy, self.config, now)
+                authorize(&self.facts, self.kind, &records, self.policy, self.config, now)
             }
             Some(Err(r)) => Err(r),
             None => return self.unavailable(iso),
@@ -843,6 +938,9 @@ impl<'r> Gate<'r> {
                 Next::Refuse(with_cors(limited, &grant))
             }
             (Ok(grant), None) => {
+                if self.session.is_some() {
+                    self.role.clone_from(&grant.user_role);
+                }
                 if let Some(wait) = self.one_check(iso, &key, now) {
                     return wait;
                 }
@@ -945,7 +1043,7 @@ impl<'r> Gate<'r> {
         let Some(facts) = iso.facts(&self.hash, now) else {
             // No facts: ask for them — one question per key at a time — and
             // for a unit unless the key record alone already refuses.
-            let scope = preauthorize(&self.facts, &self.presented, &key, self.policy, now)
+            let scope = preauthorize(&self.facts, self.kind, &key, self.policy, now)
                 .then(|| self.policy.route(self.facts.method, self.facts.path).ok().map(|r| r.scope().to_owned()))
                 .flatten();
             let marker = self.key_slot();
@@ -960,7 +1058,7 @@ impl<'r> Gate<'r> {
             iso.mark_revoked(&self.hash);
             return Next::Refuse(ErrorCode::InvalidApiKey.into());
         }
-        let grant = match authorize(&self.facts, &self.presented, &records, self.policy, self.config, now) {
+        let grant = match authorize(&self.facts, self.kind, &records, self.policy, self.config, now) {
             Ok(g) => g,
             Err(refusal) => {
                 // The facts are the guard's and fresh: no revocation probe.
@@ -1080,7 +1178,7 @@ impl<'r> Gate<'r> {
                 // strict key's answer is); only later requests need them
                 // within their `until`, and ask again after it.
                 let records = facts.records(&key.id, &key.org_id);
-                match authorize(&self.facts, &self.presented, &records, self.policy, self.config, now) {
+                match authorize(&self.facts, self.kind, &records, self.policy, self.config, now) {
                     Ok(grant) => {
                         let key = iso.record(&self.hash).unwrap_or(key);
                         Next::Admit(Admitted { grant, key, admission: Admission(Some(claim)), quota })
@@ -1115,7 +1213,7 @@ impl<'r> Gate<'r> {
     fn not_counted(&mut self, iso: &mut Isolate, key: Rc<KeyRecord>, refused: Option<String>, now: i64) -> Next {
         let Some(facts) = iso.facts(&self.hash, now) else { return self.leased(iso, key, now) };
         let records = facts.records(&key.id, &key.org_id);
-        if authorize(&self.facts, &self.presented, &records, self.policy, self.config, now).is_err() {
+        if authorize(&self.facts, self.kind, &records, self.policy, self.config, now).is_err() {
             return self.leased(iso, key, now);
         }
         match refused.as_deref().and_then(code_of) {
@@ -1137,6 +1235,103 @@ impl<'r> Gate<'r> {
             self.later.push(l);
         }
         Next::Refuse(refusal)
+    }
+}
+
+/// A request to a public route (login, refresh, JWKS): no credential, an
+/// exact limit per client address counted by that address's guard
+/// (`ip:<address or IPv6 prefix>`, one object per address, rows bounded as
+/// any guard's), proxied with no identity. What the shell asks the guard,
+/// or the refusal before any I/O: a body type the route does not accept, a
+/// browser origin not in `JWT_ALLOWED_ORIGINS`.
+pub fn public_question(
+    facts: &Facts<'_>,
+    route: &crate::policy::Route,
+    client_ip: &str,
+    config: &Config,
+) -> Result<(String, GuardRequest), Refusal> {
+    let limits = route.public_limits().ok_or(ErrorCode::RouteNotFound)?;
+    route.accepts_body(facts.has_body, facts.content_type)?;
+    if facts.origin.is_some() && public_cors(facts, config).is_none() {
+        return Err(ApiError::with_message(
+            ErrorCode::OriginNotAllowed,
+            "Public routes are accepted from a browser only on the origins in JWT_ALLOWED_ORIGINS.",
+        )
+        .into());
+    }
+    let id = format!("ip:{}", cors::visitor(client_ip, config.visitor_ipv6_prefix));
+    let key = KeyRef { key_id: id.clone(), org_id: String::new(), issued_at: None };
+    Ok((
+        id,
+        GuardRequest::Check { key, limits: Limits { key: limits.to_vec(), visitor: None }, refusals: Refusals::new() },
+    ))
+}
+
+fn public_cors(facts: &Facts<'_>, config: &Config) -> Option<cors::BrowserOrigin> {
+    cors::request_origin(facts.origin, None).filter(|o| config.session_origins.iter().any(|p| p.matches(o)))
+}
+
+/// The guard's answer to [`public_question`]: admitted (no identity: the
+/// grant's auth is [`Auth::Public`]), `429` with its headers, or `503`.
+pub fn public_answer(
+    facts: &Facts<'_>,
+    route: &crate::policy::Route,
+    config: &Config,
+    question: &GuardRequest,
+    reply: Result<GuardReply, String>,
+    now: i64,
+) -> Result<Admitted, Refusal> {
+    let GuardRequest::Check { key, limits, .. } = question else { return Err(ErrorCode::ServiceUnavailable.into()) };
+    let cors_origin = public_cors(facts, config);
+    let with_cors = |mut r: Refusal| {
+        if let Some(o) = &cors_origin {
+            r.headers.extend(cors::response_headers(o));
+        }
+        r
+    };
+    match reply {
+        Ok(GuardReply::Allowed { quota, counted_at }) => {
+            let grant = Grant {
+                org_id: String::new(),
+                key_id: String::new(),
+                kind: KeyKind::Secret,
+                user_id: None,
+                user_role: None,
+                scopes: Vec::new(),
+                route_scope: String::new(),
+                route: route.pattern().to_owned(),
+                local: false,
+                resource_id: None,
+                cors_origin: cors_origin.clone(),
+                auth: Auth::Public,
+            };
+            let hash = KeyHash::of(&key.key_id).0;
+            let claim = Claim::Guarded { hash, key: key.clone(), limits: limits.clone(), counted_at };
+            let record = KeyRecord {
+                id: key.key_id.clone(),
+                org_id: String::new(),
+                user_id: None,
+                name: String::new(),
+                kind: KeyKind::Secret,
+                scopes: Vec::new(),
+                prefix: String::new(),
+                last_four: String::new(),
+                created_at: now,
+                expires_at: None,
+                revoked_at: None,
+                rate_limits: Vec::new(),
+                allowed_origins: Vec::new(),
+                resource_id: None,
+                visitor_rate_limits: Vec::new(),
+                turnstile_required: false,
+                consistency: Consistency::Strict,
+            };
+            Ok(Admitted { grant, key: Rc::new(record), admission: Admission(Some(claim)), quota })
+        }
+        Ok(GuardReply::Limited { retry_after_ms, quota, .. }) => {
+            Err(with_cors(limited_refusal(now + retry_after_ms, now + quota.reset_ms, &quota, now)))
+        }
+        _ => Err(with_cors(ErrorCode::ServiceUnavailable.into())),
     }
 }
 
@@ -1248,7 +1443,7 @@ impl Isolate {
     }
 
     fn key_ref_of(k: &KeyRecord) -> KeyRef {
-        KeyRef { key_id: k.id.clone(), org_id: k.org_id.clone() }
+        Gate::key_ref(k)
     }
 
     fn slot_mut(&mut self, slot: &SlotId, now: i64, later: &mut Vec<Later>) -> &mut Slot {
@@ -1527,6 +1722,8 @@ impl Isolate {
 mod harness;
 #[cfg(test)]
 mod review_tests;
+#[cfg(test)]
+mod session_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -158,8 +158,14 @@ impl PendingUsage {
 pub struct KeyRef {
     /// Key id.
     pub key_id: String,
-    /// Its org.
+    /// Its org (empty for the per-address guard of public routes, which
+    /// rolls no usage up).
     pub org_id: String,
+    /// For a user's JWT sessions ([`crate::jwt::session_guard_id`]): the
+    /// token's `iat` (ms). The guard refuses it as revoked when the user's
+    /// sessions were revoked at or after that moment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<i64>,
 }
 
 /// Refusals an isolate answered itself, by reason (lowercase error code),
@@ -339,6 +345,12 @@ pub enum GuardRequest {
         /// Revocation time (ms).
         revoked_at: i64,
     },
+    /// A user's sessions guard: refuse every token issued at or before
+    /// `revoked_at` (the latest revocation wins).
+    RevokeSessions {
+        /// Revocation time (ms).
+        revoked_at: i64,
+    },
     /// The object's counters, for the admin API.
     Stats,
 }
@@ -358,6 +370,7 @@ impl GuardRequest {
             GuardRequest::Refused { .. } => "refused",
             GuardRequest::Refund { .. } => "refund",
             GuardRequest::Revoke { .. } => "revoke",
+            GuardRequest::RevokeSessions { .. } => "revoke_sessions",
             GuardRequest::Stats => "stats",
         }
     }
@@ -482,7 +495,7 @@ impl Calls {
             GuardRequest::Return { .. } => &mut self.returned,
             GuardRequest::Refused { .. } => &mut self.refused,
             GuardRequest::Refund { .. } => &mut self.refund,
-            GuardRequest::Revoke { .. } => &mut self.revoke,
+            GuardRequest::Revoke { .. } | GuardRequest::RevokeSessions { .. } => &mut self.revoke,
             GuardRequest::Stats => &mut self.stats,
         };
         *n += 1;
@@ -528,6 +541,10 @@ pub struct Meta {
     /// The tombstone: when the key was revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<i64>,
+    /// A user's sessions guard: tokens issued at or before this moment are
+    /// revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions_revoked_at: Option<i64>,
     /// Sequence number of the last roll-up begun.
     #[serde(default)]
     pub rollup_seq: u64,
@@ -702,10 +719,18 @@ impl GuardState {
                 }
                 GuardReply::RevokeRecorded { revoked_at: self.meta.revoked_at.unwrap_or(*revoked_at) }
             }
+            GuardRequest::RevokeSessions { revoked_at } => {
+                let at = self.meta.sessions_revoked_at.map_or(*revoked_at, |r| r.max(*revoked_at));
+                if self.meta.sessions_revoked_at != Some(at) {
+                    self.meta.sessions_revoked_at = Some(at);
+                    ch.meta = true;
+                }
+                GuardReply::RevokeRecorded { revoked_at: at }
+            }
             GuardRequest::Check { key, limits, refusals } => {
                 self.learn(key, &mut ch);
                 self.note_refusals(refusals, now);
-                if self.revoked(now) {
+                if self.revoked(key, now) {
                     GuardReply::Revoked
                 } else {
                     self.settle_expired(now, &mut ch);
@@ -726,7 +751,7 @@ impl GuardState {
                 if let Some(r) = report {
                     self.settle(r, now, &mut ch);
                 }
-                if self.revoked(now) {
+                if self.revoked(key, now) {
                     GuardReply::Revoked
                 } else {
                     match cx.facts.filter(|f| f.fresh(now, cx.lease_ms)) {
@@ -739,7 +764,7 @@ impl GuardState {
                 self.learn(key, &mut ch);
                 self.note_refusals(refusals, now);
                 self.settle(report, now, &mut ch);
-                if self.meta.revoked_at.is_some() {
+                if self.is_revoked(key) {
                     GuardReply::Revoked
                 } else {
                     GuardReply::Recorded
@@ -748,7 +773,7 @@ impl GuardState {
             GuardRequest::Refused { key, refusals } => {
                 self.learn(key, &mut ch);
                 self.note_refusals(refusals, now);
-                if self.meta.revoked_at.is_some() {
+                if self.is_revoked(key) {
                     GuardReply::Revoked
                 } else {
                     GuardReply::Recorded
@@ -756,7 +781,7 @@ impl GuardState {
             }
             GuardRequest::Refund { key, limits, counted_at, reason } => {
                 self.learn(key, &mut ch);
-                if self.meta.revoked_at.is_some() {
+                if self.is_revoked(key) {
                     // Never answered as "recorded": the isolate would take
                     // it for "not revoked".
                     return (GuardReply::Revoked, ch);
@@ -785,7 +810,7 @@ impl GuardState {
     /// does not write it: it goes with the next row written.
     fn learn(&mut self, key: &KeyRef, _ch: &mut Changes) {
         if self.meta.key.is_none() {
-            self.meta.key = Some(key.clone());
+            self.meta.key = Some(KeyRef { issued_at: None, ..key.clone() });
             self.meta_unwritten = true;
         }
     }
@@ -818,9 +843,16 @@ impl GuardState {
         }
     }
 
-    /// Whether the tombstone is set; a refused request is counted (memory).
-    fn revoked(&mut self, now: i64) -> bool {
-        let revoked = self.meta.revoked_at.is_some();
+    /// Whether the tombstone is set, or `key` is a session issued before
+    /// its user's sessions were revoked.
+    pub fn is_revoked(&self, key: &KeyRef) -> bool {
+        self.meta.revoked_at.is_some()
+            || key.issued_at.is_some_and(|iat| self.meta.sessions_revoked_at.is_some_and(|r| iat <= r))
+    }
+
+    /// [`Self::is_revoked`]; a refused request is counted (memory).
+    fn revoked(&mut self, key: &KeyRef, now: i64) -> bool {
+        let revoked = self.is_revoked(key);
         if revoked {
             self.counters.usage.refused(now, "revoked", 1);
         }
@@ -1029,7 +1061,13 @@ impl GuardState {
         let now = self.counters.ledger.clamp(now);
         self.settle_expired(now, &mut ch);
         self.forget_expired_visitors(now, &mut ch);
-        if self.meta.inflight.is_none() && !self.counters.usage.is_empty() {
+        if self.meta.key.as_ref().is_some_and(|k| k.org_id.is_empty()) {
+            // The per-address guard of public routes: no org to report to.
+            if !self.counters.usage.is_empty() {
+                self.counters.usage = PendingUsage::default();
+                ch.counters = true;
+            }
+        } else if self.meta.inflight.is_none() && !self.counters.usage.is_empty() {
             self.meta.rollup_seq += 1;
             self.meta.inflight = Some((self.meta.rollup_seq, std::mem::take(&mut self.counters.usage)));
             ch.meta = true;
@@ -1216,7 +1254,7 @@ fn validate(request: &GuardRequest) -> Result<(), &'static str> {
             }
             Ok(())
         }
-        GuardRequest::Revoke { .. } | GuardRequest::Stats => Ok(()),
+        GuardRequest::Revoke { .. } | GuardRequest::RevokeSessions { .. } | GuardRequest::Stats => Ok(()),
     }
 }
 

@@ -32,6 +32,7 @@ pub mod error;
 pub mod flow;
 pub mod guard;
 pub mod ids;
+pub mod jwt;
 pub mod path;
 pub mod policy;
 pub mod psl;

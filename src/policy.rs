@@ -43,6 +43,7 @@ pub struct Policy {
     widget_ip_rate_limits: Vec<RateLimit>,
     key_creating_roles: Vec<String>,
     forwarded_headers: Option<Vec<String>>,
+    session_rate_limits: BTreeMap<String, Vec<RateLimit>>,
 }
 
 /// One route of the table.
@@ -56,6 +57,15 @@ pub struct Route {
     /// Media types a request body may have (`type/subtype` or `type/*`);
     /// `None`: any but [`FORM_MEDIA_TYPES`].
     content_types: Option<Vec<String>>,
+    /// A public route (login, refresh, JWKS): no credential, proxied
+    /// without identity headers, held to these limits per client address.
+    public: Option<Vec<RateLimit>>,
+}
+
+/// The limit of a public route whose policy names none: 10 requests per
+/// minute per client address (brute-force protection of a login route).
+pub fn default_public_limits() -> Vec<RateLimit> {
+    vec![RateLimit { name: "ip_minute".into(), limit: 10, window_seconds: 60 }]
 }
 
 /// Body types that frameworks parse into parameters (and so read a
@@ -88,6 +98,10 @@ struct RawPolicy {
     /// deny-list ([`crate::signing::DROPPED`]).
     #[serde(default)]
     forwarded_headers: Option<Vec<String>>,
+    /// The limits of JWT sessions, per role (one guard per user counts
+    /// them); a role not named here has `default_rate_limits`.
+    #[serde(default)]
+    session_rate_limits: BTreeMap<String, Vec<RateLimit>>,
 }
 
 #[derive(Deserialize)]
@@ -95,7 +109,16 @@ struct RawPolicy {
 struct RawRoute {
     method: OneOrMany,
     path: String,
-    scope: String,
+    /// Required unless the route is public.
+    #[serde(default)]
+    scope: Option<String>,
+    /// No credential needed ([`Route::is_public`]).
+    #[serde(default)]
+    public: bool,
+    /// A public route's limits per client address (default
+    /// [`default_public_limits`]).
+    #[serde(default)]
+    ip_rate_limits: Option<Vec<RateLimit>>,
     /// `"keyward"` for the control API that keyward serves itself; absent
     /// for routes proxied to the origin.
     #[serde(default)]
@@ -132,9 +155,15 @@ impl PartialEq for Route {
 impl Eq for Route {}
 
 impl Route {
-    /// The scope this route requires (always concrete).
+    /// The scope this route requires (always concrete; empty for a
+    /// public route).
     pub fn scope(&self) -> &str {
         &self.scope
+    }
+    /// A public route's limits per client address; `None` for a route
+    /// that needs a credential.
+    pub fn public_limits(&self) -> Option<&[RateLimit]> {
+        self.public.as_deref()
     }
     /// The pattern as written in the policy.
     pub fn pattern(&self) -> &str {
@@ -250,8 +279,29 @@ impl Policy {
             if methods.is_empty() || methods.iter().any(|m| !PROXIED_METHODS.contains(&m.as_str())) {
                 return Err(format!("policy: route {}: methods must be among {}", r.path, PROXIED_METHODS.join(", ")));
             }
-            if !scopes.contains(&r.scope) {
-                return Err(format!("policy: route {}: scope {:?} is not in the catalogue", r.path, r.scope));
+            let (scope, public) = match (r.public, r.scope, r.ip_rate_limits) {
+                (false, Some(scope), None) if scopes.contains(&scope) => (scope, None),
+                (false, Some(scope), None) => {
+                    return Err(format!("policy: route {}: scope {scope:?} is not in the catalogue", r.path))
+                }
+                (false, None, _) => {
+                    return Err(format!("policy: route {}: a scope is required (or \"public\": true)", r.path))
+                }
+                (false, Some(_), Some(_)) => {
+                    return Err(format!("policy: route {}: ip_rate_limits is for public routes only", r.path))
+                }
+                (true, Some(_), _) => return Err(format!("policy: route {}: a public route has no scope", r.path)),
+                (true, None, limits) => {
+                    let limits = limits.unwrap_or_else(default_public_limits);
+                    check_limits(&format!("route {} ip_rate_limits", r.path), &limits)?;
+                    if limits.is_empty() {
+                        return Err(format!("policy: route {}: a public route needs ip_rate_limits", r.path));
+                    }
+                    (String::new(), Some(limits))
+                }
+            };
+            if public.is_some() && r.served_by.is_some() {
+                return Err(format!("policy: route {}: a public route is proxied, never served_by keyward", r.path));
             }
             let pattern = parse_pattern(&r.path)?;
             let local = match r.served_by.as_deref() {
@@ -270,7 +320,7 @@ impl Policy {
             if r.content_types.as_ref().is_some_and(Vec::is_empty) {
                 return Err(format!("policy: route {}: content_types must not be empty (omit it instead)", r.path));
             }
-            let route = Route { methods, pattern, path: r.path, scope: r.scope, local, content_types: r.content_types };
+            let route = Route { methods, pattern, path: r.path, scope, local, content_types: r.content_types, public };
             if routes.iter().any(|o| o.pattern == route.pattern && o.methods.iter().any(|m| route.methods.contains(m)))
             {
                 return Err(format!("policy: route {} is declared twice for one method", route.path));
@@ -306,7 +356,14 @@ impl Policy {
                 return Err(format!("policy: forwarded_headers: {name:?} is never forwarded (credentials, overrides, forwarding claims, hop-by-hop)"));
             }
         }
+        for (role, limits) in &raw.session_rate_limits {
+            if !roles.contains_key(role) {
+                return Err(format!("policy: session_rate_limits: unknown role {role:?}"));
+            }
+            check_limits(&format!("session_rate_limits.{role}"), limits)?;
+        }
         Ok(Self {
+            session_rate_limits: raw.session_rate_limits,
             forwarded_headers: raw.forwarded_headers,
             key_creating_roles: raw.key_creating_roles,
             scopes,
@@ -378,6 +435,31 @@ impl Policy {
     /// has one.
     pub fn forwarded_headers(&self) -> Option<&[String]> {
         self.forwarded_headers.as_deref()
+    }
+
+    /// The limits of a JWT session of a user with this role: the role's
+    /// `session_rate_limits`, else `default_rate_limits`.
+    pub fn session_rate_limits(&self, role: &str) -> &[RateLimit] {
+        self.session_rate_limits.get(role).map_or(&self.default_rate_limits, Vec::as_slice)
+    }
+
+    /// Whether any role has its own session limits.
+    pub fn has_session_rate_limits(&self) -> bool {
+        !self.session_rate_limits.is_empty()
+    }
+
+    /// Methods of every route matching `path`, sorted (preflights from a
+    /// browser origin that JWT sessions may be used from).
+    pub fn methods(&self, path: &CanonicalPath) -> Vec<&str> {
+        let mut out: Vec<&str> = self
+            .routes
+            .iter()
+            .filter(|r| r.matches_path(path))
+            .flat_map(|r| r.methods.iter().map(String::as_str))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// The limits every key has unless its own limits override them by name.
@@ -660,6 +742,7 @@ mod tests {
         local.sort();
         let want = [
             ("DELETE", "/v1/api_keys/{key_id}"),
+            ("DELETE", "/v1/users/{user_id}/sessions"),
             ("GET", "/v1/api_keys"),
             ("GET", "/v1/audit"),
             ("GET", "/v1/usage"),

@@ -2,8 +2,12 @@
 //!
 //! keyward adds `X-Keyward-Method` (the method that was authorized: an
 //! origin compares it to the method its framework dispatches on, which a
-//! method override could have changed), `X-Keyward-Org`, `X-Keyward-Key-Id`, `X-Keyward-Key-Kind`,
-//! `X-Keyward-Scopes`, `X-Keyward-User` (only for user-bound keys),
+//! method override could have changed), `X-Keyward-Auth` (`key` or `jwt`),
+//! `X-Keyward-Org`, `X-Keyward-Key-Id` (keys) or `X-Keyward-Token-Id` (a
+//! JWT session's `jti`, when it has one), `X-Keyward-Key-Kind` (`secret`,
+//! `widget`, `jwt` for a JWT session, `public` on a public route — which
+//! gets no org, key, scopes or user: `X-Keyward-Auth: none`),
+//! `X-Keyward-Scopes`, `X-Keyward-User` (user-bound keys and JWT sessions),
 //! `X-Keyward-Resource` (only for widget keys bound to a bot or other
 //! resource), `X-Request-Id`, `X-Keyward-Timestamp` (Unix seconds) and
 //! `X-Keyward-Signature: v1=<hex HMAC-SHA256>`, keyed with
@@ -18,8 +22,8 @@
 //! <query>           the raw query without '?', or empty
 //! <X-Request-Id>
 //! <X-Keyward-Org>
-//! <X-Keyward-Key-Id>
-//! <X-Keyward-Key-Kind>
+//! <X-Keyward-Key-Id>    for a JWT session: X-Keyward-Token-Id, or empty
+//! <X-Keyward-Key-Kind>  secret, widget or jwt (X-Keyward-Auth is jwt exactly then)
 //! <X-Keyward-Scopes>
 //! <X-Keyward-User>  or empty
 //! <X-Keyward-Resource> or empty
@@ -33,7 +37,7 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::authorize::Grant;
+use crate::authorize::{Auth, Grant};
 
 /// Headers that never reach the origin, besides every `x-keyward-*`, every
 /// name with a prefix in [`DROPPED_PREFIXES`], every name with an `_` and
@@ -153,26 +157,28 @@ pub fn identity_headers(
     let user = grant.user_id.as_deref().unwrap_or("");
     let resource = grant.resource_id.as_deref().unwrap_or("");
     let ts = timestamp_secs.to_string();
-    let canonical = canonical_string(&[
-        &ts,
-        method,
-        path,
-        query,
-        request_id,
-        &grant.org_id,
-        &grant.key_id,
-        grant.kind.as_str(),
-        &scopes,
-        user,
-        resource,
-    ]);
-    let mut h = vec![
-        ("X-Keyward-Method", method.to_owned()),
-        ("X-Keyward-Org", grant.org_id.clone()),
-        ("X-Keyward-Key-Id", grant.key_id.clone()),
-        ("X-Keyward-Key-Kind", grant.kind.as_str().to_owned()),
-        ("X-Keyward-Scopes", scopes),
-    ];
+    // A JWT session signs its token id where a key signs its key id, and
+    // `jwt` where a key signs its kind.
+    let (id, kind, auth) = match &grant.auth {
+        Auth::Key => (grant.key_id.as_str(), grant.kind.as_str(), "key"),
+        Auth::Jwt { token_id } => (token_id.as_deref().unwrap_or(""), "jwt", "jwt"),
+        Auth::Public => ("", "public", "none"),
+    };
+    let canonical =
+        canonical_string(&[&ts, method, path, query, request_id, &grant.org_id, id, kind, &scopes, user, resource]);
+    let mut h = vec![("X-Keyward-Method", method.to_owned()), ("X-Keyward-Auth", auth.to_owned())];
+    if grant.auth != Auth::Public {
+        h.push(("X-Keyward-Org", grant.org_id.clone()));
+    }
+    match &grant.auth {
+        Auth::Key => h.push(("X-Keyward-Key-Id", grant.key_id.clone())),
+        Auth::Jwt { token_id: Some(t) } => h.push(("X-Keyward-Token-Id", t.clone())),
+        Auth::Jwt { token_id: None } | Auth::Public => {}
+    }
+    h.push(("X-Keyward-Key-Kind", kind.to_owned()));
+    if grant.auth != Auth::Public {
+        h.push(("X-Keyward-Scopes", scopes));
+    }
     if let Some(u) = &grant.user_id {
         h.push(("X-Keyward-User", u.clone()));
     }
@@ -242,6 +248,7 @@ mod tests {
             local: false,
             resource_id: None,
             cors_origin: None,
+            auth: crate::authorize::Auth::Key,
         }
     }
 

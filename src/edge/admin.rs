@@ -5,6 +5,7 @@
 //! | --- | --- | --- |
 //! | PUT | `/admin/orgs/{org_id}` | `{"name", "baa_active"}` |
 //! | PUT | `/admin/orgs/{org_id}/users/{user_id}` | `{"role", "disabled"?}` |
+//! | DELETE | `/admin/orgs/{org_id}/users/{user_id}/sessions` | — (revoke the user's JWT sessions) |
 //! | POST | `/admin/orgs/{org_id}/api_keys` | `{"name", "scopes", "kind"?, "expires_at"?, "user_id"?, "rate_limits"?, "allowed_origins"?, "resource_id"?, "visitor_rate_limits"?, "turnstile_required"?, "consistency"?}` |
 //! | DELETE | `/admin/orgs/{org_id}/api_keys/{key_id}` | — |
 //! | GET | `/admin/orgs/{org_id}/api_keys/{key_id}/guard` | — (the key's guard: calls, writes, leases, bytes) |
@@ -28,6 +29,7 @@ use crate::token;
 enum Route<'a> {
     Org(&'a str),
     User(&'a str, &'a str),
+    Sessions(&'a str, &'a str),
     Keys(&'a str),
     Key(&'a str, &'a str),
     Guard(&'a str, &'a str),
@@ -66,6 +68,7 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
     let route = match segs.as_slice() {
         ["admin", "orgs", org] => Route::Org(org),
         ["admin", "orgs", org, "users", user] => Route::User(org, user),
+        ["admin", "orgs", org, "users", user, "sessions"] => Route::Sessions(org, user),
         ["admin", "orgs", org, "api_keys"] => Route::Keys(org),
         ["admin", "orgs", org, "api_keys", key] => Route::Key(org, key),
         ["admin", "orgs", org, "api_keys", key, "guard"] => Route::Guard(org, key),
@@ -75,7 +78,7 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
     let allowed = match route {
         Route::Org(_) | Route::User(..) => "PUT",
         Route::Keys(_) => "POST",
-        Route::Key(..) => "DELETE",
+        Route::Key(..) | Route::Sessions(..) => "DELETE",
         Route::Guard(..) => "GET",
     };
     if method != allowed {
@@ -85,7 +88,12 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
         });
     }
     let org_id = match route {
-        Route::Org(o) | Route::User(o, _) | Route::Keys(o) | Route::Key(o, _) | Route::Guard(o, _) => o,
+        Route::Org(o)
+        | Route::User(o, _)
+        | Route::Sessions(o, _)
+        | Route::Keys(o)
+        | Route::Key(o, _)
+        | Route::Guard(o, _) => o,
     };
     if !ids::is_valid_id(org_id) {
         return Err(ApiError::new(ErrorCode::ResourceNotFound).into());
@@ -107,6 +115,12 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
                 role: input.role,
                 disabled: input.disabled,
             }
+        }
+        Route::Sessions(org, user) => {
+            if !ids::is_valid_id(user) {
+                return Err(ApiError::new(ErrorCode::ResourceNotFound).into());
+            }
+            OrgCommand::RevokeSessions { org_id: org.into(), user_id: user.into(), caller_user: None }
         }
         Route::Keys(org) => {
             let body = read_body(&mut req, MAX_BODY_BYTES).await?;

@@ -8,6 +8,7 @@
 //! | POST | `/v1/api_keys` | mint a key (scopes within the caller's) |
 //! | GET | `/v1/api_keys?cursor=&limit=` | the org's non-revoked keys, newest first |
 //! | DELETE | `/v1/api_keys/{key_id}` | revoke (tombstone first, as the admin API) |
+//! | DELETE | `/v1/users/{user_id}/sessions` | revoke a user's JWT sessions (one's own; another's with a role that manages keys) |
 //! | GET | `/v1/audit?cursor=&limit=` | the org's audit log, newest first |
 //! | GET | `/v1/usage?from=&to=` | allowed and refused requests per key and hour |
 
@@ -28,6 +29,7 @@ pub(super) enum Route {
     CreateKey,
     ListKeys,
     RevokeKey(String),
+    RevokeSessions(String),
     Audit,
     Usage,
 }
@@ -42,6 +44,9 @@ pub(super) fn route(grant: &Grant, method: &str, path: &CanonicalPath) -> Option
         ("POST", "/v1/api_keys") => Some(Route::CreateKey),
         ("GET", "/v1/api_keys") => Some(Route::ListKeys),
         ("DELETE", "/v1/api_keys/{key_id}") => path.segments().last().map(|id| Route::RevokeKey(id.to_owned())),
+        ("DELETE", "/v1/users/{user_id}/sessions") => {
+            path.segments().nth(2).map(|id| Route::RevokeSessions(id.to_owned()))
+        }
         ("GET", "/v1/audit") => Some(Route::Audit),
         ("GET", "/v1/usage") => Some(Route::Usage),
         _ => None,
@@ -65,7 +70,10 @@ pub(super) async fn handle(
     query: &str,
 ) -> Result<Response, Refusal> {
     let org_id = caller.grant.org_id.as_str();
-    let actor = format!("key:{}", caller.grant.key_id);
+    let actor = match &caller.grant.auth {
+        crate::authorize::Auth::Jwt { .. } => format!("user:{}", caller.grant.user_id.as_deref().unwrap_or("")),
+        _ => format!("key:{}", caller.grant.key_id),
+    };
     // A write refused here, before the org's object, is recorded in the
     // audit log all the same (the object records those it refuses itself).
     // Refusals of the caller (4xx) only, as the object does: a 5xx is an
@@ -73,6 +81,7 @@ pub(super) async fn handle(
     let refused_write = match &route {
         Route::CreateKey => Some(("key.create_refused", String::new())),
         Route::RevokeKey(id) => Some(("key.revoke_refused", id.clone())),
+        Route::RevokeSessions(id) => Some(("user.sessions_revoke_refused", id.clone())),
         _ => None,
     };
     let result = serve(req, env, settings, caller, route, query, &actor).await;
@@ -133,7 +142,9 @@ async fn serve(
                 scopes: &caller.grant.scopes,
                 user_id: caller.grant.user_id.as_deref(),
                 user_role: caller.grant.user_role.as_deref(),
-                expires_at: caller.key.expires_at,
+                // A JWT session mints as its user: the token's expiry does
+                // not bind the key (the user's role and state do).
+                expires_at: caller.key.expires_at.filter(|_| !crate::jwt::is_session_guard(&caller.key.id)),
                 limits: &limits,
                 consistency: caller.key.consistency,
             };
@@ -158,6 +169,12 @@ async fn serve(
             }
             let who = RevokeCaller { scopes: caller.grant.scopes.clone(), user_id: caller.key.user_id.clone() };
             OrgCommand::RevokeKey { org_id: org_id.into(), key_id, caller: Some(who) }
+        }
+        Route::RevokeSessions(user_id) => {
+            if !ids::is_valid_id(&user_id) {
+                return Err(ApiError::new(ErrorCode::ResourceNotFound).into());
+            }
+            OrgCommand::RevokeSessions { org_id: org_id.into(), user_id, caller_user: caller.grant.user_id.clone() }
         }
         Route::Audit => {
             let page = rules::page(query, rules::audit_cursor)?;

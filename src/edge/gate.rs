@@ -72,9 +72,21 @@ pub(super) async fn handle(
     // then fails the credential check; it never reaches a store.
     let authorization = headers.get("authorization").ok().flatten();
     let x_api_key = headers.get("x-api-key").ok().flatten();
-    let token = extract_credential(authorization.as_deref(), x_api_key.as_deref())?;
-    let presented = parse_key(&settings.config.format, token)?;
     let origin = headers.get("origin").ok().flatten();
+    let public_route = match settings.policy.match_route(&method, &path) {
+        crate::policy::RouteMatch::Found(r) if r.public_limits().is_some() => Some(r),
+        _ => None,
+    };
+    let credential = match public_route {
+        Some(_) => Credential::None,
+        None => {
+            let token = extract_credential(authorization.as_deref(), x_api_key.as_deref())?;
+            match super::jwt::session_of(settings, token, now).await? {
+                Some(session) => Credential::Session(session),
+                None => Credential::Key(parse_key(&settings.config.format, token)?),
+            }
+        }
+    };
     let referer = headers.get("referer").ok().flatten();
     let client_ip = cors::client_ip(
         headers.get("cf-connecting-ip").ok().flatten().as_deref(),
@@ -100,7 +112,12 @@ pub(super) async fn handle(
     };
     let mut later = Vec::new();
     let mut exit = Vec::new();
-    let asked = admit(env, settings, facts, presented, &incoming.client_ip, fault, &mut later, &mut exit).await;
+    let asked = match (credential, public_route) {
+        (_, Some(route)) => public(env, settings, &facts, route, &incoming.client_ip, fault).await,
+        (credential, None) => {
+            admit(env, settings, facts, credential, &incoming.client_ip, fault, &mut later, &mut exit).await
+        }
+    };
     let result = match asked {
         Ok(admitted) => {
             exit.extend(exit_headers(&admitted.grant, admitted.quota.as_ref()));
@@ -114,13 +131,38 @@ pub(super) async fn handle(
 
 // ------------------------------------------------------------------ admit
 
+/// What the request authenticates with.
+enum Credential<'t> {
+    /// An API key (format checked).
+    Key(crate::token::ApiKey<'t>),
+    /// A verified JWT.
+    Session(crate::jwt::Session),
+    /// Nothing: a public route.
+    None,
+}
+
+/// A public route: the client address's guard counts it
+/// ([`crate::flow::public_question`]), then it is proxied with no identity.
+async fn public(
+    env: &Env,
+    settings: &Settings,
+    facts: &Facts<'_>,
+    route: &crate::policy::Route,
+    client_ip: &str,
+    fault: Fault,
+) -> Result<Admitted, Refusal> {
+    let (guard_id, question) = crate::flow::public_question(facts, route, client_ip, &settings.config)?;
+    let reply = logged(super::guard::ask(env, &guard_id, &question, settings.guard_timeout_ms, fault).await);
+    crate::flow::public_answer(facts, route, &settings.config, &question, reply, now_ms())
+}
+
 /// Runs the core's step machine to a decision, doing the I/O it asks for.
 #[allow(clippy::too_many_arguments)]
 async fn admit(
     env: &Env,
     settings: &Settings,
     facts: Facts<'_>,
-    presented: crate::token::ApiKey<'_>,
+    credential: Credential<'_>,
     client_ip: &str,
     fault: Fault,
     later: &mut Vec<Later>,
@@ -128,8 +170,17 @@ async fn admit(
 ) -> Result<Admitted, Refusal> {
     // The KV binding only when a step reads (a leased key's hot path never does).
     let kv = || env.kv(KV_BINDING).map_err(|e| unavailable("KV binding", e));
-    let hash = presented.hash();
-    let mut gate = Gate::new(facts, presented, hash, client_ip, &settings.policy, &settings.config, settings.flow);
+    let (policy, config) = (&settings.policy, &settings.config);
+    let (mut gate, hash) = match credential {
+        Credential::Key(presented) => {
+            let hash = presented.hash();
+            (Gate::new(facts, presented.kind(), hash, client_ip, policy, config, settings.flow), hash)
+        }
+        Credential::Session(s) => {
+            (Gate::session(facts, &s, client_ip, policy, config, settings.flow), crate::token::KeyHash([0; 32]))
+        }
+        Credential::None => return Err(ErrorCode::InternalError.into()),
+    };
     let result = loop {
         let next = ISOLATE.with(|i| gate.next(&mut i.borrow_mut(), now_ms()));
         match next {
@@ -527,7 +578,7 @@ fn preflight(
     request_id: &str,
 ) -> Result<Response, Refusal> {
     let headers = Headers::new();
-    for (name, value) in cors::preflight(&settings.policy, path, origin, requested)? {
+    for (name, value) in cors::preflight(&settings.policy, path, origin, requested, &settings.config.session_origins)? {
         let _ = headers.set(name, &value);
     }
     let _ = headers.set("x-request-id", request_id);

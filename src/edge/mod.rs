@@ -11,6 +11,7 @@ mod control;
 mod faults;
 mod gate;
 mod guard;
+mod jwt;
 mod org;
 
 use std::sync::OnceLock;
@@ -61,6 +62,9 @@ pub(crate) struct Settings {
     /// `USAGE_ROLLUP_SECONDS` (default 30): how often a key's guard rolls
     /// its usage counts up to the org (the staleness of `/v1/usage`).
     pub(crate) usage_rollup_ms: i64,
+    /// JWT sessions (`JWT_ISSUER`, `JWT_AUDIENCE`, `JWT_JWKS_URL`,
+    /// `JWT_JWKS`, `JWT_HS256_SECRET`, …), if configured.
+    pub(crate) jwt: Option<jwt::JwtSettings>,
 }
 
 /// Shortest accepted `ADMIN_TOKEN` and `ORIGIN_SIGNING_SECRET`.
@@ -157,7 +161,22 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
         _ => return Err("TURNSTILE_VERIFY_URL must be an https:// URL (http:// only for a loopback host)".into()),
     }
     let turnstile = secret("TURNSTILE_SECRET_KEY").map(|s| (s, verify_url));
+    let jwt = jwt::load(
+        |n| string_binding(env, n),
+        secret,
+        int_var(env, "JWKS_CACHE_SECONDS", crate::jwt::DEFAULT_CACHE_SECONDS, 0..=86_400)?,
+        int_var(env, "JWT_LEEWAY_SECONDS", crate::jwt::DEFAULT_LEEWAY_SECONDS, 0..=crate::jwt::MAX_LEEWAY_SECONDS)?,
+        allow_insecure,
+    )?;
+    let mut session_origins = Vec::new();
+    for o in string_binding(env, "JWT_ALLOWED_ORIGINS").unwrap_or_default().split(',').map(str::trim) {
+        if !o.is_empty() {
+            session_origins
+                .push(crate::cors::OriginPattern::parse(o).map_err(|e| format!("JWT_ALLOWED_ORIGINS: {o:?}: {e}"))?);
+        }
+    }
     Ok(Settings {
+        jwt,
         config: Config {
             format,
             require_baa,
@@ -165,6 +184,7 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
             visitor_tokens,
             visitor_token_ttl_ms,
             turnstile: turnstile.is_some(),
+            session_origins,
         },
         policy,
         origin,

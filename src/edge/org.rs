@@ -195,6 +195,11 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             let prev = load_user(sql, user_id)?;
             // Omitted `disabled` keeps the current value.
             let disabled = &disabled.unwrap_or(prev.as_ref().is_some_and(|p| p.disabled));
+            if *disabled && prev.as_ref().is_some_and(|p| !p.disabled) {
+                // Disabling ends the user's sessions everywhere at once (the
+                // guard, not KV); re-enabling does not revive them.
+                revoke_sessions(&env, org_id, user_id, now).await?;
+            }
             sql.exec(
                 "INSERT INTO users (id, role, disabled, created_at, updated_at) VALUES (?, ?, ?, ?, ?)
                  ON CONFLICT(id) DO UPDATE SET role = excluded.role, disabled = excluded.disabled, updated_at = excluded.updated_at",
@@ -312,6 +317,19 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             // failed KV write repairs the read model.
             put_kv(&kv, &key_kv_key(&hash), &record).await?;
             Ok((200, success(json!({ "id": key_id, "revoked_at": rfc3339(revoked_at) }), None)))
+        }
+        OrgCommand::RevokeSessions { org_id, user_id, caller_user } => {
+            require_org(sql, org_id)?;
+            if load_user(sql, user_id)?.is_none() {
+                return Err(ApiError::new(ErrorCode::ResourceNotFound).into());
+            }
+            if let Some(uid) = caller_user.as_deref().filter(|c| c != user_id) {
+                may_manage_keys(sql, &env, uid)?;
+            }
+            let at = revoke_sessions(&env, org_id, user_id, now).await?;
+            audit("user.sessions_revoked", user_id, json!({}))?;
+            let data = json!({ "user_id": user_id, "sessions_revoked_at": rfc3339(at) });
+            Ok((200, success(data, None)))
         }
         OrgCommand::ListKeys { org_id, cursor, limit } => list_keys(sql, org_id, cursor.as_deref(), *limit),
         OrgCommand::ListAudit { org_id, cursor, limit } => list_audit(sql, org_id, cursor.as_deref(), *limit),
@@ -614,6 +632,17 @@ fn may_manage_keys(sql: &SqlStorage, env: &Env, user_id: &str) -> Result<(), Ref
             "This key's user may not manage API keys (role or state).",
         )
         .into()),
+    }
+}
+
+/// Records a session revocation in the user's sessions guard: tokens
+/// issued until `now` are refused from its answer on. Its time.
+async fn revoke_sessions(env: &Env, org_id: &str, user_id: &str, now: i64) -> Result<i64, Refusal> {
+    let id = crate::jwt::session_guard_id(org_id, user_id);
+    match super::guard::call(env, &id, &GuardRequest::RevokeSessions { revoked_at: now }).await {
+        Ok(GuardReply::RevokeRecorded { revoked_at }) => Ok(revoked_at),
+        Ok(_) => Err(super::unavailable("sessions guard", "unexpected reply to a session revocation")),
+        Err(e) => Err(super::unavailable("sessions guard", e)),
     }
 }
 

@@ -12,7 +12,7 @@ use crate::guard::{FetchedFacts, GuardState};
 use crate::path::CanonicalPath;
 use crate::ratelimit::RateLimit;
 use crate::scope::Scope;
-use crate::token::{generate, TokenFormat};
+use crate::token::{generate, ApiKey, TokenFormat};
 
 pub(crate) const T0: i64 = 1_800_000_000_000;
 pub(crate) const LEASE: i64 = 1000;
@@ -260,7 +260,7 @@ pub(crate) fn gate<'r>(env: &'r Env, r: &'r Req) -> Gate<'r> {
         visitor_token: r.visitor_token.as_deref(),
         turnstile_token: r.turnstile.as_deref(),
     };
-    Gate::new(facts, presented, presented.hash(), &r.ip, &env.policy, &env.config, env.settings)
+    Gate::new(facts, presented.kind(), presented.hash(), &r.ip, &env.policy, &env.config, env.settings)
 }
 
 pub(crate) enum State {

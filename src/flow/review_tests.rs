@@ -243,7 +243,7 @@ fn review_a_full_lease_table_makes_concurrent_leased_requests_fail_503() {
         Limits { key: vec![RateLimit { name: "minute".into(), limit: 1_000_000, window_seconds: 60 }], visitor: None };
     for _ in 0..MAX_LEASES {
         let req = GuardRequest::Lease {
-            key: KeyRef { key_id: k.id.clone(), org_id: "org_1".into() },
+            key: KeyRef { key_id: k.id.clone(), org_id: "org_1".into(), issued_at: None },
             limits: limits.clone(),
             scope: Some("ai:chat".into()),
             want: 100,

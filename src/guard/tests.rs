@@ -7,7 +7,7 @@ pub(super) const T0: i64 = 1_800_000_000_000;
 pub(super) const LEASE_MS: i64 = 1000;
 
 pub(super) fn key() -> KeyRef {
-    KeyRef { key_id: "01KEY".into(), org_id: "org_1".into() }
+    KeyRef { key_id: "01KEY".into(), org_id: "org_1".into(), issued_at: None }
 }
 
 pub(super) fn lim(name: &str, limit: u32, window_seconds: u32) -> RateLimit {
@@ -680,4 +680,50 @@ fn a_question_applied_after_the_workers_deadline_counts_nothing() {
     // of their own and are applied whenever they arrive.
     let refused = GuardRequest::Refused { key: key(), refusals: [("missing_scope".to_owned(), 1)].into() };
     assert_eq!(s.apply(&refused, &with_deadline(T0 + 9000, T0, None)).0, GuardReply::Recorded);
+}
+
+#[test]
+fn a_session_revocation_refuses_the_tokens_issued_until_then_and_only_those() {
+    let w = world();
+    let mut s = GuardState::default();
+    let session = |iat: i64| KeyRef { key_id: "ses:org_1:user_1".into(), org_id: "org_1".into(), issued_at: Some(iat) };
+    let check_at = |iat: i64| GuardRequest::Check { key: session(iat), limits: limits(100), refusals: Refusals::new() };
+    assert!(matches!(s.apply(&check_at(T0 - 5000), &w.cx(T0, None, 1)).0, GuardReply::Allowed { .. }));
+    assert_eq!(
+        s.meta.key.as_ref().map(|k| k.issued_at),
+        Some(None),
+        "the stored identity is the user's, not a token's"
+    );
+    let (r, ch) = s.apply(&GuardRequest::RevokeSessions { revoked_at: T0 + 10 }, &w.cx(T0 + 10, None, 1));
+    assert_eq!((r, ch.meta), (GuardReply::RevokeRecorded { revoked_at: T0 + 10 }, true));
+    // Issued before or at the revocation: refused, by every kind of call.
+    for iat in [T0 - 5000, T0 + 10] {
+        assert_eq!(s.apply(&check_at(iat), &w.cx(T0 + 20, None, 1)).0, GuardReply::Revoked, "iat {iat}");
+        let refused = GuardRequest::Refused { key: session(iat), refusals: [("missing_scope".to_owned(), 1)].into() };
+        assert_eq!(s.apply(&refused, &w.cx(T0 + 20, None, 1)).0, GuardReply::Revoked);
+    }
+    // Issued after (the user signed in again): admitted; the user is not revoked.
+    assert!(matches!(s.apply(&check_at(T0 + 11), &w.cx(T0 + 20, None, 1)).0, GuardReply::Allowed { .. }));
+    assert_eq!(s.meta.revoked_at, None);
+    // The latest revocation wins; an earlier one does not move it back.
+    let (r, _) = s.apply(&GuardRequest::RevokeSessions { revoked_at: T0 + 5 }, &w.cx(T0 + 30, None, 1));
+    assert_eq!(r, GuardReply::RevokeRecorded { revoked_at: T0 + 10 });
+    let (r, _) = s.apply(&GuardRequest::RevokeSessions { revoked_at: T0 + 40 }, &w.cx(T0 + 40, None, 1));
+    assert_eq!(r, GuardReply::RevokeRecorded { revoked_at: T0 + 40 });
+    assert_eq!(s.apply(&check_at(T0 + 11), &w.cx(T0 + 50, None, 1)).0, GuardReply::Revoked);
+    // A key's guard is untouched by `issued_at` it never receives.
+    assert!(matches!(s.apply(&check(100), &w.cx(T0 + 50, None, 1)).0, GuardReply::Allowed { .. }));
+}
+
+#[test]
+fn the_per_address_guard_of_public_routes_rolls_nothing_up() {
+    let w = world();
+    let mut s = GuardState::default();
+    let ip = KeyRef { key_id: "ip:203.0.113.7".into(), org_id: String::new(), issued_at: None };
+    let req = GuardRequest::Check { key: ip, limits: limits(2), refusals: Refusals::new() };
+    assert!(matches!(s.apply(&req, &w.cx(T0, None, 1)).0, GuardReply::Allowed { .. }));
+    assert!(s.has_pending());
+    let (batch, _) = s.begin_rollup(T0 + 1);
+    assert_eq!(batch, None, "no org to report to");
+    assert!(!s.has_pending(), "and nothing left to schedule an alarm for");
 }
