@@ -24,9 +24,14 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT INT TERM
 
+jwt_vars=()
 if [ -z "$ORIGIN_URL" ]; then
   ORIGIN_URL="http://127.0.0.1:$ORIGIN_PORT"
   PORT=$ORIGIN_PORT node demo/origin.mjs & pids+=($!)
+  # The demo origin is also the identity provider of JWT sessions (README,
+  # JWT sessions); values in .dev.vars win.
+  grep -q '^JWT_ISSUER=' .dev.vars || jwt_vars=(--var "JWT_ISSUER:https://idp.keyward.test"
+    --var "JWT_AUDIENCE:keyward-demo" --var "JWT_JWKS_URL:$ORIGIN_URL/.well-known/jwks.json")
 fi
 
 # The widget demo page, on its own origin.
@@ -34,7 +39,7 @@ PORTS=$PAGE_PORT node demo/page.mjs & pids+=($!)
 
 mkdir -p .wrangler
 "$WRANGLER" dev --port "$PORT" --ip 127.0.0.1 --inspector-port 0 \
-  --show-interactive-dev-session=false --var "ORIGIN_URL:$ORIGIN_URL" & pids+=($!)
+  --show-interactive-dev-session=false --var "ORIGIN_URL:$ORIGIN_URL" "${jwt_vars[@]}" & pids+=($!)
 
 base="http://127.0.0.1:$PORT"
 for _ in $(seq 1 300); do
@@ -50,6 +55,7 @@ curl -sS -X PUT "$base/admin/public_suffix_list" -H "Authorization: Bearer $ADMI
   -H 'content-type: text/plain' --data-binary @data/public_suffix_list.dat > /dev/null
 admin PUT /admin/orgs/org_demo '{"name":"Demo Org","baa_active":true}' > /dev/null
 admin PUT /admin/orgs/org_demo/users/user_demo '{"role":"admin"}' > /dev/null
+admin PUT /admin/orgs/org_demo/users/user_viewer '{"role":"viewer"}' > /dev/null
 # A fresh demo key each run; the previous one is revoked (keyward never
 # stores a plaintext key, not even for the demo).
 if [ -f .wrangler/demo-key-id ]; then
@@ -90,6 +96,11 @@ cat <<MSG
   a leased key (consistency "leased"; shown once): $LEASED_KEY
   after a few requests with it, its guard's counters (lease requests vs requests):
     curl -sS $base/admin/orgs/org_demo/api_keys/$LEASED_ID/guard -H "Authorization: Bearer \$ADMIN_TOKEN"
+
+  JWT sessions: the demo origin is the identity provider (README, JWT sessions):
+    curl -sS -X POST $base/api/v1/auth/login -H 'content-type: application/json' \\
+      -d '{"email":"viewer@demo.test","password":"demo-viewer"}'
+  then call with  -H "Authorization: Bearer <access_token>"
 
   admin token: see .dev.vars. Ctrl-C stops everything; state stays in .wrangler/state.
 

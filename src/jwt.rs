@@ -32,8 +32,6 @@
 //! seconds of `iat`): a clock running ahead cannot carry a token past it,
 //! and a user signs in again successfully once the leeway has passed.
 
-use serde::de::{Deserializer, MapAccess, Visitor};
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::ids::is_valid_id;
@@ -181,13 +179,14 @@ pub fn b64url_encode(bytes: &[u8]) -> String {
 
 /// A JSON object whose keys are all distinct: parsing refuses a key seen
 /// twice (JSON parsers disagree on which one wins; an identity provider and
-/// keyward must never read different claims from the same bytes).
+/// keyward must never read different claims from the same bytes), and a
+/// key written with an escape (`"\u0073ub"` is another spelling of `sub`).
 #[derive(Debug, Default)]
-struct Object(Vec<(String, Value)>);
+struct Object(serde_json::Map<String, Value>);
 
 impl Object {
     fn get(&self, k: &str) -> Option<&Value> {
-        self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v)
+        self.0.get(k)
     }
 
     fn str(&self, k: &str) -> Result<Option<&str>, ()> {
@@ -200,32 +199,49 @@ impl Object {
 
     fn parse(bytes: &[u8]) -> Option<Object> {
         let text = std::str::from_utf8(bytes).ok()?;
-        serde_json::from_str(text).ok()
+        let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) else { return None };
+        // Valid JSON from here on: its top-level keys, as written.
+        let mut keys = top_level_keys(text)?;
+        let n = keys.len();
+        keys.sort_unstable();
+        keys.dedup();
+        (keys.len() == n && n == map.len()).then_some(Object(map))
     }
 }
 
-impl<'de> Deserialize<'de> for Object {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Object;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Object, M::Error> {
-                let mut o = Object::default();
-                while let Some(k) = m.next_key::<String>()? {
-                    if o.get(&k).is_some() {
-                        return Err(serde::de::Error::custom("duplicate key"));
+/// The keys of a (valid) JSON object's top level, as written; `None` if
+/// one has an escape.
+fn top_level_keys(text: &str) -> Option<Vec<&str>> {
+    let b = text.as_bytes();
+    let (mut depth, mut i, mut keys) = (0u32, 0, Vec::new());
+    while i < b.len() {
+        match b[i] {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'"' => {
+                let start = i + 1;
+                i = start;
+                let mut escaped = false;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' {
+                        escaped = true;
+                        i += 1;
                     }
-                    let v: Value = m.next_value()?;
-                    o.0.push((k, v));
+                    i += 1;
                 }
-                Ok(o)
+                let rest = text.get(i + 1..).unwrap_or("").trim_start();
+                if depth == 1 && rest.starts_with(':') {
+                    if escaped {
+                        return None;
+                    }
+                    keys.push(text.get(start..i)?);
+                }
             }
+            _ => {}
         }
-        d.deserialize_map(V)
+        i += 1;
     }
+    Some(keys)
 }
 
 // ------------------------------------------------------------------ keys
@@ -292,12 +308,12 @@ impl Jwks {
         let (implied, import) = match (s("kty")?, s("crv")) {
             ("OKP", Some("Ed25519")) => {
                 let x = part("x").filter(|x| b64url_decode(x).is_some_and(|b| b.len() == 32))?;
-                (Alg::EdDsa, serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x}))
+                (Alg::EdDsa, format!(r#"{{"kty":"OKP","crv":"Ed25519","x":"{x}"}}"#))
             }
             ("EC", Some("P-256")) => {
                 let coord = |n: &str| part(n).filter(|c| b64url_decode(c).is_some_and(|b| b.len() == 32));
                 let (x, y) = (coord("x")?, coord("y")?);
-                (Alg::Es256, serde_json::json!({"kty": "EC", "crv": "P-256", "x": x, "y": y}))
+                (Alg::Es256, format!(r#"{{"kty":"EC","crv":"P-256","x":"{x}","y":"{y}"}}"#))
             }
             ("RSA", None) => {
                 let n = part("n")?;
@@ -305,7 +321,7 @@ impl Jwks {
                 if bits < MIN_RSA_BITS {
                     return None;
                 }
-                (Alg::Rs256, serde_json::json!({"kty": "RSA", "n": n, "e": part("e")?}))
+                (Alg::Rs256, format!(r#"{{"kty":"RSA","n":"{n}","e":"{}"}}"#, part("e")?))
             }
             _ => return None,
         };
@@ -314,7 +330,8 @@ impl Jwks {
         if s("alg").is_some_and(|a| Alg::parse(a) != Some(implied)) {
             return None;
         }
-        Some(Jwk { kid: kid.to_owned(), alg: implied, import: import.to_string() })
+        // `import` holds only base64url text (checked above): no escaping.
+        Some(Jwk { kid: kid.to_owned(), alg: implied, import })
     }
 
     /// The key with this `kid`.

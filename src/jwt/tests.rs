@@ -151,6 +151,17 @@ fn duplicate_keys_are_refused_in_header_and_payload() {
     let twice = body.replacen("\"sub\":\"user_1\"", "\"sub\":\"user_1\",\"sub\":\"admin\"", 1);
     assert_ne!(twice, body);
     assert_eq!(reject(&raw(r#"{"alg":"HS256"}"#, &twice)), Reject::Malformed);
+    // Another spelling of a key is refused too; keys of nested objects and
+    // look-alikes inside strings are not top-level keys.
+    let escaped = body.replacen("\"sub\"", "\"\\u0073ub\"", 1);
+    assert_eq!(reject(&raw(r#"{"alg":"HS256"}"#, &escaped)), Reject::Malformed);
+    let mut c = claims();
+    c["nested"] = json!({"sub": "x", "iss": {"sub": 1}});
+    c["note"] = json!("\"sub\": \"admin\", {[");
+    c["list"] = json!([{"sub": 2}, "sub"]);
+    let s = check(&hs(&c), &cfg(), NOW).unwrap().session;
+    assert_eq!(s.user_id, "user_1");
+    assert_eq!(top_level_keys(r#"{"a":1, "b" : {"a":2}, "c":"\"a\":"}"#).unwrap(), ["a", "b", "c"]);
 }
 
 #[test]
