@@ -32,6 +32,7 @@ pub mod error;
 pub mod flow;
 pub mod guard;
 pub mod ids;
+mod json;
 pub mod path;
 pub mod policy;
 pub mod psl;
@@ -49,10 +50,11 @@ mod edge;
 
 /// Decodes JSON text through [`serde_json::Value`]: every type shares the one
 /// text parser and its decoder only walks a `Value` (far less wasm than a
-/// text decoder per type). Same results as `serde_json::from_str` for the
+/// text decoder per type), with `json::De`, which reads structs from objects
+/// only (smaller still). Same results as `serde_json::from_str` for the
 /// records keyward writes; error messages carry no line/column.
 pub fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> serde_json::Result<T> {
-    T::deserialize(serde_json::from_str::<serde_json::Value>(s)?)
+    T::deserialize(json::De(serde_json::from_str::<serde_json::Value>(s)?))
 }
 
 /// Lowercase hex of bytes.
