@@ -377,7 +377,7 @@ pub fn parse_key(
                     }
                 }
             }
-            out.sort();
+            crate::sort_small(&mut out);
             out.dedup();
             out
         }

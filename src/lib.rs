@@ -57,6 +57,18 @@ pub fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> serde_json::Result<
     T::deserialize(json::De(serde_json::from_str::<serde_json::Value>(s)?))
 }
 
+/// Sorts a short slice (a few dozen items: scopes, methods) in place, stably.
+/// An insertion sort: a fraction of the wasm of `slice::sort`'s per-type copy.
+pub fn sort_small<T: Ord>(v: &mut [T]) {
+    for i in 1..v.len() {
+        let mut j = i;
+        while j > 0 && v[j - 1] > v[j] {
+            v.swap(j - 1, j);
+            j -= 1;
+        }
+    }
+}
+
 /// Lowercase hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);

@@ -149,8 +149,10 @@ pub fn check_visitor_limits(key: &[RateLimit], visitor: &[RateLimit]) -> Result<
 /// Merges a key's own limits over the defaults: same name overrides, new
 /// names add. Sorted by name for a stable order.
 pub fn merge_limits(defaults: &[RateLimit], own: &[RateLimit]) -> Vec<RateLimit> {
-    let mut by_name: BTreeMap<&str, &RateLimit> = defaults.iter().map(|l| (l.name.as_str(), l)).collect();
-    for l in own {
+    // Inserted one by one, not collected: `collect` into a map sorts first
+    // (one more sort in the wasm).
+    let mut by_name: BTreeMap<&str, &RateLimit> = BTreeMap::new();
+    for l in defaults.iter().chain(own) {
         by_name.insert(l.name.as_str(), l);
     }
     by_name.into_values().cloned().collect()
