@@ -209,7 +209,8 @@ impl Window {
         }
         let span = limit.window_ms();
         let mut live: Vec<&Bucket> = self.buckets.iter().filter(|b| b.expires_at(span) > now).collect();
-        live.sort_by_key(|b| b.expires_at(span));
+        // At most MAX_BUCKETS (128) items.
+        crate::sort_small_by_key(&mut live, |b| b.expires_at(span));
         for b in live {
             used -= u64::from(b.count);
             if used + need <= cap {
