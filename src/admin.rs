@@ -390,7 +390,7 @@ pub fn parse_key(
                     }
                 }
             }
-            out.sort();
+            crate::sort_small(&mut out);
             out.dedup();
             out
         }
@@ -564,7 +564,7 @@ fn parse_limits_field(name: &str, v: Option<&Value>) -> Result<Vec<RateLimit>, A
             return Err(ApiError::validation(&field, "must be an object {name, limit, window_seconds}"));
         };
         only_fields(o, &["name", "limit", "window_seconds"])?;
-        let l: RateLimit = serde_json::from_value(item.clone()).map_err(|_| {
+        let l = <RateLimit as serde::Deserialize>::deserialize(crate::json::De(item.clone())).map_err(|_| {
             ApiError::validation(&field, "must have a string name and integer limit and window_seconds")
         })?;
         l.validate().map_err(|e| ApiError::validation(&field, e))?;

@@ -235,7 +235,7 @@ impl Grant {
     /// The `X-Keyward-Scopes` value: effective scopes, sorted, space-separated.
     pub fn scopes_header(&self) -> String {
         let mut v: Vec<&str> = self.scopes.iter().map(Scope::as_str).collect();
-        v.sort_unstable();
+        crate::sort_small(&mut v);
         v.join(" ")
     }
 }

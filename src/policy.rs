@@ -389,7 +389,7 @@ impl Policy {
         if allowed.is_empty() {
             RouteMatch::NotFound
         } else {
-            allowed.sort_unstable();
+            crate::sort_small(&mut allowed);
             allowed.dedup();
             RouteMatch::MethodNotAllowed(allowed)
         }
@@ -426,7 +426,7 @@ impl Policy {
             .filter(|r| r.matches_path(path) && self.widget_scopes.iter().any(|w| w.as_str() == r.scope))
             .flat_map(|r| r.methods.iter().map(String::as_str))
             .collect();
-        out.sort_unstable();
+        crate::sort_small(&mut out);
         out.dedup();
         out
     }

@@ -149,8 +149,10 @@ pub fn check_visitor_limits(key: &[RateLimit], visitor: &[RateLimit]) -> Result<
 /// Merges a key's own limits over the defaults: same name overrides, new
 /// names add. Sorted by name for a stable order.
 pub fn merge_limits(defaults: &[RateLimit], own: &[RateLimit]) -> Vec<RateLimit> {
-    let mut by_name: BTreeMap<&str, &RateLimit> = defaults.iter().map(|l| (l.name.as_str(), l)).collect();
-    for l in own {
+    // Inserted one by one, not collected: `collect` into a map sorts first
+    // (one more sort in the wasm).
+    let mut by_name: BTreeMap<&str, &RateLimit> = BTreeMap::new();
+    for l in defaults.iter().chain(own) {
         by_name.insert(l.name.as_str(), l);
     }
     by_name.into_values().cloned().collect()
@@ -207,7 +209,8 @@ impl Window {
         }
         let span = limit.window_ms();
         let mut live: Vec<&Bucket> = self.buckets.iter().filter(|b| b.expires_at(span) > now).collect();
-        live.sort_by_key(|b| b.expires_at(span));
+        // At most MAX_BUCKETS (128) items.
+        crate::sort_small_by_key(&mut live, |b| b.expires_at(span));
         for b in live {
             used -= u64::from(b.count);
             if used + need <= cap {

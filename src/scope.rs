@@ -116,7 +116,7 @@ pub fn intersect(key: &[Scope], limit: &[Scope]) -> Vec<Scope> {
             }
         }
     }
-    out.sort();
+    crate::sort_small(&mut out);
     out.dedup();
     out
 }
