@@ -26,6 +26,8 @@ const CONTROL_SRC: &str = include_str!("../src/edge/control.rs");
 const ADMIN_CORE_SRC: &str = include_str!("../src/admin.rs");
 /// `key_view`'s fields are the documented `ApiKey`.
 const ORG_SRC: &str = include_str!("../src/edge/org.rs");
+/// `identity_headers`' canonical string is the documented one.
+const SIGNING_SRC: &str = include_str!("../src/signing.rs");
 
 /// Operation keys of a Path Item.
 const OP_KEYS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
@@ -50,6 +52,14 @@ const KEYWARD_HEADERS: [&str; 13] = [
     "x-keyward-visitor-token",
 ];
 const SHOP: &str = "https://shop.example.com";
+/// The browser origin in the harness's `JWT_ALLOWED_ORIGINS`.
+const APP: &str = "https://app.example.com";
+/// The JWT settings of the harness (as in tests/jwt.rs; the demo origin's
+/// identity provider issues tokens with the same issuer and audience).
+const JWT_ISSUER: &str = "https://idp.keyward.test";
+const JWT_AUDIENCE: &str = "keyward-demo";
+/// A valid sign-in at the demo origin's identity provider.
+const DEMO_LOGIN: &str = r#"{"email":"admin@demo.test","password":"demo-admin"}"#;
 /// The demo origin's fake siteverify passes `pass:<hostname>` with this secret.
 const TURNSTILE_SECRET: &str = "test-turnstile-secret-0123456789abcdef";
 const FORM: &str = "application/x-www-form-urlencoded";
@@ -68,15 +78,76 @@ fn policy() -> &'static Value {
 fn h() -> &'static Harness {
     static H: OnceLock<Harness> = OnceLock::new();
     H.get_or_init(|| {
-        Harness::start(Options {
+        let h = Harness::start(Options {
             origin_url: None,
             vars: vec![
                 ("ORIGIN_TIMEOUT_MS", "1500".into()),
                 ("TURNSTILE_SECRET_KEY", TURNSTILE_SECRET.into()),
                 ("TURNSTILE_VERIFY_URL", "{origin}/__turnstile/siteverify".into()),
+                ("JWT_ISSUER", JWT_ISSUER.into()),
+                ("JWT_AUDIENCE", JWT_AUDIENCE.into()),
+                ("JWT_JWKS_URL", "{origin}/.well-known/jwks.json".into()),
+                ("JWT_ALLOWED_ORIGINS", APP.into()),
             ],
-        })
+        });
+        // The test keys (tests/jwt/mint.mjs) served after the demo origin's own.
+        let jwks = std::fs::read(jwt_keys_dir().join("jwks.json")).expect("jwks.json");
+        let r = send(h.origin_port, "POST", "/__origin/jwks", &[("content-type", "application/json")], Some(&jwks));
+        assert_eq!(r.status, 204, "{}", r.text());
+        h
     })
+}
+
+/// The test key pairs (`node tests/jwt/mint.mjs keys`), once per process.
+fn jwt_keys_dir() -> &'static std::path::PathBuf {
+    static D: OnceLock<std::path::PathBuf> = OnceLock::new();
+    D.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("keyward-openapi-jwt-keys-{}", std::process::id()));
+        let out = std::process::Command::new("node")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["tests/jwt/mint.mjs", "keys"])
+            .arg(&dir)
+            .output()
+            .expect("node tests/jwt/mint.mjs keys");
+        assert!(out.status.success(), "mint keys: {}", String::from_utf8_lossy(&out.stderr));
+        dir
+    })
+}
+
+/// A JWT of `user` in `org` signed by the test key `ed-1` (by jose), with a
+/// `jti` when `jti` is given.
+fn jwt(org: &str, user: &str, jti: Option<&str>) -> String {
+    use std::io::Write;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let mut claims = json!({"iss": JWT_ISSUER, "aud": JWT_AUDIENCE, "sub": user, "org_id": org,
+                            "iat": now - 5, "nbf": now - 5, "exp": now + 900});
+    if let Some(j) = jti {
+        claims["jti"] = json!(j);
+    }
+    let specs = json!([{"kid": "ed-1", "claims": claims}]);
+    let mut child = std::process::Command::new("node")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["tests/jwt/mint.mjs", "sign"])
+        .arg(jwt_keys_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node tests/jwt/mint.mjs sign");
+    child.stdin.take().unwrap().write_all(specs.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "mint: {}", String::from_utf8_lossy(&out.stderr));
+    let tokens: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    tokens.into_iter().next().unwrap()
+}
+
+/// A client address of its own (`CF-Connecting-IP`), so that the per-address
+/// limits of public routes are not shared between cases.
+fn fresh_ip() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(1);
+    let n = N.fetch_add(1, Ordering::Relaxed) + (std::process::id() % 200) * 256;
+    format!("10.{}.{}.{}", 100 + (n >> 16) % 100, (n >> 8) & 255, n & 255)
 }
 
 /// Follows a local `$ref` (any depth).
@@ -115,6 +186,17 @@ impl Op {
     }
     fn is_proxied(&self) -> bool {
         self.v["x-keyward-served-by"] == "origin"
+    }
+    /// A public route of the policy: no credential, limited per address.
+    fn is_public(&self) -> bool {
+        self.v["x-keyward-public"] == true
+    }
+    /// The documented per-address limit of a public route (the smallest).
+    fn ip_limit(&self) -> u64 {
+        self.v["x-keyward-ip-rate-limits"]
+            .as_array()
+            .and_then(|a| a.iter().filter_map(|l| l["limit"].as_u64()).min())
+            .unwrap_or_else(|| panic!("{}: no x-keyward-ip-rate-limits", self.id()))
     }
     fn scope(&self) -> Option<&'static str> {
         self.v["x-keyward-scope"].as_str()
@@ -465,6 +547,30 @@ fn spec_is_openapi_3_1_and_self_consistent() {
         (schemes["AdminToken"]["type"].as_str(), schemes["AdminToken"]["scheme"].as_str()),
         (Some("http"), Some("bearer"))
     );
+    // JWT sessions: http bearer, JWT, and how they are verified and enabled.
+    assert_eq!(
+        (
+            schemes["JwtBearer"]["type"].as_str(),
+            schemes["JwtBearer"]["scheme"].as_str(),
+            schemes["JwtBearer"]["bearerFormat"].as_str()
+        ),
+        (Some("http"), Some("bearer"), Some("JWT"))
+    );
+    let jwt_desc = schemes["JwtBearer"]["description"].as_str().unwrap();
+    for needle in [
+        "JWT_ISSUER",
+        "EdDSA",
+        "ES256",
+        "RS256",
+        "HS256",
+        "JWT_HS256_SECRET",
+        "JWT_JWKS_URL",
+        "`scope` claim",
+        "JWT_ALLOWED_ORIGINS",
+        "INVALID_TOKEN",
+    ] {
+        assert!(jwt_desc.contains(needle), "JwtBearer description lacks {needle}: {jwt_desc}");
+    }
     // Named admin tokens, and how the audit log names their operators.
     let admin_desc = schemes["AdminToken"]["description"].as_str().unwrap();
     for needle in ["ADMIN_TOKEN`", "ADMIN_TOKENS", "admin:default", "admin:<name>"] {
@@ -477,6 +583,7 @@ fn spec_is_openapi_3_1_and_self_consistent() {
         assert_eq!(headers[h]["schema"]["const"], keyward::cors::EXPOSED_HEADERS, "{h}");
     }
     assert_eq!(headers["X-Keyward-Visitor-Token"]["required"], false);
+    origin_request_doc_is_consistent();
 
     // Every $ref resolves.
     fn walk(v: &'static Value, n: &mut usize) {
@@ -510,16 +617,35 @@ fn spec_is_openapi_3_1_and_self_consistent() {
     for op in ops() {
         let ctx = format!("{} {}", op.method, op.path);
         assert!(ids.insert(op.id()), "duplicate operationId {}", op.id());
-        // Security: public routes take a key (either header) naming the scope;
-        // admin routes the admin token; preflights nothing.
+        // Security: routes take a key (either header) or a JWT session
+        // naming the scope; admin routes the admin token; preflights and
+        // public routes nothing.
         let sec = op.v["security"].as_array().unwrap_or_else(|| panic!("{ctx}: no security"));
         if op.is_admin() {
             assert_eq!(op.v["security"], json!([{"AdminToken": []}]), "{ctx}");
+            assert!(!op.is_public(), "{ctx}");
         } else if op.is_preflight() {
             assert!(sec.is_empty(), "{ctx}");
+        } else if op.is_public() {
+            assert!(sec.is_empty(), "{ctx}: a public route takes no credential");
+            assert!(op.scope().is_none(), "{ctx}: a public route has no scope");
+            assert!(op.is_proxied(), "{ctx}: a public route is proxied");
+            assert!(op.ip_limit() > 0, "{ctx}");
         } else {
             let scope = op.scope().unwrap_or_else(|| panic!("{ctx}: no x-keyward-scope"));
-            assert_eq!(op.v["security"], json!([{"ApiKeyBearer": [scope]}, {"ApiKeyHeader": [scope]}]), "{ctx}");
+            assert_eq!(
+                op.v["security"],
+                json!([{"ApiKeyBearer": [scope]}, {"ApiKeyHeader": [scope]}, {"JwtBearer": [scope]}]),
+                "{ctx}"
+            );
+        }
+        // A credential is verified wherever it can be (a plain OPTIONS and a
+        // method a public path does not accept included): every 401 for a
+        // key is one for a JWT too, and exactly those two codes.
+        if !op.is_admin() {
+            let unauthorized =
+                strs(&op.response(401).unwrap_or_else(|| panic!("{ctx}: no 401"))["x-keyward-error-codes"]);
+            assert_eq!(unauthorized, ["INVALID_API_KEY", "INVALID_TOKEN"], "{ctx}: 401");
         }
         // Path parameters are declared.
         let declared: BTreeSet<&str> = spec()["paths"][&op.path]["parameters"]
@@ -552,10 +678,19 @@ fn spec_is_openapi_3_1_and_self_consistent() {
         // A request body keyward checks the type of: 415, and only there.
         let media = op.response(415).map(|r| strs(&r["x-keyward-error-codes"]));
         assert_eq!(media, op.checks_body_type().then(|| vec!["UNSUPPORTED_MEDIA_TYPE"]), "{ctx}: 415");
-        // Turnstile is decided before the route: every public 403 can be it.
-        if !op.is_admin() {
+        // Turnstile is decided before the route: every 403 of a route that
+        // takes a key can be it; a public route's 403 is only a browser
+        // origin outside JWT_ALLOWED_ORIGINS.
+        if op.is_public() {
+            let forbidden = strs(&op.response(403).unwrap_or_else(|| panic!("{ctx}: no 403"))["x-keyward-error-codes"]);
+            assert_eq!(forbidden, ["ORIGIN_NOT_ALLOWED"], "{ctx}: 403");
+            for status in [429, 503] {
+                assert!(op.response(status).is_some(), "{ctx}: a public route documents {status}");
+            }
+        } else if !op.is_admin() {
             let forbidden = strs(&op.response(403).unwrap_or_else(|| panic!("{ctx}: no 403"))["x-keyward-error-codes"]);
             assert!(forbidden.contains(&"TURNSTILE_REQUIRED"), "{ctx}: 403 lacks TURNSTILE_REQUIRED");
+            assert!(forbidden.contains(&"ORIGIN_NOT_ALLOWED"), "{ctx}: 403 lacks ORIGIN_NOT_ALLOWED");
         }
 
         for (status, resp) in op.v["responses"].as_object().unwrap() {
@@ -610,6 +745,83 @@ fn spec_is_openapi_3_1_and_self_consistent() {
     }
 }
 
+/// `x-keyward-origin-request`: the identities by `X-Keyward-Auth` are
+/// consistent with the headers (a header sent for one identity only is not
+/// required), and the canonical fields are `identity_headers`' in
+/// src/signing.rs, in its order.
+fn origin_request_doc_is_consistent() {
+    let doc = &spec()["x-keyward-origin-request"];
+    let headers = doc["headers"].as_object().unwrap();
+    let auth = &doc["x-keyward-auth"];
+    let modes: BTreeSet<&str> =
+        auth.as_object().unwrap().keys().map(String::as_str).filter(|k| *k != "description").collect();
+    let auth_enum: BTreeSet<&str> = strs(&headers["X-Keyward-Auth"]["schema"]["enum"]).into_iter().collect();
+    assert_eq!(modes, ["jwt", "key", "none"].into_iter().collect(), "x-keyward-auth modes");
+    assert_eq!(auth_enum, modes, "X-Keyward-Auth's values are the modes");
+    assert_eq!(headers["X-Keyward-Auth"]["required"], true);
+    let mut kinds = BTreeSet::new();
+    for m in &modes {
+        let mode = &auth[*m];
+        let (present, optional, absent) = (strs(&mode["present"]), strs(&mode["optional"]), strs(&mode["absent"]));
+        for n in present.iter().chain(&optional).chain(&absent) {
+            assert!(headers.contains_key(*n), "{m}: {n} is not a documented origin header");
+            assert!(n.starts_with("X-Keyward-"), "{m}: {n}");
+            let places = [&present, &optional, &absent].iter().filter(|l| l.contains(n)).count();
+            assert_eq!(places, 1, "{m}: {n} is in more than one list");
+        }
+        for n in optional.iter().chain(&absent) {
+            assert_ne!(headers[*n]["required"], true, "{m}: {n} is required yet not always sent");
+        }
+        if let Some(id) = mode["credential_id"].as_str() {
+            assert!(present.contains(&id) || optional.contains(&id), "{m}: credential_id {id}");
+        } else {
+            assert!(mode["credential_id"].is_null(), "{m}");
+        }
+        kinds.extend(strs(&mode["key_kinds"]));
+    }
+    // Every X-Keyward-* identity header is placed in every mode, or always sent.
+    for (name, h) in headers {
+        if name.starts_with("X-Keyward-") && h["required"] != true {
+            for m in &modes {
+                let mode = &auth[*m];
+                let placed = ["present", "optional", "absent"].iter().any(|l| strs(&mode[*l]).contains(&name.as_str()));
+                assert!(placed, "{m}: {name} is neither present, optional nor absent");
+            }
+        }
+    }
+    let kind_enum: BTreeSet<&str> = strs(&headers["X-Keyward-Key-Kind"]["schema"]["enum"]).into_iter().collect();
+    assert_eq!(kinds, kind_enum, "X-Keyward-Key-Kind's values");
+    assert_eq!(kinds, ["jwt", "public", "secret", "widget"].into_iter().collect());
+    // The canonical string: `canonical_string(&[...])` in identity_headers.
+    let from = SIGNING_SRC.find("pub fn identity_headers(").expect("identity_headers in src/signing.rs");
+    let body = &SIGNING_SRC[from..];
+    let call = &body[body.find("canonical_string(&[").expect("canonical_string(&[ in identity_headers") + 19..];
+    let call = &call[..call.find("])").unwrap()];
+    let names: Vec<&str> = call
+        .split(',')
+        .map(|a| a.trim().trim_start_matches('&'))
+        .filter(|a| !a.is_empty())
+        .map(|a| match a {
+            "ts" => "X-Keyward-Timestamp",
+            "method" => "method",
+            "path" => "path",
+            "query" => "query",
+            "request_id" => "X-Request-Id",
+            "grant.org_id" => "X-Keyward-Org",
+            "id" => "credential-id",
+            "kind" => "X-Keyward-Key-Kind",
+            "scopes" => "X-Keyward-Scopes",
+            "user" => "X-Keyward-User",
+            "resource" => "X-Keyward-Resource",
+            other => panic!("canonical field {other:?} of src/signing.rs is unknown here: update this test"),
+        })
+        .collect();
+    assert!(SIGNING_SRC.contains(r#"String::from("keyward-v1")"#), "the literal first line");
+    let documented = strs(&doc["x-keyward-signature"]["canonical_fields"]);
+    assert_eq!(documented[0], "keyward-v1");
+    assert_eq!(documented[1..], names[..], "canonical fields vs src/signing.rs");
+}
+
 #[test]
 fn every_catalogue_code_is_documented_under_its_status() {
     let schemas = &spec()["components"]["schemas"];
@@ -639,6 +851,21 @@ fn every_catalogue_code_is_documented_under_its_status() {
     for c in ErrorCode::ALL {
         assert!(listed.contains_key(c.as_str()), "{} is in no operation's x-keyward-error-codes", c.as_str());
     }
+    // Wherever a key's 401 can occur on an operation that accepts JWT
+    // sessions, the token's can too.
+    for op in ops() {
+        let accepts_jwt = op.v["security"].as_array().into_iter().flatten().any(|s| s.get("JwtBearer").is_some());
+        let unauthorized = op.response(401).map(|r| strs(&r["x-keyward-error-codes"])).unwrap_or_default();
+        if accepts_jwt || unauthorized.contains(&"INVALID_API_KEY") {
+            assert!(
+                unauthorized.contains(&"INVALID_API_KEY") && unauthorized.contains(&"INVALID_TOKEN"),
+                "{} {}: 401 {unauthorized:?}",
+                op.method,
+                op.path
+            );
+        }
+    }
+    assert!(listed["INVALID_TOKEN"].len() >= listed["INVALID_API_KEY"].len());
 }
 
 /// The schema check used on real responses is not vacuous.
@@ -812,8 +1039,11 @@ fn control_routes_in_source() -> BTreeSet<(String, String)> {
 #[test]
 fn every_route_is_documented_and_nothing_else() {
     let widget_scopes = strs(&policy()["widget_scopes"]);
-    // Policy: pattern → (method → (scope, served by keyward)).
+    // Policy: pattern → (method → (scope, served by keyward)); a public
+    // route's scope is empty.
     let mut routes: BTreeMap<String, BTreeMap<String, (String, bool)>> = BTreeMap::new();
+    // Policy: (method, pattern) → a public route's `ip_rate_limits`.
+    let mut public: BTreeMap<(String, String), Value> = BTreeMap::new();
     // Policy: pattern → (method → the request body types it accepts: its
     // `content_types`, or `*/*` for any but a form).
     let mut body_types: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
@@ -823,14 +1053,22 @@ fn every_route_is_documented_and_nothing_else() {
             other => strs(other),
         };
         for m in methods {
-            let entry = (r["scope"].as_str().unwrap().to_owned(), r["served_by"] == "keyward");
+            if r["public"] == true {
+                // The policy's default for a public route without its own.
+                let limits = r
+                    .get("ip_rate_limits")
+                    .cloned()
+                    .unwrap_or_else(|| json!([{"name": "ip_minute", "limit": 10, "window_seconds": 60}]));
+                public.insert((m.to_owned(), shape(r["path"].as_str().unwrap())), limits);
+            }
+            let entry = (r["scope"].as_str().unwrap_or_default().to_owned(), r["served_by"] == "keyward");
             routes.entry(shape(r["path"].as_str().unwrap())).or_default().entry(m.to_owned()).or_insert(entry);
             let types = r.get("content_types").map(strs).unwrap_or_else(|| vec!["*/*"]);
             body_types.entry((m.to_owned(), shape(r["path"].as_str().unwrap()))).or_insert(types);
         }
     }
     let admin = admin_routes_in_source();
-    assert_eq!(admin.len(), 7, "admin routes: {admin:?}");
+    assert_eq!(admin.len(), 8, "admin routes: {admin:?}");
     let control = control_routes_in_source();
     let served: BTreeSet<(String, String)> = routes
         .iter()
@@ -861,7 +1099,18 @@ fn every_route_is_documented_and_nothing_else() {
         );
         for (m, (scope, local)) in policy_methods {
             let op = &item[m.to_ascii_lowercase()];
-            assert_eq!(op["x-keyward-scope"], scope.as_str(), "{m} {path}: scope");
+            match public.get(&(m.clone(), key.clone())) {
+                Some(limits) => {
+                    assert_eq!(op["x-keyward-public"], true, "{m} {path}: public");
+                    assert!(op.get("x-keyward-scope").is_none(), "{m} {path}: a public route has no scope");
+                    assert_eq!(&op["x-keyward-ip-rate-limits"], limits, "{m} {path}: ip_rate_limits");
+                }
+                None => {
+                    assert!(op.get("x-keyward-public").is_none(), "{m} {path}: not public in the policy");
+                    assert!(op.get("x-keyward-ip-rate-limits").is_none(), "{m} {path}");
+                    assert_eq!(op["x-keyward-scope"], scope.as_str(), "{m} {path}: scope");
+                }
+            }
             assert_eq!(op["x-keyward-served-by"], if *local { "keyward" } else { "origin" }, "{m} {path}: served_by");
             if !*local {
                 assert!(op["responses"].get("200").is_some() && op["responses"].get("default").is_some(), "{m} {path}");
@@ -873,17 +1122,21 @@ fn every_route_is_documented_and_nothing_else() {
                 assert_eq!(documented, accepted, "{m} {path}: request body media types vs the policy's content_types");
             }
         }
-        // Every public path documents keyward's preflight answer: 204 where a
-        // widget route exists, else 404.
+        // Every public path documents keyward's preflight answer: 204 (the
+        // widget methods, or for an origin in JWT_ALLOWED_ORIGINS every
+        // method of the path), and 404 where no widget route exists.
         let pre = Op { path: path.clone(), method: "OPTIONS".into(), v: &item["options"] };
         assert!(item.get("options").is_some(), "{path}: no preflight operation");
         let widget = policy_methods.values().any(|(s, _)| widget_scopes.contains(&s.as_str()));
-        assert_eq!(pre.response(204).is_some(), widget, "{path}: preflight 204 iff a widget route");
+        assert!(pre.response(204).is_some(), "{path}: preflight 204 (JWT_ALLOWED_ORIGINS)");
         let nf = pre.response(404).map(|r| strs(&r["x-keyward-error-codes"]));
         assert_eq!(nf, (!widget).then(|| vec!["ROUTE_NOT_FOUND"]), "{path}: preflight 404 iff no widget route");
         seen_public.insert(key);
     }
     assert_eq!(seen_public, routes.keys().cloned().collect(), "every policy route has a spec path");
+    let documented_public: BTreeSet<(String, String)> =
+        ops().into_iter().filter(Op::is_public).map(|o| (o.method.clone(), shape(&o.path))).collect();
+    assert_eq!(documented_public, public.keys().cloned().collect(), "the public routes are the policy's");
     assert_eq!(seen_admin, admin, "every admin route is in the spec");
 }
 
@@ -893,6 +1146,9 @@ fn every_route_is_documented_and_nothing_else() {
 /// its id.
 fn setup() -> (String, String, String) {
     let org = h().org(true);
+    // The user of `params` (its sessions are revoked by the sessions routes).
+    let r = h().admin("PUT", &format!("/admin/orgs/{org}/users/u_spec"), Some(json!({"role": "viewer"})));
+    assert_eq!(r.status, 200, "{}", r.text());
     let (key, id) = h().key(&org, json!({"name": "spec", "scopes": ["*"]}));
     (org, key, id)
 }
@@ -923,17 +1179,32 @@ fn every_operation_answers_as_documented() {
         } else if op.is_preflight() {
             case = "preflight from a page";
             let acrm = path_methods(&op.path).into_iter().next().unwrap();
-            send_to(
-                port,
-                "OPTIONS",
-                &fill(&op, &ps),
-                &[
-                    ("origin", SHOP),
-                    ("access-control-request-method", &acrm),
-                    ("access-control-request-headers", "authorization, content-type"),
-                ],
-                None,
-            )
+            let preflight = |origin: &str| {
+                send_to(
+                    port,
+                    "OPTIONS",
+                    &fill(&op, &ps),
+                    &[
+                        ("origin", origin),
+                        ("access-control-request-method", &acrm),
+                        ("access-control-request-headers", "authorization, content-type"),
+                    ],
+                    None,
+                )
+            };
+            // From JWT_ALLOWED_ORIGINS: every method of the path.
+            let r = preflight(APP);
+            assert_eq!(r.status, 204, "{} ({APP}): {}", op.path, r.text());
+            conforms(&op, &r, "preflight from JWT_ALLOWED_ORIGINS");
+            assert_eq!(method_set(r.header("access-control-allow-methods").unwrap()), path_methods(&op.path));
+            assert_eq!(r.header("access-control-allow-origin"), Some(APP));
+            preflight(SHOP)
+        } else if op.is_public() {
+            case = "public route, no credential";
+            let ip = fresh_ip();
+            let body = public_body(port, &op);
+            let headers = [("cf-connecting-ip", ip.as_str())];
+            send_typed(port, &op.method, &fill(&op, &ps), &headers, body.as_ref().map(|(m, b)| (*m, b.as_str())))
         } else {
             case = "valid key, valid request";
             if op.method == "DELETE" && !op.is_proxied() {
@@ -944,8 +1215,10 @@ fn every_operation_answers_as_documented() {
             let (n, v) = cred(&key, i);
             plain(port, &op, &fill(&op, &ps), &[(n, &v)])
         };
-        let expected =
-            if op.is_preflight() { op.success_status().unwrap_or(404) } else { op.success_status().unwrap() };
+        let expected = match op.is_preflight() {
+            true if widget_methods(&op.path).is_empty() => 404,
+            _ => op.success_status().unwrap(),
+        };
         assert_eq!(r.status, expected, "{} {} ({case}): {}", op.method, op.path, r.text());
         let body = conforms(&op, &r, case);
         if op.is_preflight() && r.status == 204 {
@@ -953,20 +1226,29 @@ fn every_operation_answers_as_documented() {
             assert_eq!(method_set(r.header("access-control-allow-methods").unwrap()), widget, "{}", op.path);
             assert_eq!(r.header("access-control-allow-origin"), Some(SHOP));
         }
-        if op.is_proxied() {
+        if op.is_public() {
+            // The origin (its identity provider) answered; what it received
+            // carries the documented public identity.
+            assert_eq!(r.header("ratelimit-limit"), Some(op.ip_limit().to_string().as_str()), "{}", op.id());
+            let rid = r.header("x-request-id").unwrap();
+            let seen = h().origin_saw(rid).unwrap_or_else(|| panic!("{}: the origin did not see {rid}", op.id()));
+            origin_request_is_documented(&op, &seen, rid, "none");
+        } else if op.is_proxied() {
             // The origin answered (the demo origin echoes what it received),
             // with the documented identity.
             assert_eq!(body["echo"]["method"], op.method.as_str(), "{} {}", op.method, op.path);
-            origin_request_is_documented(&op, &body["echo"], r.header("x-request-id").unwrap());
+            origin_request_is_documented(&op, &body["echo"], r.header("x-request-id").unwrap(), "key");
         }
     }
 }
 
-/// What the origin received (the demo origin's echo) carries the documented
-/// identity headers (`x-keyward-origin-request`): every required one, no
-/// undocumented `X-Keyward-*`, the authorized method, and a signature over
-/// the documented canonical fields.
-fn origin_request_is_documented(op: &Op, echo: &Value, request_id: &str) {
+/// What the origin received (the demo origin's echo, or its log entry)
+/// carries the documented identity headers (`x-keyward-origin-request`):
+/// every required one, no undocumented `X-Keyward-*`, the identity of
+/// `auth` (`X-Keyward-Auth` and the headers `x-keyward-auth` lists for it:
+/// present, absent, nothing else), documented values, the authorized
+/// method, and a signature over the documented canonical fields.
+fn origin_request_is_documented(op: &Op, echo: &Value, request_id: &str, auth: &str) {
     let ctx = format!("{} {}", op.method, op.path);
     let doc = &spec()["x-keyward-origin-request"];
     let documented = doc["headers"].as_object().expect("x-keyward-origin-request.headers");
@@ -983,6 +1265,36 @@ fn origin_request_is_documented(op: &Op, echo: &Value, request_id: &str) {
         );
     }
     let header = |n: &str| got.get(&n.to_ascii_lowercase()).and_then(Value::as_str).unwrap_or("");
+    assert_eq!(header("X-Keyward-Auth"), auth, "{ctx}: {echo}");
+    let mode = &doc["x-keyward-auth"][auth];
+    assert!(mode.is_object(), "{ctx}: no x-keyward-auth.{auth}");
+    for n in strs(&mode["present"]) {
+        assert!(got.contains_key(&n.to_ascii_lowercase()), "{ctx}: {auth}: {n} missing: {echo}");
+    }
+    for n in strs(&mode["absent"]) {
+        assert!(!got.contains_key(&n.to_ascii_lowercase()), "{ctx}: {auth}: {n} sent: {echo}");
+    }
+    let allowed: Vec<String> = strs(&mode["present"])
+        .into_iter()
+        .chain(strs(&mode["optional"]))
+        .chain(documented.iter().filter(|(_, h)| h["required"] == true).map(|(n, _)| n.as_str()))
+        .map(str::to_ascii_lowercase)
+        .collect();
+    for name in got.keys().filter(|n| n.starts_with("x-keyward-")) {
+        assert!(allowed.contains(name), "{ctx}: {name} is not part of the {auth} identity: {echo}");
+    }
+    assert!(
+        strs(&mode["key_kinds"]).contains(&header("X-Keyward-Key-Kind")),
+        "{ctx}: {auth}: X-Keyward-Key-Kind {}",
+        header("X-Keyward-Key-Kind")
+    );
+    for (name, h) in documented {
+        if let (Some(v), Some(_)) = (got.get(&name.to_ascii_lowercase()), h.get("schema")) {
+            let mut errs = Vec::new();
+            validate(&h["schema"], v, &format!("origin header {name}"), &mut errs);
+            assert!(errs.is_empty(), "{ctx}: {errs:?}");
+        }
+    }
     assert_eq!(header("X-Keyward-Method"), op.method, "{ctx}");
     assert_eq!(header("X-Request-Id"), request_id, "{ctx}");
     let fields: Vec<&str> = strs(&doc["x-keyward-signature"]["canonical_fields"])
@@ -992,6 +1304,7 @@ fn origin_request_is_documented(op: &Op, echo: &Value, request_id: &str) {
             "method" => header("X-Keyward-Method"),
             "path" => echo["path"].as_str().unwrap(),
             "query" => echo["query"].as_str().unwrap(),
+            "credential-id" => mode["credential_id"].as_str().map(header).unwrap_or(""),
             name => header(name),
         })
         .collect();
@@ -1013,6 +1326,10 @@ fn refusals_of_public_operations_are_documented() {
     for (i, op) in ops().into_iter().filter(|o| !o.is_admin()).enumerate() {
         let path = fill(&op, &ps);
         let (n, v) = cred(&key, i);
+        if op.is_public() {
+            public_refusals(port, &op, &path);
+            continue;
+        }
         // No credential: 401.
         let r = plain(port, &op, &path, &[]);
         assert_eq!(r.status, 401, "{} {}", op.method, path);
@@ -1066,6 +1383,64 @@ fn refusals_of_public_operations_are_documented() {
     }
 }
 
+/// The body of a public operation that the demo origin answers with 200:
+/// the documented example, but for a refresh a refresh token from a real
+/// sign-in (from an address of its own).
+fn public_body(port: u16, op: &Op) -> Option<(&'static str, String)> {
+    if op.id() != "refreshSession" {
+        return op.sample_body();
+    }
+    let login = send_to(port, "POST", "/api/v1/auth/login", &[("cf-connecting-ip", &fresh_ip())], Some(DEMO_LOGIN));
+    assert_eq!(login.status, 200, "{}", login.text());
+    let refresh = login.json()["refresh_token"].as_str().unwrap().to_owned();
+    Some(("application/json", json!({ "refresh_token": refresh }).to_string()))
+}
+
+/// A public operation: answered without a credential (one that is sent is not
+/// looked at), `_method` 400, a browser origin outside JWT_ALLOWED_ORIGINS
+/// 403 without CORS headers, one inside it with them, a body type the route
+/// does not list 415. Each case from an address of its own.
+fn public_refusals(port: u16, op: &Op, path: &str) {
+    let ctx = format!("{} {path}", op.method);
+    let sample = public_body(port, op);
+    let body = sample.as_ref().map(|(m, b)| (*m, b.as_str()));
+    for (case, extra) in [
+        ("no credential", vec![]),
+        ("an invalid key, not looked at", vec![("x-api-key", "kw_live_not-a-key")]),
+        ("an invalid JWT, not looked at", vec![("authorization", "Bearer eyJhbGciOiJFZERTQSJ9.e30.c2ln")]),
+    ] {
+        let ip = fresh_ip();
+        let mut headers = vec![("cf-connecting-ip", ip.as_str())];
+        headers.extend(extra);
+        let r = send_typed(port, &op.method, path, &headers, body);
+        assert_eq!(r.status, 200, "{ctx} ({case}): {}", r.text());
+        conforms(op, &r, case);
+        assert!(h().origin_saw(r.header("x-request-id").unwrap()).is_some(), "{ctx} ({case}): not proxied");
+    }
+    let ip = fresh_ip();
+    let r = send_typed(port, &op.method, &format!("{path}?_method=GET"), &[("cf-connecting-ip", &ip)], body);
+    assert_eq!(r.status, 400, "{ctx}");
+    conforms(op, &r, "_method override");
+    let r = send_typed(port, &op.method, path, &[("cf-connecting-ip", &ip), ("origin", SHOP)], body);
+    assert_eq!(r.status, 403, "{ctx}");
+    assert_eq!(conforms(op, &r, "a browser origin not in JWT_ALLOWED_ORIGINS")["error"]["code"], "ORIGIN_NOT_ALLOWED");
+    assert!(r.header("access-control-allow-origin").is_none(), "{ctx}");
+    let r = send_typed(port, &op.method, path, &[("cf-connecting-ip", &ip), ("origin", APP)], body);
+    assert_ne!(r.status, 403, "{ctx}: {}", r.text());
+    conforms(op, &r, "a browser origin in JWT_ALLOWED_ORIGINS");
+    assert_eq!(r.header("access-control-allow-origin"), Some(APP), "{ctx}");
+    if op.checks_body_type() {
+        for (case, headers) in [
+            ("form body", vec![("cf-connecting-ip", ip.as_str()), ("content-type", FORM)]),
+            ("body without Content-Type", vec![("cf-connecting-ip", ip.as_str())]),
+        ] {
+            let r = send(port, &op.method, path, &headers, Some(b"_method=GET&a=1"));
+            assert_eq!(r.status, 415, "{ctx} ({case}): {}", r.text());
+            assert_eq!(conforms(op, &r, case)["error"]["code"], "UNSUPPORTED_MEDIA_TYPE");
+        }
+    }
+}
+
 /// A method the path does not accept: 405, documented on every operation of
 /// the path, with `Allow` listing exactly the documented methods.
 #[test]
@@ -1111,7 +1486,21 @@ fn preflight_refusals_are_documented() {
         let r = send_to(port, "OPTIONS", &path, &[("origin", "null"), ("access-control-request-method", "POST")], None);
         assert_eq!(r.status, 403, "{path}");
         conforms(&op, &r, "preflight with Origin: null");
-        if op.response(204).is_some() {
+        // From JWT_ALLOWED_ORIGINS: a method no route of the path has is 405
+        // with every method of the path.
+        let all = path_methods(&op.path);
+        let none = METHODS.iter().find(|m| !all.contains(**m)).expect("a method the path does not have");
+        let r = send_to(port, "OPTIONS", &path, &[("origin", APP), ("access-control-request-method", none)], None);
+        assert_eq!(r.status, 405, "{path}");
+        conforms(&op, &r, "preflight from JWT_ALLOWED_ORIGINS for a method of no route");
+        assert_eq!(method_set(r.header("allow").unwrap()), path_methods(&op.path), "{path}: preflight Allow");
+        if widget_methods(&op.path).is_empty() {
+            // Any other origin: no widget route, 404.
+            let r =
+                send_to(port, "OPTIONS", &path, &[("origin", SHOP), ("access-control-request-method", "POST")], None);
+            assert_eq!(r.status, 404, "{path}");
+            assert_eq!(conforms(&op, &r, "preflight, no widget route")["error"]["code"], "ROUTE_NOT_FOUND");
+        } else {
             // A method no widget route of the path has: 405 with the widget methods.
             let r =
                 send_to(port, "OPTIONS", &path, &[("origin", SHOP), ("access-control-request-method", "DELETE")], None);
@@ -1131,7 +1520,7 @@ fn widget_requests_are_documented() {
         h().key(&org, json!({"name": "w", "kind": "widget", "scopes": ["ai:chat"], "allowed_origins": [SHOP]}));
     let port = h().port;
     let ps = params(&org);
-    for (i, op) in ops().into_iter().filter(|o| !o.is_admin() && !o.is_preflight()).enumerate() {
+    for (i, op) in ops().into_iter().filter(|o| !o.is_admin() && !o.is_preflight() && !o.is_public()).enumerate() {
         let path = fill(&op, &ps);
         let (n, v) = cred(&widget, i);
         let r = plain(port, &op, &path, &[(n, &v), ("origin", SHOP)]);
@@ -1337,6 +1726,25 @@ fn rate_limits_and_unreadable_records_are_documented() {
     assert_eq!(first.status, 200, "{}", first.text());
     for (i, op) in ops().into_iter().filter(|o| !o.is_admin()).enumerate() {
         let path = fill(&op, &ps);
+        if op.is_public() {
+            // Exactly the documented limit per address: that many pass, the
+            // next is 429; another address is not affected.
+            let ip = fresh_ip();
+            let limit = op.ip_limit();
+            for n in 0..limit {
+                let r = plain(port, &op, &path, &[("cf-connecting-ip", &ip)]);
+                assert_ne!(r.status, 429, "{} {path}: request {n} of {limit}", op.method);
+                assert_eq!(r.header("ratelimit-limit"), Some(limit.to_string().as_str()), "{} {path}", op.method);
+                assert_eq!(r.header("ratelimit-remaining"), Some((limit - n - 1).to_string().as_str()));
+            }
+            let r = plain(port, &op, &path, &[("cf-connecting-ip", &ip)]);
+            assert_eq!(r.status, 429, "{} {path}: {}", op.method, r.text());
+            conforms(&op, &r, "address limit exhausted");
+            assert!(h().origin_saw(r.header("x-request-id").unwrap()).is_none(), "a 429 is not proxied");
+            let r = plain(port, &op, &path, &[("cf-connecting-ip", &fresh_ip())]);
+            assert_ne!(r.status, 429, "{} {path}: another address", op.method);
+            continue;
+        }
         if !op.is_preflight() {
             let (n, v) = cred(&one, i);
             let r = plain(port, &op, &path, &[(n, &v)]);
@@ -1358,7 +1766,9 @@ fn origin_timeouts_are_documented() {
     let (org, key, _) = setup();
     let port = h().port;
     let ps = params(&org);
-    let proxied: Vec<Op> = ops().into_iter().filter(Op::is_proxied).collect();
+    // The demo origin's identity-provider routes (the public ones) do not
+    // honour `x-test-delay-ms`: their 504 is documented, not provoked here.
+    let proxied: Vec<Op> = ops().into_iter().filter(|o| o.is_proxied() && !o.is_public()).collect();
     std::thread::scope(|s| {
         let handles: Vec<_> = proxied
             .iter()
@@ -1516,7 +1926,7 @@ fn turnstile_refusals_and_visitor_tokens_are_documented() {
     let (widget, _) = h().key(&org, body);
     let port = h().port;
     let ps = params(&org);
-    for (i, op) in ops().into_iter().filter(|o| !o.is_admin()).enumerate() {
+    for (i, op) in ops().into_iter().filter(|o| !o.is_admin() && !o.is_public()).enumerate() {
         let path = fill(&op, &ps);
         let (n, v) = cred(&widget, i);
         let page = [(n, v.as_str()), ("origin", SHOP)];
@@ -1551,4 +1961,196 @@ fn turnstile_refusals_and_visitor_tokens_are_documented() {
         conforms(&op, &r, "a visitor token");
         assert!(r.header("x-keyward-visitor-token").is_none(), "no new token while one is valid");
     }
+}
+
+/// JWT sessions (`JwtBearer`): a valid token is accepted on every operation
+/// that takes a key, as documented, from a server and from a browser on an
+/// origin in JWT_ALLOWED_ORIGINS (with the CORS headers); the origin receives
+/// the documented `jwt` identity and signature (with and without a `jti`); a
+/// token that does not verify, or a browser elsewhere, gets the documented
+/// refusal.
+#[test]
+fn jwt_sessions_are_documented() {
+    let org = h().org(true);
+    let port = h().port;
+    // One user per pass (a session's limits are its user's), all admins;
+    // u_spec is the user whose sessions are revoked.
+    for user in ["u_server", "u_browser", "u_spec"] {
+        let r = h().admin("PUT", &format!("/admin/orgs/{org}/users/{user}"), Some(json!({"role": "admin"})));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let calls: Vec<Op> = ops().into_iter().filter(|o| !o.is_admin() && !o.is_preflight() && !o.is_public()).collect();
+    for (user, origin) in [("u_server", None), ("u_browser", Some(APP))] {
+        let jti = unique("jti");
+        let token = jwt(&org, user, Some(&jti));
+        let auth = format!("Bearer {token}");
+        for op in &calls {
+            let mut ps = params(&org);
+            if op.method == "DELETE" && !op.is_proxied() {
+                // A session revokes keys of its own user only.
+                let (_, victim) = h().key(&org, json!({"name": "victim", "scopes": ["ai:chat"], "user_id": user}));
+                ps.retain(|(k, _)| *k != "key_id");
+                ps.push(("key_id", victim));
+            }
+            let mut headers = vec![("authorization", auth.as_str())];
+            headers.extend(origin.map(|o| ("origin", o)));
+            let r = plain(port, op, &fill(op, &ps), &headers);
+            let case = if origin.is_some() { "JWT session from JWT_ALLOWED_ORIGINS" } else { "JWT session" };
+            assert_eq!(r.status, op.success_status().unwrap(), "{} {} ({case}): {}", op.method, op.path, r.text());
+            let body = conforms(op, &r, case);
+            assert_eq!(r.header("access-control-allow-origin"), origin, "{} {}", op.method, op.path);
+            if op.is_proxied() {
+                let echo = &body["echo"];
+                origin_request_is_documented(op, echo, r.header("x-request-id").unwrap(), "jwt");
+                let hd = &echo["headers"];
+                assert_eq!(
+                    (hd["x-keyward-token-id"].as_str(), hd["x-keyward-user"].as_str(), hd["x-keyward-org"].as_str()),
+                    (Some(jti.as_str()), Some(user), Some(org.as_str())),
+                    "{} {}",
+                    op.method,
+                    op.path
+                );
+            }
+        }
+    }
+    // No `jti`: no X-Keyward-Token-Id, an empty line in the signature.
+    let chat = ops().into_iter().find(|o| o.id() == "postAiChat").unwrap();
+    let auth = format!("Bearer {}", jwt(&org, "u_server", None));
+    let r = plain(port, &chat, "/v1/ai/chat", &[("authorization", &auth)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = &conforms(&chat, &r, "JWT session without jti")["echo"];
+    assert!(echo["headers"].get("x-keyward-token-id").is_none(), "{echo}");
+    origin_request_is_documented(&chat, echo, r.header("x-request-id").unwrap(), "jwt");
+    // Refusals: a token that does not verify (401 INVALID_TOKEN, on every
+    // operation that takes a key and on a plain OPTIONS), a browser origin
+    // outside JWT_ALLOWED_ORIGINS (403).
+    let mut forged = jwt(&org, "u_server", Some("x"));
+    forged.push('A');
+    let unknown_user = jwt(&org, "u_nobody", Some("y"));
+    let good = format!("Bearer {}", jwt(&org, "u_browser", Some("z")));
+    for op in ops().into_iter().filter(|o| !o.is_admin() && !o.is_public()) {
+        let path = fill(&op, &params(&org));
+        for (case, token) in [("a forged JWT", &forged), ("a JWT of an unknown user", &unknown_user)] {
+            let r = plain(port, &op, &path, &[("authorization", &format!("Bearer {token}"))]);
+            assert_eq!(r.status, 401, "{} {path} ({case}): {}", op.method, r.text());
+            assert_eq!(conforms(&op, &r, case)["error"]["code"], "INVALID_TOKEN", "{} {path}", op.method);
+            assert!(h().origin_saw(r.header("x-request-id").unwrap()).is_none(), "{case} reached the origin");
+        }
+        let r = plain(port, &op, &path, &[("authorization", &good), ("origin", SHOP)]);
+        assert_eq!(r.status, 403, "{} {path}: {}", op.method, r.text());
+        assert_eq!(conforms(&op, &r, "JWT from another origin")["error"]["code"], "ORIGIN_NOT_ALLOWED");
+        assert!(r.header("access-control-allow-origin").is_none());
+    }
+    // A JWT signed in at the demo identity provider (a public route) works too.
+    let (demo_org, demo_user) = ("org_demo", "user_demo");
+    let r = h().admin("PUT", &format!("/admin/orgs/{demo_org}"), Some(json!({"name": "Demo", "baa_active": true})));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = h().admin("PUT", &format!("/admin/orgs/{demo_org}/users/{demo_user}"), Some(json!({"role": "admin"})));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let login = send_to(port, "POST", "/api/v1/auth/login", &[("cf-connecting-ip", &fresh_ip())], Some(DEMO_LOGIN));
+    assert_eq!(login.status, 200, "{}", login.text());
+    let access = format!("Bearer {}", login.json()["access_token"].as_str().unwrap());
+    let r = plain(port, &chat, "/v1/ai/chat", &[("authorization", &access)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = &conforms(&chat, &r, "JWT from the demo login")["echo"];
+    origin_request_is_documented(&chat, echo, r.header("x-request-id").unwrap(), "jwt");
+    assert_eq!(echo["headers"]["x-keyward-user"], demo_user);
+}
+
+/// Session revocation, by the control API and the admin API: the documented
+/// answer, and a revoked token then gets the documented 401 INVALID_TOKEN;
+/// the control API's refusals (unknown or malformed user, another user's
+/// sessions without a key-creating role).
+#[test]
+fn session_revocation_is_documented() {
+    let org = h().org(true);
+    let port = h().port;
+    let find = |id: &str| ops().into_iter().find(|o| o.id() == id).unwrap_or_else(|| panic!("no operation {id}"));
+    for (user, role) in [("u_admin", "admin"), ("u_viewer", "viewer"), ("u_op", "operator"), ("u_victim", "viewer")] {
+        let r = h().admin("PUT", &format!("/admin/orgs/{org}/users/{user}"), Some(json!({"role": role})));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let chat = find("postAiChat");
+    let chat_with = |token: &str| plain(port, &chat, "/v1/ai/chat", &[("authorization", &format!("Bearer {token}"))]);
+    let revoked = |r: &Resp, user: &str, op: &Op, case: &str| {
+        assert_eq!(r.status, 200, "{case}: {}", r.text());
+        let data = conforms(op, r, case)["data"].clone();
+        assert_eq!(data["user_id"], user, "{case}");
+        data
+    };
+    // The control API, by a JWT session of an admin: another user's sessions.
+    let ctl = find("revokeUserSessions");
+    let victim = jwt(&org, "u_victim", Some("v1"));
+    assert_eq!(chat_with(&victim).status, 200);
+    let admin_token = jwt(&org, "u_admin", Some("a1"));
+    let admin_auth_jwt = format!("Bearer {admin_token}");
+    let r = send_to(port, "DELETE", "/v1/users/u_victim/sessions", &[("authorization", &admin_auth_jwt)], None);
+    revoked(&r, "u_victim", &ctl, "an admin's session revokes another user's");
+    let r = chat_with(&victim);
+    assert_eq!(conforms(&chat, &r, "a revoked session")["error"]["code"], "INVALID_TOKEN");
+    // A viewer's session lacks control:read; an operator's revokes its own.
+    // (PERMISSION_DENIED, a user-bound caller without a key-creating role
+    // revoking another user's sessions, needs a role with control:read
+    // outside key_creating_roles: the shipped policy has none.)
+    let viewer_auth = format!("Bearer {}", jwt(&org, "u_viewer", Some("w1")));
+    let operator = jwt(&org, "u_op", Some("o1"));
+    let operator_auth = format!("Bearer {operator}");
+    let (_, key) = {
+        let (k, id) = h().key(&org, json!({"name": "ctl", "scopes": ["*"]}));
+        (id, k)
+    };
+    let key_auth = format!("Bearer {key}");
+    for (case, path, auth, status, code) in [
+        ("a viewer's session", "/v1/users/u_viewer/sessions", viewer_auth.as_str(), 403, "MISSING_SCOPE"),
+        ("an unknown user", "/v1/users/u_nobody/sessions", key_auth.as_str(), 404, "RESOURCE_NOT_FOUND"),
+        ("a malformed user id", "/v1/users/not.an.id/sessions", key_auth.as_str(), 404, "RESOURCE_NOT_FOUND"),
+    ] {
+        let r = send_to(port, "DELETE", path, &[("authorization", auth)], None);
+        assert_eq!(r.status, status, "{case}: {}", r.text());
+        assert_eq!(conforms(&ctl, &r, case)["error"]["code"], code, "{case}");
+    }
+    let r = send_to(port, "DELETE", "/v1/users/u_op/sessions", &[("authorization", &operator_auth)], None);
+    revoked(&r, "u_op", &ctl, "an operator's session revokes its own");
+    let r = chat_with(&operator);
+    assert_eq!(conforms(&chat, &r, "its own revoked session")["error"]["code"], "INVALID_TOKEN");
+    // The admin API.
+    let adm = find("adminRevokeUserSessions");
+    let admin = admin_auth();
+    let r = send_to(
+        port,
+        "DELETE",
+        &format!("/admin/orgs/{org}/users/u_admin/sessions"),
+        &[("authorization", &admin)],
+        None,
+    );
+    revoked(&r, "u_admin", &adm, "admin API");
+    let r = chat_with(&admin_token);
+    assert_eq!(conforms(&chat, &r, "revoked by the admin API")["error"]["code"], "INVALID_TOKEN");
+    for (case, path) in [
+        ("an unknown user", format!("/admin/orgs/{org}/users/u_nobody/sessions")),
+        ("a malformed user id", format!("/admin/orgs/{org}/users/not.an.id/sessions")),
+    ] {
+        let r = send_to(port, "DELETE", &path, &[("authorization", &admin)], None);
+        assert_eq!(r.status, 404, "{case}: {}", r.text());
+        assert_eq!(conforms(&adm, &r, case)["error"]["code"], "RESOURCE_NOT_FOUND", "{case}");
+    }
+    // The audit log, as documented: who revoked (a session acts as
+    // `user:<id>`), and the refused revoke.
+    let op = find("listAudit");
+    let r = send_to(port, "GET", "/v1/audit?limit=100", &[("authorization", &key_auth)], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let entries = conforms(&op, &r, "audit log after session revocations")["data"].as_array().unwrap().clone();
+    let entry = |action: &str, target: &str| {
+        entries
+            .iter()
+            .find(|e| e["action"] == action && e["target"] == target)
+            .unwrap_or_else(|| panic!("no {action} entry for {target}: {entries:?}"))
+            .clone()
+    };
+    assert_eq!(entry("user.sessions_revoked", "u_victim")["actor"], "user:u_admin");
+    assert_eq!(entry("user.sessions_revoked", "u_admin")["actor"], "admin:default");
+    let refused: Vec<&Value> =
+        entries.iter().filter(|e| e["action"] == "user.sessions_revoke_refused" && e["target"] == "u_nobody").collect();
+    let actors: BTreeSet<&str> = refused.iter().filter_map(|e| e["actor"].as_str()).collect();
+    assert!(actors.contains("admin:default") && actors.iter().any(|a| a.starts_with("key:")), "{refused:?}");
 }
