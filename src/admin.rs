@@ -129,10 +129,11 @@ pub enum OrgCommand {
         org_id: String,
         /// User id.
         user_id: String,
-        /// The calling key or session's user, for the control API (`None`:
-        /// the admin API, or an org-level key): revoking another user's
-        /// sessions needs a role that may manage keys.
-        caller_user: Option<String>,
+        /// The caller, for the control API (`None`: the admin API). Its own
+        /// sessions it may always revoke; another user's only if it holds
+        /// every scope of that user's role and, when it is bound to a user,
+        /// that user's role may manage keys.
+        caller: Option<RevokeCaller>,
     },
     /// The org's non-revoked keys, newest first.
     ListKeys {

@@ -357,7 +357,11 @@ fn effective_scopes(
 ) -> Result<(Vec<Scope>, Option<String>), Refusal> {
     // The org record must exist and be this key's: otherwise the read model
     // is incomplete, and keyward fails closed.
-    let org = records.org.filter(|o| o.id == key.org_id).ok_or(ErrorCode::ServiceUnavailable)?;
+    // A JWT session's org is the token's claim: one keyward does not know
+    // is a bad token (401), not an incomplete read model.
+    let missing =
+        if crate::jwt::is_session_guard(&key.id) { ErrorCode::InvalidApiKey } else { ErrorCode::ServiceUnavailable };
+    let org = records.org.filter(|o| o.id == key.org_id).ok_or(missing)?;
     if config.require_baa && !org.baa_active {
         return Err(ErrorCode::BaaRequired.into());
     }

@@ -115,6 +115,33 @@ pub fn check_revoke(caller: &Caller<'_>, target: &KeyRecord) -> Result<(), ApiEr
     Ok(())
 }
 
+/// Whether a caller holding `scopes` may revoke the sessions of another
+/// user whose role is `target_role`: only if it holds every scope of that
+/// role (an org-level key with `control:read` cannot sign an admin out, nor
+/// an operator an admin). Its own sessions a caller may always revoke.
+pub fn check_revoke_sessions(policy: &Policy, scopes: &[Scope], target_role: &str) -> Result<(), ApiError> {
+    let role = policy.role(target_role).unwrap_or(&[]);
+    if role.iter().all(|s| s.within(scopes)) && policy.role(target_role).is_some() {
+        return Ok(());
+    }
+    Err(denied("This caller cannot revoke the sessions of a user whose role has scopes it does not have."))
+}
+
+/// How recent a JWT session must be to mint a key: a key outlives the
+/// session (it has its own expiry and revocation), so a token taken from a
+/// page must not be able to turn itself into one long after it was issued —
+/// as with a "sudo mode", the user signs in again first.
+pub const MINT_MAX_SESSION_AGE_MS: i64 = 5 * 60 * 1000;
+
+/// Checks that a JWT session issued at `issued_at` (ms; `iat` minus the
+/// leeway) may still mint a key at `now`.
+pub fn check_session_may_mint(issued_at: i64, now: i64) -> Result<(), ApiError> {
+    if now - issued_at > MINT_MAX_SESSION_AGE_MS {
+        return Err(denied("A key can be created from a session at most 5 minutes old: sign in again first."));
+    }
+    Ok(())
+}
+
 /// Decodes `%XX` in a query value; `+` stays a plus (RFC 3339 offsets).
 fn decode(v: &str) -> Option<String> {
     let b = v.as_bytes();
@@ -473,6 +500,29 @@ mod tests {
             ErrorCode::PermissionDenied
         );
         assert_eq!(check_revoke(&user_key, &target(&["ai:chat"], None)).unwrap_err().code, ErrorCode::PermissionDenied);
+    }
+
+    #[test]
+    fn sessions_are_revoked_only_by_callers_holding_the_users_role() {
+        let pol = Policy::default_policy().unwrap();
+        // An org-level key with control:read signs nobody out but holders of
+        // no more than it has; an operator (ai:*, control:read) a viewer but
+        // not an admin (*); `*` anyone.
+        assert!(check_revoke_sessions(&pol, &sc(&["control:read"]), "viewer").is_err());
+        assert!(check_revoke_sessions(&pol, &sc(&["ai:*", "control:read"]), "viewer").is_ok());
+        assert!(check_revoke_sessions(&pol, &sc(&["ai:*", "control:read"]), "operator").is_ok());
+        let e = check_revoke_sessions(&pol, &sc(&["ai:*", "control:read"]), "admin").unwrap_err();
+        assert_eq!(e.code, ErrorCode::PermissionDenied);
+        assert!(check_revoke_sessions(&pol, &sc(&["*"]), "admin").is_ok());
+        assert!(check_revoke_sessions(&pol, &sc(&["*"]), "no-such-role").is_err());
+    }
+
+    #[test]
+    fn only_a_recent_session_mints_a_key() {
+        let t = 1_800_000_000_000;
+        assert!(check_session_may_mint(t, t + MINT_MAX_SESSION_AGE_MS).is_ok());
+        let e = check_session_may_mint(t, t + MINT_MAX_SESSION_AGE_MS + 1).unwrap_err();
+        assert_eq!(e.code, ErrorCode::PermissionDenied);
     }
 
     #[test]

@@ -580,7 +580,13 @@ impl<'r> Gate<'r> {
         let Some((_, jti)) = &self.session else { return next };
         match next {
             // A session's credential refusals name the token, not a key.
-            Next::Refuse(r) if r.error.code == ErrorCode::InvalidApiKey => Next::Refuse(ErrorCode::InvalidToken.into()),
+            Next::Refuse(r) if r.error.code == ErrorCode::InvalidApiKey => {
+                // From an allowed browser origin the page must be able to
+                // read it (and sign in again).
+                let mut refusal: Refusal = ErrorCode::InvalidToken.into();
+                refusal.headers = session_cors_headers(self.facts.origin, self.config);
+                Next::Refuse(refusal)
+            }
             Next::Refuse(mut r) if r.error.code == ErrorCode::MissingScope => {
                 let message = r.error.message().replacen("This API key", "This session", 1);
                 r.error = ApiError::with_message(ErrorCode::MissingScope, message);
@@ -791,9 +797,14 @@ impl<'r> Gate<'r> {
             self.phase = Phase::StrictReading { key: key.clone(), with_check: false, cached_limit: Some(refusal) };
             return Self::read_records(&key);
         }
-        let records_refused = iso.keys.get(&self.hash).is_some_and(|e| e.records_refused)
-            // A session's limits are its user's role's: known after the read.
-            || (self.session.is_some() && self.policy.has_session_rate_limits());
+        let entry = iso.keys.get(&self.hash);
+        let records_refused = entry.is_some_and(|e| e.records_refused)
+            // A session: its records first until they allowed a request of
+            // this token (a token naming a user or org keyward does not
+            // know costs no guard, and makes no object); and always when
+            // its limits are its user's role's, known only after the read.
+            || (self.session.is_some()
+                && (entry.is_none_or(|e| e.records_ok_at.is_none()) || self.policy.has_session_rate_limits()));
         if records_refused || !preauthorize(&self.facts, self.kind, &key, self.policy, now) {
             // The records first: a refusal then costs the guard no write.
             self.phase = Phase::StrictReading { key: key.clone(), with_check: false, cached_limit: None };
@@ -1265,6 +1276,16 @@ pub fn public_question(
         id,
         GuardRequest::Check { key, limits: Limits { key: limits.to_vec(), visitor: None }, refusals: Refusals::new() },
     ))
+}
+
+/// The CORS headers of an answer to a browser on an origin in
+/// `JWT_ALLOWED_ORIGINS` (none for any other request): a JWT session's
+/// refusals carry them, so the page can read them.
+pub fn session_cors_headers(origin: Option<&str>, config: &Config) -> Vec<(&'static str, String)> {
+    cors::request_origin(origin, None)
+        .filter(|o| config.session_origins.iter().any(|p| p.matches(o)))
+        .map(|o| cors::response_headers(&o))
+        .unwrap_or_default()
 }
 
 fn public_cors(facts: &Facts<'_>, config: &Config) -> Option<cors::BrowserOrigin> {

@@ -1049,7 +1049,28 @@ impl GuardState {
 
     /// Whether an alarm is needed: usage to roll up, or leases to settle.
     pub fn has_pending(&self) -> bool {
-        !self.counters.usage.is_empty() || self.meta.inflight.is_some() || !self.leases.is_empty()
+        !self.counters.usage.is_empty()
+            || self.meta.inflight.is_some()
+            || !self.leases.is_empty()
+            || (self.is_per_address() && !self.counters.ledger.is_empty())
+    }
+
+    /// Whether this is the per-address guard of public routes (`ip:…`, no
+    /// org): anyone can make one, so it keeps nothing once its counts have
+    /// expired ([`GuardState::disposable`]).
+    pub fn is_per_address(&self) -> bool {
+        self.meta.key.as_ref().is_some_and(|k| k.org_id.is_empty() && k.key_id.starts_with("ip:"))
+    }
+
+    /// A per-address guard whose counts have all expired: the object
+    /// deletes its storage (it starts again empty, as a new address would).
+    pub fn disposable(&mut self, now: i64) -> bool {
+        if !self.is_per_address() || !self.leases.is_empty() || !self.visitors.is_empty() {
+            return false;
+        }
+        let now = self.counters.ledger.clamp(now);
+        self.counters.ledger.prune(&[], now);
+        self.counters.ledger.is_empty()
     }
 
     /// The roll-up to deliver now: the one in flight if the last delivery

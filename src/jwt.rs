@@ -22,7 +22,8 @@
 //!   implied by its type and curve) algorithm is not the token's: an RSA or
 //!   EC key never verifies an `HS256` token;
 //! - `exp` missing or past (`now >= exp + leeway`), `nbf` in the future
-//!   (`now + leeway < nbf`), `iat` missing or in the future, `iss` not
+//!   (`now + leeway < nbf`), `iat` missing, in the future or older than
+//!   `JWT_MAX_AGE_SECONDS` (default a day), `iss` not
 //!   `JWT_ISSUER`, `aud` not (or not containing) `JWT_AUDIENCE`, the org or
 //!   user claim missing or not an id (1–64 of `[A-Za-z0-9_-]`);
 //! - then the signature.
@@ -52,6 +53,13 @@ pub const REFRESH_MIN_MS: i64 = 60_000;
 /// Default time a fetched key set is used before it is fetched again
 /// (`JWKS_CACHE_SECONDS`).
 pub const DEFAULT_CACHE_SECONDS: i64 = 300;
+/// After a failed key set fetch, how long requests needing one are
+/// answered 503 at once rather than each waiting for another fetch.
+pub const FETCH_BACKOFF_MS: i64 = 5_000;
+/// Default longest age of a token (`JWT_MAX_AGE_SECONDS`): one whose `iat`
+/// is older is refused whatever its `exp` says (a misissued long-lived
+/// token).
+pub const DEFAULT_MAX_AGE_SECONDS: i64 = 86_400;
 /// Smallest RSA modulus accepted (bits).
 pub const MIN_RSA_BITS: usize = 2048;
 /// Longest `jti` forwarded.
@@ -101,6 +109,9 @@ pub struct JwtConfig {
     pub leeway_s: i64,
     /// `JWT_HS256_SECRET` (≥ 32 bytes), if `HS256` is accepted at all.
     pub hs256_secret: Option<Vec<u8>>,
+    /// `JWT_MAX_AGE_SECONDS`: tokens issued longer ago are refused (0: no
+    /// limit; default a day).
+    pub max_age_s: i64,
 }
 
 impl JwtConfig {
@@ -113,6 +124,7 @@ impl JwtConfig {
             user_claim: "sub".into(),
             leeway_s: DEFAULT_LEEWAY_SECONDS,
             hs256_secret: None,
+            max_age_s: DEFAULT_MAX_AGE_SECONDS,
         }
     }
 }
@@ -257,6 +269,8 @@ pub struct Jwk {
     /// The public key as a minimal JWK (JSON text) for WebCrypto's
     /// `importKey("jwk", …)`: only `kty`, `crv`, `x`, `y`, `n`, `e`.
     pub import: String,
+    /// The length of its signatures (bytes): 64, or the RSA modulus's.
+    pub sig_len: usize,
 }
 
 /// A parsed key set.
@@ -305,23 +319,29 @@ impl Jwks {
             }
         }
         let part = |name: &str| s(name).filter(|v| b64url_decode(v).is_some());
-        let (implied, import) = match (s("kty")?, s("crv")) {
+        let (implied, import, sig_len) = match (s("kty")?, s("crv")) {
             ("OKP", Some("Ed25519")) => {
                 let x = part("x").filter(|x| b64url_decode(x).is_some_and(|b| b.len() == 32))?;
-                (Alg::EdDsa, format!(r#"{{"kty":"OKP","crv":"Ed25519","x":"{x}"}}"#))
+                (Alg::EdDsa, format!(r#"{{"kty":"OKP","crv":"Ed25519","x":"{x}"}}"#), 64)
             }
             ("EC", Some("P-256")) => {
                 let coord = |n: &str| part(n).filter(|c| b64url_decode(c).is_some_and(|b| b.len() == 32));
                 let (x, y) = (coord("x")?, coord("y")?);
-                (Alg::Es256, format!(r#"{{"kty":"EC","crv":"P-256","x":"{x}","y":"{y}"}}"#))
+                (Alg::Es256, format!(r#"{{"kty":"EC","crv":"P-256","x":"{x}","y":"{y}"}}"#), 64)
             }
             ("RSA", None) => {
                 let n = part("n")?;
-                let bits = b64url_decode(n).map(|b| b.iter().skip_while(|&&x| x == 0).count() * 8)?;
-                if bits < MIN_RSA_BITS {
+                let modulus = b64url_decode(n)?;
+                let modulus = &modulus[modulus.iter().take_while(|&&x| x == 0).count()..];
+                let bits = modulus.first().map_or(0, |top| modulus.len() * 8 - top.leading_zeros() as usize);
+                // A public exponent of at most 32 bits, odd and above 1.
+                let e = part("e")?;
+                let ev = b64url_decode(e).filter(|b| !b.is_empty() && b.len() <= 4)?;
+                let ev = ev.iter().fold(0u64, |a, &b| a << 8 | u64::from(b));
+                if bits < MIN_RSA_BITS || ev < 3 || ev % 2 == 0 {
                     return None;
                 }
-                (Alg::Rs256, format!(r#"{{"kty":"RSA","n":"{n}","e":"{}"}}"#, part("e")?))
+                (Alg::Rs256, format!(r#"{{"kty":"RSA","n":"{n}","e":"{e}"}}"#), modulus.len())
             }
             _ => return None,
         };
@@ -331,7 +351,7 @@ impl Jwks {
             return None;
         }
         // `import` holds only base64url text (checked above): no escaping.
-        Some(Jwk { kid: kid.to_owned(), alg: implied, import })
+        Some(Jwk { kid: kid.to_owned(), alg: implied, import, sig_len })
     }
 
     /// The key with this `kid`.
@@ -352,6 +372,9 @@ pub struct KeySet {
     pub fetched: Option<(Jwks, i64)>,
     /// When a fetch for an unknown `kid` was last made.
     pub refreshed_at: Option<i64>,
+    /// When a fetch last failed: for [`FETCH_BACKOFF_MS`] after it, no
+    /// request waits for another (each is a 503 at once).
+    pub failed_at: Option<i64>,
     /// How long a fetched set is used (ms).
     pub cache_ms: i64,
 }
@@ -363,6 +386,9 @@ pub enum Lookup<'k> {
     Found(&'k Jwk),
     /// Fetch the key set (`JWT_JWKS_URL`) first and ask again.
     Fetch,
+    /// A fetch is needed but one failed less than [`FETCH_BACKOFF_MS`] ago:
+    /// 503 without waiting.
+    Unavailable,
     /// No such key.
     Unknown,
 }
@@ -372,6 +398,15 @@ impl KeySet {
     /// is still fresh. A fetched set past `cache_ms` is fetched again; an
     /// unknown `kid` triggers a refresh at most once per [`REFRESH_MIN_MS`].
     pub fn lookup(&self, kid: &str, now: i64) -> Lookup<'_> {
+        match self.lookup_fetching(kid, now) {
+            Lookup::Fetch if self.failed_at.is_some_and(|f| now >= f && now - f < FETCH_BACKOFF_MS) => {
+                Lookup::Unavailable
+            }
+            other => other,
+        }
+    }
+
+    fn lookup_fetching(&self, kid: &str, now: i64) -> Lookup<'_> {
         if let Some(k) = self.inline.get(kid) {
             return Lookup::Found(k);
         }
@@ -396,8 +431,17 @@ impl KeySet {
         if refreshing {
             self.refreshed_at = Some(now);
         }
-        self.fetched = Some((result?, now));
-        Ok(())
+        match result {
+            Ok(set) => {
+                self.fetched = Some((set, now));
+                self.failed_at = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.failed_at = Some(now);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -420,9 +464,10 @@ pub struct Session {
     pub expires_at: i64,
     /// `jti`, if present (forwarded as `X-Keyward-Token-Id`).
     pub jti: Option<String>,
-    /// The `scope` claim, if present: the session never does more than
-    /// these (capped by the user's role in any case). Entries that are not
-    /// scopes grant nothing.
+    /// The `scope` claim's keyward scopes, if it has any: the session never
+    /// does more than these (capped by the user's role in any case).
+    /// Entries that are not keyward scopes grant nothing; a claim with none
+    /// does not narrow.
     pub scopes: Option<Vec<Scope>>,
 }
 
@@ -510,6 +555,9 @@ fn claims(c: &Object, cfg: &JwtConfig, now_ms: i64) -> Option<Session> {
     if now >= exp.saturating_add(leeway) || iat > now.saturating_add(leeway) {
         return None;
     }
+    if cfg.max_age_s > 0 && now.saturating_sub(iat) > cfg.max_age_s.saturating_add(leeway) {
+        return None;
+    }
     if c.get("nbf").is_some() && seconds(c.get("nbf"))? > now.saturating_add(leeway) {
         return None;
     }
@@ -536,12 +584,16 @@ fn claims(c: &Object, cfg: &JwtConfig, now_ms: i64) -> Option<Session> {
         }
         Some(_) => return None,
     };
-    let scopes = match c.get("scope") {
+    // The entries that are keyward scopes narrow; a claim with none (say,
+    // OpenID Connect's `openid profile email`) is about something else and
+    // does not.
+    let scopes: Option<Vec<Scope>> = match c.get("scope") {
         None => None,
         Some(Value::String(s)) => Some(s.split(' ').filter_map(Scope::parse).collect()),
         Some(Value::Array(a)) => Some(a.iter().filter_map(Value::as_str).filter_map(Scope::parse).collect()),
         Some(_) => return None,
     };
+    let scopes = scopes.filter(|s| !s.is_empty());
     Some(Session {
         org_id,
         user_id,
@@ -568,19 +620,14 @@ pub fn key_for<'k>(checked: &Checked<'_>, keys: &'k KeySet, now: i64) -> Result<
     match keys.lookup(kid, now) {
         Lookup::Found(k) if k.alg != checked.alg => Err(Reject::UnknownKey),
         Lookup::Found(k) => {
-            let len_ok = match k.alg {
-                Alg::EdDsa | Alg::Es256 => checked.signature.len() == 64,
-                Alg::Rs256 => checked.signature.len() >= MIN_RSA_BITS / 8,
-                Alg::Hs256 => false,
-            };
-            if len_ok {
+            if checked.signature.len() == k.sig_len {
                 Ok(Lookup::Found(k))
             } else {
                 Err(Reject::Signature)
             }
         }
         Lookup::Unknown => Err(Reject::UnknownKey),
-        Lookup::Fetch => Ok(Lookup::Fetch),
+        other => Ok(other),
     }
 }
 

@@ -325,6 +325,17 @@ impl Policy {
             {
                 return Err(format!("policy: route {} is declared twice for one method", route.path));
             }
+            // A public route must never take a request another route guards
+            // (the first match wins: it would make that route public).
+            let shared = |o: &Route| o.methods.iter().any(|m| route.methods.contains(m));
+            if let Some(o) = routes.iter().find(|o| {
+                o.public.is_some() != route.public.is_some() && shared(o) && overlap(&o.pattern, &route.pattern)
+            }) {
+                return Err(format!(
+                    "policy: public route and guarded route overlap ({} and {}): a path of both for one method",
+                    o.path, route.path
+                ));
+            }
             routes.push(route);
         }
         check_limits("default_rate_limits", &raw.default_rate_limits)?;
@@ -549,6 +560,24 @@ fn parse_pattern(path: &str) -> Result<Vec<Segment>, String> {
     Ok(out)
 }
 
+/// Whether some canonical path matches both patterns.
+fn overlap(a: &[Segment], b: &[Segment]) -> bool {
+    match (a.split_first(), b.split_first()) {
+        (None, None) => true,
+        // `**` takes one or more segments: it matches whatever the other
+        // pattern's remainder is, if that is not empty.
+        (Some((Segment::Rest, _)), Some(_)) | (Some(_), Some((Segment::Rest, _))) => true,
+        (Some((x, xs)), Some((y, ys))) => {
+            let one = match (x, y) {
+                (Segment::Literal(l), Segment::Literal(m)) => l == m,
+                _ => true,
+            };
+            one && overlap(xs, ys)
+        }
+        _ => false,
+    }
+}
+
 /// The media type of a `Content-Type` value: before any `;`, trimmed,
 /// lowercase.
 pub fn media_type(content_type: &str) -> String {
@@ -608,6 +637,65 @@ mod tests {
         for (m, path, scope) in cases {
             assert_eq!(scope_of(&pol, m, path).as_deref(), Some(scope), "{m} {path}");
         }
+    }
+
+    fn with_routes(routes: serde_json::Value, extra: serde_json::Value) -> Result<Policy, String> {
+        let mut v: serde_json::Value = serde_json::from_str(DEFAULT_POLICY_JSON).unwrap();
+        v["routes"] = routes;
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        Policy::from_json(&v.to_string())
+    }
+
+    #[test]
+    fn public_routes_need_no_scope_and_never_shadow_a_guarded_one() {
+        use serde_json::json;
+        let pol = Policy::default_policy().unwrap();
+        let login = pol.route("POST", &p("/api/v1/auth/login")).unwrap();
+        assert_eq!((login.scope(), login.public_limits().map(|l| l[0].limit)), ("", Some(10)));
+        assert!(pol.route("POST", &p("/v1/ai/chat")).unwrap().public_limits().is_none());
+        let guarded = json!({"method": "POST", "path": "/v1/ai/chat", "scope": "ai:chat"});
+        let ok = |r: serde_json::Value| with_routes(json!([guarded, r]), json!({}));
+        let got = ok(json!({"method": "POST", "path": "/login", "public": true})).unwrap();
+        assert_eq!(got.route("POST", &p("/login")).unwrap().public_limits(), Some(&default_public_limits()[..]));
+        for (bad, why) in [
+            (
+                json!({"method": "POST", "path": "/login", "public": true, "scope": "ai:chat"}),
+                "a public route has no scope",
+            ),
+            (json!({"method": "POST", "path": "/login"}), "a scope is required"),
+            (
+                json!({"method": "POST", "path": "/login", "scope": "ai:chat", "ip_rate_limits": []}),
+                "public routes only",
+            ),
+            (json!({"method": "POST", "path": "/login", "public": true, "ip_rate_limits": []}), "needs ip_rate_limits"),
+            (json!({"method": "POST", "path": "/login", "public": true, "served_by": "keyward"}), "never served_by"),
+            // Overlaps: the same path, a parameter, a `**` over it.
+            (json!({"method": "POST", "path": "/v1/ai/chat", "public": true}), "declared twice"),
+            (json!({"method": "POST", "path": "/v1/{x}/chat", "public": true}), "overlap"),
+            (json!({"method": ["GET", "POST"], "path": "/v1/**", "public": true}), "overlap"),
+            (json!({"method": "POST", "path": "/{a}/{b}/{c}", "public": true}), "overlap"),
+        ] {
+            let e = ok(bad.clone()).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        // Not overlapping: another method, another length, another literal.
+        for fine in [
+            json!({"method": "GET", "path": "/v1/**", "public": true}),
+            json!({"method": "POST", "path": "/v1/ai", "public": true}),
+            json!({"method": "POST", "path": "/v1/ai/chat/{x}", "public": true}),
+            json!({"method": "POST", "path": "/v2/{x}/chat", "public": true}),
+        ] {
+            assert!(ok(fine.clone()).is_ok(), "{fine}");
+        }
+        // Per-role session limits name known roles.
+        let limits = json!([{"name": "m", "limit": 5, "window_seconds": 60}]);
+        let pol = with_routes(json!([guarded]), json!({"session_rate_limits": {"viewer": limits}})).unwrap();
+        assert_eq!(pol.session_rate_limits("viewer")[0].limit, 5);
+        assert_eq!(pol.session_rate_limits("admin"), pol.default_rate_limits());
+        let e = with_routes(json!([guarded]), json!({"session_rate_limits": {"root": limits}})).unwrap_err();
+        assert!(e.contains("unknown role"), "{e}");
     }
 
     #[test]

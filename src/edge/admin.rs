@@ -120,7 +120,7 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
             if !ids::is_valid_id(user) {
                 return Err(ApiError::new(ErrorCode::ResourceNotFound).into());
             }
-            OrgCommand::RevokeSessions { org_id: org.into(), user_id: user.into(), caller_user: None }
+            OrgCommand::RevokeSessions { org_id: org.into(), user_id: user.into(), caller: None }
         }
         Route::Keys(org) => {
             let body = read_body(&mut req, MAX_BODY_BYTES).await?;

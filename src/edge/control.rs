@@ -137,14 +137,24 @@ async fn serve(
         Route::CreateKey => {
             let body = read_body(&mut req, MAX_BODY_BYTES).await?;
             let mut input = parse_key(&body, &settings.policy, caller.now, settings.default_consistency)?;
-            let limits = merge_limits(settings.policy.default_rate_limits(), &caller.key.rate_limits);
+            let session = crate::jwt::is_session_guard(&caller.key.id);
+            let limits = if session {
+                // A session's limits are its user's role's.
+                let role = caller.grant.user_role.as_deref().unwrap_or("");
+                settings.policy.session_rate_limits(role).to_vec()
+            } else {
+                merge_limits(settings.policy.default_rate_limits(), &caller.key.rate_limits)
+            };
+            if session {
+                rules::check_session_may_mint(caller.key.created_at, caller.now)?;
+            }
             let who = Rules {
                 scopes: &caller.grant.scopes,
                 user_id: caller.grant.user_id.as_deref(),
                 user_role: caller.grant.user_role.as_deref(),
                 // A JWT session mints as its user: the token's expiry does
                 // not bind the key (the user's role and state do).
-                expires_at: caller.key.expires_at.filter(|_| !crate::jwt::is_session_guard(&caller.key.id)),
+                expires_at: caller.key.expires_at.filter(|_| !session),
                 limits: &limits,
                 consistency: caller.key.consistency,
             };
@@ -174,7 +184,8 @@ async fn serve(
             if !ids::is_valid_id(&user_id) {
                 return Err(ApiError::new(ErrorCode::ResourceNotFound).into());
             }
-            OrgCommand::RevokeSessions { org_id: org_id.into(), user_id, caller_user: caller.grant.user_id.clone() }
+            let who = RevokeCaller { scopes: caller.grant.scopes.clone(), user_id: caller.grant.user_id.clone() };
+            OrgCommand::RevokeSessions { org_id: org_id.into(), user_id, caller: Some(who) }
         }
         Route::Audit => {
             let page = rules::page(query, rules::audit_cursor)?;

@@ -81,7 +81,11 @@ pub(super) async fn handle(
         Some(_) => Credential::None,
         None => {
             let token = extract_credential(authorization.as_deref(), x_api_key.as_deref())?;
-            match super::jwt::session_of(settings, token, now).await? {
+            let session = super::jwt::session_of(settings, token, now).await.map_err(|mut r| {
+                r.headers.extend(crate::flow::session_cors_headers(origin.as_deref(), &settings.config));
+                r
+            })?;
+            match session {
                 Some(session) => Credential::Session(session),
                 None => Credential::Key(parse_key(&settings.config.format, token)?),
             }

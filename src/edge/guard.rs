@@ -325,6 +325,15 @@ impl DurableObject for KeyGuard {
                 Err(_) => {}
             }
         }
+        let disposable = self.mem.borrow_mut().as_mut().is_some_and(|s| s.disposable(super::now_ms()));
+        if disposable {
+            // A per-address guard of public routes whose counts expired:
+            // nothing of it is kept (an attacker cycling addresses leaves
+            // no rows behind). The next request loads an empty state.
+            self.state.storage().delete_all().await?;
+            *self.mem.borrow_mut() = None;
+            return Response::ok("deleted");
+        }
         if self.mem.borrow().as_ref().is_some_and(GuardState::has_pending) {
             self.schedule_alarm()?;
         }

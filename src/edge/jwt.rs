@@ -81,6 +81,7 @@ pub(crate) async fn verify(s: &JwtSettings, token: &str, now: i64) -> Result<Ses
                     }
                 };
             }
+            None if unavailable_now(s, &checked) => return Err(ErrorCode::ServiceUnavailable.into()),
             None => {
                 let url = s.url.as_deref().ok_or_else(invalid)?;
                 let result = fetch_jwks(url).await;
@@ -92,6 +93,12 @@ pub(crate) async fn verify(s: &JwtSettings, token: &str, now: i64) -> Result<Ses
         }
     }
     Err(unavailable("JWT key set", "no key after a fetch"))
+}
+
+/// Whether the key set needs a fetch that failed moments ago (no wait: 503).
+fn unavailable_now(s: &JwtSettings, checked: &jwt::Checked<'_>) -> bool {
+    let now = super::now_ms();
+    with_keys(s, now, |k| matches!(jwt::key_for(checked, k, now), Ok(Lookup::Unavailable)))
 }
 
 fn found(l: &Lookup<'_>) -> Option<Jwk> {
@@ -109,6 +116,7 @@ fn with_keys<T>(s: &JwtSettings, _now: i64, f: impl FnOnce(&mut KeySet) -> T) ->
             has_url: s.url.is_some(),
             fetched: None,
             refreshed_at: None,
+            failed_at: None,
             cache_ms: s.cache_ms,
         });
         f(set)
@@ -184,6 +192,7 @@ pub(crate) fn load(
     secret: impl Fn(&str) -> Option<String>,
     cache_seconds: i64,
     leeway: i64,
+    max_age: i64,
     allow_insecure: bool,
 ) -> Result<Option<JwtSettings>, String> {
     let Some(issuer) = string("JWT_ISSUER").map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()) else {
@@ -205,6 +214,7 @@ pub(crate) fn load(
     config.user_claim = claim("JWT_USER_CLAIM", "sub")?;
     config.leeway_s = leeway;
     config.hs256_secret = secret("JWT_HS256_SECRET").map(String::into_bytes);
+    config.max_age_s = max_age;
     let inline = match string("JWT_JWKS").filter(|s| !s.trim().is_empty()) {
         Some(text) => Jwks::parse(&text).map_err(|e| format!("JWT_JWKS: {e}"))?,
         None => Jwks::default(),

@@ -164,8 +164,9 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
     let jwt = jwt::load(
         |n| string_binding(env, n),
         secret,
-        int_var(env, "JWKS_CACHE_SECONDS", crate::jwt::DEFAULT_CACHE_SECONDS, 0..=86_400)?,
+        int_var(env, "JWKS_CACHE_SECONDS", crate::jwt::DEFAULT_CACHE_SECONDS, 1..=86_400)?,
         int_var(env, "JWT_LEEWAY_SECONDS", crate::jwt::DEFAULT_LEEWAY_SECONDS, 0..=crate::jwt::MAX_LEEWAY_SECONDS)?,
+        int_var(env, "JWT_MAX_AGE_SECONDS", crate::jwt::DEFAULT_MAX_AGE_SECONDS, 0..=31_536_000)?,
         allow_insecure,
     )?;
     let mut session_origins = Vec::new();

@@ -195,9 +195,11 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             let prev = load_user(sql, user_id)?;
             // Omitted `disabled` keeps the current value.
             let disabled = &disabled.unwrap_or(prev.as_ref().is_some_and(|p| p.disabled));
-            if *disabled && prev.as_ref().is_some_and(|p| !p.disabled) {
+            if prev.as_ref().is_some_and(|p| p.disabled != *disabled) {
                 // Disabling ends the user's sessions everywhere at once (the
-                // guard, not KV); re-enabling does not revive them.
+                // guard, not KV); so does re-enabling, for tokens issued
+                // while the user was disabled (say, to whoever then held its
+                // password) must not come back to life with it.
                 revoke_sessions(&env, org_id, user_id, now).await?;
             }
             sql.exec(
@@ -318,13 +320,17 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             put_kv(&kv, &key_kv_key(&hash), &record).await?;
             Ok((200, success(json!({ "id": key_id, "revoked_at": rfc3339(revoked_at) }), None)))
         }
-        OrgCommand::RevokeSessions { org_id, user_id, caller_user } => {
+        OrgCommand::RevokeSessions { org_id, user_id, caller } => {
             require_org(sql, org_id)?;
-            if load_user(sql, user_id)?.is_none() {
+            let Some(target) = load_user(sql, user_id)? else {
                 return Err(ApiError::new(ErrorCode::ResourceNotFound).into());
-            }
-            if let Some(uid) = caller_user.as_deref().filter(|c| c != user_id) {
-                may_manage_keys(sql, &env, uid)?;
+            };
+            if let Some(c) = caller.as_ref().filter(|c| c.user_id.as_ref() != Some(user_id)) {
+                if let Some(uid) = &c.user_id {
+                    may_manage_keys(sql, &env, uid)?;
+                }
+                let policy = &super::settings(&env)?.policy;
+                control::check_revoke_sessions(policy, &c.scopes, &target.role)?;
             }
             let at = revoke_sessions(&env, org_id, user_id, now).await?;
             audit("user.sessions_revoked", user_id, json!({}))?;

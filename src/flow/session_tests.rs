@@ -226,3 +226,23 @@ fn public_routes_count_per_client_address_and_forward_no_identity() {
     let e = public_answer(&json, route, &env.config, &q, Err("down".into()), T0).unwrap_err();
     assert_eq!(e.error.code, ErrorCode::ServiceUnavailable);
 }
+
+#[test]
+fn a_token_naming_an_unknown_org_or_user_is_refused_without_asking_any_guard() {
+    let env = env();
+    let mut store = store_with_user("viewer");
+    let mut iso = Isolate::new([5; 16]);
+    let stranger = Session { user_id: "user_9".into(), ..session(T0 - 5000, None) };
+    let (r, asked) = run(&env, &mut store, &mut iso, &stranger, "POST", "/v1/ai/chat", T0);
+    assert_eq!((code(&r), asked.len(), store.guard_calls), (Some(ErrorCode::InvalidToken), 0, 0));
+    let elsewhere = Session { org_id: "org_9".into(), ..session(T0 - 4000, None) };
+    let (r, asked) = run(&env, &mut store, &mut iso, &elsewhere, "POST", "/v1/ai/chat", T0);
+    assert_eq!((code(&r), asked.len()), (Some(ErrorCode::InvalidToken), 0), "a 401, not a 503 of an incomplete read");
+    // A known user's first request reads first too; later ones ask the
+    // guard concurrently with the read.
+    let known = session(T0 - 3000, None);
+    assert!(run(&env, &mut store, &mut iso, &known, "POST", "/v1/ai/chat", T0).0.is_ok());
+    let reads = store.kv_reads;
+    assert!(run(&env, &mut store, &mut iso, &known, "POST", "/v1/ai/chat", T0 + 1).0.is_ok());
+    assert_eq!(store.kv_reads, reads + 1);
+}

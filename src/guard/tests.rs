@@ -725,5 +725,22 @@ fn the_per_address_guard_of_public_routes_rolls_nothing_up() {
     assert!(s.has_pending());
     let (batch, _) = s.begin_rollup(T0 + 1);
     assert_eq!(batch, None, "no org to report to");
-    assert!(!s.has_pending(), "and nothing left to schedule an alarm for");
+    assert!(s.counters.usage.is_empty(), "its usage is dropped");
+}
+
+#[test]
+fn a_per_address_guard_is_disposed_of_once_its_counts_expire() {
+    let w = world();
+    let mut s = GuardState::default();
+    let ip = KeyRef { key_id: "ip:203.0.113.7".into(), org_id: String::new(), issued_at: None };
+    let req = GuardRequest::Check { key: ip, limits: limits(10), refusals: Refusals::new() };
+    let _ = s.apply(&req, &w.cx(T0, None, 1));
+    let _ = s.begin_rollup(T0 + 30_000);
+    assert!(s.has_pending(), "an alarm stays set while a count is live");
+    assert!(!s.disposable(T0 + 59_000));
+    assert!(s.disposable(T0 + 61_000), "its minute has passed: nothing to keep");
+    // A key's guard never is, however idle.
+    let mut k = GuardState::default();
+    let _ = k.apply(&check(5), &w.cx(T0, None, 1));
+    assert!(!k.disposable(T0 + 10 * HOUR_MS));
 }

@@ -198,6 +198,17 @@ fn lifetime_at_the_boundaries_of_the_leeway() {
     assert!(check(&exp(NOW_S + 1), &tight, NOW).is_ok());
     let loose = JwtConfig { leeway_s: 3600, ..cfg() };
     assert_eq!(check(&exp(NOW_S - 61), &loose, NOW).unwrap_err(), Reject::Claims);
+    // Issued more than JWT_MAX_AGE_SECONDS ago: refused whatever exp says.
+    let old = with(|c| {
+        c.insert("iat".into(), json!(NOW_S - DEFAULT_MAX_AGE_SECONDS - l - 1));
+        c.insert("exp".into(), json!(NOW_S + 10 * 365 * 86_400));
+    });
+    assert_eq!(reject(&old), Reject::Claims);
+    assert!(check(&old, &JwtConfig { max_age_s: 0, ..cfg() }, NOW).is_ok(), "0: no limit");
+    let day = with(|c| {
+        c.insert("iat".into(), json!(NOW_S - DEFAULT_MAX_AGE_SECONDS - l));
+    });
+    assert!(check(&day, &cfg(), NOW).is_ok());
     // Required, and numbers.
     for missing in ["exp", "iat"] {
         let t = with(|c| {
@@ -263,7 +274,8 @@ fn the_scope_claim_only_narrows() {
     let names = |v: Vec<Scope>| v.iter().map(|s| s.as_str().to_owned()).collect::<Vec<_>>();
     assert_eq!(names(scoped(json!("ai:chat openid  ai:*")).unwrap().unwrap()), ["ai:chat", "ai:*"]);
     assert_eq!(names(scoped(json!(["ai:chat", 5, "x"])).unwrap().unwrap()), ["ai:chat"]);
-    assert_eq!(scoped(json!("")).unwrap(), Some(vec![]), "an empty scope grants nothing");
+    assert_eq!(scoped(json!("openid profile email")).unwrap(), None, "no keyward scope: not about this API");
+    assert_eq!(scoped(json!("")).unwrap(), None);
     assert_eq!(scoped(json!(5)).unwrap_err(), Reject::Claims);
 }
 
@@ -292,6 +304,11 @@ fn key_sets_keep_only_keys_that_verify_one_algorithm() {
         ec("es-1"),
         rsa("rs-1", 256, Some("RS256")),
         rsa("rs-small", 128, None),
+        // 2041 bits in 256 bytes: below 2048 however many bytes it takes.
+        json!({"kty": "RSA", "n": b64url_encode(&[&[0x01][..], &[0xc5; 255][..]].concat()), "e": "AQAB", "kid": "rs-2041"}),
+        json!({"kty": "RSA", "n": b64url_encode(&[0xd1; 256]), "e": "AQ", "kid": "rs-e1"}),
+        json!({"kty": "RSA", "n": b64url_encode(&[0xd1; 256]), "e": "AAE", "kid": "rs-e-even"}),
+        json!({"kty": "RSA", "n": b64url_encode(&[0xd1; 256]), "e": "AQAAAAE", "kid": "rs-e-long"}),
         rsa("rs-hs", 256, Some("HS256")),
         rsa("rs-ps", 256, Some("PS256")),
         {"kty": "oct", "k": "c2VjcmV0", "kid": "oct", "alg": "HS256"},
@@ -358,6 +375,7 @@ fn keys_are_picked_by_kid_and_must_be_for_the_tokens_algorithm() {
     assert_eq!(pick(&public_token("EdDSA", "ed-9", 64)), Err(Reject::UnknownKey));
     assert_eq!(pick(&public_token("EdDSA", "ed-1", 63)), Err(Reject::Signature));
     assert_eq!(pick(&public_token("RS256", "rs-1", 100)), Err(Reject::Signature));
+    assert_eq!(pick(&public_token("RS256", "rs-1", 257)), Err(Reject::Signature), "exactly the modulus's length");
 }
 
 #[test]
@@ -382,7 +400,13 @@ fn a_fetched_key_set_is_refreshed_for_an_unknown_kid_at_most_once_a_minute() {
     let later = NOW + 1 + REFRESH_MIN_MS + 300_000;
     assert_eq!(set.lookup("ed-1", later), Lookup::Fetch);
     assert!(set.fetched(Err("down".into()), later).is_err());
-    assert_eq!(set.lookup("ed-1", later), Lookup::Fetch);
+    // For a few seconds after a failure no request waits for another fetch.
+    assert_eq!(set.lookup("ed-1", later), Lookup::Unavailable);
+    assert_eq!(set.lookup("ed-1", later + FETCH_BACKOFF_MS - 1), Lookup::Unavailable);
+    assert_eq!(set.lookup("ed-1", later + FETCH_BACKOFF_MS), Lookup::Fetch);
+    set.fetched(Ok(Jwks::parse(&json!({"keys": [ed("ed-1")]}).to_string()).unwrap()), later + FETCH_BACKOFF_MS)
+        .unwrap();
+    assert!(matches!(set.lookup("ed-1", later + FETCH_BACKOFF_MS), Lookup::Found(_)));
     // Inline keys need no fetch; without a URL an unknown kid is unknown.
     let only_inline = inline(vec![ed("ed-1")]);
     assert!(matches!(only_inline.lookup("ed-1", NOW), Lookup::Found(_)));
