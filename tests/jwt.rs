@@ -439,7 +439,13 @@ fn a_new_kid_is_fetched_once_and_a_key_set_that_cannot_be_fetched_is_503() {
     let r = call(&h, &tokens[0], "POST", "/v1/ai/chat", &[]);
     let v = r.assert_error(503, "SERVICE_UNAVAILABLE");
     assert_eq!(v["error"]["retryable"], true);
+    // For 5 s after a failed fetch, requests are 503 at once: none waits
+    // for (or makes) another fetch.
+    let fetched = fetches();
     down(false);
+    call(&h, &tokens[0], "POST", "/v1/ai/chat", &[]).assert_error(503, "SERVICE_UNAVAILABLE");
+    assert_eq!(fetches(), fetched, "no fetch during the back-off");
+    std::thread::sleep(std::time::Duration::from_millis(5_100));
     assert_eq!(call(&h, &tokens[0], "POST", "/v1/ai/chat", &[]).status, 200);
     // A kid the set does not have (yet): one refresh, then no more within a minute.
     let before = fetches();
@@ -460,4 +466,53 @@ fn a_new_kid_is_fetched_once_and_a_key_set_that_cannot_be_fetched_is_503() {
     let rotated = mint(&[signed("ed-2", &claims(&org2, &user)), signed("ed-1", &claims(&org2, &user))]);
     assert_eq!(call(&h2, &rotated[0], "POST", "/v1/ai/chat", &[]).status, 200);
     assert_eq!(call(&h2, &rotated[1], "POST", "/v1/ai/chat", &[]).status, 200, "the older key still verifies");
+}
+
+#[test]
+fn a_session_mints_keys_only_when_fresh_and_a_browser_can_read_its_401() {
+    let (org, user) = org_user("admin");
+    let fresh = mint(&[signed("ed-1", &claims(&org, &user))]).remove(0);
+    let body = json!({"name": "from the console", "scopes": ["ai:chat"]}).to_string();
+    let auth = format!("Bearer {fresh}");
+    let r = h().send(
+        "POST",
+        "/v1/api_keys",
+        &[("authorization", &auth), ("content-type", "application/json")],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["data"]["user_id"], user.as_str(), "a session mints for its own user");
+    assert_eq!(v["data"]["expires_at"], Value::Null, "the token's expiry does not bind the key");
+    // A token issued more than 5 minutes ago may call the API but not mint.
+    let mut old = claims(&org, &user);
+    old["iat"] = json!(now_s() - 400);
+    let stale = mint(&[signed("ed-1", &old)]).remove(0);
+    assert_eq!(chat(&stale).status, 200);
+    let auth = format!("Bearer {stale}");
+    let r = h().send(
+        "POST",
+        "/v1/api_keys",
+        &[("authorization", &auth), ("content-type", "application/json")],
+        Some(body.as_bytes()),
+    );
+    let e = r.assert_error(403, "PERMISSION_DENIED");
+    assert!(e["error"]["message"].as_str().unwrap().contains("sign in again"), "{e}");
+    // A bad token from an allowed page: the 401 carries CORS headers, so the
+    // page can read it and sign in again; from another page, none.
+    let junk = "eyJhbGciOiJFZERTQSJ9.e30.AAAA";
+    let r = call(h(), junk, "POST", "/v1/ai/chat", &[("origin", "https://app.example.com")]);
+    r.assert_error(401, "INVALID_TOKEN");
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example.com"));
+    let expired_claims = {
+        let mut c = claims(&org, &user);
+        c["exp"] = json!(now_s() - 100);
+        c
+    };
+    let expired = mint(&[signed("ed-1", &expired_claims)]).remove(0);
+    let r = call(h(), &expired, "POST", "/v1/ai/chat", &[("origin", "https://app.example.com")]);
+    r.assert_error(401, "INVALID_TOKEN");
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example.com"));
+    let r = call(h(), junk, "POST", "/v1/ai/chat", &[("origin", "https://evil.example")]);
+    assert_eq!(r.header("access-control-allow-origin"), None);
 }

@@ -2088,10 +2088,9 @@ fn session_revocation_is_documented() {
     revoked(&r, "u_victim", &ctl, "an admin's session revokes another user's");
     let r = chat_with(&victim);
     assert_eq!(conforms(&chat, &r, "a revoked session")["error"]["code"], "INVALID_TOKEN");
-    // A viewer's session lacks control:read; an operator's revokes its own.
-    // (PERMISSION_DENIED, a user-bound caller without a key-creating role
-    // revoking another user's sessions, needs a role with control:read
-    // outside key_creating_roles: the shipped policy has none.)
+    // A viewer's session lacks control:read; an operator's revokes its own,
+    // and not an admin's (PERMISSION_DENIED: the admin role has scopes the
+    // operator does not), nor does an org-level key with control:read only.
     let viewer_auth = format!("Bearer {}", jwt(&org, "u_viewer", Some("w1")));
     let operator = jwt(&org, "u_op", Some("o1"));
     let operator_auth = format!("Bearer {operator}");
@@ -2100,8 +2099,18 @@ fn session_revocation_is_documented() {
         (id, k)
     };
     let key_auth = format!("Bearer {key}");
+    let (reader, _) = h().key(&org, json!({"name": "reader", "scopes": ["control:read"]}));
+    let reader_auth = format!("Bearer {reader}");
     for (case, path, auth, status, code) in [
         ("a viewer's session", "/v1/users/u_viewer/sessions", viewer_auth.as_str(), 403, "MISSING_SCOPE"),
+        ("an operator on an admin", "/v1/users/u_admin/sessions", operator_auth.as_str(), 403, "PERMISSION_DENIED"),
+        (
+            "a control:read key on an admin",
+            "/v1/users/u_admin/sessions",
+            reader_auth.as_str(),
+            403,
+            "PERMISSION_DENIED",
+        ),
         ("an unknown user", "/v1/users/u_nobody/sessions", key_auth.as_str(), 404, "RESOURCE_NOT_FOUND"),
         ("a malformed user id", "/v1/users/not.an.id/sessions", key_auth.as_str(), 404, "RESOURCE_NOT_FOUND"),
     ] {
