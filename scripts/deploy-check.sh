@@ -96,3 +96,14 @@ if (raw > +rawLimit) {
 }
 process.exit(bad ? 1 : 0);
 JS
+
+# keyward's own budget (README, Performance): the wasm at most 300 KiB
+# gzipped (gzip -9), far below the platform's limit — every byte ships to
+# every edge location and is compiled on every cold start.
+BUDGET=$((300 * 1024))
+wasm_gz=$(gzip -9c build/index_bg.wasm | wc -c)
+echo "deploy-check: build/index_bg.wasm is $wasm_gz bytes gzipped of keyward's $BUDGET-byte budget (300 KiB)"
+if [ "$wasm_gz" -gt "$BUDGET" ]; then
+  echo "deploy-check: FAIL — the wasm is over keyward's size budget" >&2
+  exit 1
+fi

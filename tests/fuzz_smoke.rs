@@ -18,6 +18,7 @@ fn mutants(target: &str) -> usize {
     match target {
         "policy" => 1_500,
         "admin_json" | "credentials" | "visitor_token" => 5_000,
+        "jwt" => 5_000,
         _ => 10_000,
     }
 }
@@ -66,6 +67,11 @@ fn cache_control() {
 #[test]
 fn visitor_token() {
     smoke_target("visitor_token");
+}
+
+#[test]
+fn jwt() {
+    smoke_target("jwt");
 }
 
 #[test]

@@ -32,6 +32,7 @@ pub mod admin_json;
 pub mod cache_control;
 pub mod control_query;
 pub mod credentials;
+pub mod jwt;
 pub mod origins;
 pub mod path;
 pub mod policy;
@@ -52,6 +53,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("policy", policy::check),
     ("cache_control", cache_control::check),
     ("visitor_token", visitor_token::check),
+    ("jwt", jwt::check),
 ];
 
 /// A finding already reported: its id, the target whose check finds it, a
