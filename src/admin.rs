@@ -72,7 +72,14 @@ pub struct KeyInput {
     /// Whether `consistency` was given in the body (a minted key without it
     /// takes the stricter of the default and its parent's).
     pub consistency_given: bool,
+    /// Secret keys: the client addresses they may be used from (empty: any).
+    pub allowed_ips: Vec<crate::cidr::Cidr>,
+    /// Metadata for the origin: a JSON object as compact text (≤ 4 KiB).
+    pub meta: Option<String>,
 }
+
+/// Largest `meta` (compact JSON text, bytes).
+pub const MAX_META_BYTES: usize = 4096;
 
 /// Most allowed origins on one widget key.
 pub const MAX_ORIGINS: usize = 20;
@@ -365,6 +372,8 @@ pub fn parse_key(
             "visitor_rate_limits",
             "turnstile_required",
             "consistency",
+            "allowed_ips",
+            "meta",
         ],
     )?;
     let name = name_field(&m)?;
@@ -460,6 +469,12 @@ pub fn parse_key(
         },
         Some(_) => return Err(ApiError::validation("consistency", "must be \"strict\" or \"leased\"")),
     };
+    let allowed_ips = parse_ips(m.get("allowed_ips"))?;
+    if kind == KeyKind::Widget && !allowed_ips.is_empty() {
+        // A widget key's callers are its visitors' browsers: any address.
+        return Err(ApiError::validation("allowed_ips", "is only for secret keys"));
+    }
+    let meta = parse_meta(m.get("meta"))?;
     Ok(KeyInput {
         name,
         scopes,
@@ -473,7 +488,52 @@ pub fn parse_key(
         turnstile_required,
         consistency,
         consistency_given,
+        allowed_ips,
+        meta,
     })
+}
+
+/// `allowed_ips`: 1–100 addresses or CIDR blocks ([`crate::cidr`]),
+/// deduplicated; absent or `null`: any address.
+pub fn parse_ips(v: Option<&Value>) -> Result<Vec<crate::cidr::Cidr>, ApiError> {
+    let items = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) if a.is_empty() => {
+            return Err(ApiError::validation("allowed_ips", "must not be empty (omit it to allow any address)"))
+        }
+        Some(Value::Array(a)) if a.len() > crate::cidr::MAX_ENTRIES => {
+            return Err(ApiError::validation("allowed_ips", "must hold at most 100 entries"))
+        }
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(ApiError::validation("allowed_ips", "must be an array of addresses or CIDR blocks")),
+    };
+    let mut out: Vec<crate::cidr::Cidr> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let Value::String(s) = item else {
+            return Err(ApiError::validation(&format!("allowed_ips[{i}]"), "must be a string"));
+        };
+        let c = crate::cidr::Cidr::parse(s).map_err(|e| ApiError::validation(&format!("allowed_ips[{i}]"), e))?;
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// `meta`: a JSON object of at most [`MAX_META_BYTES`] as compact text;
+/// absent or `null`: none.
+pub fn parse_meta(v: Option<&Value>) -> Result<Option<String>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(o @ Value::Object(_)) => {
+            let text = o.to_string();
+            if text.len() > MAX_META_BYTES {
+                return Err(ApiError::validation("meta", "must be at most 4096 bytes as compact JSON"));
+            }
+            Ok(Some(text))
+        }
+        Some(_) => Err(ApiError::validation("meta", "must be a JSON object")),
+    }
 }
 
 fn parse_origins(v: Option<&Value>) -> Result<Vec<OriginPattern>, ApiError> {
@@ -689,6 +749,40 @@ mod tests {
             assert!(e.message().starts_with("allowed_origins: "), "{}", e.message());
             assert!(e.message().contains(shown), "{}", e.message());
         }
+    }
+
+    #[test]
+    fn allowed_ips_and_meta() {
+        let k = parse_key(
+            br#"{"name":"k","scopes":["ai:chat"],"allowed_ips":["203.0.113.0/24","2001:db8::/48","203.0.113.0/24"],"meta":{"plan":"pro","n":1}}"#,
+            &pol(),
+            0,
+            Consistency::Strict,
+        )
+        .unwrap();
+        let ips: Vec<String> = k.allowed_ips.iter().map(ToString::to_string).collect();
+        assert_eq!(ips, ["203.0.113.0/24", "2001:db8::/48"], "deduplicated");
+        assert_eq!(k.meta.as_deref(), Some(r#"{"n":1,"plan":"pro"}"#));
+        for (body, starts) in [
+            (r#"{"name":"k","scopes":["ai:chat"],"allowed_ips":[]}"#, "allowed_ips: must not be empty"),
+            (r#"{"name":"k","scopes":["ai:chat"],"allowed_ips":"203.0.113.0/24"}"#, "allowed_ips: must be an array"),
+            (r#"{"name":"k","scopes":["ai:chat"],"allowed_ips":["203.0.113.7/24"]}"#, "allowed_ips[0]: has bits set"),
+            (r#"{"name":"k","scopes":["ai:chat"],"allowed_ips":[7]}"#, "allowed_ips[0]: must be a string"),
+            (
+                r#"{"name":"w","scopes":["ai:chat"],"kind":"widget","allowed_origins":["https://a.example.com"],"allowed_ips":["203.0.113.0/24"]}"#,
+                "allowed_ips: is only for secret keys",
+            ),
+            (r#"{"name":"k","scopes":["ai:chat"],"meta":[1]}"#, "meta: must be a JSON object"),
+            (r#"{"name":"k","scopes":["ai:chat"],"meta":"x"}"#, "meta: must be a JSON object"),
+        ] {
+            let m = key_err(body);
+            assert!(m.starts_with(starts), "{body}: {m}");
+        }
+        let many: Vec<String> = (0..101).map(|i| format!("\"10.0.{i}.0/24\"")).collect();
+        let m = key_err(&format!(r#"{{"name":"k","scopes":["ai:chat"],"allowed_ips":[{}]}}"#, many.join(",")));
+        assert!(m.contains("at most 100"), "{m}");
+        let big = format!(r#"{{"name":"k","scopes":["ai:chat"],"meta":{{"x":"{}"}}}}"#, "y".repeat(4090));
+        assert!(key_err(&big).starts_with("meta: must be at most 4096 bytes"));
     }
 
     #[test]

@@ -134,6 +134,8 @@ pub struct Facts<'a> {
     pub visitor_token: Option<&'a str>,
     /// `CF-Turnstile-Response`: a Turnstile token to verify.
     pub turnstile_token: Option<&'a str>,
+    /// The client's address ([`crate::cors::client_ip`]), or `unknown`.
+    pub client_ip: &'a str,
 }
 
 impl<'a> Facts<'a> {
@@ -150,6 +152,7 @@ impl<'a> Facts<'a> {
             content_type: None,
             visitor_token: None,
             turnstile_token: None,
+            client_ip: "unknown",
         }
     }
 }
@@ -215,6 +218,8 @@ pub struct Grant {
     pub cors_origin: Option<BrowserOrigin>,
     /// How the caller authenticated.
     pub auth: Auth,
+    /// The key's metadata (compact JSON text), for `X-Keyward-Meta`.
+    pub meta: Option<String>,
 }
 
 /// How a request authenticated.
@@ -270,6 +275,9 @@ pub fn authorize(
     let key = records.key.ok_or(ErrorCode::InvalidApiKey)?;
     precheck(presented, key, now_ms)?;
     let cors_origin = kind_rules(facts, key)?;
+    if !crate::cidr::allows(&key.allowed_ips, facts.client_ip) {
+        return Err(ErrorCode::IpNotAllowed.into());
+    }
     let with_cors = |mut r: Refusal| {
         if let Some(o) = &cors_origin {
             r.headers.extend(cors::response_headers(o));
@@ -286,7 +294,10 @@ pub fn authorize(
 /// be allowed; [`authorize`] stays the decision (and the order of refusals),
 /// and a request it then refuses is refunded to the guard.
 pub fn preauthorize(facts: &Facts<'_>, presented: KeyKind, key: &KeyRecord, policy: &Policy, now_ms: i64) -> bool {
-    if precheck(presented, key, now_ms).is_err() || kind_rules(facts, key).is_err() {
+    if precheck(presented, key, now_ms).is_err()
+        || kind_rules(facts, key).is_err()
+        || !crate::cidr::allows(&key.allowed_ips, facts.client_ip)
+    {
         return false;
     }
     let Ok(route) = policy.route(facts.method, facts.path) else { return false };
@@ -439,6 +450,7 @@ fn decide_rest(
         resource_id: key.resource_id.clone(),
         cors_origin,
         auth: Auth::Key,
+        meta: key.meta.clone(),
     })
 }
 
@@ -482,6 +494,8 @@ mod tests {
                 visitor_rate_limits: Vec::new(),
                 turnstile_required: false,
                 consistency: Default::default(),
+                allowed_ips: Vec::new(),
+                meta: None,
             },
             org: OrgRecord { id: "org_1".into(), name: "Org".into(), baa_active: true, updated_at: 0 },
             user: UserRecord {
@@ -516,6 +530,28 @@ mod tests {
         assert_eq!(g.route_scope, "ai:chat");
         assert_eq!(g.scopes_header(), "ai:chat");
         assert_eq!(g.user_id, None);
+    }
+
+    #[test]
+    fn an_ip_allow_list_admits_only_its_addresses() {
+        let mut w = world();
+        w.key.allowed_ips = vec![crate::cidr::Cidr::parse("203.0.113.0/24").unwrap()];
+        let path = CanonicalPath::parse("/v1/ai/chat").unwrap();
+        let presented = parse_key(&w.config.format, &w.token).unwrap();
+        let records = Records { key: Some(&w.key), org: Some(&w.org), user: None };
+        let at = |ip: &'static str| {
+            let facts = Facts { client_ip: ip, ..Facts::bare("POST", &path) };
+            (
+                authorize(&facts, presented.kind(), &records, &w.policy, &w.config, NOW).map(|g| g.key_id),
+                preauthorize(&facts, presented.kind(), &w.key, &w.policy, NOW),
+            )
+        };
+        assert_eq!(at("203.0.113.9"), (Ok("01KEY".into()), true));
+        assert_eq!(at("::ffff:203.0.113.9"), (Ok("01KEY".into()), true), "an IPv4-mapped address is its IPv4");
+        for outside in ["198.51.100.1", "2001:db8::1", "unknown"] {
+            let (r, pre) = at(outside);
+            assert_eq!((r.unwrap_err().error.code, pre), (ErrorCode::IpNotAllowed, false), "{outside}");
+        }
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub struct Caller<'a> {
     pub limits: &'a [RateLimit],
     /// Its consistency mode.
     pub consistency: Consistency,
+    /// Its `allowed_ips` (empty: any address).
+    pub allowed_ips: &'a [crate::cidr::Cidr],
+    /// Its metadata.
+    pub meta: Option<&'a str>,
 }
 
 fn denied(message: &'static str) -> ApiError {
@@ -92,6 +96,25 @@ pub fn check_create(policy: &Policy, caller: &Caller<'_>, input: &mut KeyInput) 
             return Err(denied("A strict key cannot create a leased key (leased is laxer: up to LEASE_MS late)."));
         }
         input.consistency = Consistency::Strict;
+    }
+    // Restricted to some addresses: so is every key it mints (its own list
+    // when none is given), never to an address outside it.
+    if !caller.allowed_ips.is_empty() {
+        if input.allowed_ips.is_empty() {
+            input.allowed_ips = caller.allowed_ips.to_vec();
+        } else if let Some(out) = input.allowed_ips.iter().find(|c| !caller.allowed_ips.iter().any(|o| c.within(o))) {
+            return Err(ApiError::with_message(
+                ErrorCode::PermissionDenied,
+                format!("A key cannot create a key usable from an address it may not use: {out}"),
+            ));
+        }
+    }
+    // Metadata tells the origin who the customer is (plan, account): an
+    // admin sets it; a minted key carries its parent's, unchanged.
+    match (&input.meta, caller.meta) {
+        (None, m) => input.meta = m.map(str::to_owned),
+        (Some(given), Some(mine)) if given == mine => {}
+        (Some(_), _) => return Err(denied("A key cannot create a key with other metadata than its own.")),
     }
     if let Some(missing) = input.scopes.iter().find(|s| !s.within(caller.scopes)) {
         return Err(ApiError::with_message(
@@ -281,6 +304,8 @@ mod tests {
             turnstile_required: false,
             consistency: Consistency::Strict,
             consistency_given: false,
+            allowed_ips: vec![],
+            meta: None,
         }
     }
 
@@ -295,6 +320,8 @@ mod tests {
             expires_at: None,
             limits: &[],
             consistency: Consistency::Strict,
+            allowed_ips: &[],
+            meta: None,
         };
         assert!(check_create(&pol, &caller, &mut input(&["ai:chat"], None)).is_ok());
         assert!(check_create(&pol, &caller, &mut input(&["ai:chat", "control:read"], None)).is_ok());
@@ -313,6 +340,8 @@ mod tests {
             expires_at: None,
             limits: &[],
             consistency: Consistency::Strict,
+            allowed_ips: &[],
+            meta: None,
         };
         assert!(check_create(&pol, &caller, &mut input(&["ai:embeddings", "ai:*"], None)).is_ok());
     }
@@ -330,6 +359,8 @@ mod tests {
             expires_at: None,
             limits,
             consistency: Consistency::Strict,
+            allowed_ips: &[],
+            meta: None,
         };
         let widget = || KeyInput { kind: KeyKind::Widget, ..input(&["ai:chat"], None) };
         // The policy's 10 per visitor fits the policy's 60, not the 20 the
@@ -353,6 +384,8 @@ mod tests {
             expires_at: None,
             limits: &[],
             consistency: Consistency::Strict,
+            allowed_ips: &[],
+            meta: None,
         };
         let mut i = input(&["ai:chat"], None);
         check_create(&pol, &op, &mut i).unwrap();
@@ -367,6 +400,8 @@ mod tests {
             expires_at: None,
             limits: &[],
             consistency: Consistency::Strict,
+            allowed_ips: &[],
+            meta: None,
         };
         assert_eq!(
             check_create(&pol, &viewer, &mut input(&["ai:chat"], None)).unwrap_err().code,
@@ -385,6 +420,8 @@ mod tests {
             expires_at: None,
             limits: &[],
             consistency: Consistency::Strict,
+            allowed_ips: &[],
+            meta: None,
         };
         let e = check_create(&pol, &org_key, &mut input(&["ai:chat"], Some("u_admin"))).unwrap_err();
         assert_eq!(e.code, ErrorCode::PermissionDenied);
@@ -396,6 +433,8 @@ mod tests {
             expires_at: Some(1_000),
             limits: &limits,
             consistency: Consistency::Strict,
+            allowed_ips: &[],
+            meta: None,
         };
         let mut i = input(&["ai:chat"], None);
         check_create(&pol, &parent, &mut i).unwrap();
@@ -433,6 +472,8 @@ mod tests {
             expires_at: None,
             limits: &[],
             consistency: Consistency::Strict,
+            allowed_ips: &[],
+            meta: None,
         };
         let leased = Caller { consistency: Consistency::Leased, ..strict };
         let mut asked = input(&["ai:chat"], None);
@@ -473,6 +514,8 @@ mod tests {
             visitor_rate_limits: Vec::new(),
             turnstile_required: false,
             consistency: Default::default(),
+            allowed_ips: Vec::new(),
+            meta: None,
         };
         let mine = sc(&["ai:*", "control:read"]);
         let org_key = Caller {
@@ -482,6 +525,8 @@ mod tests {
             expires_at: None,
             limits: &[],
             consistency: Consistency::Strict,
+            allowed_ips: &[],
+            meta: None,
         };
         assert!(check_revoke(&org_key, &target(&["ai:chat"], None)).is_ok());
         assert!(check_revoke(&org_key, &target(&["ai:chat"], Some("u9"))).is_ok());
@@ -493,6 +538,8 @@ mod tests {
             expires_at: None,
             limits: &[],
             consistency: Consistency::Strict,
+            allowed_ips: &[],
+            meta: None,
         };
         assert!(check_revoke(&user_key, &target(&["ai:chat"], Some("u1"))).is_ok());
         assert_eq!(
@@ -500,6 +547,43 @@ mod tests {
             ErrorCode::PermissionDenied
         );
         assert_eq!(check_revoke(&user_key, &target(&["ai:chat"], None)).unwrap_err().code, ErrorCode::PermissionDenied);
+    }
+
+    #[test]
+    fn minted_keys_stay_within_the_callers_addresses_and_carry_its_metadata() {
+        let pol = Policy::default_policy().unwrap();
+        let mine = sc(&["ai:*", "control:read"]);
+        let ips = [crate::cidr::Cidr::parse("203.0.113.0/24").unwrap()];
+        let caller = Caller {
+            scopes: &mine,
+            user_id: None,
+            user_role: None,
+            expires_at: None,
+            limits: &[],
+            consistency: Consistency::Strict,
+            allowed_ips: &ips,
+            meta: Some(r#"{"plan":"pro"}"#),
+        };
+        let mut i = input(&["ai:chat"], None);
+        check_create(&pol, &caller, &mut i).unwrap();
+        assert_eq!((i.allowed_ips.as_slice(), i.meta.as_deref()), (&ips[..], Some(r#"{"plan":"pro"}"#)), "inherited");
+        let mut narrower = input(&["ai:chat"], None);
+        narrower.allowed_ips = vec![crate::cidr::Cidr::parse("203.0.113.128/25").unwrap()];
+        check_create(&pol, &caller, &mut narrower).unwrap();
+        let mut wider = input(&["ai:chat"], None);
+        wider.allowed_ips = vec![crate::cidr::Cidr::parse("203.0.112.0/23").unwrap()];
+        assert_eq!(check_create(&pol, &caller, &mut wider).unwrap_err().code, ErrorCode::PermissionDenied);
+        let mut other_meta = input(&["ai:chat"], None);
+        other_meta.meta = Some(r#"{"plan":"enterprise"}"#.into());
+        assert_eq!(check_create(&pol, &caller, &mut other_meta).unwrap_err().code, ErrorCode::PermissionDenied);
+        let mut same_meta = input(&["ai:chat"], None);
+        same_meta.meta = Some(r#"{"plan":"pro"}"#.into());
+        check_create(&pol, &caller, &mut same_meta).unwrap();
+        // A caller without metadata mints none.
+        let bare = Caller { meta: None, allowed_ips: &[], ..caller };
+        let mut with_meta = input(&["ai:chat"], None);
+        with_meta.meta = Some("{}".into());
+        assert!(check_create(&pol, &bare, &mut with_meta).is_err());
     }
 
     #[test]

@@ -78,6 +78,10 @@ catalogue! {
     /// The request came from an origin the key may not be used from.
     OriginNotAllowed = ("ORIGIN_NOT_ALLOWED", 403, "permission_error", false,
         "Requests from this origin are not allowed with this key.");
+    /// The client's address (`CF-Connecting-IP`) is not in the key's
+    /// `allowed_ips`.
+    IpNotAllowed = ("IP_NOT_ALLOWED", 403, "permission_error", false,
+        "Requests from this IP address are not allowed with this key.");
     /// A widget key that requires Cloudflare Turnstile, and the request
     /// carried neither a valid visitor token nor an acceptable Turnstile
     /// token.

@@ -526,6 +526,8 @@ impl<'r> Gate<'r> {
             turnstile_required: false,
             consistency: Consistency::Strict,
             id,
+            allowed_ips: Vec::new(),
+            meta: None,
         };
         // What the isolate remembers is per user and issue time: a revoked
         // token marks only the tokens issued in the same second.
@@ -1325,6 +1327,7 @@ pub fn public_answer(
                 resource_id: None,
                 cors_origin: cors_origin.clone(),
                 auth: Auth::Public,
+                meta: None,
             };
             let hash = KeyHash::of(&key.key_id).0;
             let claim = Claim::Guarded { hash, key: key.clone(), limits: limits.clone(), counted_at };
@@ -1346,6 +1349,8 @@ pub fn public_answer(
                 visitor_rate_limits: Vec::new(),
                 turnstile_required: false,
                 consistency: Consistency::Strict,
+                allowed_ips: Vec::new(),
+                meta: None,
             };
             Ok(Admitted { grant, key: Rc::new(record), admission: Admission(Some(claim)), quota })
         }

@@ -26,6 +26,7 @@
 
 pub mod admin;
 pub mod authorize;
+pub mod cidr;
 pub mod control;
 pub mod cors;
 pub mod error;

@@ -61,6 +61,14 @@ pub struct KeyRecord {
     /// How often a request must ask the key's guard (fixed at creation).
     #[serde(default, skip_serializing_if = "Consistency::is_strict")]
     pub consistency: Consistency,
+    /// Secret keys: the client addresses (`CF-Connecting-IP`) the key may
+    /// be used from; empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_ips: Vec<crate::cidr::Cidr>,
+    /// Metadata for the origin (a JSON object, compact text, ≤ 4 KiB),
+    /// forwarded signed as `X-Keyward-Meta`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<String>,
 }
 
 /// A key's consistency mode: how its limits and revocation are enforced.

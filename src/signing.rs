@@ -27,6 +27,8 @@
 //! <X-Keyward-Scopes>
 //! <X-Keyward-User>  or empty
 //! <X-Keyward-Resource> or empty
+//! <X-Keyward-Meta>      only when the key has metadata (then the header is
+//!                       sent: base64url of its compact JSON)
 //! ```
 //!
 //! An origin recomputes it from the request it received, compares in
@@ -187,6 +189,17 @@ pub fn identity_headers(
     }
     h.push(("X-Request-Id", request_id.to_owned()));
     h.push(("X-Keyward-Timestamp", ts));
+    let canonical = match &grant.meta {
+        // Metadata: one more line, only for a key that has it (the headers
+        // the origin receives say which: no existing verifier changes).
+        Some(m) => {
+            let encoded = crate::jwt::b64url_encode(m.as_bytes());
+            let line = format!("{canonical}\n{encoded}");
+            h.push(("X-Keyward-Meta", encoded));
+            line
+        }
+        None => canonical,
+    };
     h.push(("X-Keyward-Signature", format!("v1={}", sign(key, &canonical))));
     h
 }
@@ -249,7 +262,35 @@ mod tests {
             resource_id: None,
             cors_origin: None,
             auth: crate::authorize::Auth::Key,
+            meta: None,
         }
+    }
+
+    #[test]
+    fn metadata_adds_a_signed_line_only_when_present() {
+        let key = SigningKey::new(b"0123456789abcdef0123456789abcdef");
+        let plain = identity_headers(&grant(None), &key, "req_1", "POST", "/v1/ai/chat", "", 1_800_000_000);
+        assert!(!plain.iter().any(|(n, _)| *n == "X-Keyward-Meta"));
+        let g = Grant { meta: Some(r#"{"plan":"pro"}"#.into()), ..grant(None) };
+        let h = identity_headers(&g, &key, "req_1", "POST", "/v1/ai/chat", "", 1_800_000_000);
+        let get = |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone()).unwrap();
+        assert_eq!(get("X-Keyward-Meta"), crate::jwt::b64url_encode(br#"{"plan":"pro"}"#));
+        let sig = |hs: &[(&str, String)]| hs.iter().find(|(k, _)| *k == "X-Keyward-Signature").unwrap().1.clone();
+        let base = canonical_string(&[
+            "1800000000",
+            "POST",
+            "/v1/ai/chat",
+            "",
+            "req_1",
+            "org_1",
+            "01KEY",
+            "secret",
+            "ai:chat control:read",
+            "",
+            "",
+        ]);
+        assert_eq!(sig(&plain), format!("v1={}", sign(&key, &base)), "no line without metadata");
+        assert_eq!(sig(&h), format!("v1={}", sign(&key, &format!("{base}\n{}", get("X-Keyward-Meta")))));
     }
 
     #[test]

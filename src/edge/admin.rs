@@ -247,6 +247,8 @@ pub(super) async fn mint(
         visitor_rate_limits: input.visitor_rate_limits,
         turnstile_required: input.turnstile_required,
         consistency: input.consistency,
+        allowed_ips: input.allowed_ips,
+        meta: input.meta,
     };
     let command = OrgCommand::CreateKey { record: Box::new(record), hash: new.hash.to_hex(), creator };
     let request = OrgRequest { command, actor: actor.into(), request_id: request_id.into(), now_ms: now };

@@ -157,6 +157,8 @@ async fn serve(
                 expires_at: caller.key.expires_at.filter(|_| !session),
                 limits: &limits,
                 consistency: caller.key.consistency,
+                allowed_ips: &caller.key.allowed_ips,
+                meta: caller.key.meta.as_deref(),
             };
             rules::check_create(&settings.policy, &who, &mut input)?;
             admin::creatable(env, settings, &input).await?;

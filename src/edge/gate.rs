@@ -113,6 +113,7 @@ pub(super) async fn handle(
         content_type: content_type.as_deref(),
         visitor_token: visitor_token.as_deref(),
         turnstile_token: turnstile_token.as_deref(),
+        client_ip: &incoming.client_ip,
     };
     let mut later = Vec::new();
     let mut exit = Vec::new();

@@ -267,7 +267,8 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
                     "expires_at": record.expires_at.map(rfc3339), "rate_limits": record.rate_limits,
                     "allowed_origins": record.allowed_origins, "resource_id": record.resource_id,
                     "visitor_rate_limits": record.visitor_rate_limits, "turnstile_required": record.turnstile_required,
-                    "consistency": record.consistency,
+                    "consistency": record.consistency, "allowed_ips": record.allowed_ips,
+                    "meta": meta_value(record),
                 }),
             )?;
             Ok((201, success(key_view(record), None)))
@@ -292,6 +293,8 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
                     expires_at: None,
                     limits: &[],
                     consistency: record.consistency,
+                    allowed_ips: &[],
+                    meta: None,
                 };
                 control::check_revoke(&who, &record)?;
             }
@@ -557,7 +560,14 @@ pub(crate) fn key_view(k: &KeyRecord) -> Value {
         "visitor_rate_limits": k.visitor_rate_limits,
         "turnstile_required": k.turnstile_required,
         "consistency": k.consistency,
+        "allowed_ips": k.allowed_ips,
+        "meta": meta_value(k),
     })
+}
+
+/// A key's `meta` as JSON (stored as its compact text; `null` if none).
+fn meta_value(k: &KeyRecord) -> Value {
+    k.meta.as_deref().and_then(|m| serde_json::from_str(m).ok()).unwrap_or(Value::Null)
 }
 
 /// What a leased key's guard grants leases on, from this object's SQLite

@@ -117,6 +117,8 @@ impl Store {
             visitor_rate_limits: Vec::new(),
             turnstile_required: false,
             consistency,
+            allowed_ips: Vec::new(),
+            meta: None,
         };
         self.kv_keys.insert(k.hash.0, record.clone());
         self.db_keys.insert(record.id.clone(), record.clone());
@@ -259,6 +261,7 @@ pub(crate) fn gate<'r>(env: &'r Env, r: &'r Req) -> Gate<'r> {
         content_type: None,
         visitor_token: r.visitor_token.as_deref(),
         turnstile_token: r.turnstile.as_deref(),
+        client_ip: &r.ip,
     };
     Gate::new(facts, presented.kind(), presented.hash(), &r.ip, &env.policy, &env.config, env.settings)
 }

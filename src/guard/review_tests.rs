@@ -29,6 +29,8 @@ fn record() -> KeyRecord {
         visitor_rate_limits: Vec::new(),
         turnstile_required: false,
         consistency: Consistency::Leased,
+        allowed_ips: Vec::new(),
+        meta: None,
     }
 }
 
