@@ -253,6 +253,13 @@ pub struct RevokeCaller {
     pub scopes: Vec<Scope>,
     /// Its user.
     pub user_id: Option<String>,
+    /// The calling key (`None`: a JWT session), whose record the org's
+    /// object reads for the rules of [`crate::control::check_revoke`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// The user's role (a JWT session's limits are its role's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_role: Option<String>,
 }
 
 /// The envelope around a command: who asked, when, under which request id.

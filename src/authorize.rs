@@ -496,6 +496,7 @@ mod tests {
                 consistency: Default::default(),
                 allowed_ips: Vec::new(),
                 meta: None,
+                parent_id: None,
             },
             org: OrgRecord { id: "org_1".into(), name: "Org".into(), baa_active: true, updated_at: 0 },
             user: UserRecord {

@@ -125,8 +125,12 @@ pub fn check_create(policy: &Policy, caller: &Caller<'_>, input: &mut KeyInput) 
     Ok(())
 }
 
-/// Whether the caller may revoke `target` (a key of its org).
-pub fn check_revoke(caller: &Caller<'_>, target: &KeyRecord) -> Result<(), ApiError> {
+/// Whether the caller may revoke `target` (a key of its org): only a key
+/// it could have minted — the rules of [`check_create`] on the target's
+/// scopes, user, expiry, limits, consistency, addresses and metadata. (A
+/// short-lived, tightly limited key must not be able to revoke long-lived
+/// production keys with looser limits: a denial of service.)
+pub fn check_revoke(policy: &Policy, caller: &Caller<'_>, target: &KeyRecord) -> Result<(), ApiError> {
     if let Some(uid) = caller.user_id {
         if target.user_id.as_deref() != Some(uid) {
             return Err(denied("A key bound to a user can only revoke keys of the same user."));
@@ -135,7 +139,39 @@ pub fn check_revoke(caller: &Caller<'_>, target: &KeyRecord) -> Result<(), ApiEr
     if !target.scopes.iter().all(|s| s.within(caller.scopes)) {
         return Err(denied("This API key cannot revoke a key with scopes it does not have."));
     }
-    Ok(())
+    // What the target really has, not what a mint body could leave out to
+    // inherit: no expiry is never, no limits are the policy's.
+    if let Some(mine) = caller.expires_at {
+        if target.expires_at.is_none_or(|t| t > mine) {
+            return Err(denied("This API key cannot revoke a key that expires after it does."));
+        }
+    }
+    if !caller.allowed_ips.is_empty() && target.allowed_ips.is_empty() {
+        return Err(denied("This API key cannot revoke a key usable from addresses it may not use."));
+    }
+    let mut as_minted = KeyInput {
+        name: target.name.clone(),
+        scopes: target.scopes.clone(),
+        kind: target.kind,
+        expires_at: target.expires_at,
+        user_id: target.user_id.clone(),
+        rate_limits: merge_limits(policy.default_rate_limits(), &target.rate_limits),
+        allowed_origins: target.allowed_origins.clone(),
+        resource_id: target.resource_id.clone(),
+        visitor_rate_limits: target.visitor_rate_limits.clone(),
+        turnstile_required: target.turnstile_required,
+        consistency: target.consistency,
+        consistency_given: true,
+        allowed_ips: target.allowed_ips.clone(),
+        // Metadata is not the caller's to choose: no bar to revoking.
+        meta: caller.meta.map(str::to_owned),
+    };
+    check_create(policy, caller, &mut as_minted).map_err(|e| {
+        ApiError::with_message(
+            ErrorCode::PermissionDenied,
+            format!("This API key cannot revoke a key it could not have created: {}", e.message()),
+        )
+    })
 }
 
 /// Whether a caller holding `scopes` may revoke the sessions of another
@@ -148,6 +184,16 @@ pub fn check_revoke_sessions(policy: &Policy, scopes: &[Scope], target_role: &st
         return Ok(());
     }
     Err(denied("This caller cannot revoke the sessions of a user whose role has scopes it does not have."))
+}
+
+/// A control API write (mint, revoke, revoke sessions) by a caller with
+/// `scopes`: when the policy names a `control_write_scope`, the caller
+/// must hold it too (`403 MISSING_SCOPE` naming it).
+pub fn check_write_scope(policy: &Policy, scopes: &[Scope]) -> Result<(), ApiError> {
+    match policy.control_write_scope() {
+        Some(w) if !crate::scope::grants(scopes, w) => Err(ApiError::missing_scope(w)),
+        _ => Ok(()),
+    }
 }
 
 /// How recent a JWT session must be to mint a key: a key outlives the
@@ -516,6 +562,7 @@ mod tests {
             consistency: Default::default(),
             allowed_ips: Vec::new(),
             meta: None,
+            parent_id: None,
         };
         let mine = sc(&["ai:*", "control:read"]);
         let org_key = Caller {
@@ -528,9 +575,13 @@ mod tests {
             allowed_ips: &[],
             meta: None,
         };
-        assert!(check_revoke(&org_key, &target(&["ai:chat"], None)).is_ok());
-        assert!(check_revoke(&org_key, &target(&["ai:chat"], Some("u9"))).is_ok());
-        assert_eq!(check_revoke(&org_key, &target(&["*"], None)).unwrap_err().code, ErrorCode::PermissionDenied);
+        let pol = Policy::default_policy().unwrap();
+        let revoke = |c: &Caller<'_>, t: &KeyRecord| check_revoke(&pol, c, t).map_err(|e| e.code);
+        assert!(revoke(&org_key, &target(&["ai:chat"], None)).is_ok());
+        // An org-level key could not have minted a user-bound key (an admin's,
+        // say): it may not revoke one either.
+        assert_eq!(revoke(&org_key, &target(&["ai:chat"], Some("u9"))), Err(ErrorCode::PermissionDenied));
+        assert_eq!(revoke(&org_key, &target(&["*"], None)), Err(ErrorCode::PermissionDenied));
         let user_key = Caller {
             scopes: &mine,
             user_id: Some("u1"),
@@ -541,12 +592,36 @@ mod tests {
             allowed_ips: &[],
             meta: None,
         };
-        assert!(check_revoke(&user_key, &target(&["ai:chat"], Some("u1"))).is_ok());
-        assert_eq!(
-            check_revoke(&user_key, &target(&["ai:chat"], Some("u2"))).unwrap_err().code,
-            ErrorCode::PermissionDenied
-        );
-        assert_eq!(check_revoke(&user_key, &target(&["ai:chat"], None)).unwrap_err().code, ErrorCode::PermissionDenied);
+        assert!(revoke(&user_key, &target(&["ai:chat"], Some("u1"))).is_ok());
+        assert_eq!(revoke(&user_key, &target(&["ai:chat"], Some("u2"))), Err(ErrorCode::PermissionDenied));
+        assert_eq!(revoke(&user_key, &target(&["ai:chat"], None)), Err(ErrorCode::PermissionDenied));
+        // A short-lived, tightly limited key cannot revoke a long-lived key
+        // with looser limits, nor a leased one (it could mint neither).
+        let tight = [RateLimit { name: "minute".into(), limit: 5, window_seconds: 60 }];
+        let short = Caller { expires_at: Some(1_000), limits: &tight, ..org_key };
+        let long_lived = target(&["ai:chat"], None);
+        let e = check_revoke(&pol, &short, &long_lived).unwrap_err();
+        assert_eq!(e.code, ErrorCode::PermissionDenied);
+        assert!(e.message().contains("expires after it does"), "{}", e.message());
+        let mine_too = KeyRecord {
+            expires_at: Some(900),
+            rate_limits: vec![RateLimit { name: "minute".into(), limit: 3, window_seconds: 60 }],
+            ..target(&["ai:chat"], None)
+        };
+        assert!(revoke(&short, &mine_too).is_ok(), "one it could have minted");
+        let looser = KeyRecord { expires_at: Some(900), ..target(&["ai:chat"], None) };
+        assert_eq!(revoke(&short, &looser), Err(ErrorCode::PermissionDenied), "default limits are looser than 5/min");
+        let leased = KeyRecord { consistency: Consistency::Leased, ..target(&["ai:chat"], None) };
+        assert_eq!(revoke(&org_key, &leased), Err(ErrorCode::PermissionDenied));
+        // Addresses: a caller restricted to some cannot revoke an unrestricted key.
+        let ips = [crate::cidr::Cidr::parse("203.0.113.0/24").unwrap()];
+        let fenced = Caller { allowed_ips: &ips, ..org_key };
+        assert_eq!(revoke(&fenced, &target(&["ai:chat"], None)), Err(ErrorCode::PermissionDenied));
+        let inside = KeyRecord { allowed_ips: ips.to_vec(), ..target(&["ai:chat"], None) };
+        assert!(revoke(&fenced, &inside).is_ok());
+        // Metadata is no bar.
+        let with_meta = KeyRecord { meta: Some("{}".into()), ..target(&["ai:chat"], None) };
+        assert!(revoke(&org_key, &with_meta).is_ok());
     }
 
     #[test]
@@ -599,6 +674,23 @@ mod tests {
         assert_eq!(e.code, ErrorCode::PermissionDenied);
         assert!(check_revoke_sessions(&pol, &sc(&["*"]), "admin").is_ok());
         assert!(check_revoke_sessions(&pol, &sc(&["*"]), "no-such-role").is_err());
+    }
+
+    #[test]
+    fn a_policy_may_require_a_scope_for_control_writes() {
+        assert!(check_write_scope(&Policy::default_policy().unwrap(), &sc(&["control:read"])).is_ok());
+        let mut v: serde_json::Value = serde_json::from_str(crate::policy::DEFAULT_POLICY_JSON).unwrap();
+        v["scopes"].as_array_mut().unwrap().push("control:write".into());
+        v["control_write_scope"] = "control:write".into();
+        let pol = Policy::from_json(&v.to_string()).unwrap();
+        let e = check_write_scope(&pol, &sc(&["control:read"])).unwrap_err();
+        assert_eq!(
+            (e.code, e.message()),
+            (ErrorCode::MissingScope, "This API key lacks the required scope: control:write")
+        );
+        assert!(check_write_scope(&pol, &sc(&["control:*"])).is_ok());
+        v["control_write_scope"] = "control:nope".into();
+        assert!(Policy::from_json(&v.to_string()).is_err());
     }
 
     #[test]

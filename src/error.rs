@@ -103,6 +103,10 @@ catalogue! {
     /// accepts (form bodies reach no route that does not list them).
     UnsupportedMediaType = ("UNSUPPORTED_MEDIA_TYPE", 415, "invalid_request_error", false,
         "The request body's content type is not accepted on this route.");
+    /// Minting would pass the live keys an org (`MAX_KEYS_PER_ORG`) or a
+    /// minting key (`MAX_KEYS_PER_PARENT`) may have.
+    KeyLimitReached = ("KEY_LIMIT_REACHED", 409, "invalid_request_error", false,
+        "The limit of live API keys is reached: revoke keys first.");
     /// An admin request body failed validation; the message names the field.
     ValidationFailed = ("VALIDATION_FAILED", 422, "validation_error", false,
         "The request body is invalid.");

@@ -528,6 +528,7 @@ impl<'r> Gate<'r> {
             id,
             allowed_ips: Vec::new(),
             meta: None,
+            parent_id: None,
         };
         // What the isolate remembers is per user and issue time: a revoked
         // token marks only the tokens issued in the same second.
@@ -1351,6 +1352,7 @@ pub fn public_answer(
                 consistency: Consistency::Strict,
                 allowed_ips: Vec::new(),
                 meta: None,
+                parent_id: None,
             };
             Ok(Admitted { grant, key: Rc::new(record), admission: Admission(Some(claim)), quota })
         }

@@ -44,6 +44,7 @@ pub struct Policy {
     key_creating_roles: Vec<String>,
     forwarded_headers: Option<Vec<String>>,
     session_rate_limits: BTreeMap<String, Vec<RateLimit>>,
+    control_write_scope: Option<String>,
 }
 
 /// One route of the table.
@@ -102,6 +103,10 @@ struct RawPolicy {
     /// them); a role not named here has `default_rate_limits`.
     #[serde(default)]
     session_rate_limits: BTreeMap<String, Vec<RateLimit>>,
+    /// A scope the control API's writes (mint, revoke, revoke sessions)
+    /// need besides their route's `control:read`; absent: none.
+    #[serde(default)]
+    control_write_scope: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -373,7 +378,13 @@ impl Policy {
             }
             check_limits(&format!("session_rate_limits.{role}"), limits)?;
         }
+        if let Some(w) = &raw.control_write_scope {
+            if !scopes.contains(w) {
+                return Err(format!("policy: control_write_scope {w:?} is not a scope of the catalogue"));
+            }
+        }
         Ok(Self {
+            control_write_scope: raw.control_write_scope,
             session_rate_limits: raw.session_rate_limits,
             forwarded_headers: raw.forwarded_headers,
             key_creating_roles: raw.key_creating_roles,
@@ -452,6 +463,11 @@ impl Policy {
     /// `session_rate_limits`, else `default_rate_limits`.
     pub fn session_rate_limits(&self, role: &str) -> &[RateLimit] {
         self.session_rate_limits.get(role).map_or(&self.default_rate_limits, Vec::as_slice)
+    }
+
+    /// The scope control API writes need besides `control:read`, if any.
+    pub fn control_write_scope(&self) -> Option<&str> {
+        self.control_write_scope.as_deref()
     }
 
     /// Whether any role has its own session limits.

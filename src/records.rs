@@ -69,6 +69,10 @@ pub struct KeyRecord {
     /// forwarded signed as `X-Keyward-Meta`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<String>,
+    /// The key that minted this one through the control API: revoking it
+    /// revokes this one (and this one's own descendants).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<String>,
 }
 
 /// A key's consistency mode: how its limits and revocation are enforced.

@@ -126,7 +126,7 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
             let body = read_body(&mut req, MAX_BODY_BYTES).await?;
             let input = core::parse_key(&body, &settings.policy, now, settings.default_consistency)?;
             creatable(env, settings, &input).await?;
-            let (status, body) = mint(env, settings, org, input, None, &actor, request_id, now).await?;
+            let (status, body) = mint(env, settings, org, input, None, None, &actor, request_id, now).await?;
             return Ok(json_response(status, body, request_id));
         }
         Route::Key(org, key) => {
@@ -224,6 +224,7 @@ pub(super) async fn mint(
     org_id: &str,
     input: KeyInput,
     creator: Option<String>,
+    parent_id: Option<String>,
     actor: &str,
     request_id: &str,
     now: i64,
@@ -249,6 +250,7 @@ pub(super) async fn mint(
         consistency: input.consistency,
         allowed_ips: input.allowed_ips,
         meta: input.meta,
+        parent_id,
     };
     let command = OrgCommand::CreateKey { record: Box::new(record), hash: new.hash.to_hex(), creator };
     let request = OrgRequest { command, actor: actor.into(), request_id: request_id.into(), now_ms: now };

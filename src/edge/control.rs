@@ -102,6 +102,17 @@ pub(super) async fn handle(
     })
 }
 
+/// The caller of a revoke, as the org's object checks it.
+fn revoke_caller(caller: &Caller<'_>) -> RevokeCaller {
+    let session = crate::jwt::is_session_guard(&caller.key.id);
+    RevokeCaller {
+        scopes: caller.grant.scopes.clone(),
+        user_id: caller.grant.user_id.clone(),
+        key_id: (!session).then(|| caller.key.id.clone()),
+        user_role: caller.grant.user_role.clone(),
+    }
+}
+
 /// A refusal from this shell (before the org's object saw the command), or
 /// one the object answered (and recorded, for a write).
 enum Failure {
@@ -133,6 +144,9 @@ async fn serve(
 ) -> Result<Response, Failure> {
     let org_id = caller.grant.org_id.as_str();
     let fault = super::faults::Fault::of(&req);
+    if matches!(route, Route::CreateKey | Route::RevokeKey(_) | Route::RevokeSessions(_)) {
+        rules::check_write_scope(&settings.policy, &caller.grant.scopes)?;
+    }
     let command = match route {
         Route::CreateKey => {
             let body = read_body(&mut req, MAX_BODY_BYTES).await?;
@@ -165,8 +179,11 @@ async fn serve(
             // The org object re-checks the creating user's role and state
             // against its own records (KV may lag).
             let creator = caller.grant.user_id.clone();
+            // A key minted by a key is its child (revoked with it, counted
+            // against MAX_KEYS_PER_PARENT); a session's is its user's.
+            let parent = (!session).then(|| caller.key.id.clone());
             let (status, body) =
-                admin::mint(env, settings, org_id, input, creator, actor, caller.request_id, caller.now)
+                admin::mint(env, settings, org_id, input, creator, parent, actor, caller.request_id, caller.now)
                     .await
                     .map_err(Late)?;
             return Ok(json_response(status, body, caller.request_id));
@@ -179,14 +196,14 @@ async fn serve(
             if !ids::is_ulid(&key_id) {
                 return Err(ApiError::new(ErrorCode::ResourceNotFound).into());
             }
-            let who = RevokeCaller { scopes: caller.grant.scopes.clone(), user_id: caller.key.user_id.clone() };
+            let who = revoke_caller(caller);
             OrgCommand::RevokeKey { org_id: org_id.into(), key_id, caller: Some(who) }
         }
         Route::RevokeSessions(user_id) => {
             if !ids::is_valid_id(&user_id) {
                 return Err(ApiError::new(ErrorCode::ResourceNotFound).into());
             }
-            let who = RevokeCaller { scopes: caller.grant.scopes.clone(), user_id: caller.grant.user_id.clone() };
+            let who = revoke_caller(caller);
             OrgCommand::RevokeSessions { org_id: org_id.into(), user_id, caller: Some(who) }
         }
         Route::Audit => {

@@ -62,6 +62,11 @@ pub(crate) struct Settings {
     /// `USAGE_ROLLUP_SECONDS` (default 30): how often a key's guard rolls
     /// its usage counts up to the org (the staleness of `/v1/usage`).
     pub(crate) usage_rollup_ms: i64,
+    /// `MAX_KEYS_PER_ORG` (default 1000): live keys an org may have.
+    pub(crate) max_keys_per_org: u32,
+    /// `MAX_KEYS_PER_PARENT` (default 20): live keys one key may have
+    /// minted through the control API.
+    pub(crate) max_keys_per_parent: u32,
     /// JWT sessions (`JWT_ISSUER`, `JWT_AUDIENCE`, `JWT_JWKS_URL`,
     /// `JWT_JWKS`, `JWT_HS256_SECRET`, …), if configured.
     pub(crate) jwt: Option<jwt::JwtSettings>,
@@ -176,7 +181,11 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
                 .push(crate::cors::OriginPattern::parse(o).map_err(|e| format!("JWT_ALLOWED_ORIGINS: {o:?}: {e}"))?);
         }
     }
+    let max_keys_per_org = u32::try_from(int_var(env, "MAX_KEYS_PER_ORG", 1000, 1..=1_000_000)?).unwrap_or(1000);
+    let max_keys_per_parent = u32::try_from(int_var(env, "MAX_KEYS_PER_PARENT", 20, 1..=10_000)?).unwrap_or(20);
     Ok(Settings {
+        max_keys_per_org,
+        max_keys_per_parent,
         jwt,
         config: Config {
             format,

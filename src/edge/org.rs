@@ -238,6 +238,24 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             if let Some(uid) = creator {
                 may_manage_keys(sql, &env, uid)?;
             }
+            // Caps on live keys: per org, and per minting key.
+            let settings = super::settings(&env)?;
+            let live = count(sql, LIVE_KEYS, now, None)?;
+            if live >= settings.max_keys_per_org {
+                let message = format!(
+                    "This org has {live} live API keys, its limit (MAX_KEYS_PER_ORG): revoke keys before creating more."
+                );
+                return Err(ApiError::with_message(ErrorCode::KeyLimitReached, message).into());
+            }
+            if let Some(parent) = &record.parent_id {
+                let minted = count(sql, LIVE_CHILDREN, now, Some(parent))?;
+                if minted >= settings.max_keys_per_parent {
+                    let message = format!(
+                        "The calling key has minted {minted} live API keys, its limit (MAX_KEYS_PER_PARENT): revoke some first."
+                    );
+                    return Err(ApiError::with_message(ErrorCode::KeyLimitReached, message).into());
+                }
+            }
             if let Some(uid) = &record.user_id {
                 if load_user(sql, uid)?.is_none() {
                     return Err(ApiError::validation("user_id", "no such user in this org").into());
@@ -286,42 +304,92 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
                 if let Some(uid) = &c.user_id {
                     may_manage_keys(sql, &env, uid)?;
                 }
+                let settings = super::settings(&env)?;
+                // The caller as it would mint: its own record's expiry,
+                // limits, mode, addresses and metadata (a JWT session: its
+                // role's limits, no expiry).
+                let mine: Option<KeyRecord> = match &c.key_id {
+                    Some(id) => {
+                        match rows(sql, "SELECT record FROM keys WHERE id = ?", Some(vec![id.as_str().into()]))?.first()
+                        {
+                            Some(r) => Some(
+                                crate::from_json(&text(r.first())?).map_err(|e| super::unavailable("key decode", e))?,
+                            ),
+                            None => return Err(ApiError::new(ErrorCode::PermissionDenied).into()),
+                        }
+                    }
+                    None => None,
+                };
+                let limits = match &mine {
+                    Some(k) => crate::ratelimit::merge_limits(settings.policy.default_rate_limits(), &k.rate_limits),
+                    None => settings.policy.session_rate_limits(c.user_role.as_deref().unwrap_or("")).to_vec(),
+                };
                 let who = Caller {
                     scopes: &c.scopes,
                     user_id: c.user_id.as_deref(),
-                    user_role: None,
-                    expires_at: None,
-                    limits: &[],
-                    consistency: record.consistency,
-                    allowed_ips: &[],
-                    meta: None,
+                    user_role: c.user_role.as_deref(),
+                    expires_at: mine.as_ref().and_then(|k| k.expires_at),
+                    limits: &limits,
+                    consistency: mine.as_ref().map_or(crate::records::Consistency::Strict, |k| k.consistency),
+                    allowed_ips: mine.as_ref().map_or(&[][..], |k| &k.allowed_ips[..]),
+                    meta: mine.as_ref().and_then(|k| k.meta.as_deref()),
                 };
-                control::check_revoke(&who, &record)?;
+                control::check_revoke(&settings.policy, &who, &record)?;
             }
-            // The tombstone in the key's guard first: from its answer on,
-            // every check is refused, whatever KV still says. It keeps the
-            // first revocation time, which the system of record adopts.
-            let tombstone = GuardRequest::Revoke { revoked_at: record.revoked_at.unwrap_or(now) };
-            let revoked_at = match super::guard::call(&env, key_id, &tombstone).await {
-                Ok(GuardReply::RevokeRecorded { revoked_at }) => revoked_at,
-                Ok(_) => return Err(super::unavailable("key guard", "unexpected reply to a revoke")),
-                Err(e) => return Err(super::unavailable("key guard", e)),
-            };
-            let first = record.revoked_at.is_none();
-            record.revoked_at = Some(revoked_at);
-            if first {
-                let json_record = serde_json::to_string(&record).map_err(|e| super::unavailable("key encode", e))?;
-                sql.exec(
-                    "UPDATE keys SET record = ?, revoked_at = ? WHERE id = ?",
-                    vec![json_record.as_str().into(), revoked_at.into(), key_id.as_str().into()],
-                )
-                .map_err(sql_err)?;
-                audit("key.revoked", key_id, json!({}))?;
+            // The key and every key it minted, and theirs: minted keys do
+            // not outlive the key that made them.
+            let mut victims = vec![(key_id.clone(), hash, record.clone())];
+            let mut frontier = vec![key_id.clone()];
+            while let Some(parent) = frontier.pop() {
+                for r in rows(sql, DESCENDANTS, Some(vec![parent.as_str().into()]))? {
+                    let (id, h) = (text(r.first())?, text(r.get(1))?);
+                    let rec: KeyRecord =
+                        crate::from_json(&text(r.get(2))?).map_err(|e| super::unavailable("key decode", e))?;
+                    if !victims.iter().any(|(v, _, _)| *v == id) {
+                        frontier.push(id.clone());
+                        victims.push((id, h, rec));
+                    }
+                }
+            }
+            // The tombstones first, each in its key's guard: from its
+            // answer on, every check of that key is refused, whatever KV
+            // still says. A guard keeps the first revocation time, which
+            // the system of record adopts. Should one fail, nothing below
+            // is written and the revoke is answered 503: a retry (the
+            // tombstones are idempotent) finishes it.
+            let mut times = Vec::with_capacity(victims.len());
+            for (id, _, rec) in &victims {
+                let tombstone = GuardRequest::Revoke { revoked_at: rec.revoked_at.unwrap_or(now) };
+                match super::guard::call(&env, id, &tombstone).await {
+                    Ok(GuardReply::RevokeRecorded { revoked_at }) => times.push(revoked_at),
+                    Ok(_) => return Err(super::unavailable("key guard", "unexpected reply to a revoke")),
+                    Err(e) => return Err(super::unavailable("key guard", e)),
+                }
+            }
+            // Then the system of record, in one go (no await in between).
+            for ((id, _, rec), at) in victims.iter_mut().zip(&times) {
+                let first = rec.revoked_at.is_none();
+                rec.revoked_at = Some(*at);
+                if first {
+                    let json_record = serde_json::to_string(&*rec).map_err(|e| super::unavailable("key encode", e))?;
+                    sql.exec(
+                        "UPDATE keys SET record = ?, revoked_at = ? WHERE id = ?",
+                        vec![json_record.as_str().into(), (*at).into(), id.as_str().into()],
+                    )
+                    .map_err(sql_err)?;
+                    let detail = if id == key_id { json!({}) } else { json!({ "cascade_from": key_id }) };
+                    audit("key.revoked", id, detail)?;
+                }
             }
             // Written again on a repeated revoke too, so a retry after a
             // failed KV write repairs the read model.
-            put_kv(&kv, &key_kv_key(&hash), &record).await?;
-            Ok((200, success(json!({ "id": key_id, "revoked_at": rfc3339(revoked_at) }), None)))
+            for (_, h, rec) in &victims {
+                put_kv(&kv, &key_kv_key(h), rec).await?;
+            }
+            let data = json!({
+                "id": key_id, "revoked_at": rfc3339(times[0]), "descendants_revoked": victims.len() - 1,
+            });
+            Ok((200, success(data, None)))
         }
         OrgCommand::RevokeSessions { org_id, user_id, caller } => {
             require_org(sql, org_id)?;
@@ -660,6 +728,24 @@ async fn revoke_sessions(env: &Env, org_id: &str, user_id: &str, now: i64) -> Re
         Ok(_) => Err(super::unavailable("sessions guard", "unexpected reply to a session revocation")),
         Err(e) => Err(super::unavailable("sessions guard", e)),
     }
+}
+
+/// Live keys: not revoked, not expired (`?1` is now).
+const LIVE_KEYS: &str = "SELECT COUNT(*) FROM keys WHERE revoked_at IS NULL
+  AND (json_extract(record, '$.expires_at') IS NULL OR json_extract(record, '$.expires_at') > ?1)";
+/// Live keys minted by the key `?2`.
+const LIVE_CHILDREN: &str = "SELECT COUNT(*) FROM keys WHERE revoked_at IS NULL
+  AND (json_extract(record, '$.expires_at') IS NULL OR json_extract(record, '$.expires_at') > ?1)
+  AND json_extract(record, '$.parent_id') = ?2";
+/// The keys minted by the key `?`, revoked ones included (a repeated
+/// revoke repairs their KV records too).
+const DESCENDANTS: &str = "SELECT id, hash, record FROM keys WHERE json_extract(record, '$.parent_id') = ?";
+
+fn count(sql: &SqlStorage, query: &str, now: i64, parent: Option<&str>) -> Result<u32, Refusal> {
+    let mut args: Vec<SqlStorageValue> = vec![now.into()];
+    args.extend(parent.map(SqlStorageValue::from));
+    let n = rows(sql, query, Some(args))?.first().map(|r| int(r.first())).transpose()?.unwrap_or(0);
+    Ok(u32::try_from(n).unwrap_or(u32::MAX))
 }
 
 fn load_user(sql: &SqlStorage, user_id: &str) -> Result<Option<UserRow>, Refusal> {

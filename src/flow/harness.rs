@@ -119,6 +119,7 @@ impl Store {
             consistency,
             allowed_ips: Vec::new(),
             meta: None,
+            parent_id: None,
         };
         self.kv_keys.insert(k.hash.0, record.clone());
         self.db_keys.insert(record.id.clone(), record.clone());

@@ -31,6 +31,7 @@ fn record() -> KeyRecord {
         consistency: Consistency::Leased,
         allowed_ips: Vec::new(),
         meta: None,
+        parent_id: None,
     }
 }
 
