@@ -298,7 +298,7 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
                 return Err(ApiError::new(ErrorCode::ResourceNotFound).into());
             };
             let hash = text(row.first())?;
-            let mut record: KeyRecord =
+            let record: KeyRecord =
                 crate::from_json(&text(row.get(1))?).map_err(|e| super::unavailable("key decode", e))?;
             if let Some(c) = caller {
                 if let Some(uid) = &c.user_id {
