@@ -56,7 +56,7 @@ mod edge;
 /// only (smaller still). Same results as `serde_json::from_str` for the
 /// records keyward writes; error messages carry no line/column.
 pub fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> serde_json::Result<T> {
-    T::deserialize(json::De(serde_json::from_str::<serde_json::Value>(s)?))
+    T::deserialize(json::De(serde_json::from_str::<serde_json::Value>(s)?)).map_err(|e| serde::de::Error::custom(*e.0))
 }
 
 /// Sorts a short slice (a few dozen items: scopes, methods) in place, stably.

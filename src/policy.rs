@@ -484,7 +484,7 @@ impl Policy {
             .filter(|r| r.matches_path(path))
             .flat_map(|r| r.methods.iter().map(String::as_str))
             .collect();
-        out.sort_unstable();
+        crate::sort_small(&mut out);
         out.dedup();
         out
     }

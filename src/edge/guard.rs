@@ -90,7 +90,12 @@ impl KeyGuard {
         let loaded = if meta.is_none() && counters.is_none() {
             // Await point: the key-value API is asynchronous. Nothing else
             // of this object has run yet (the state is still unloaded).
-            match self.state.storage().get::<String>(V1_STATE_KEY).await? {
+            // The raw storage call, not `storage().get::<String>`: its
+            // serde_wasm_bindgen decoder links serde's display of
+            // unexpected values and with it the f64 formatter.
+            let raw = wasm_bindgen_futures::JsFuture::from(self.state.storage().as_raw().get(V1_STATE_KEY)?).await?;
+            match raw.as_string() {
+                None if !raw.is_undefined() => return Err(rust_err("v1 state: invalid type, expected a string")),
                 Some(v1) => {
                     let s = GuardState::from_v1(&v1).map_err(rust_err)?;
                     migrated = Some(s.clone());
