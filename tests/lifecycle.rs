@@ -1,0 +1,224 @@
+//! Key lifecycle end to end (issue 12, the parts built so far): IP
+//! allow-lists, metadata signed to the origin, minting caps, cascade
+//! revocation and who may revoke what. The real worker on `wrangler dev`.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn h() -> &'static Harness {
+    static H: OnceLock<Harness> = OnceLock::new();
+    H.get_or_init(|| {
+        Harness::start(Options {
+            origin_url: None,
+            vars: vec![("MAX_KEYS_PER_ORG", "8".into()), ("MAX_KEYS_PER_PARENT", "2".into())],
+        })
+    })
+}
+
+fn chat_from(key: &str, ip: Option<&str>, extra: &[(&str, &str)]) -> Resp {
+    let auth = format!("Bearer {key}");
+    let mut headers = vec![("authorization", auth.as_str()), ("content-type", "application/json")];
+    if let Some(ip) = ip {
+        headers.push(("cf-connecting-ip", ip));
+    }
+    headers.extend_from_slice(extra);
+    h().send("POST", "/v1/ai/chat", &headers, Some(b"{}"))
+}
+
+fn mint_with(key: &str, body: Value) -> Resp {
+    let auth = format!("Bearer {key}");
+    let b = body.to_string();
+    h().send(
+        "POST",
+        "/v1/api_keys",
+        &[("authorization", &auth), ("content-type", "application/json")],
+        Some(b.as_bytes()),
+    )
+}
+
+fn revoke_with(key: &str, id: &str) -> Resp {
+    let auth = format!("Bearer {key}");
+    h().send("DELETE", &format!("/v1/api_keys/{id}"), &[("authorization", &auth)], None)
+}
+
+#[test]
+fn an_ip_allow_list_admits_only_its_addresses_whatever_the_client_claims() {
+    let org = h().org(true);
+    let (key, id) = h().key(
+        &org,
+        json!({"name": "fenced", "scopes": ["ai:chat"], "allowed_ips": ["203.0.113.0/24", "2001:db8::/48"]}),
+    );
+    for ip in ["203.0.113.9", "2001:db8:0:1::5", "::ffff:203.0.113.77"] {
+        let r = chat_from(&key, Some(ip), &[]);
+        assert_eq!(r.status, 200, "{ip}: {}", r.text());
+    }
+    for ip in ["198.51.100.7", "2001:db8:1::5", "::ffff:198.51.100.7"] {
+        let r = chat_from(&key, Some(ip), &[]);
+        let v = r.assert_error(403, "IP_NOT_ALLOWED");
+        assert_eq!(v["error"]["message"], "Requests from this IP address are not allowed with this key.");
+        assert!(h().origin_saw(r.header("x-request-id").unwrap()).is_none());
+    }
+    // Spoof attempts: only CF-Connecting-IP counts (Cloudflare sets it).
+    for (name, value) in [
+        ("x-forwarded-for", "203.0.113.9"),
+        ("x-real-ip", "203.0.113.9"),
+        ("true-client-ip", "203.0.113.9"),
+        ("forwarded", "for=203.0.113.9"),
+        ("cf-connecting-ipv6", "2001:db8::1"),
+    ] {
+        let r = chat_from(&key, Some("198.51.100.7"), &[(name, value)]);
+        r.assert_error(403, "IP_NOT_ALLOWED");
+    }
+    // The list is part of the key, as the API shows it.
+    let (reader, _) = h().key(&org, json!({"name": "reader", "scopes": ["control:read"]}));
+    let list = h().send("GET", "/v1/api_keys", &[("authorization", &format!("Bearer {reader}"))], None);
+    let item = list.json()["data"].as_array().unwrap().iter().find(|k| k["id"] == id.as_str()).cloned().unwrap();
+    assert_eq!(item["allowed_ips"], json!(["203.0.113.0/24", "2001:db8::/48"]));
+    // Strict parsing at creation.
+    for (ips, field) in [
+        (json!(["203.0.113.7/24"]), "allowed_ips[0]"),
+        (json!([]), "allowed_ips"),
+        (json!(["::ffff:203.0.113.0/120"]), "allowed_ips[0]"),
+        (json!(["example.com"]), "allowed_ips[0]"),
+    ] {
+        let r = h().admin(
+            "POST",
+            &format!("/admin/orgs/{org}/api_keys"),
+            Some(json!({"name": "x", "scopes": ["ai:chat"], "allowed_ips": ips})),
+        );
+        let v = r.assert_error(422, "VALIDATION_FAILED");
+        assert!(v["error"]["message"].as_str().unwrap().starts_with(&format!("{field}: ")), "{v}");
+    }
+}
+
+#[test]
+fn metadata_is_signed_to_the_origin() {
+    let org = h().org(true);
+    let meta = json!({"plan": "pro", "account": "acct_42", "seats": 7});
+    let (key, id) = h().key(&org, json!({"name": "m", "scopes": ["ai:chat", "control:read"], "meta": meta}));
+    let r = chat_from(&key, None, &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let hd = &r.json()["echo"]["headers"];
+    let encoded = hd["x-keyward-meta"].as_str().expect("X-Keyward-Meta");
+    let decoded: Value = serde_json::from_slice(&b64url(encoded)).unwrap();
+    assert_eq!(decoded, meta);
+    let canonical = format!(
+        "keyward-v1\n{}\nPOST\n/v1/ai/chat\n\n{}\n{org}\n{id}\nsecret\nai:chat control:read\n\n\n{encoded}",
+        hd["x-keyward-timestamp"].as_str().unwrap(),
+        hd["x-request-id"].as_str().unwrap()
+    );
+    let want = format!("v1={}", hmac_sha256_hex(SIGNING_SECRET.as_bytes(), canonical.as_bytes()));
+    assert_eq!(hd["x-keyward-signature"], want.as_str());
+    // A client cannot send its own.
+    let forged = chat_from(&key, None, &[("x-keyward-meta", "eyJwbGFuIjoiZW50ZXJwcmlzZSJ9")]);
+    assert_eq!(forged.json()["echo"]["headers"]["x-keyward-meta"], encoded);
+    // In lists; a minted key carries it and may not choose another.
+    let list = h().send("GET", "/v1/api_keys", &[("authorization", &format!("Bearer {key}"))], None);
+    let item = list.json()["data"].as_array().unwrap().iter().find(|k| k["id"] == id.as_str()).cloned().unwrap();
+    assert_eq!(item["meta"], meta);
+    let r = mint_with(&key, json!({"name": "child", "scopes": ["ai:chat"]}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["data"]["meta"], meta);
+    let r = mint_with(&key, json!({"name": "child", "scopes": ["ai:chat"], "meta": {"plan": "enterprise"}}));
+    r.assert_error(403, "PERMISSION_DENIED");
+    // No metadata: no header, and the signature has no extra line.
+    let (plain, _) = h().key(&org, json!({"name": "p", "scopes": ["ai:chat"]}));
+    assert!(chat_from(&plain, None, &[]).json()["echo"]["headers"].get("x-keyward-meta").is_none());
+    let big = json!({"x": "y".repeat(4100)});
+    let r = h().admin(
+        "POST",
+        &format!("/admin/orgs/{org}/api_keys"),
+        Some(json!({"name": "m", "scopes": ["ai:chat"], "meta": big})),
+    );
+    r.assert_error(422, "VALIDATION_FAILED");
+}
+
+fn b64url(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'-' => 62,
+        _ => 63,
+    } as u32;
+    let mut out = Vec::new();
+    for chunk in s.as_bytes().chunks(4) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &c)| n | val(c) << (18 - 6 * i));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+#[test]
+fn minting_caps_and_cascade_revocation() {
+    let org = h().org(true);
+    let (root, root_id) = h().key(&org, json!({"name": "root", "scopes": ["ai:*", "control:read"]}));
+    // Per parent: 2 live children, then 409.
+    let child = |parent: &str, name: &str| {
+        let r = mint_with(parent, json!({"name": name, "scopes": ["ai:chat", "control:read"]}));
+        assert_eq!(r.status, 201, "{}", r.text());
+        let d = &r.json()["data"];
+        (d["plaintext"].as_str().unwrap().to_owned(), d["id"].as_str().unwrap().to_owned())
+    };
+    let (a, a_id) = child(&root, "a");
+    let (_, b_id) = child(&root, "b");
+    let v = mint_with(&root, json!({"name": "c", "scopes": ["ai:chat"]})).assert_error(409, "KEY_LIMIT_REACHED");
+    assert!(v["error"]["message"].as_str().unwrap().contains("MAX_KEYS_PER_PARENT"), "{v}");
+    let (aa, aa_id) = child(&a, "a.a");
+    assert_eq!(chat_from(&aa, None, &[]).status, 200);
+    // Revoking a child frees its place.
+    assert_eq!(revoke_with(&root, &b_id).status, 200);
+    let (_, c_id) = child(&root, "c");
+    // Revoking the root revokes every descendant at once.
+    let r = revoke_with(&root, &root_id);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["data"]["descendants_revoked"], 4, "a, b (again), c and a.a: {}", r.text());
+    for key in [&root, &a, &aa] {
+        chat_from(key, None, &[]).assert_error(401, "INVALID_API_KEY");
+    }
+    let _ = (a_id, aa_id, c_id);
+    // Per org: MAX_KEYS_PER_ORG=8 live keys.
+    let org2 = h().org(true);
+    for i in 0..8 {
+        h().key(&org2, json!({"name": format!("k{i}"), "scopes": ["ai:chat"]}));
+    }
+    let r =
+        h().admin("POST", &format!("/admin/orgs/{org2}/api_keys"), Some(json!({"name": "k8", "scopes": ["ai:chat"]})));
+    let v = r.assert_error(409, "KEY_LIMIT_REACHED");
+    assert!(v["error"]["message"].as_str().unwrap().contains("MAX_KEYS_PER_ORG"), "{v}");
+}
+
+#[test]
+fn a_key_revokes_only_keys_it_could_have_minted() {
+    let org = h().org(true);
+    let r = h().admin("PUT", &format!("/admin/orgs/{org}/users/boss"), Some(json!({"role": "admin"})));
+    assert_eq!(r.status, 200);
+    let (_, admin_key_id) = h().key(&org, json!({"name": "admin's", "scopes": ["ai:chat"], "user_id": "boss"}));
+    let (production, production_id) = h().key(&org, json!({"name": "production", "scopes": ["ai:chat"]}));
+    // A short-lived, tightly limited key with control:read.
+    let soon = "2099-01-01T00:00:00Z";
+    let (small, _) = h().key(
+        &org,
+        json!({"name": "small", "scopes": ["ai:chat", "control:read"], "expires_at": soon,
+               "rate_limits": [{"name": "minute", "limit": 5, "window_seconds": 60}]}),
+    );
+    for (target, what) in
+        [(&admin_key_id, "a user-bound admin key"), (&production_id, "a long-lived key with looser limits")]
+    {
+        let r = revoke_with(&small, target);
+        let v = r.assert_error(403, "PERMISSION_DENIED");
+        assert!(v["error"]["message"].as_str().unwrap().contains("cannot revoke"), "{what}: {v}");
+    }
+    assert_eq!(chat_from(&production, None, &[]).status, 200, "still alive");
+    // The refusals are audited.
+    let (reader, _) = h().key(&org, json!({"name": "reader", "scopes": ["control:read"]}));
+    let audit = h().send("GET", "/v1/audit?limit=20", &[("authorization", &format!("Bearer {reader}"))], None);
+    let refused =
+        audit.json()["data"].as_array().unwrap().iter().filter(|e| e["action"] == "key.revoke_refused").count();
+    assert_eq!(refused, 2);
+}
