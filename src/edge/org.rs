@@ -248,6 +248,14 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
                 return Err(ApiError::with_message(ErrorCode::KeyLimitReached, message).into());
             }
             if let Some(parent) = &record.parent_id {
+                // The minting key was revoked since the gate let it through
+                // (or is being revoked right now): its child would outlive it.
+                let live = rows(sql, "SELECT revoked_at FROM keys WHERE id = ?", Some(vec![parent.as_str().into()]))?
+                    .first()
+                    .is_some_and(|r| matches!(r.first(), Some(SqlStorageValue::Null) | None));
+                if !live {
+                    return Err(ApiError::new(ErrorCode::InvalidApiKey).into());
+                }
                 let minted = count(sql, LIVE_CHILDREN, now, Some(parent))?;
                 if minted >= settings.max_keys_per_parent {
                     let message = format!(
@@ -338,48 +346,64 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             }
             // The key and every key it minted, and theirs: minted keys do
             // not outlive the key that made them.
-            let mut victims = vec![(key_id.clone(), hash, record.clone())];
-            let mut frontier = vec![key_id.clone()];
-            while let Some(parent) = frontier.pop() {
-                for r in rows(sql, DESCENDANTS, Some(vec![parent.as_str().into()]))? {
-                    let (id, h) = (text(r.first())?, text(r.get(1))?);
-                    let rec: KeyRecord =
-                        crate::from_json(&text(r.get(2))?).map_err(|e| super::unavailable("key decode", e))?;
-                    if !victims.iter().any(|(v, _, _)| *v == id) {
+            let mut victims: Vec<(String, String, KeyRecord)> = Vec::new();
+            let mut times: Vec<i64> = Vec::new();
+            let mut found = vec![(key_id.clone(), hash, record.clone())];
+            // Rounds: a key this revoke has not written yet may mint while
+            // the tombstones are awaited; once the system of record says a
+            // key is revoked it mints no more (CreateKey checks its parent),
+            // so a round that finds no new descendant is the last.
+            for _ in 0..MAX_CASCADE_ROUNDS {
+                let mut frontier: Vec<String> = found.iter().map(|(id, _, _)| id.clone()).collect();
+                frontier.extend(victims.iter().map(|(id, _, _)| id.clone()));
+                while let Some(parent) = frontier.pop() {
+                    for r in rows(sql, DESCENDANTS, Some(vec![parent.as_str().into()]))? {
+                        let (id, h) = (text(r.first())?, text(r.get(1))?);
+                        if victims.iter().chain(&found).any(|(v, _, _)| *v == id) {
+                            continue;
+                        }
+                        let rec: KeyRecord =
+                            crate::from_json(&text(r.get(2))?).map_err(|e| super::unavailable("key decode", e))?;
                         frontier.push(id.clone());
-                        victims.push((id, h, rec));
+                        found.push((id, h, rec));
                     }
                 }
-            }
-            // The tombstones first, each in its key's guard: from its
-            // answer on, every check of that key is refused, whatever KV
-            // still says. A guard keeps the first revocation time, which
-            // the system of record adopts. Should one fail, nothing below
-            // is written and the revoke is answered 503: a retry (the
-            // tombstones are idempotent) finishes it.
-            let mut times = Vec::with_capacity(victims.len());
-            for (id, _, rec) in &victims {
-                let tombstone = GuardRequest::Revoke { revoked_at: rec.revoked_at.unwrap_or(now) };
-                match super::guard::call(&env, id, &tombstone).await {
-                    Ok(GuardReply::RevokeRecorded { revoked_at }) => times.push(revoked_at),
-                    Ok(_) => return Err(super::unavailable("key guard", "unexpected reply to a revoke")),
-                    Err(e) => return Err(super::unavailable("key guard", e)),
+                if found.is_empty() {
+                    break;
                 }
-            }
-            // Then the system of record, in one go (no await in between).
-            for ((id, _, rec), at) in victims.iter_mut().zip(&times) {
-                let first = rec.revoked_at.is_none();
-                rec.revoked_at = Some(*at);
-                if first {
-                    let json_record = serde_json::to_string(&*rec).map_err(|e| super::unavailable("key encode", e))?;
-                    sql.exec(
-                        "UPDATE keys SET record = ?, revoked_at = ? WHERE id = ?",
-                        vec![json_record.as_str().into(), (*at).into(), id.as_str().into()],
-                    )
-                    .map_err(sql_err)?;
-                    let detail = if id == key_id { json!({}) } else { json!({ "cascade_from": key_id }) };
-                    audit("key.revoked", id, detail)?;
+                // The tombstones first, each in its key's guard: from its
+                // answer on, every check of that key is refused, whatever KV
+                // still says. A guard keeps the first revocation time, which
+                // the system of record adopts. Should one fail, nothing of
+                // this round is written and the revoke is answered 503: a
+                // retry (the tombstones are idempotent) finishes it.
+                let mut at = Vec::with_capacity(found.len());
+                for (id, _, rec) in &found {
+                    let tombstone = GuardRequest::Revoke { revoked_at: rec.revoked_at.unwrap_or(now) };
+                    match super::guard::call(&env, id, &tombstone).await {
+                        Ok(GuardReply::RevokeRecorded { revoked_at }) => at.push(revoked_at),
+                        Ok(_) => return Err(super::unavailable("key guard", "unexpected reply to a revoke")),
+                        Err(e) => return Err(super::unavailable("key guard", e)),
+                    }
                 }
+                // Then the system of record, in one go (no await in between).
+                for ((id, _, rec), t) in found.iter_mut().zip(&at) {
+                    let first = rec.revoked_at.is_none();
+                    rec.revoked_at = Some(*t);
+                    if first {
+                        let json_record =
+                            serde_json::to_string(&*rec).map_err(|e| super::unavailable("key encode", e))?;
+                        sql.exec(
+                            "UPDATE keys SET record = ?, revoked_at = ? WHERE id = ?",
+                            vec![json_record.as_str().into(), (*t).into(), id.as_str().into()],
+                        )
+                        .map_err(sql_err)?;
+                        let detail = if id == key_id { json!({}) } else { json!({ "cascade_from": key_id }) };
+                        audit("key.revoked", id, detail)?;
+                    }
+                }
+                victims.append(&mut found);
+                times.extend(at);
             }
             // Written again on a repeated revoke too, so a retry after a
             // failed KV write repairs the read model.
@@ -729,6 +753,10 @@ async fn revoke_sessions(env: &Env, org_id: &str, user_id: &str, now: i64) -> Re
         Err(e) => Err(super::unavailable("sessions guard", e)),
     }
 }
+
+/// Most rounds of a cascade revocation (each finds the keys minted while
+/// the previous one awaited its tombstones; in practice one or two).
+const MAX_CASCADE_ROUNDS: usize = 8;
 
 /// Live keys: not revoked, not expired (`?1` is now).
 const LIVE_KEYS: &str = "SELECT COUNT(*) FROM keys WHERE revoked_at IS NULL
