@@ -691,6 +691,15 @@ fn spec_is_openapi_3_1_and_self_consistent() {
             let forbidden = strs(&op.response(403).unwrap_or_else(|| panic!("{ctx}: no 403"))["x-keyward-error-codes"]);
             assert!(forbidden.contains(&"TURNSTILE_REQUIRED"), "{ctx}: 403 lacks TURNSTILE_REQUIRED");
             assert!(forbidden.contains(&"ORIGIN_NOT_ALLOWED"), "{ctx}: 403 lacks ORIGIN_NOT_ALLOWED");
+            // A key's address allow-list is checked wherever a key is taken.
+            assert!(forbidden.contains(&"IP_NOT_ALLOWED"), "{ctx}: 403 lacks IP_NOT_ALLOWED");
+        }
+        // The control API's writes (`control_write_scope`) are marked, and
+        // can then be refused for the missing write scope.
+        if op.v.get("x-keyward-control-write").is_some() {
+            assert_eq!(op.v["x-keyward-control-write"], true, "{ctx}");
+            let forbidden = strs(&op.response(403).unwrap()["x-keyward-error-codes"]);
+            assert!(forbidden.contains(&"MISSING_SCOPE"), "{ctx}: a control write without MISSING_SCOPE");
         }
 
         for (status, resp) in op.v["responses"].as_object().unwrap() {
@@ -820,6 +829,25 @@ fn origin_request_doc_is_consistent() {
     let documented = strs(&doc["x-keyward-signature"]["canonical_fields"]);
     assert_eq!(documented[0], "keyward-v1");
     assert_eq!(documented[1..], names[..], "canonical fields vs src/signing.rs");
+    // The trailing lines: the headers identity_headers pushes after the
+    // canonical string, each adding `{canonical}\n{value}` only when sent.
+    let tail = &body[body.find("let canonical = match").expect("the trailing lines in identity_headers")..];
+    let tail = &tail[..tail.find("h.push((\"X-Keyward-Signature\"").expect("the signature after the trailing lines")];
+    let pushed: Vec<&str> = tail.split("h.push((\"").skip(1).filter_map(|p| p.split('"').next()).collect();
+    assert!(tail.contains(r#"format!("{canonical}\n{"#), "a trailing line is `canonical` + \\n + the value");
+    assert!(tail.contains("None => canonical"), "no line without the header");
+    let trailing = strs(&doc["x-keyward-signature"]["trailing_fields"]);
+    assert_eq!(trailing, pushed, "trailing canonical fields vs src/signing.rs");
+    for name in &trailing {
+        assert_ne!(headers[*name]["required"], true, "{name}: a trailing field is sent only sometimes");
+        assert!(!documented.contains(name), "{name}: both a canonical and a trailing field");
+    }
+    assert_eq!(trailing, ["X-Keyward-Meta"]);
+    // Metadata: a key's only (optional), never a JWT session's or a public route's.
+    assert!(strs(&auth["key"]["optional"]).contains(&"X-Keyward-Meta"));
+    for m in ["jwt", "none"] {
+        assert!(strs(&auth[m]["absent"]).contains(&"X-Keyward-Meta"), "{m}");
+    }
 }
 
 #[test]
@@ -897,12 +925,13 @@ fn schema_check_catches_undocumented_shapes() {
     let key = json!({"id": UNKNOWN_ULID, "name": "k", "kind": "secret", "prefix": "kw_live_", "last_four": "abcd",
         "scopes": ["ai:chat"], "user_id": null, "expires_at": null, "created_at": "2026-05-02T10:00:00+00:00",
         "revoked_at": null, "rate_limits": [], "allowed_origins": [], "resource_id": null, "visitor_rate_limits": [],
-        "turnstile_required": false, "consistency": "strict", "plaintext": "kw_live_x"});
+        "turnstile_required": false, "consistency": "strict", "allowed_ips": [], "meta": null,
+        "plaintext": "kw_live_x"});
     assert_eq!(check(&schemas["CreatedApiKey"], key.clone()), Vec::<String>::new());
     let mut extra = key.clone();
     extra["hash"] = json!("abc");
     assert!(!check(&schemas["CreatedApiKey"], extra).is_empty(), "an undocumented field");
-    for field in ["visitor_rate_limits", "turnstile_required", "consistency"] {
+    for field in ["visitor_rate_limits", "turnstile_required", "consistency", "allowed_ips", "meta"] {
         let mut missing = key.clone();
         missing.as_object_mut().unwrap().remove(field);
         assert!(!check(&schemas["CreatedApiKey"], missing).is_empty(), "{field} missing");
@@ -911,14 +940,32 @@ fn schema_check_catches_undocumented_shapes() {
         ("turnstile_required", json!("yes")),
         ("visitor_rate_limits", json!([{"name": "ip", "limit": 0, "window_seconds": 60}])),
         ("consistency", json!("eventual")),
+        ("allowed_ips", json!([1])),
+        ("allowed_ips", json!("203.0.113.0/24")),
+        ("meta", json!("plan=pro")),
+        ("meta", json!([1])),
     ] {
         let mut v = key.clone();
         v[field] = bad;
         assert!(!check(&schemas["CreatedApiKey"], v).is_empty(), "{field} of the wrong shape");
     }
+    let mut with_both = key.clone();
+    with_both["allowed_ips"] = json!(["203.0.113.0/24", "2001:db8::1/128"]);
+    with_both["meta"] = json!({"plan": "pro"});
+    assert_eq!(check(&schemas["CreatedApiKey"], with_both), Vec::<String>::new());
     let mut bad_time = key;
     bad_time["created_at"] = json!("yesterday");
     assert!(!check(&schemas["CreatedApiKey"], bad_time).is_empty(), "a malformed date-time");
+    let revoked = json!({"id": UNKNOWN_ULID, "revoked_at": "2026-05-02T10:00:00+00:00", "descendants_revoked": 2});
+    assert_eq!(check(&schemas["RevokedKey"], revoked.clone()), Vec::<String>::new());
+    let mut no_count = revoked.clone();
+    no_count.as_object_mut().unwrap().remove("descendants_revoked");
+    assert!(!check(&schemas["RevokedKey"], no_count).is_empty(), "descendants_revoked missing");
+    for bad in [json!(-1), json!("2"), json!(1.5), Value::Null] {
+        let mut v = revoked.clone();
+        v["descendants_revoked"] = bad;
+        assert!(!check(&schemas["RevokedKey"], v).is_empty(), "descendants_revoked of the wrong shape");
+    }
 }
 
 /// The string literals of the first `[...]` after `start` in `src`.
@@ -949,6 +996,56 @@ fn key_fields_are_the_code_s() {
     let documented: BTreeSet<&str> = api_key["properties"].as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(documented, view, "ApiKey vs key_view");
     assert_eq!(strs(&api_key["required"]).into_iter().collect::<BTreeSet<_>>(), view, "ApiKey.required vs key_view");
+    // The revoke answer: `let data = json!({ ... })` of the RevokeKey arm.
+    let arm = &ORG_SRC[ORG_SRC.find("OrgCommand::RevokeKey {").expect("the RevokeKey arm in src/edge/org.rs")..];
+    let answer = &arm[arm.find("let data = json!({").expect("the revoke answer") + 18..];
+    let answer = &answer[..answer.find("})").unwrap()];
+    let answered: BTreeSet<&str> = answer.split('"').skip(1).step_by(2).collect();
+    let revoked = resolve(&schemas["RevokedKey"]);
+    let documented: BTreeSet<&str> = revoked["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(documented, answered, "RevokedKey vs the revoke answer");
+    assert_eq!(strs(&revoked["required"]).into_iter().collect::<BTreeSet<_>>(), answered, "RevokedKey.required");
+    assert!(answered.contains("descendants_revoked"));
+}
+
+/// The operations marked `x-keyward-control-write` are the routes
+/// `src/edge/control.rs` checks `control_write_scope` on
+/// (`matches!(route, Route::CreateKey | ...)` before `check_write_scope`).
+#[test]
+fn control_writes_are_the_code_s() {
+    let at = CONTROL_SRC.find("rules::check_write_scope(").expect("check_write_scope in src/edge/control.rs");
+    let before = &CONTROL_SRC[..at];
+    let cond = &before[before.rfind("matches!(route,").expect("the routes it applies to") + 15..];
+    let cond = &cond[..cond.find(") {").unwrap()];
+    let variants: BTreeSet<&str> =
+        cond.split('|').map(|v| v.trim().trim_start_matches("Route::").split('(').next().unwrap().trim()).collect();
+    assert_eq!(variants.len(), 3, "{variants:?}");
+    // `("POST", "/v1/api_keys") => Some(Route::CreateKey)` and the like.
+    let mut written = BTreeSet::new();
+    for line in CONTROL_SRC.lines().map(str::trim).filter(|l| l.starts_with("(\"") && l.contains(") =>")) {
+        let (inner, target) = line.strip_prefix('(').unwrap().split_once(") =>").unwrap();
+        let (m, p) = inner.split_once(',').unwrap();
+        let next = &CONTROL_SRC[CONTROL_SRC.find(line).unwrap() + line.len()..];
+        let target =
+            if target.trim() == "{" { next.lines().find(|l| !l.trim().is_empty()).unwrap_or_default() } else { target };
+        let Some(v) = target.split("Route::").nth(1).and_then(|v| v.split(|c: char| !c.is_alphanumeric()).next())
+        else {
+            continue;
+        };
+        if variants.contains(v) {
+            written.insert((m.trim().trim_matches('"').to_owned(), p.trim().trim_matches('"').to_owned()));
+        }
+    }
+    assert_eq!(written.len(), variants.len(), "every write route found: {variants:?} {written:?}");
+    let marked: BTreeSet<(String, String)> = ops()
+        .into_iter()
+        .filter(|o| o.v.get("x-keyward-control-write").is_some())
+        .map(|o| (o.method.clone(), o.path.clone()))
+        .collect();
+    assert_eq!(marked, written, "x-keyward-control-write vs src/edge/control.rs");
+    // The shipped policy names no write scope; a policy that does names one
+    // of its catalogue, required on exactly those operations.
+    assert!(policy().get("control_write_scope").is_none(), "document the shipped control_write_scope");
 }
 
 /// `{name}` → `{}`, so templates compare regardless of parameter names.
@@ -1238,6 +1335,7 @@ fn every_operation_answers_as_documented() {
             // with the documented identity.
             assert_eq!(body["echo"]["method"], op.method.as_str(), "{} {}", op.method, op.path);
             origin_request_is_documented(&op, &body["echo"], r.header("x-request-id").unwrap(), "key");
+            assert!(body["echo"]["headers"].get("x-keyward-meta").is_none(), "{}: a key without meta", op.id());
         }
     }
 }
@@ -1308,7 +1406,14 @@ fn origin_request_is_documented(op: &Op, echo: &Value, request_id: &str, auth: &
             name => header(name),
         })
         .collect();
-    let want = format!("v1={}", hmac_sha256_hex(SIGNING_SECRET.as_bytes(), fields.join("\n").as_bytes()));
+    // Each trailing field sent is one more line; one not sent, no line.
+    let trailing: Vec<&str> = strs(&doc["x-keyward-signature"]["trailing_fields"])
+        .into_iter()
+        .filter(|n| got.contains_key(&n.to_ascii_lowercase()))
+        .map(header)
+        .collect();
+    let canonical = fields.into_iter().chain(trailing).collect::<Vec<_>>().join("\n");
+    let want = format!("v1={}", hmac_sha256_hex(SIGNING_SECRET.as_bytes(), canonical.as_bytes()));
     assert_eq!(header("X-Keyward-Signature"), want, "{ctx}: the signature over the documented fields");
 }
 
@@ -2162,4 +2267,426 @@ fn session_revocation_is_documented() {
         entries.iter().filter(|e| e["action"] == "user.sessions_revoke_refused" && e["target"] == "u_nobody").collect();
     let actors: BTreeSet<&str> = refused.iter().filter_map(|e| e["actor"].as_str()).collect();
     assert!(actors.contains("admin:default") && actors.iter().any(|a| a.starts_with("key:")), "{refused:?}");
+}
+
+// ---------------------------------------------------------------- key lifecycle
+
+/// A secret key with `allowed_ips`: from an address outside them, every
+/// operation that takes a key (a plain `OPTIONS` included) answers the
+/// documented `403 IP_NOT_ALLOWED` before the BAA and the key's guard, and
+/// nothing reaches the origin; from inside them (IPv4, IPv6, IPv4-mapped),
+/// the documented success, and the origin gets the client's address.
+#[test]
+fn ip_allow_lists_are_documented() {
+    let (org, _, _) = setup();
+    let port = h().port;
+    let ips = json!(["203.0.113.0/24", "2001:db8::/48"]);
+    let (key, key_id) = h().key(&org, json!({"name": "fenced", "scopes": ["*"], "allowed_ips": ips}));
+    let no_baa = h().org(false);
+    let (no_baa_key, _) = h().key(&no_baa, json!({"name": "fenced", "scopes": ["*"], "allowed_ips": ips}));
+    let message = "Requests from this IP address are not allowed with this key.";
+    let keyed: Vec<Op> = ops().into_iter().filter(|o| !o.is_admin() && !o.is_public()).collect();
+    for (i, op) in keyed.iter().enumerate() {
+        let path = fill(op, &params(&org));
+        for outside in ["198.51.100.7", "2001:db8:1::5", "::ffff:198.51.100.7", "203.0.114.1"] {
+            for (k, case) in [(&key, "outside allowed_ips"), (&no_baa_key, "outside allowed_ips, no BAA")] {
+                let (n, v) = cred(k, i);
+                let r = plain(port, op, &path, &[(n, &v), ("cf-connecting-ip", outside)]);
+                assert_eq!(r.status, 403, "{} {path} ({case}, {outside}): {}", op.method, r.text());
+                let body = conforms(op, &r, case);
+                assert_eq!(
+                    (body["error"]["code"].as_str(), body["error"]["message"].as_str()),
+                    (Some("IP_NOT_ALLOWED"), Some(message)),
+                    "{} {path} ({case}, {outside})",
+                    op.method
+                );
+                assert!(r.header("access-control-allow-origin").is_none(), "{} {path}", op.method);
+                assert!(r.header("ratelimit-limit").is_none(), "{} {path}: decided before the guard", op.method);
+                assert!(h().origin_saw(r.header("x-request-id").unwrap()).is_none(), "{} {path}", op.method);
+            }
+        }
+        // Only CF-Connecting-IP counts: a client's own address claims do not.
+        let (n, v) = cred(&key, i);
+        let spoofed = [
+            (n, v.as_str()),
+            ("cf-connecting-ip", "198.51.100.7"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-real-ip", "203.0.113.9"),
+            ("true-client-ip", "203.0.113.9"),
+            ("forwarded", "for=203.0.113.9"),
+        ];
+        let r = plain(port, op, &path, &spoofed);
+        assert_eq!(conforms(op, &r, "spoofed address headers")["error"]["code"], "IP_NOT_ALLOWED");
+        if op.is_preflight() {
+            continue;
+        }
+        // From inside: the documented success (a revoke's target is one the
+        // fenced key could have minted: within its addresses).
+        let mut ps = params(&org);
+        if op.method == "DELETE" && !op.is_proxied() {
+            let (_, victim) =
+                h().key(&org, json!({"name": "victim", "scopes": ["ai:chat"], "allowed_ips": ["203.0.113.128/25"]}));
+            ps.retain(|(k, _)| *k != "key_id");
+            ps.push(("key_id", victim));
+        }
+        let inside = ["203.0.113.9", "2001:db8:0:7::1", "::ffff:203.0.113.77"][i % 3];
+        let r = plain(port, op, &fill(op, &ps), &[(n, &v), ("cf-connecting-ip", inside)]);
+        assert_eq!(r.status, op.success_status().unwrap(), "{} {path} (from {inside}): {}", op.method, r.text());
+        let body = conforms(op, &r, "inside allowed_ips");
+        if op.is_proxied() {
+            let echo = &body["echo"];
+            origin_request_is_documented(op, echo, r.header("x-request-id").unwrap(), "key");
+            let canonical: std::net::IpAddr = inside.parse().unwrap();
+            assert_eq!(echo["headers"]["x-forwarded-for"], canonical.to_string(), "{} {path}", op.method);
+        }
+        if op.id() == "createApiKey" {
+            assert_eq!(body["data"]["allowed_ips"], ips, "a minted key takes the caller's addresses");
+        }
+        // Inside, but an org without a BAA: the address comes first, then 402.
+        let (bn, bv) = cred(&no_baa_key, i);
+        let r = plain(port, op, &path, &[(bn, &bv), ("cf-connecting-ip", inside)]);
+        assert_eq!(r.status, 402, "{} {path}: {}", op.method, r.text());
+        conforms(op, &r, "inside allowed_ips, no BAA");
+    }
+    // As the key list shows it; a list allowing every address admits a
+    // request without a readable address, another list does not.
+    let list = find_op("listApiKeys");
+    let (reader, _) = h().key(&org, json!({"name": "reader", "scopes": ["control:read"]}));
+    let r = send_to(port, "GET", "/v1/api_keys?limit=100", &[("x-api-key", &reader)], None);
+    let data = conforms(&list, &r, "keys with allowed_ips")["data"].as_array().unwrap().clone();
+    let item = data.iter().find(|k| k["id"] == key_id.as_str()).expect("the fenced key");
+    assert_eq!(item["allowed_ips"], ips);
+    let plain_item = data.iter().find(|k| k["name"] == "reader").expect("the reader");
+    assert_eq!(plain_item["allowed_ips"], json!([]), "none: []");
+    let chat = find_op("postAiChat");
+    let (everyone, _) = h().key(&org, json!({"name": "all", "scopes": ["ai:chat"], "allowed_ips": ["0.0.0.0/0"]}));
+    for (k, status) in [(&everyone, 200), (&key, 403)] {
+        let r = plain(port, &chat, "/v1/ai/chat", &[("x-api-key", k), ("cf-connecting-ip", "not-an-address")]);
+        assert_eq!(r.status, status, "no readable address: {}", r.text());
+        conforms(&chat, &r, "no readable address");
+    }
+}
+
+fn find_op(id: &str) -> Op {
+    ops().into_iter().find(|o| o.id() == id).unwrap_or_else(|| panic!("no operation {id}"))
+}
+
+/// Decodes base64url without padding.
+fn b64url_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'-' => 62,
+        b'_' => 63,
+        other => panic!("{other:?} is not base64url"),
+    } as u32;
+    let mut out = Vec::new();
+    for chunk in s.as_bytes().chunks(4) {
+        assert!(chunk.len() > 1, "a dangling base64url character");
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &c)| n | val(c) << (18 - 6 * i));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+/// `meta` and `allowed_ips` as the admin and control APIs take and answer
+/// them; a key's `meta` reaches the origin as documented: `X-Keyward-Meta`,
+/// base64url of its compact JSON, signed as one more canonical line.
+#[test]
+fn key_metadata_and_addresses_are_documented() {
+    let (org, _, _) = setup();
+    let port = h().port;
+    let meta = json!({"plan": "pro", "account": "acct_42", "seats": 7, "tags": ["a", "é"]});
+    let (key, key_id) = h().key(&org, json!({"name": "m", "scopes": ["*"], "meta": meta}));
+    let compact = meta.to_string();
+    for (i, op) in ops().into_iter().filter(|o| o.is_proxied() && !o.is_public()).enumerate() {
+        let path = fill(&op, &params(&org));
+        let (n, v) = cred(&key, i);
+        // A client's own X-Keyward-Meta is never forwarded.
+        let r = plain(port, &op, &path, &[(n, &v), ("x-keyward-meta", "eyJwbGFuIjoiZW50ZXJwcmlzZSJ9")]);
+        assert_eq!(r.status, 200, "{} {path}: {}", op.method, r.text());
+        let body = conforms(&op, &r, "a key with meta");
+        let echo = &body["echo"];
+        origin_request_is_documented(&op, echo, r.header("x-request-id").unwrap(), "key");
+        let hd = &echo["headers"];
+        let encoded = hd["x-keyward-meta"].as_str().unwrap_or_else(|| panic!("{}: no X-Keyward-Meta", op.id()));
+        assert!(!encoded.contains('='), "no padding: {encoded}");
+        assert_eq!(String::from_utf8(b64url_decode(encoded)).unwrap(), compact, "the compact JSON");
+        // The canonical string, spelled out: the documented lines, then the meta.
+        let canonical = format!(
+            "keyward-v1\n{}\n{}\n{}\n{}\n{}\n{org}\n{key_id}\nsecret\n{}\n\n\n{encoded}",
+            hd["x-keyward-timestamp"].as_str().unwrap(),
+            op.method,
+            echo["path"].as_str().unwrap(),
+            echo["query"].as_str().unwrap(),
+            r.header("x-request-id").unwrap(),
+            hd["x-keyward-scopes"].as_str().unwrap(),
+        );
+        let want = format!("v1={}", hmac_sha256_hex(SIGNING_SECRET.as_bytes(), canonical.as_bytes()));
+        assert_eq!(hd["x-keyward-signature"], want.as_str(), "{}", op.id());
+    }
+    // In the list, and inherited by a minted key; no other meta.
+    let list = find_op("listApiKeys");
+    let r = send_to(port, "GET", "/v1/api_keys?limit=100", &[("x-api-key", &key)], None);
+    let data = conforms(&list, &r, "a key with meta")["data"].as_array().unwrap().clone();
+    assert_eq!(data.iter().find(|k| k["id"] == key_id.as_str()).unwrap()["meta"], meta);
+    let spec_key = data.iter().find(|k| k["name"] == "spec").unwrap();
+    assert_eq!((&spec_key["meta"], &spec_key["allowed_ips"]), (&Value::Null, &json!([])), "none: null and []");
+    let create = find_op("createApiKey");
+    let mint = |caller: &str, body: Value| {
+        send_to(
+            port,
+            "POST",
+            "/v1/api_keys",
+            &[("authorization", &format!("Bearer {caller}"))],
+            Some(&body.to_string()),
+        )
+    };
+    let r = mint(&key, json!({"name": "child", "scopes": ["ai:chat"]}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let child = conforms(&create, &r, "inherits meta")["data"].clone();
+    assert_eq!(child["meta"], meta);
+    let r = mint(&key, json!({"name": "child", "scopes": ["ai:chat"], "meta": meta}));
+    assert_eq!(r.status, 201, "the same meta: {}", r.text());
+    let (plain_key, _) = h().key(&org, json!({"name": "p", "scopes": ["*"]}));
+    let own = "A key cannot create a key with other metadata than its own.";
+    for (caller, body, case) in [
+        (&key, json!({"name": "c", "scopes": ["ai:chat"], "meta": {"plan": "enterprise"}}), "other meta"),
+        (&plain_key, json!({"name": "c", "scopes": ["ai:chat"], "meta": {"plan": "pro"}}), "meta from none"),
+    ] {
+        let r = mint(caller, body);
+        assert_eq!(r.status, 403, "{case}: {}", r.text());
+        let v = conforms(&create, &r, case);
+        assert_eq!(
+            (v["error"]["code"].as_str(), v["error"]["message"].as_str()),
+            (Some("PERMISSION_DENIED"), Some(own))
+        );
+    }
+    // A caller with addresses mints within them only.
+    let (fenced, _) = h().key(&org, json!({"name": "f", "scopes": ["*"], "allowed_ips": ["203.0.113.0/24"]}));
+    let from = |k: &str, body: Value| {
+        let auth = format!("Bearer {k}");
+        let headers = [("authorization", auth.as_str()), ("cf-connecting-ip", "203.0.113.5")];
+        send_to(port, "POST", "/v1/api_keys", &headers, Some(&body.to_string()))
+    };
+    let r = from(&fenced, json!({"name": "n", "scopes": ["ai:chat"], "allowed_ips": ["203.0.113.128/25"]}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(conforms(&create, &r, "narrower addresses")["data"]["allowed_ips"], json!(["203.0.113.128/25"]));
+    let r = from(&fenced, json!({"name": "w", "scopes": ["ai:chat"], "allowed_ips": ["203.0.112.0/23"]}));
+    assert_eq!(r.status, 403, "{}", r.text());
+    let v = conforms(&create, &r, "wider addresses");
+    assert_eq!(
+        (v["error"]["code"].as_str(), v["error"]["message"].as_str()),
+        (
+            Some("PERMISSION_DENIED"),
+            Some("A key cannot create a key usable from an address it may not use: 203.0.112.0/23")
+        )
+    );
+    // What both APIs accept, answer and refuse.
+    let admin = admin_auth();
+    let admin_path = format!("/admin/orgs/{org}/api_keys");
+    let key_auth = format!("Bearer {plain_key}");
+    for (id, path, auth) in [
+        ("adminCreateApiKey", admin_path.as_str(), admin.as_str()),
+        ("createApiKey", "/v1/api_keys", key_auth.as_str()),
+    ] {
+        let op = find_op(id);
+        let post = |body: Value| send_to(port, "POST", path, &[("authorization", auth)], Some(&body.to_string()));
+        let given = json!(["198.51.100.7", "2001:DB8::1", "203.0.113.0/24", "198.51.100.7/32", "::/0"]);
+        let r = post(json!({"name": "ips", "scopes": ["ai:chat"], "allowed_ips": given}));
+        assert_eq!(r.status, 201, "{id}: {}", r.text());
+        let data = conforms(&op, &r, "allowed_ips")["data"].clone();
+        assert_eq!(
+            data["allowed_ips"],
+            json!(["198.51.100.7/32", "2001:db8::1/128", "203.0.113.0/24", "::/0"]),
+            "{id}"
+        );
+        assert_eq!(data["meta"], Value::Null, "{id}");
+        if id == "adminCreateApiKey" {
+            let r = post(json!({"name": "meta", "scopes": ["ai:chat"], "meta": {"b": 1, "a": {"c": [null, true]}}}));
+            assert_eq!(r.status, 201, "{id}: {}", r.text());
+            assert_eq!(conforms(&op, &r, "meta")["data"]["meta"], json!({"b": 1, "a": {"c": [null, true]}}));
+            let r = post(json!({"name": "max", "scopes": ["ai:chat"], "meta": {"x": "y".repeat(4088)}}));
+            assert_eq!(r.status, 201, "4096 bytes exactly: {}", r.text());
+        }
+        let many: Vec<String> = (0..101).map(|i| format!("10.0.{i}.0/24")).collect();
+        let widget = json!({"name": "w", "kind": "widget", "scopes": ["ai:chat"], "allowed_origins": [SHOP],
+                            "allowed_ips": ["203.0.113.0/24"]});
+        for (body, field, case) in [
+            (json!({"allowed_ips": []}), "allowed_ips: ", "empty"),
+            (json!({"allowed_ips": "203.0.113.0/24"}), "allowed_ips: ", "not an array"),
+            (json!({"allowed_ips": many}), "allowed_ips: ", "101 entries"),
+            (json!({"allowed_ips": ["203.0.113.7/24"]}), "allowed_ips[0]: ", "bits past the prefix"),
+            (json!({"allowed_ips": ["10.0.0.0/8", "10.0.0.0/08"]}), "allowed_ips[1]: ", "a leading zero"),
+            (json!({"allowed_ips": ["::ffff:203.0.113.0/120"]}), "allowed_ips[0]: ", "IPv4-mapped"),
+            (json!({"allowed_ips": ["example.com"]}), "allowed_ips[0]: ", "a host name"),
+            (json!({"allowed_ips": [7]}), "allowed_ips[0]: ", "not a string"),
+            (json!({"meta": "plan=pro"}), "meta: ", "meta not an object"),
+            (json!({"meta": [1]}), "meta: ", "meta an array"),
+            (json!({"meta": {"x": "y".repeat(4089)}}), "meta: ", "meta over 4096 bytes"),
+            (widget, "allowed_ips: ", "allowed_ips on a widget key"),
+        ] {
+            let mut b = json!({"name": "x", "scopes": ["ai:chat"]});
+            b.as_object_mut().unwrap().extend(body.as_object().unwrap().clone());
+            let r = post(b);
+            assert_eq!(r.status, 422, "{id} ({case}): {}", r.text());
+            let v = conforms(&op, &r, case);
+            assert!(v["error"]["message"].as_str().unwrap().starts_with(field), "{id} ({case}): {v}");
+        }
+    }
+}
+
+/// Revoking a key revokes the keys it minted, transitively: the documented
+/// `descendants_revoked`, `detail.cascade_from` in the audit log, and the
+/// documented refusals of a key revoking what it could not have minted.
+#[test]
+fn cascade_revocation_is_documented() {
+    let org = h().org(true);
+    let port = h().port;
+    let (root, root_id) = h().key(&org, json!({"name": "root", "scopes": ["ai:*", "control:read"]}));
+    let create = find_op("createApiKey");
+    let revoke = find_op("revokeApiKey");
+    let admin_revoke = find_op("adminRevokeApiKey");
+    let chat = find_op("postAiChat");
+    let mint = |parent: &str, name: &str| {
+        let body = json!({"name": name, "scopes": ["ai:chat", "control:read"]}).to_string();
+        let r = send_to(port, "POST", "/v1/api_keys", &[("authorization", &format!("Bearer {parent}"))], Some(&body));
+        assert_eq!(r.status, 201, "{}", r.text());
+        let d = conforms(&create, &r, "a child")["data"].clone();
+        (d["plaintext"].as_str().unwrap().to_owned(), d["id"].as_str().unwrap().to_owned())
+    };
+    let (a, a_id) = mint(&root, "a");
+    let (aa, aa_id) = mint(&a, "a.a");
+    let (b, b_id) = mint(&root, "b");
+    let (leaf, leaf_id) = mint(&b, "b.a");
+    // A key that minted none: 0.
+    let r = send_to(port, "DELETE", &format!("/v1/api_keys/{leaf_id}"), &[("x-api-key", &b)], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(conforms(&revoke, &r, "a leaf")["data"]["descendants_revoked"], 0);
+    // The control API: a and a.a.
+    let r = send_to(port, "DELETE", &format!("/v1/api_keys/{a_id}"), &[("x-api-key", &root)], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let data = conforms(&revoke, &r, "a key with a child")["data"].clone();
+    assert_eq!((&data["id"], &data["descendants_revoked"]), (&json!(a_id), &json!(1)), "{data}");
+    for k in [&a, &aa, &leaf] {
+        let r = plain(port, &chat, "/v1/ai/chat", &[("x-api-key", k)]);
+        assert_eq!(conforms(&chat, &r, "revoked with its parent")["error"]["code"], "INVALID_API_KEY");
+    }
+    assert_eq!(plain(port, &chat, "/v1/ai/chat", &[("x-api-key", &b)]).status, 200, "b is not a's");
+    // The admin API: every descendant, those revoked before included; the
+    // same answer again.
+    let path = format!("/admin/orgs/{org}/api_keys/{root_id}");
+    let admin = admin_auth();
+    let r = send_to(port, "DELETE", &path, &[("authorization", &admin)], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let first = conforms(&admin_revoke, &r, "the root")["data"].clone();
+    assert_eq!(first["descendants_revoked"], 4, "a, a.a, b, b.a: {first}");
+    let r = send_to(port, "DELETE", &path, &[("authorization", &admin)], None);
+    assert_eq!(conforms(&admin_revoke, &r, "the root again")["data"], first, "a repeated revoke");
+    for k in [&root, &b] {
+        let r = plain(port, &chat, "/v1/ai/chat", &[("x-api-key", k)]);
+        assert_eq!(conforms(&chat, &r, "revoked with the root")["error"]["code"], "INVALID_API_KEY");
+    }
+    // The audit log: the key asked for `{}`, each descendant `cascade_from`
+    // the key whose revoke took it (once: the first revocation).
+    let (reader, _) = h().key(&org, json!({"name": "reader", "scopes": ["control:read"]}));
+    let audit = find_op("listAudit");
+    let r = send_to(port, "GET", "/v1/audit?limit=100", &[("x-api-key", &reader)], None);
+    let entries = conforms(&audit, &r, "audit after a cascade")["data"].as_array().unwrap().clone();
+    for (target, detail) in [
+        (&leaf_id, json!({})),
+        (&a_id, json!({})),
+        (&aa_id, json!({"cascade_from": a_id})),
+        (&root_id, json!({})),
+        (&b_id, json!({"cascade_from": root_id})),
+    ] {
+        let revoked: Vec<&Value> =
+            entries.iter().filter(|e| e["action"] == "key.revoked" && e["target"] == target.as_str()).collect();
+        assert_eq!(revoked.len(), 1, "{target}: {revoked:?}");
+        assert_eq!(revoked[0]["detail"], detail, "{target}");
+    }
+    // Who may revoke what: only a key it could have minted.
+    let soon = "2099-01-01T00:00:00Z";
+    let (short, _) = h().key(&org, json!({"name": "short", "scopes": ["ai:chat", "control:read"], "expires_at": soon}));
+    let (fenced, _) = h()
+        .key(&org, json!({"name": "fenced", "scopes": ["ai:chat", "control:read"], "allowed_ips": ["203.0.113.0/24"]}));
+    let tight = json!([{"name": "minute", "limit": 5, "window_seconds": 60}]);
+    let (tight_key, _) =
+        h().key(&org, json!({"name": "tight", "scopes": ["ai:chat", "control:read"], "rate_limits": tight}));
+    let (_, forever) = h().key(&org, json!({"name": "forever", "scopes": ["ai:chat"]}));
+    for (caller, ip, want) in [
+        (&short, None, "This API key cannot revoke a key that expires after it does."),
+        (&fenced, Some("203.0.113.1"), "This API key cannot revoke a key usable from addresses it may not use."),
+        (&tight_key, None, "This API key cannot revoke a key it could not have created: "),
+    ] {
+        let mut headers = vec![("x-api-key", caller.as_str())];
+        headers.extend(ip.map(|i| ("cf-connecting-ip", i)));
+        let r = send_to(port, "DELETE", &format!("/v1/api_keys/{forever}"), &headers, None);
+        assert_eq!(r.status, 403, "{want}: {}", r.text());
+        let v = conforms(&revoke, &r, want);
+        let m = v["error"]["message"].as_str().unwrap();
+        assert_eq!(v["error"]["code"], "PERMISSION_DENIED");
+        assert!(if want.ends_with(": ") { m.starts_with(want) && m.len() > want.len() } else { m == want }, "{m}");
+    }
+}
+
+/// A worker of its own with small caps (`MAX_KEYS_PER_ORG=4`,
+/// `MAX_KEYS_PER_PARENT=1`), so that `409 KEY_LIMIT_REACHED` is reached in
+/// a few keys without limiting the other tests.
+fn capped() -> &'static Harness {
+    static C: OnceLock<Harness> = OnceLock::new();
+    C.get_or_init(|| {
+        Harness::start(Options {
+            origin_url: None,
+            vars: vec![("MAX_KEYS_PER_ORG", "4".into()), ("MAX_KEYS_PER_PARENT", "1".into())],
+        })
+    })
+}
+
+/// `409 KEY_LIMIT_REACHED`: per minting key (control API) and per org
+/// (admin and control API), as documented; revoking frees a place; the
+/// refusals are audited.
+#[test]
+fn key_limits_are_documented() {
+    let c = capped();
+    let org = c.org(true);
+    let create = find_op("createApiKey");
+    let admin_create = find_op("adminCreateApiKey");
+    let (root, _) = c.key(&org, json!({"name": "root", "scopes": ["ai:chat", "control:read"]}));
+    let mint = |caller: &str, name: &str| {
+        let body = json!({"name": name, "scopes": ["ai:chat"]}).to_string();
+        send_to(c.port, "POST", "/v1/api_keys", &[("authorization", &format!("Bearer {caller}"))], Some(&body))
+    };
+    let limited = |op: &Op, r: &Resp, var: &str, case: &str| {
+        assert_eq!(r.status, 409, "{case}: {}", r.text());
+        let v = conforms(op, r, case);
+        assert_eq!(v["error"]["code"], "KEY_LIMIT_REACHED", "{case}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(var), "{case}: {v}");
+    };
+    let r = mint(&root, "child");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let child_id = conforms(&create, &r, "the first child")["data"]["id"].as_str().unwrap().to_owned();
+    limited(&create, &mint(&root, "second"), "MAX_KEYS_PER_PARENT", "a second live child");
+    // Revoking the child frees its place.
+    let r = send_to(c.port, "DELETE", &format!("/v1/api_keys/{child_id}"), &[("x-api-key", &root)], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = mint(&root, "again");
+    assert_eq!(r.status, 201, "{}", r.text());
+    conforms(&create, &r, "a place freed");
+    // The org: root, its child, two more: four live keys.
+    let (other, _) = c.key(&org, json!({"name": "other", "scopes": ["ai:chat", "control:read"]}));
+    c.key(&org, json!({"name": "fourth", "scopes": ["ai:chat"]}));
+    let r =
+        c.admin("POST", &format!("/admin/orgs/{org}/api_keys"), Some(json!({"name": "fifth", "scopes": ["ai:chat"]})));
+    limited(&admin_create, &r, "MAX_KEYS_PER_ORG", "a fifth key (admin API)");
+    limited(&create, &mint(&other, "fifth"), "MAX_KEYS_PER_ORG", "a fifth key (control API)");
+    // Audited as refused mints.
+    let r = send_to(c.port, "GET", "/v1/audit?limit=100", &[("x-api-key", &other)], None);
+    let entries = conforms(&find_op("listAudit"), &r, "audit after the caps")["data"].as_array().unwrap().clone();
+    let refused = entries
+        .iter()
+        .filter(|e| e["action"] == "key.create_refused" && e["detail"]["code"] == "KEY_LIMIT_REACHED")
+        .count();
+    assert_eq!(refused, 3, "{entries:?}");
 }
