@@ -229,12 +229,13 @@ pub const MAX_AUDIT_FIELD: usize = 200;
 /// [`MAX_AUDIT_FIELD`], the detail `{"status", "code", "message"}` as
 /// JSON text.
 pub fn refused_entry(target: &str, error: &ApiError) -> (String, String) {
-    let detail = serde_json::json!({
-        "status": error.code.status(),
-        "code": error.code.as_str(),
-        "message": truncate(error.message(), MAX_AUDIT_FIELD),
-    });
-    (truncate(target, MAX_AUDIT_FIELD), detail.to_string())
+    use crate::json::{obj, text};
+    let detail = obj(&[
+        ("code", text(error.code.as_str())),
+        ("message", text(&truncate(error.message(), MAX_AUDIT_FIELD))),
+        ("status", text(&error.code.status())),
+    ]);
+    (truncate(target, MAX_AUDIT_FIELD), detail)
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary.

@@ -175,17 +175,15 @@ impl ApiError {
 
     /// The JSON envelope body for this error.
     pub fn envelope(&self, request_id: &str) -> String {
-        serde_json::json!({
-            "success": false,
-            "error": {
-                "code": self.code.as_str(),
-                "type": self.code.kind(),
-                "message": self.message(),
-                "retryable": self.code.retryable(),
-                "request_id": request_id,
-            }
-        })
-        .to_string()
+        use crate::json::{obj, text};
+        let error = obj(&[
+            ("code", text(self.code.as_str())),
+            ("message", text(self.message())),
+            ("request_id", text(request_id)),
+            ("retryable", text(&self.code.retryable())),
+            ("type", text(self.code.kind())),
+        ]);
+        obj(&[("error", error), ("success", "false".into())])
     }
 }
 
@@ -201,13 +199,13 @@ impl std::fmt::Display for ApiError {
     }
 }
 
-/// The success envelope `{"success":true,"data":…}` (plus `meta` when given).
-pub fn success(data: serde_json::Value, meta: Option<serde_json::Value>) -> String {
-    let mut v = serde_json::json!({ "success": true, "data": data });
-    if let Some(meta) = meta {
-        v["meta"] = meta;
+/// The success envelope around JSON text, as serde_json's `Value` writes it
+/// (keys sorted: `{"data":…,"meta":…,"success":true}`, `meta` when given).
+pub fn success(data: &str, meta: Option<&str>) -> String {
+    match meta {
+        Some(m) => format!("{{\"data\":{data},\"meta\":{m},\"success\":true}}"),
+        None => format!("{{\"data\":{data},\"success\":true}}"),
     }
-    v.to_string()
 }
 
 /// The success envelope around data already serialized to JSON text
@@ -225,7 +223,7 @@ mod tests {
     fn raw_success_is_the_same_envelope() {
         let data = serde_json::json!({"a": [1, 2], "b": null});
         let raw: serde_json::Value = serde_json::from_str(&success_raw(&data.to_string())).unwrap();
-        let built: serde_json::Value = serde_json::from_str(&success(data, None)).unwrap();
+        let built: serde_json::Value = serde_json::from_str(&success(&data.to_string(), None)).unwrap();
         assert_eq!(raw, built);
     }
 

@@ -432,8 +432,59 @@ impl<'de> de::VariantAccess<'de> for Payload {
     }
 }
 
+// JSON text written directly (no `serde_json::Value` to build first).
+
+/// `{}`.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))] // used by the worker (src/edge)
+pub(crate) const EMPTY: &str = "{}";
+
+/// A value's JSON text (nothing here fails to serialize: no map has
+/// non-string keys).
+pub(crate) fn text<T: serde::Serialize + ?Sized>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// A JSON object of members written as JSON text, given in the order
+/// serde_json's `Value` writes them (sorted keys), so bodies are as before.
+pub(crate) fn obj(members: &[(&str, String)]) -> String {
+    debug_assert!(members.windows(2).all(|w| w[0].0 < w[1].0), "unsorted keys");
+    let mut out = String::from("{");
+    for (i, (k, v)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(k);
+        out.push_str("\":");
+        out.push_str(v);
+    }
+    out.push('}');
+    out
+}
+
+/// A JSON array of items written as JSON text.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))] // used by the worker (src/edge)
+pub(crate) fn array(items: &[String]) -> String {
+    format!("[{}]", items.join(","))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn written_text_is_what_value_writes() {
+        let limits = vec![crate::ratelimit::RateLimit { name: "m\"x".into(), limit: 3, window_seconds: 60 }];
+        let t = super::obj(&[
+            ("a", super::text(&limits)),
+            ("b", super::text(&Some("x\u{1}é"))),
+            ("c", super::array(&[super::EMPTY.into(), super::text(&-4i64)])),
+            ("d", super::text(&None::<String>)),
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(v, serde_json::json!({"a": limits, "b": "x\u{1}é", "c": [{}, -4], "d": null}));
+        let sorted = super::obj(&[("b", "1".into()), ("c", "[]".into())]);
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&sorted).unwrap().to_string(), sorted);
+    }
+
     use serde::de::DeserializeOwned;
 
     /// The message of `from_json`'s error is serde_json's `Value`

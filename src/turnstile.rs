@@ -76,11 +76,14 @@ pub fn plausible_token(token: &str) -> bool {
 
 /// The JSON body of a siteverify call.
 pub fn siteverify_body(secret: &str, token: &str, remote_ip: Option<&str>) -> String {
-    let mut body = serde_json::json!({ "secret": secret, "response": token });
+    use crate::json::{obj, text};
+    let mut members = Vec::with_capacity(3);
     if let Some(ip) = remote_ip {
-        body["remoteip"] = ip.into();
+        members.push(("remoteip", text(ip)));
     }
-    body.to_string()
+    members.push(("response", text(token)));
+    members.push(("secret", text(secret)));
+    obj(&members)
 }
 
 #[derive(Deserialize)]

@@ -299,7 +299,7 @@ async fn guard_stats(
     };
     let mut data: serde_json::Value = serde_json::from_str(&stats).map_err(|e| unavailable("stats decode", e))?;
     data["key_id"] = serde_json::Value::String(key.id.clone());
-    data["consistency"] = serde_json::json!(key.consistency);
-    data["byte_bound"] = serde_json::json!(crate::guard::byte_bound(&limits, visitor_limits));
-    Ok(json_response(200, crate::error::success(data, None), request_id))
+    data["consistency"] = serde_json::Value::String(key.consistency.as_str().into());
+    data["byte_bound"] = crate::guard::byte_bound(&limits, visitor_limits).into();
+    Ok(json_response(200, crate::error::success(&data.to_string(), None), request_id))
 }

@@ -9,7 +9,7 @@
 //! change is answered 503 so the operator retries (every command is
 //! idempotent or safe to repeat).
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use worker::{durable_object, DurableObject, Env, Request, Response, SqlStorage, SqlStorageValue, State};
 
 use crate::admin::{OrgCommand, OrgRequest};
@@ -19,6 +19,8 @@ use crate::error::{success, ApiError, ErrorCode};
 use crate::guard::UsageCounts;
 use crate::guard::{GuardReply, GuardRequest};
 use crate::ids::rfc3339;
+use crate::json::{array, obj, text as j, EMPTY};
+use crate::ratelimit::RateLimit;
 use crate::records::{key_kv_key, org_kv_key, user_kv_key, KeyRecord, OrgRecord, UserRecord};
 
 const SCHEMA: &str = "
@@ -157,7 +159,7 @@ async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String)
 async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String), Refusal> {
     let kv = env.kv(super::KV_BINDING).map_err(|e| super::unavailable("KV binding", e))?;
     let now = r.now_ms;
-    let audit = |action: &str, target: &str, detail: Value| write_audit(sql, r, action, target, &detail.to_string());
+    let audit = |action: &str, target: &str, detail: String| write_audit(sql, r, action, target, &detail);
     match &r.command {
         OrgCommand::UpsertOrg { org_id, name, baa_active } => {
             let prev = load_org(sql)?;
@@ -171,24 +173,27 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             )
             .map_err(sql_err)?;
             match &prev {
-                None => audit("org.created", org_id, json!({ "name": name, "baa_active": baa_active }))?,
+                None => audit("org.created", org_id, obj(&[("baa_active", j(baa_active)), ("name", j(name))]))?,
                 Some((p, _)) => {
                     if p.baa_active != *baa_active {
-                        audit("org.baa_changed", org_id, json!({ "from": p.baa_active, "to": baa_active }))?;
+                        audit("org.baa_changed", org_id, obj(&[("from", j(&p.baa_active)), ("to", j(baa_active))]))?;
                     }
                     if &p.name != name {
-                        audit("org.renamed", org_id, json!({ "from": p.name, "to": name }))?;
+                        audit("org.renamed", org_id, obj(&[("from", j(&p.name)), ("to", j(name))]))?;
                     }
                 }
             }
             let created_at = prev.map_or(now, |(_, c)| c);
             let record = OrgRecord { id: org_id.clone(), name: name.clone(), baa_active: *baa_active, updated_at: now };
             put_kv(&kv, &org_kv_key(org_id), &record).await?;
-            let data = json!({
-                "id": record.id, "name": record.name, "baa_active": record.baa_active,
-                "created_at": rfc3339(created_at), "updated_at": rfc3339(now),
-            });
-            Ok((200, success(data, None)))
+            let data = obj(&[
+                ("baa_active", j(&record.baa_active)),
+                ("created_at", j(&rfc3339(created_at))),
+                ("id", j(&record.id)),
+                ("name", j(&record.name)),
+                ("updated_at", j(&rfc3339(now))),
+            ]);
+            Ok((200, success(&data, None)))
         }
         OrgCommand::UpsertUser { org_id, user_id, role, disabled } => {
             require_org(sql, org_id)?;
@@ -209,13 +214,13 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             )
             .map_err(sql_err)?;
             match &prev {
-                None => audit("user.created", user_id, json!({ "role": role, "disabled": disabled }))?,
+                None => audit("user.created", user_id, obj(&[("disabled", j(disabled)), ("role", j(role))]))?,
                 Some(p) => {
                     if &p.role != role {
-                        audit("user.role_changed", user_id, json!({ "from": p.role, "to": role }))?;
+                        audit("user.role_changed", user_id, obj(&[("from", j(&p.role)), ("to", j(role))]))?;
                     }
                     if p.disabled != *disabled {
-                        audit(if *disabled { "user.disabled" } else { "user.enabled" }, user_id, json!({}))?;
+                        audit(if *disabled { "user.disabled" } else { "user.enabled" }, user_id, EMPTY.into())?;
                     }
                 }
             }
@@ -227,11 +232,14 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
                 updated_at: now,
             };
             put_kv(&kv, &user_kv_key(org_id, user_id), &record).await?;
-            let data = json!({
-                "id": record.id, "org_id": record.org_id, "role": record.role,
-                "disabled": record.disabled, "updated_at": rfc3339(now),
-            });
-            Ok((200, success(data, None)))
+            let data = obj(&[
+                ("disabled", j(&record.disabled)),
+                ("id", j(&record.id)),
+                ("org_id", j(&record.org_id)),
+                ("role", j(&record.role)),
+                ("updated_at", j(&rfc3339(now))),
+            ]);
+            Ok((200, success(&data, None)))
         }
         OrgCommand::CreateKey { record, hash, creator } => {
             require_org(sql, &record.org_id)?;
@@ -285,19 +293,8 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
                 let _ = sql.exec("DELETE FROM keys WHERE id = ?", vec![record.id.as_str().into()]);
                 return Err(e);
             }
-            audit(
-                "key.created",
-                &record.id,
-                json!({
-                    "name": record.name, "kind": record.kind, "scopes": record.scopes, "user_id": record.user_id,
-                    "expires_at": record.expires_at.map(rfc3339), "rate_limits": record.rate_limits,
-                    "allowed_origins": record.allowed_origins, "resource_id": record.resource_id,
-                    "visitor_rate_limits": record.visitor_rate_limits, "turnstile_required": record.turnstile_required,
-                    "consistency": record.consistency, "allowed_ips": record.allowed_ips,
-                    "meta": meta_value(record),
-                }),
-            )?;
-            Ok((201, success(key_view(record), None)))
+            audit("key.created", &record.id, key_fields(record, false, None))?;
+            Ok((201, success(&key_view(record), None)))
         }
         OrgCommand::RevokeKey { org_id, key_id, caller } => {
             require_org(sql, org_id)?;
@@ -398,7 +395,7 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
                             vec![json_record.as_str().into(), (*t).into(), id.as_str().into()],
                         )
                         .map_err(sql_err)?;
-                        let detail = if id == key_id { json!({}) } else { json!({ "cascade_from": key_id }) };
+                        let detail = if id == key_id { EMPTY.into() } else { obj(&[("cascade_from", j(key_id))]) };
                         audit("key.revoked", id, detail)?;
                     }
                 }
@@ -410,10 +407,12 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             for (_, h, rec) in &victims {
                 put_kv(&kv, &key_kv_key(h), rec).await?;
             }
-            let data = json!({
-                "id": key_id, "revoked_at": rfc3339(times[0]), "descendants_revoked": victims.len() - 1,
-            });
-            Ok((200, success(data, None)))
+            let data = obj(&[
+                ("descendants_revoked", j(&(victims.len() - 1))),
+                ("id", j(key_id)),
+                ("revoked_at", j(&rfc3339(times[0]))),
+            ]);
+            Ok((200, success(&data, None)))
         }
         OrgCommand::RevokeSessions { org_id, user_id, caller } => {
             require_org(sql, org_id)?;
@@ -428,9 +427,9 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
                 control::check_revoke_sessions(policy, &c.scopes, &target.role)?;
             }
             let at = revoke_sessions(&env, org_id, user_id, now).await?;
-            audit("user.sessions_revoked", user_id, json!({}))?;
-            let data = json!({ "user_id": user_id, "sessions_revoked_at": rfc3339(at) });
-            Ok((200, success(data, None)))
+            audit("user.sessions_revoked", user_id, EMPTY.into())?;
+            let data = obj(&[("sessions_revoked_at", j(&rfc3339(at))), ("user_id", j(user_id))]);
+            Ok((200, success(&data, None)))
         }
         OrgCommand::ListKeys { org_id, cursor, limit } => list_keys(sql, org_id, cursor.as_deref(), *limit),
         OrgCommand::ListAudit { org_id, cursor, limit } => list_audit(sql, org_id, cursor.as_deref(), *limit),
@@ -442,7 +441,7 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
         OrgCommand::AuditRefused { org_id, action, target, detail } => {
             require_org(sql, org_id)?;
             write_audit(sql, r, action, target, detail)?;
-            Ok((200, success(json!({}), None)))
+            Ok((200, success(EMPTY, None)))
         }
         OrgCommand::RecordUsage { org_id, key_id, seq, hours, last_used_at } => {
             require_org(sql, org_id)?;
@@ -467,13 +466,12 @@ fn list_keys(sql: &SqlStorage, org_id: &str, cursor: Option<&str>, limit: u32) -
     let mut last_id = None;
     for row in rows.iter().take(limit as usize) {
         let k: KeyRecord = crate::from_json(&text(row.first())?).map_err(|e| super::unavailable("key decode", e))?;
-        let mut view = key_view(&k);
-        view["last_used_at"] = json!(opt_int(row.get(1))?.map(rfc3339));
+        data.push(key_fields(&k, true, Some(opt_int(row.get(1))?.map(rfc3339))));
         last_id = Some(k.id);
-        data.push(view);
     }
     let next_cursor = if has_more { last_id } else { None };
-    Ok((200, success(Value::Array(data), Some(json!({ "next_cursor": next_cursor, "has_more": has_more })))))
+    let meta = obj(&[("has_more", j(&has_more)), ("next_cursor", j(&next_cursor))]);
+    Ok((200, success(&array(&data), Some(&meta))))
 }
 
 fn list_audit(sql: &SqlStorage, org_id: &str, cursor: Option<&str>, limit: u32) -> Result<(u16, String), Refusal> {
@@ -508,23 +506,24 @@ fn list_audit(sql: &SqlStorage, org_id: &str, cursor: Option<&str>, limit: u32) 
     })
     .collect::<Result<Vec<Row>, Refusal>>()?;
     let has_more = rows.len() > limit as usize;
-    let entries: Vec<Value> = rows
+    let entries: Vec<String> = rows
         .iter()
         .take(limit as usize)
         .map(|r| {
-            json!({
-                "id": r.seq.to_string(),
-                "action": r.action,
-                "actor": r.actor,
-                "target": r.target,
-                "request_id": r.request_id,
-                "created_at": rfc3339(r.at),
-                "detail": serde_json::from_str::<Value>(&r.detail).unwrap_or(Value::Null),
-            })
+            obj(&[
+                ("action", j(&r.action)),
+                ("actor", j(&r.actor)),
+                ("created_at", j(&rfc3339(r.at))),
+                ("detail", j(&serde_json::from_str::<Value>(&r.detail).unwrap_or(Value::Null))),
+                ("id", j(&r.seq.to_string())),
+                ("request_id", j(&r.request_id)),
+                ("target", j(&r.target)),
+            ])
         })
         .collect();
     let next_cursor = if has_more { rows.get(limit as usize - 1).map(|r| r.seq.to_string()) } else { None };
-    Ok((200, success(Value::Array(entries), Some(json!({ "next_cursor": next_cursor, "has_more": has_more })))))
+    let meta = obj(&[("has_more", j(&has_more)), ("next_cursor", j(&next_cursor))]);
+    Ok((200, success(&array(&entries), Some(&meta))))
 }
 
 /// Most rows one `/v1/usage` answer carries (`meta.truncated` says when
@@ -552,25 +551,28 @@ fn usage(sql: &SqlStorage, org_id: &str, from: i64, to: i64, rollup_ms: i64) -> 
     })
     .collect::<Result<Vec<Row>, Refusal>>()?;
     let truncated = rows.len() > USAGE_ROWS as usize;
-    let data: Vec<Value> = rows
+    let data: Vec<String> = rows
         .iter()
         .take(USAGE_ROWS as usize)
         .map(|r| {
-            let refused: Value = serde_json::from_str(&r.refused).unwrap_or_else(|_| json!({}));
+            let refused: Value = serde_json::from_str(&r.refused).unwrap_or_else(|_| Value::Object(Default::default()));
             let total_refused: i64 = refused.as_object().map_or(0, |m| m.values().filter_map(Value::as_i64).sum());
-            json!({
-                "key_id": r.key_id,
-                "hour": rfc3339(r.hour),
-                "allowed": r.allowed,
-                "refused": total_refused,
-                "refused_by_reason": refused,
-            })
+            obj(&[
+                ("allowed", j(&r.allowed)),
+                ("hour", j(&rfc3339(r.hour))),
+                ("key_id", j(&r.key_id)),
+                ("refused", j(&total_refused)),
+                ("refused_by_reason", j(&refused)),
+            ])
         })
         .collect();
-    let meta = json!({
-        "from": rfc3339(from), "to": rfc3339(to), "rollup_interval_seconds": rollup_ms / 1000, "truncated": truncated,
-    });
-    Ok((200, success(Value::Array(data), Some(meta))))
+    let meta = obj(&[
+        ("from", j(&rfc3339(from))),
+        ("rollup_interval_seconds", j(&(rollup_ms / 1000))),
+        ("to", j(&rfc3339(to))),
+        ("truncated", j(&truncated)),
+    ]);
+    Ok((200, success(&array(&data), Some(&meta))))
 }
 
 fn record_usage(
@@ -587,7 +589,7 @@ fn record_usage(
         None => None,
     };
     if applied.is_some_and(|a| a >= seq) {
-        return Ok((200, success(json!({ "recorded": 0, "duplicate": true }), None)));
+        return Ok((200, success(r#"{"duplicate":true,"recorded":0}"#, None)));
     }
     sql.exec(
         "INSERT INTO usage_seq (key_id, seq) VALUES (?, ?) ON CONFLICT(key_id) DO UPDATE SET seq = excluded.seq",
@@ -630,36 +632,62 @@ fn record_usage(
         )
         .map_err(sql_err)?;
     }
-    Ok((200, success(json!({ "recorded": hours.len() }), None)))
+    Ok((200, success(&obj(&[("recorded", j(&hours.len()))]), None)))
 }
 
 /// The public view of a key: never the hash or the plaintext.
-pub(crate) fn key_view(k: &KeyRecord) -> Value {
-    json!({
-        "id": k.id,
-        "name": k.name,
-        "kind": k.kind,
-        "prefix": k.prefix,
-        "last_four": k.last_four,
-        "scopes": k.scopes,
-        "user_id": k.user_id,
-        "expires_at": k.expires_at.map(rfc3339),
-        "created_at": rfc3339(k.created_at),
-        "revoked_at": k.revoked_at.map(rfc3339),
-        "rate_limits": k.rate_limits,
-        "allowed_origins": k.allowed_origins,
-        "resource_id": k.resource_id,
-        "visitor_rate_limits": k.visitor_rate_limits,
-        "turnstile_required": k.turnstile_required,
-        "consistency": k.consistency,
-        "allowed_ips": k.allowed_ips,
-        "meta": meta_value(k),
-    })
+pub(crate) fn key_view(k: &KeyRecord) -> String {
+    key_fields(k, true, None)
 }
 
-/// A key's `meta` as JSON (stored as its compact text; `null` if none).
-fn meta_value(k: &KeyRecord) -> Value {
-    k.meta.as_deref().and_then(|m| serde_json::from_str(m).ok()).unwrap_or(Value::Null)
+/// A key's fields as a JSON object: the view's (`view`: with its id,
+/// prefix, last four, creation and revocation times, and `last_used_at`
+/// when given) or the creation audit entry's.
+fn key_fields(k: &KeyRecord, view: bool, last_used_at: Option<Option<String>>) -> String {
+    let mut m: Vec<(&str, String)> = Vec::with_capacity(20);
+    m.push(("allowed_ips", j(&k.allowed_ips)));
+    m.push(("allowed_origins", j(&k.allowed_origins)));
+    m.push(("consistency", j(&k.consistency)));
+    if view {
+        m.push(("created_at", j(&rfc3339(k.created_at))));
+    }
+    m.push(("expires_at", j(&k.expires_at.map(rfc3339))));
+    if view {
+        m.push(("id", j(&k.id)));
+    }
+    m.push(("kind", j(&k.kind)));
+    if view {
+        m.push(("last_four", j(&k.last_four)));
+    }
+    if let Some(t) = last_used_at {
+        m.push(("last_used_at", j(&t)));
+    }
+    // Stored as a JSON object's compact text, written by serde_json (keys
+    // sorted): as it would be written again.
+    m.push(("meta", k.meta.clone().unwrap_or_else(|| "null".into())));
+    m.push(("name", j(&k.name)));
+    if view {
+        m.push(("prefix", j(&k.prefix)));
+    }
+    m.push(("rate_limits", limits(&k.rate_limits)));
+    m.push(("resource_id", j(&k.resource_id)));
+    if view {
+        m.push(("revoked_at", j(&k.revoked_at.map(rfc3339))));
+    }
+    m.push(("scopes", j(&k.scopes)));
+    m.push(("turnstile_required", j(&k.turnstile_required)));
+    m.push(("user_id", j(&k.user_id)));
+    m.push(("visitor_rate_limits", limits(&k.visitor_rate_limits)));
+    obj(&m)
+}
+
+/// Rate limits as serde_json's `Value` writes them (keys sorted).
+fn limits(ls: &[RateLimit]) -> String {
+    let items: Vec<String> = ls
+        .iter()
+        .map(|l| obj(&[("limit", j(&l.limit)), ("name", j(&l.name)), ("window_seconds", j(&l.window_seconds))]))
+        .collect();
+    array(&items)
 }
 
 /// What a leased key's guard grants leases on, from this object's SQLite
