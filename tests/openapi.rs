@@ -988,19 +988,26 @@ fn key_fields_are_the_code_s() {
     let accepted = literals_after(ADMIN_CORE_SRC, "pub fn parse_key(", "only_fields(");
     assert!(accepted.contains("visitor_rate_limits") && accepted.contains("turnstile_required"), "{accepted:?}");
     assert_eq!(input, accepted, "KeyInput vs parse_key's accepted fields");
-    let view_src = &ORG_SRC[ORG_SRC.find("fn key_view(").expect("key_view in src/edge/org.rs")..];
-    let view_src = &view_src[..view_src.find("})").unwrap()];
-    let view: BTreeSet<&str> =
-        view_src.lines().filter_map(|l| l.trim().strip_prefix('"')?.split_once("\":").map(|(k, _)| k)).collect();
+    // key_view writes key_fields(k, true, None): every `m.push(("name", …))`
+    // of key_fields but `last_used_at` (list items only, when given).
+    let fields_src = &ORG_SRC[ORG_SRC.find("fn key_fields(").expect("key_fields in src/edge/org.rs")..];
+    let fields_src = &fields_src[..fields_src.find("\n}\n").unwrap()];
+    let view: BTreeSet<&str> = fields_src
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("m.push((\"")?.split_once('"').map(|(k, _)| k))
+        .filter(|k| *k != "last_used_at")
+        .collect();
+    assert!(view.contains("meta") && view.contains("allowed_ips"), "{view:?}");
     let api_key = resolve(&schemas["ApiKey"]);
     let documented: BTreeSet<&str> = api_key["properties"].as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(documented, view, "ApiKey vs key_view");
     assert_eq!(strs(&api_key["required"]).into_iter().collect::<BTreeSet<_>>(), view, "ApiKey.required vs key_view");
-    // The revoke answer: `let data = json!({ ... })` of the RevokeKey arm.
+    // The revoke answer: `let data = obj(&[("name", …), …])` of the RevokeKey arm.
     let arm = &ORG_SRC[ORG_SRC.find("OrgCommand::RevokeKey {").expect("the RevokeKey arm in src/edge/org.rs")..];
-    let answer = &arm[arm.find("let data = json!({").expect("the revoke answer") + 18..];
-    let answer = &answer[..answer.find("})").unwrap()];
-    let answered: BTreeSet<&str> = answer.split('"').skip(1).step_by(2).collect();
+    let answer = &arm[arm.find("let data = obj(&[").expect("the revoke answer") + 17..];
+    let answer = &answer[..answer.find("]);").unwrap()];
+    let answered: BTreeSet<&str> =
+        answer.lines().filter_map(|l| l.trim().strip_prefix("(\"")?.split_once('"').map(|(k, _)| k)).collect();
     let revoked = resolve(&schemas["RevokedKey"]);
     let documented: BTreeSet<&str> = revoked["properties"].as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(documented, answered, "RevokedKey vs the revoke answer");
