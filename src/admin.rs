@@ -128,6 +128,10 @@ pub enum OrgCommand {
         key_id: String,
         /// The calling key, for the control API (`None`: the admin API).
         caller: Option<RevokeCaller>,
+        /// Revoked because it leaked: where it was found (audited as
+        /// `key.leaked`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        leaked_at_url: Option<String>,
     },
     /// Revoke a user's JWT sessions: every token issued until now is
     /// refused on its next request (through the user's sessions guard).

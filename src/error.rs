@@ -65,6 +65,10 @@ catalogue! {
     /// The admin API was called without the right `ADMIN_TOKEN`.
     AdminUnauthorized = ("ADMIN_UNAUTHORIZED", 401, "authentication_error", false,
         "A valid admin token is required.");
+    /// A secret-scanning report (`POST /v1/secret-scanning/verify`) whose
+    /// signature does not verify with a key of `SECRET_SCANNING_KEYS`.
+    SecretScanningUnauthorized = ("SECRET_SCANNING_UNAUTHORIZED", 401, "authentication_error", false,
+        "The secret-scanning request is not signed by a configured key.");
     /// The key's organization has no active Business Associate Agreement.
     BaaRequired = ("BAA_REQUIRED", 402, "payment_required", false,
         "An active Business Associate Agreement is required to use the AI API.");

@@ -41,6 +41,7 @@ pub mod psl;
 pub mod ratelimit;
 pub mod records;
 pub mod reply;
+pub mod scanning;
 pub mod scope;
 pub mod signing;
 pub mod token;

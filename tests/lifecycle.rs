@@ -15,9 +15,44 @@ fn h() -> &'static Harness {
     H.get_or_init(|| {
         Harness::start(Options {
             origin_url: None,
-            vars: vec![("MAX_KEYS_PER_ORG", "8".into()), ("MAX_KEYS_PER_PARENT", "2".into())],
+            vars: vec![
+                ("MAX_KEYS_PER_ORG", "8".into()),
+                ("MAX_KEYS_PER_PARENT", "2".into()),
+                ("SECRET_SCANNING_KEYS", scanner().0.clone()),
+            ],
         })
     })
+}
+
+/// A secret-scanning key pair made for the tests (GitHub publishes its
+/// public keys in this document's shape): the document and the private key.
+fn scanner() -> &'static (String, String) {
+    static S: OnceLock<(String, String)> = OnceLock::new();
+    S.get_or_init(|| {
+        let script = r#"const c=require("crypto");const {publicKey,privateKey}=c.generateKeyPairSync("ec",{namedCurve:"P-256"});
+const doc={public_keys:[{key_identifier:"other-key",key:c.generateKeyPairSync("ec",{namedCurve:"P-256"}).publicKey.export({type:"spki",format:"pem"}),is_current:false},
+{key_identifier:"test-key-1",key:publicKey.export({type:"spki",format:"pem"}),is_current:true}]};
+console.log(JSON.stringify([JSON.stringify(doc),privateKey.export({type:"pkcs8",format:"pem"})]));"#;
+        let out = std::process::Command::new("node").args(["-e", script]).output().expect("node");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+        (v[0].clone(), v[1].clone())
+    })
+}
+
+/// GitHub's signature of `body`: base64 of the DER ECDSA P-256/SHA-256 signature.
+fn github_signature(body: &str, private_pem: &str) -> String {
+    let script = r#"const c=require("crypto");const [b,k]=JSON.parse(require("fs").readFileSync(0,"utf8"));
+process.stdout.write(c.sign("sha256",Buffer.from(b),k).toString("base64"));"#;
+    let mut child = std::process::Command::new("node")
+        .args(["-e", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(json!([body, private_pem]).to_string().as_bytes()).unwrap();
+    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
 }
 
 fn chat_from(key: &str, ip: Option<&str>, extra: &[(&str, &str)]) -> Resp {
@@ -221,4 +256,75 @@ fn a_key_revokes_only_keys_it_could_have_minted() {
     let refused =
         audit.json()["data"].as_array().unwrap().iter().filter(|e| e["action"] == "key.revoke_refused").count();
     assert_eq!(refused, 2);
+}
+
+#[test]
+fn a_leaked_key_reported_by_github_is_revoked_at_once() {
+    let org = h().org(true);
+    let (leaked, leaked_id) =
+        h().key(&org, json!({"name": "pushed to a public repo", "scopes": ["ai:chat", "control:read"]}));
+    let child = mint_with(&leaked, json!({"name": "its child", "scopes": ["ai:chat"]}));
+    assert_eq!(child.status, 201, "{}", child.text());
+    let child_key = child.json()["data"]["plaintext"].as_str().unwrap().to_owned();
+    let (bystander, _) = h().key(&org, json!({"name": "safe", "scopes": ["ai:chat"]}));
+    assert_eq!(chat_from(&leaked, None, &[]).status, 200);
+    let body = json!([
+        {"token": leaked, "type": "keyward_secret_key", "url": "https://github.com/octo/repo/blob/abc/config.py", "source": "content"},
+        {"token": "kw_live_thisisnotarealkeyatallbutlookslikeone0", "type": "keyward_secret_key", "url": "https://github.com/x", "source": "content"},
+        {"token": "ghp_something_else", "type": "keyward_secret_key", "url": "https://github.com/y", "source": "content"},
+    ])
+    .to_string();
+    let (_, private) = scanner();
+    let post = |body: &str, key_id: &str, sig: &str| {
+        h().send(
+            "POST",
+            "/v1/secret-scanning/verify",
+            &[
+                ("content-type", "application/json"),
+                ("github-public-key-identifier", key_id),
+                ("github-public-key-signature", sig),
+            ],
+            Some(body.as_bytes()),
+        )
+    };
+    // Unsigned, signed by another key, or over other bytes: refused, and nothing revoked.
+    let good = github_signature(&body, private);
+    for (key_id, sig, what) in [
+        ("test-key-1", "", "no signature"),
+        ("other-key", good.as_str(), "another key's identifier"),
+        ("nope", good.as_str(), "an unknown identifier"),
+    ] {
+        post(&body, key_id, sig).assert_error(401, "SECRET_SCANNING_UNAUTHORIZED");
+        assert_eq!(chat_from(&leaked, None, &[]).status, 200, "{what}: still alive");
+    }
+    let tampered = body.replace("config.py", "config.rb");
+    post(&tampered, "test-key-1", &good).assert_error(401, "SECRET_SCANNING_UNAUTHORIZED");
+    assert_eq!(chat_from(&leaked, None, &[]).status, 200);
+    // Signed: each match answered by its hash, the live key revoked.
+    let r = post(&body, "test-key-1", &good);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    assert!(!text.contains(&leaked) && !text.contains("ghp_"), "never echoes a token: {text}");
+    let answers = r.json();
+    assert_eq!(answers.as_array().unwrap().len(), 3);
+    assert_eq!(answers[0]["token_hash"], sha256_hex(leaked.as_bytes()).as_str());
+    assert_eq!(answers[0]["label"], "true_positive");
+    assert_eq!(answers[0]["token_type"], "keyward_secret_key");
+    assert_eq!(answers[1]["label"], "false_positive");
+    assert_eq!(answers[2]["label"], "false_positive");
+    chat_from(&leaked, None, &[]).assert_error(401, "INVALID_API_KEY");
+    chat_from(&child_key, None, &[]).assert_error(401, "INVALID_API_KEY");
+    assert_eq!(chat_from(&bystander, None, &[]).status, 200);
+    // Reported again: no longer live.
+    let r = post(&body, "test-key-1", &good);
+    assert_eq!(r.json()[0]["label"], "false_positive");
+    // Audited as leaked, by secret_scanning, with where it was found.
+    let (reader, _) = h().key(&org, json!({"name": "reader", "scopes": ["control:read"]}));
+    let audit = h().send("GET", "/v1/audit?limit=20", &[("authorization", &format!("Bearer {reader}"))], None);
+    let entries = audit.json()["data"].as_array().unwrap().clone();
+    let leak = entries.iter().find(|e| e["action"] == "key.leaked").expect("a key.leaked entry");
+    assert_eq!(leak["actor"], "secret_scanning");
+    assert_eq!(leak["target"], leaked_id.as_str());
+    assert_eq!(leak["detail"]["url"], "https://github.com/octo/repo/blob/abc/config.py");
+    assert!(entries.iter().any(|e| e["action"] == "key.revoked" && e["detail"]["cascade_from"] == leaked_id.as_str()));
 }

@@ -133,7 +133,7 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
             if !ids::is_ulid(key) {
                 return Err(ApiError::new(ErrorCode::ResourceNotFound).into());
             }
-            OrgCommand::RevokeKey { org_id: org.into(), key_id: key.into(), caller: None }
+            OrgCommand::RevokeKey { org_id: org.into(), key_id: key.into(), caller: None, leaked_at_url: None }
         }
         Route::Guard(org, key) => return guard_stats(env, settings, org, key, request_id, now).await,
     };

@@ -197,7 +197,7 @@ async fn serve(
                 return Err(ApiError::new(ErrorCode::ResourceNotFound).into());
             }
             let who = revoke_caller(caller);
-            OrgCommand::RevokeKey { org_id: org_id.into(), key_id, caller: Some(who) }
+            OrgCommand::RevokeKey { org_id: org_id.into(), key_id, caller: Some(who), leaked_at_url: None }
         }
         Route::RevokeSessions(user_id) => {
             if !ids::is_valid_id(&user_id) {

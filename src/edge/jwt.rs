@@ -20,7 +20,7 @@ use crate::jwt::{self, Alg, Jwk, Jwks, KeySet, Lookup, Session};
 #[wasm_bindgen]
 extern "C" {
     #[wasm_bindgen(js_namespace = ["crypto", "subtle"], js_name = importKey, catch)]
-    fn import_key(
+    pub(super) fn import_key(
         format: &str,
         key: &JsValue,
         algorithm: &JsValue,
@@ -29,7 +29,12 @@ extern "C" {
     ) -> Result<Promise, JsValue>;
 
     #[wasm_bindgen(js_namespace = ["crypto", "subtle"], js_name = verify, catch)]
-    fn subtle_verify(algorithm: &JsValue, key: &JsValue, signature: &[u8], data: &[u8]) -> Result<Promise, JsValue>;
+    pub(super) fn subtle_verify(
+        algorithm: &JsValue,
+        key: &JsValue,
+        signature: &[u8],
+        data: &[u8],
+    ) -> Result<Promise, JsValue>;
 }
 
 /// `JWT_*` settings (JWT sessions are on when `JWT_ISSUER` is set).
@@ -146,7 +151,7 @@ async fn fetch_jwks(url: &str) -> Result<Jwks, String> {
     }
 }
 
-fn js(text: &str) -> Result<JsValue, String> {
+pub(super) fn js(text: &str) -> Result<JsValue, String> {
     JSON::parse(text).map_err(|e| format!("{e:?}"))
 }
 

@@ -13,6 +13,7 @@ mod gate;
 mod guard;
 mod jwt;
 mod org;
+mod scanning;
 
 use std::sync::OnceLock;
 
@@ -62,6 +63,9 @@ pub(crate) struct Settings {
     /// `USAGE_ROLLUP_SECONDS` (default 30): how often a key's guard rolls
     /// its usage counts up to the org (the staleness of `/v1/usage`).
     pub(crate) usage_rollup_ms: i64,
+    /// `SECRET_SCANNING_KEYS`: GitHub's secret-scanning public keys (its
+    /// published document); without it the leaked-key endpoint is a 404.
+    pub(crate) scanner_keys: Option<Vec<crate::scanning::ScannerKey>>,
     /// `MAX_KEYS_PER_ORG` (default 1000): live keys an org may have.
     pub(crate) max_keys_per_org: u32,
     /// `MAX_KEYS_PER_PARENT` (default 20): live keys one key may have
@@ -183,7 +187,12 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
     }
     let max_keys_per_org = u32::try_from(int_var(env, "MAX_KEYS_PER_ORG", 1000, 1..=1_000_000)?).unwrap_or(1000);
     let max_keys_per_parent = u32::try_from(int_var(env, "MAX_KEYS_PER_PARENT", 20, 1..=10_000)?).unwrap_or(20);
+    let scanner_keys = match string_binding(env, "SECRET_SCANNING_KEYS").filter(|s| !s.trim().is_empty()) {
+        Some(doc) => Some(crate::scanning::parse_keys(&doc).map_err(|e| format!("SECRET_SCANNING_KEYS: {e}"))?),
+        None => None,
+    };
     Ok(Settings {
+        scanner_keys,
         max_keys_per_org,
         max_keys_per_parent,
         jwt,
@@ -412,6 +421,8 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response>
     let is_admin = path == "/admin" || path.starts_with("/admin/");
     let result = if is_admin {
         admin::handle(req, &env, &request_id, now).await
+    } else if path == scanning::PATH {
+        scanning::handle(req, &env, &request_id, now).await
     } else {
         gate::handle(req, &env, &ctx, &request_id, now).await
     };

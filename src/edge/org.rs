@@ -296,7 +296,7 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             audit("key.created", &record.id, key_fields(record, false, None))?;
             Ok((201, success(&key_view(record), None)))
         }
-        OrgCommand::RevokeKey { org_id, key_id, caller } => {
+        OrgCommand::RevokeKey { org_id, key_id, caller, leaked_at_url } => {
             require_org(sql, org_id)?;
             let found = rows(sql, "SELECT hash, record FROM keys WHERE id = ?", Some(vec![key_id.as_str().into()]))?;
             let Some(row) = found.first() else {
@@ -395,8 +395,12 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
                             vec![json_record.as_str().into(), (*t).into(), id.as_str().into()],
                         )
                         .map_err(sql_err)?;
-                        let detail = if id == key_id { EMPTY.into() } else { obj(&[("cascade_from", j(key_id))]) };
-                        audit("key.revoked", id, detail)?;
+                        let (action, detail) = match leaked_at_url {
+                            _ if id != key_id => ("key.revoked", obj(&[("cascade_from", j(key_id))])),
+                            Some(url) => ("key.leaked", obj(&[("url", j(url))])),
+                            None => ("key.revoked", EMPTY.into()),
+                        };
+                        audit(action, id, detail)?;
                     }
                 }
                 victims.append(&mut found);
