@@ -66,7 +66,7 @@ fn pem_body(pem: &str) -> Option<Vec<u8>> {
 
 /// Standard base64 with padding (RFC 4648 §4), strictly.
 pub fn b64_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 4 != 0 {
+    if !s.len().is_multiple_of(4) {
         return None;
     }
     let trimmed = s.trim_end_matches('=');
