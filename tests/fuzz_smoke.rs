@@ -75,6 +75,11 @@ fn jwt() {
 }
 
 #[test]
+fn scanning() {
+    smoke_target("scanning");
+}
+
+#[test]
 fn every_target_is_smoked_and_built() {
     let cargo = std::fs::read_to_string(fuzz_dir().join("Cargo.toml")).expect("fuzz/Cargo.toml");
     let this = std::fs::read_to_string(file!()).unwrap_or_default();

@@ -36,6 +36,7 @@ pub mod jwt;
 pub mod origins;
 pub mod path;
 pub mod policy;
+pub mod scanning;
 pub mod smoke;
 pub mod visitor_token;
 
@@ -53,6 +54,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("policy", policy::check),
     ("cache_control", cache_control::check),
     ("visitor_token", visitor_token::check),
+    ("scanning", scanning::check),
     ("jwt", jwt::check),
 ];
 
