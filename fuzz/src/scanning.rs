@@ -16,7 +16,9 @@
 //!   and DER from a PEM body.
 
 use arbitrary::Unstructured;
-use keyward::scanning::{b64_decode, der_signature_to_raw, parse_batch, parse_keys, MAX_TOKENS, MAX_TYPE_LEN, MAX_URL_LEN};
+use keyward::scanning::{
+    b64_decode, der_signature_to_raw, parse_batch, parse_keys, MAX_TOKENS, MAX_TYPE_LEN, MAX_URL_LEN,
+};
 use serde_json::Value;
 
 use crate::ensure;
@@ -65,11 +67,16 @@ pub fn check(data: &[u8]) {
     if let Ok(batch) = parse_batch(data) {
         ensure!(batch.len() <= MAX_TOKENS, None, "{} candidates", batch.len());
         let v: Value = serde_json::from_slice(data).unwrap_or(Value::Null);
-        let tokens: Vec<&str> = v.as_array().map(|a| a.iter().filter_map(|m| m.get("token")?.as_str()).collect()).unwrap_or_default();
+        let tokens: Vec<&str> =
+            v.as_array().map(|a| a.iter().filter_map(|m| m.get("token")?.as_str()).collect()).unwrap_or_default();
         let got: Vec<&str> = batch.iter().map(|c| c.token.as_str()).collect();
         ensure!(got == tokens, None, "parse_batch read {got:?}, JSON says {tokens:?}");
         for c in &batch {
-            ensure!(c.token_type.chars().count() <= MAX_TYPE_LEN && c.url.chars().count() <= MAX_URL_LEN, None, "unbounded fields");
+            ensure!(
+                c.token_type.chars().count() <= MAX_TYPE_LEN && c.url.chars().count() <= MAX_URL_LEN,
+                None,
+                "unbounded fields"
+            );
         }
     }
     if let Ok(keys) = parse_keys(&text) {
@@ -88,5 +95,9 @@ pub fn check(data: &[u8]) {
     let der = der_of(&raw);
     ensure!(der_signature_to_raw(&der) == Some(raw), None, "the DER of {raw:02x?} does not decode back");
     let bytes: Vec<u8> = (0..u.int_in_range(0..=40usize).unwrap_or(0)).map(|_| u.arbitrary().unwrap_or(7)).collect();
-    ensure!(b64_decode(&b64_std(&bytes)).as_deref() == Some(&bytes[..]), None, "base64 of {bytes:?} does not decode back");
+    ensure!(
+        b64_decode(&b64_std(&bytes)).as_deref() == Some(&bytes[..]),
+        None,
+        "base64 of {bytes:?} does not decode back"
+    );
 }
