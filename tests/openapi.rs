@@ -1,8 +1,9 @@
 //! The OpenAPI document (`openapi.json`) against the code and the real
 //! worker: it is OpenAPI 3.1; its error codes are exactly the catalogue's
 //! (`keyward::error::ErrorCode::ALL`), each under its own status; its paths
-//! and methods are exactly the policy's routes, the control routes and the
-//! admin routes; and every operation, sent for real to `wrangler dev`,
+//! and methods are exactly the policy's routes, the control routes, the
+//! admin routes and the leaked-key endpoint (served outside the policy);
+//! and every operation, sent for real to `wrangler dev`,
 //! answers with a documented status, a documented error code, the
 //! documented headers (and header values) and a body of the documented
 //! shape; what the origin receives is the documented signed identity. Run
@@ -22,6 +23,10 @@ const SPEC: &str = include_str!("../openapi.json");
 const POLICY: &str = include_str!("../policy/policy.json");
 const ADMIN_SRC: &str = include_str!("../src/edge/admin.rs");
 const CONTROL_SRC: &str = include_str!("../src/edge/control.rs");
+/// The leaked-key endpoint: its `PATH`, its method and the headers it reads.
+const SCANNING_SRC: &str = include_str!("../src/edge/scanning.rs");
+/// The router: the leaked-key endpoint is answered before the policy gate.
+const EDGE_SRC: &str = include_str!("../src/edge/mod.rs");
 /// `parse_key`'s accepted fields (`only_fields`) are the documented `KeyInput`.
 const ADMIN_CORE_SRC: &str = include_str!("../src/admin.rs");
 /// `key_view`'s fields are the documented `ApiKey`.
@@ -88,6 +93,7 @@ fn h() -> &'static Harness {
                 ("JWT_AUDIENCE", JWT_AUDIENCE.into()),
                 ("JWT_JWKS_URL", "{origin}/.well-known/jwks.json".into()),
                 ("JWT_ALLOWED_ORIGINS", APP.into()),
+                ("SECRET_SCANNING_KEYS", scanner().0.clone()),
             ],
         });
         // The test keys (tests/jwt/mint.mjs) served after the demo origin's own.
@@ -96,6 +102,43 @@ fn h() -> &'static Harness {
         assert_eq!(r.status, 204, "{}", r.text());
         h
     })
+}
+
+/// A secret-scanning key pair made for the tests, in GitHub's key document
+/// (with a second key, `other-key`, whose private half is thrown away): the
+/// document (`SECRET_SCANNING_KEYS`) and the private key of `test-key-1`.
+fn scanner() -> &'static (String, String) {
+    static S: OnceLock<(String, String)> = OnceLock::new();
+    S.get_or_init(|| {
+        let script = r#"const c=require("crypto");const {publicKey,privateKey}=c.generateKeyPairSync("ec",{namedCurve:"P-256"});
+const doc={public_keys:[{key_identifier:"other-key",key:c.generateKeyPairSync("ec",{namedCurve:"P-256"}).publicKey.export({type:"spki",format:"pem"}),is_current:false},
+{key_identifier:"test-key-1",key:publicKey.export({type:"spki",format:"pem"}),is_current:true}]};
+console.log(JSON.stringify([JSON.stringify(doc),privateKey.export({type:"pkcs8",format:"pem"})]));"#;
+        let out = std::process::Command::new("node").args(["-e", script]).output().expect("node");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+        (v[0].clone(), v[1].clone())
+    })
+}
+
+/// GitHub's signature of `body` by `test-key-1`: standard base64 of the DER
+/// ECDSA P-256/SHA-256 signature (node's `crypto.sign`, independent of
+/// keyward's code).
+fn github_signature(body: &[u8]) -> String {
+    let script = r#"const c=require("crypto");const [b,k]=JSON.parse(require("fs").readFileSync(0,"utf8"));
+process.stdout.write(c.sign("sha256",Buffer.from(b,"hex"),k).toString("base64"));"#;
+    let mut child = std::process::Command::new("node")
+        .args(["-e", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node");
+    let hex: String = body.iter().map(|b| format!("{b:02x}")).collect();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(json!([hex, scanner().1]).to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// The test key pairs (`node tests/jwt/mint.mjs keys`), once per process.
@@ -187,6 +230,11 @@ impl Op {
     fn is_proxied(&self) -> bool {
         self.v["x-keyward-served-by"] == "origin"
     }
+    /// Served by keyward before the route policy is consulted (the
+    /// leaked-key endpoint): no credential, no scope, no rate limits.
+    fn is_outside_policy(&self) -> bool {
+        self.v.get("x-keyward-outside-policy").is_some()
+    }
     /// A public route of the policy: no credential, limited per address.
     fn is_public(&self) -> bool {
         self.v["x-keyward-public"] == true
@@ -244,13 +292,22 @@ impl Op {
         self.v["requestBody"]["content"].as_object().map(|c| c.keys().map(String::as_str).collect()).unwrap_or_default()
     }
     /// Whether keyward checks this operation's request body type (every
-    /// public method but GET; a GET body is never looked at or forwarded).
+    /// public method of the policy's routes but GET; a GET body is never
+    /// looked at or forwarded).
     fn checks_body_type(&self) -> bool {
-        !self.is_admin() && !self.is_preflight() && self.method != "GET"
+        !self.is_admin() && !self.is_preflight() && !self.is_outside_policy() && self.method != "GET"
     }
 }
 
+/// The operations of the route policy and the admin API: every operation but
+/// those served outside the policy (`x-keyward-outside-policy`, checked to be
+/// exactly the leaked-key endpoint), which have tests of their own.
 fn ops() -> Vec<Op> {
+    all_ops().into_iter().filter(|o| !o.is_outside_policy()).collect()
+}
+
+/// Every operation of the spec.
+fn all_ops() -> Vec<Op> {
     let mut out = Vec::new();
     for (path, item) in spec()["paths"].as_object().expect("paths") {
         for key in OP_KEYS {
@@ -264,7 +321,7 @@ fn ops() -> Vec<Op> {
 
 /// The methods the spec documents for `path`, OPTIONS (preflight) excluded.
 fn path_methods(path: &str) -> BTreeSet<String> {
-    ops().into_iter().filter(|o| o.path == path && !o.is_preflight()).map(|o| o.method).collect()
+    all_ops().into_iter().filter(|o| o.path == path && !o.is_preflight()).map(|o| o.method).collect()
 }
 
 /// The documented methods of `path` whose scope widget keys may hold.
@@ -614,14 +671,59 @@ fn spec_is_openapi_3_1_and_self_consistent() {
     assert_eq!(inner["additionalProperties"], false);
 
     let mut ids = BTreeSet::new();
-    for op in ops() {
+    for op in all_ops() {
         let ctx = format!("{} {}", op.method, op.path);
         assert!(ids.insert(op.id()), "duplicate operationId {}", op.id());
         // Security: routes take a key (either header) or a JWT session
         // naming the scope; admin routes the admin token; preflights and
         // public routes nothing.
         let sec = op.v["security"].as_array().unwrap_or_else(|| panic!("{ctx}: no security"));
-        if op.is_admin() {
+        if op.is_outside_policy() {
+            // The leaked-key endpoint: its own signature scheme, no
+            // credential, served by keyward, nothing of the policy's.
+            assert_eq!(op.v["x-keyward-outside-policy"], true, "{ctx}");
+            assert!(sec.is_empty(), "{ctx}: served outside the policy, it takes no credential");
+            assert_eq!(op.v["x-keyward-served-by"], "keyward", "{ctx}");
+            assert!(!op.is_admin() && !op.is_preflight() && !op.is_public() && op.scope().is_none(), "{ctx}");
+            assert!(op.v.get("x-keyward-ip-rate-limits").is_none(), "{ctx}: no rate limits");
+            assert_eq!(
+                strs(&op.response(401).unwrap_or_else(|| panic!("{ctx}: no 401"))["x-keyward-error-codes"]),
+                ["SECRET_SCANNING_UNAUTHORIZED"],
+                "{ctx}: 401"
+            );
+            for status in [403, 415, 429] {
+                assert!(op.response(status).is_none(), "{ctx}: no {status} outside the policy");
+            }
+            // The headers it reads are its documented (required) header
+            // parameters: `header("github-public-key-identifier")`.
+            let read: BTreeSet<String> = SCANNING_SRC
+                .split("header(\"")
+                .skip(1)
+                .filter_map(|s| s.split_once("\")").map(|(n, _)| n.to_ascii_lowercase()))
+                .filter(|n| n.starts_with("github-"))
+                .collect();
+            assert_eq!(read.len(), 2, "the headers read in src/edge/scanning.rs: {read:?}");
+            let params: BTreeSet<String> = op.v["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(resolve)
+                .filter(|p| p["in"] == "header" && p["required"] == true)
+                .filter_map(|p| p["name"].as_str().map(str::to_ascii_lowercase))
+                .collect();
+            assert_eq!(params, read, "{ctx}: required header parameters vs the headers the code reads");
+            // The documented limits are the code's.
+            let schema = &op.v["requestBody"]["content"]["application/json"]["schema"];
+            assert_eq!(schema["maxItems"], keyward::scanning::MAX_TOKENS, "{ctx}: maxItems");
+            assert_eq!(keyward::scanning::MAX_BODY_BYTES % (1 << 20), 0, "documented in MiB");
+            let mib = format!("{} MiB", keyward::scanning::MAX_BODY_BYTES >> 20);
+            let body_desc = op.v["requestBody"]["description"].as_str().unwrap();
+            let too_large = op.v["responses"]["413"]["description"].as_str().unwrap();
+            assert!(body_desc.contains(&mib) && too_large.contains(&mib), "{ctx}: the body limit is {mib}");
+            assert!(body_desc.contains(&format!("at most {}", keyward::scanning::MAX_TOKENS)), "{ctx}");
+            let answer = resolve(&op.response(200).unwrap()["content"]["application/json"]["schema"]["items"]);
+            assert_eq!(answer["properties"]["token_type"]["maxLength"], keyward::scanning::MAX_TYPE_LEN);
+        } else if op.is_admin() {
             assert_eq!(op.v["security"], json!([{"AdminToken": []}]), "{ctx}");
             assert!(!op.is_public(), "{ctx}");
         } else if op.is_preflight() {
@@ -642,7 +744,7 @@ fn spec_is_openapi_3_1_and_self_consistent() {
         // A credential is verified wherever it can be (a plain OPTIONS and a
         // method a public path does not accept included): every 401 for a
         // key is one for a JWT too, and exactly those two codes.
-        if !op.is_admin() {
+        if !op.is_admin() && !op.is_outside_policy() {
             let unauthorized =
                 strs(&op.response(401).unwrap_or_else(|| panic!("{ctx}: no 401"))["x-keyward-error-codes"]);
             assert_eq!(unauthorized, ["INVALID_API_KEY", "INVALID_TOKEN"], "{ctx}: 401");
@@ -687,7 +789,7 @@ fn spec_is_openapi_3_1_and_self_consistent() {
             for status in [429, 503] {
                 assert!(op.response(status).is_some(), "{ctx}: a public route documents {status}");
             }
-        } else if !op.is_admin() {
+        } else if !op.is_admin() && !op.is_outside_policy() {
             let forbidden = strs(&op.response(403).unwrap_or_else(|| panic!("{ctx}: no 403"))["x-keyward-error-codes"]);
             assert!(forbidden.contains(&"TURNSTILE_REQUIRED"), "{ctx}: 403 lacks TURNSTILE_REQUIRED");
             assert!(forbidden.contains(&"ORIGIN_NOT_ALLOWED"), "{ctx}: 403 lacks ORIGIN_NOT_ALLOWED");
@@ -743,7 +845,7 @@ fn spec_is_openapi_3_1_and_self_consistent() {
                     }
                 }
                 503 => assert!(hs.get("Retry-After").is_some(), "{ctx}: Retry-After"),
-                200..=299 if !op.is_admin() && !op.is_preflight() => {
+                200..=299 if !op.is_admin() && !op.is_preflight() && !op.is_outside_policy() => {
                     for n in ["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"] {
                         assert!(required(n), "{ctx}: {n} on an authorized answer");
                     }
@@ -867,7 +969,7 @@ fn every_catalogue_code_is_documented_under_its_status() {
         assert_eq!(entry["retryable"], c.retryable(), "{}", c.as_str());
     }
     let mut listed: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for op in ops() {
+    for op in all_ops() {
         for status in op.statuses() {
             let resp = op.response(status).unwrap();
             for c in strs(&resp["x-keyward-error-codes"]) {
@@ -881,7 +983,7 @@ fn every_catalogue_code_is_documented_under_its_status() {
     }
     // Wherever a key's 401 can occur on an operation that accepts JWT
     // sessions, the token's can too.
-    for op in ops() {
+    for op in all_ops() {
         let accepts_jwt = op.v["security"].as_array().into_iter().flatten().any(|s| s.get("JwtBearer").is_some());
         let unauthorized = op.response(401).map(|r| strs(&r["x-keyward-error-codes"])).unwrap_or_default();
         if accepts_jwt || unauthorized.contains(&"INVALID_API_KEY") {
@@ -1140,6 +1242,27 @@ fn control_routes_in_source() -> BTreeSet<(String, String)> {
     out
 }
 
+/// The leaked-key endpoint as `src/edge/scanning.rs` serves it: its `PATH`
+/// (`pub(super) const PATH: &str = "/v1/...";`) and the one method it
+/// accepts (`if req.inner().method() != "POST"`); and `src/edge/mod.rs`
+/// routes that path before the policy gate (`path == scanning::PATH` before
+/// `gate::handle(`).
+fn scanning_route_in_source() -> (String, String) {
+    let path = SCANNING_SRC
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("pub(super) const PATH: &str = \"")?.strip_suffix("\";"))
+        .expect("no `pub(super) const PATH: &str = \"...\";` in src/edge/scanning.rs: update scanning_route_in_source");
+    let method = SCANNING_SRC
+        .split_once(".method() != \"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(m, _)| m)
+        .expect("no `.method() != \"...\"` in src/edge/scanning.rs: update scanning_route_in_source");
+    let routed = EDGE_SRC.find("path == scanning::PATH").expect("src/edge/mod.rs does not route scanning::PATH");
+    let gate = EDGE_SRC.find("gate::handle(").expect("src/edge/mod.rs has no gate::handle(");
+    assert!(routed < gate, "src/edge/mod.rs: the leaked-key endpoint is no longer routed before the policy gate");
+    (method.to_owned(), path.to_owned())
+}
+
 #[test]
 fn every_route_is_documented_and_nothing_else() {
     let widget_scopes = strs(&policy()["widget_scopes"]);
@@ -1180,12 +1303,25 @@ fn every_route_is_documented_and_nothing_else() {
         .collect();
     assert_eq!(control, served, "control routes in the code vs served_by keyward in the policy");
 
+    // Served outside the policy: exactly the leaked-key endpoint, which is
+    // no policy route (the policy would never see it).
+    let scanning = scanning_route_in_source();
+    let outside: BTreeSet<(String, String)> =
+        all_ops().into_iter().filter(Op::is_outside_policy).map(|o| (o.method.clone(), o.path.clone())).collect();
+    assert_eq!(outside, BTreeSet::from([scanning.clone()]), "x-keyward-outside-policy vs src/edge/scanning.rs");
+    assert!(!routes.contains_key(&shape(&scanning.1)), "{}: also a policy route, which it shadows", scanning.1);
+
     let mut seen_public = BTreeSet::new();
     let mut seen_admin = BTreeSet::new();
     for (path, item) in spec()["paths"].as_object().unwrap() {
         let pattern = item.get("x-keyward-pattern").and_then(Value::as_str).unwrap_or(path);
         let key = shape(pattern);
         let methods = path_methods(path);
+        if *path == scanning.1 {
+            assert_eq!(methods, BTreeSet::from([scanning.0.clone()]), "{path}: the methods of the code");
+            assert_eq!(item.as_object().unwrap().len(), 1, "{path}: one operation, nothing else (no preflight)");
+            continue;
+        }
         if path.starts_with("/admin/") {
             for m in &methods {
                 assert!(admin.contains(&(m.clone(), key.clone())), "{m} {path} is not an admin route of the worker");
@@ -1560,11 +1696,11 @@ fn wrong_methods_are_documented_with_the_documented_allow() {
     let (org, key, _) = setup();
     let port = h().port;
     let admin = admin_auth();
-    let paths: BTreeSet<String> = ops().into_iter().map(|o| o.path).collect();
+    let paths: BTreeSet<String> = all_ops().into_iter().map(|o| o.path).collect();
     for (i, path) in paths.iter().enumerate() {
         let methods = path_methods(path);
         let wrong = METHODS.iter().find(|m| !methods.contains(**m)).unwrap();
-        let path_ops: Vec<Op> = ops().into_iter().filter(|o| &o.path == path).collect();
+        let path_ops: Vec<Op> = all_ops().into_iter().filter(|o| &o.path == path).collect();
         let concrete = fill(&path_ops[0], &params(&org));
         let r = if path.starts_with("/admin/") {
             send_to(port, wrong, &concrete, &[("authorization", &admin)], None)
@@ -1577,8 +1713,11 @@ fn wrong_methods_are_documented_with_the_documented_allow() {
             conforms(op, &r, &format!("wrong method {wrong}"));
         }
         assert_eq!(method_set(r.header("allow").unwrap()), methods, "{path}: Allow vs the documented methods");
-        // Not authenticated: 401 comes first.
+        // Not authenticated: 401 comes first; outside the policy no
+        // credential is taken, so 405 still.
         let r = send_to(port, wrong, &concrete, &[], None);
+        let want = if path_ops.iter().any(Op::is_outside_policy) { 405 } else { 401 };
+        assert_eq!(r.status, want, "{wrong} {concrete} without a credential: {}", r.text());
         for op in &path_ops {
             conforms(op, &r, &format!("wrong method {wrong}, no credential"));
         }
@@ -2375,7 +2514,7 @@ fn ip_allow_lists_are_documented() {
 }
 
 fn find_op(id: &str) -> Op {
-    ops().into_iter().find(|o| o.id() == id).unwrap_or_else(|| panic!("no operation {id}"))
+    all_ops().into_iter().find(|o| o.id() == id).unwrap_or_else(|| panic!("no operation {id}"))
 }
 
 /// Decodes base64url without padding.
@@ -2696,4 +2835,236 @@ fn key_limits_are_documented() {
         .filter(|e| e["action"] == "key.create_refused" && e["detail"]["code"] == "KEY_LIMIT_REACHED")
         .count();
     assert_eq!(refused, 3, "{entries:?}");
+}
+
+/// Sends a leaked-key report: `body` with the two GitHub headers (each
+/// omitted when `None`) and a `Content-Type`.
+fn report(port: u16, body: &[u8], key_id: Option<&str>, sig: Option<&str>, media: &str) -> Resp {
+    let mut headers = vec![("content-type", media)];
+    headers.extend(key_id.map(|k| ("github-public-key-identifier", k)));
+    headers.extend(sig.map(|s| ("github-public-key-signature", s)));
+    send(port, "POST", &find_op("verifyLeakedKeys").path, &headers, Some(body))
+}
+
+/// A report signed by `test-key-1`, as GitHub sends it.
+fn signed_report(port: u16, body: &[u8]) -> Resp {
+    report(port, body, Some("test-key-1"), Some(&github_signature(body)), "application/json")
+}
+
+/// `POST /v1/secret-scanning/verify` answers as documented: unsigned or
+/// wrongly signed reports 401 (nothing revoked), other methods 405
+/// (`Allow: POST`), bodies that are not a batch 400, oversized ones 413, no
+/// `Content-Type` check; a signed batch 200 with one answer per match (the
+/// token's SHA-256, never the token), the live keys revoked with their
+/// descendants and audited `key.leaked` by `secret_scanning` with
+/// `detail.url`; an unreadable key record 503; and without
+/// `SECRET_SCANNING_KEYS`, 404.
+#[test]
+fn leaked_key_reports_are_documented() {
+    let op = find_op("verifyLeakedKeys");
+    let port = h().port;
+    let org = h().org(true);
+    let chat = find_op("postAiChat");
+    let chat_status = |key: &str, origin: Option<&str>| {
+        let mut headers = vec![("x-api-key", key)];
+        headers.extend(origin.map(|o| ("origin", o)));
+        let r = plain(port, &chat, "/v1/ai/chat", &headers);
+        conforms(&chat, &r, "a chat");
+        r.status
+    };
+    let (leaked, leaked_id) = h().key(&org, json!({"name": "pushed", "scopes": ["ai:chat", "control:read"]}));
+    let r = send_to(
+        port,
+        "POST",
+        "/v1/api_keys",
+        &[("x-api-key", &leaked)],
+        Some(&json!({"name": "its child", "scopes": ["ai:chat"]}).to_string()),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let child = conforms(&find_op("createApiKey"), &r, "a child")["data"].clone();
+    let (child_key, child_id) = (child["plaintext"].as_str().unwrap(), child["id"].as_str().unwrap());
+    let (widget, widget_id) =
+        h().key(&org, json!({"name": "w", "kind": "widget", "scopes": ["ai:chat"], "allowed_origins": [SHOP]}));
+    assert!(widget.starts_with("kw_pub_"), "{widget}");
+    let (bystander, _) = h().key(&org, json!({"name": "safe", "scopes": ["ai:chat"]}));
+    let (gone, gone_id) = h().key(&org, json!({"name": "revoked before", "scopes": ["ai:chat"]}));
+    let r = h().admin("DELETE", &format!("/admin/orgs/{org}/api_keys/{gone_id}"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(chat_status(&leaked, None), 200);
+    assert_eq!(chat_status(&widget, Some(SHOP)), 200);
+
+    let url = "https://github.com/octo/repo/blob/abc/config.py";
+    let long_url = format!("https://github.com/octo/site/blob/def/{}", "a".repeat(600));
+    let long_type = "t".repeat(150);
+    let matches = [
+        (leaked.as_str(), "keyward_secret_key", url, "true_positive"),
+        (
+            "kw_live_thisisnotarealkeyatallbutlookslikeone0",
+            "keyward_secret_key",
+            "https://github.com/x",
+            "false_positive",
+        ),
+        (widget.as_str(), "keyward_widget_key", long_url.as_str(), "true_positive"),
+        (gone.as_str(), "keyward_secret_key", "https://github.com/y", "false_positive"),
+        ("ghp_something_else", long_type.as_str(), "https://github.com/z", "false_positive"),
+    ];
+    let body = json!(matches
+        .iter()
+        .map(|(t, ty, u, _)| json!({"token": t, "type": ty, "url": u, "source": "content"}))
+        .collect::<Vec<_>>())
+    .to_string();
+    let good = github_signature(body.as_bytes());
+
+    // Not signed by a key of SECRET_SCANNING_KEYS: 401, nothing revoked.
+    let tampered = body.replace("config.py", "config.rb");
+    for (case, b, key_id, sig) in [
+        ("no GitHub headers", &body, None, None),
+        ("no signature", &body, Some("test-key-1"), None),
+        ("no identifier", &body, None, Some(good.as_str())),
+        ("an empty signature", &body, Some("test-key-1"), Some("")),
+        ("a signature that is not base64", &body, Some("test-key-1"), Some("not base64!")),
+        ("base64 that is not a DER signature", &body, Some("test-key-1"), Some("aGVsbG8=")),
+        ("an unknown identifier", &body, Some("nope"), Some(good.as_str())),
+        ("another key's identifier", &body, Some("other-key"), Some(good.as_str())),
+        ("a signature of other bytes", &tampered, Some("test-key-1"), Some(good.as_str())),
+    ] {
+        let r = report(port, b.as_bytes(), key_id, sig, "application/json");
+        assert_eq!(r.status, 401, "{case}: {}", r.text());
+        assert_eq!(conforms(&op, &r, case)["error"]["code"], "SECRET_SCANNING_UNAUTHORIZED", "{case}");
+    }
+    assert_eq!(chat_status(&leaked, None), 200, "nothing revoked by a refused report");
+
+    // Another method: 405 with `Allow: POST`, whatever the headers.
+    for m in ["GET", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+        let r = send(
+            port,
+            m,
+            &op.path,
+            &[("github-public-key-identifier", "test-key-1"), ("github-public-key-signature", &good)],
+            None,
+        );
+        assert_eq!(r.status, 405, "{m}: {}", r.text());
+        assert_eq!(conforms(&op, &r, m)["error"]["code"], "METHOD_NOT_ALLOWED");
+        assert_eq!(method_set(r.header("allow").unwrap()), path_methods(&op.path), "{m}: Allow");
+    }
+
+    // Signed, but not a batch: 400.
+    let too_many = format!("[{}]", vec![r#"{"token":"t"}"#; keyward::scanning::MAX_TOKENS + 1].join(","));
+    for (case, b) in [
+        ("an object", b"{}".to_vec()),
+        ("not JSON", b"[{\"token\":".to_vec()),
+        ("a match without a token", br#"[{"type":"x","url":"https://github.com/x"}]"#.to_vec()),
+        ("a token that is not a string", br#"[{"token":42}]"#.to_vec()),
+        ("a match that is not an object", b"[\"kw_live_x\"]".to_vec()),
+        ("not UTF-8", b"[{\"token\":\"\xff\"}]".to_vec()),
+        ("too many matches", too_many.into_bytes()),
+    ] {
+        let r = signed_report(port, &b);
+        assert_eq!(r.status, 400, "{case}: {}", r.text());
+        assert_eq!(conforms(&op, &r, case)["error"]["code"], "INVALID_REQUEST", "{case}");
+    }
+    // The most matches a batch may hold, an empty batch, and a body of any
+    // type (not checked): answered.
+    let most = format!("[{}]", vec![r#"{"token":"t"}"#; keyward::scanning::MAX_TOKENS].join(","));
+    let r = signed_report(port, most.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(conforms(&op, &r, "the most matches").as_array().unwrap().len(), keyward::scanning::MAX_TOKENS);
+    let r = report(port, b"[]", Some("test-key-1"), Some(&github_signature(b"[]")), FORM);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(conforms(&op, &r, "an empty batch, a form Content-Type"), json!([]));
+
+    // Over the limit: 413, before the signature.
+    let max = keyward::scanning::MAX_BODY_BYTES;
+    let big = vec![b' '; max + 1];
+    let r = report(port, &big, None, None, "application/json");
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(conforms(&op, &r, "over 1 MiB, unsigned")["error"]["code"], "PAYLOAD_TOO_LARGE");
+    let mut at_limit = b"[]".to_vec();
+    at_limit.resize(max, b' ');
+    let r = signed_report(port, &at_limit);
+    assert_eq!(r.status, 200, "exactly the limit: {}", r.text());
+    assert_eq!(conforms(&op, &r, "exactly 1 MiB"), json!([]));
+
+    // Signed: one answer per match, in order, by hash; the live keys revoked.
+    let r = signed_report(port, body.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rid = r.header("x-request-id").unwrap().to_owned();
+    let text = r.text();
+    for (t, _, _, _) in &matches {
+        assert!(!text.contains(t), "a token echoed: {text}");
+    }
+    let answers = conforms(&op, &r, "a signed batch");
+    let answers = answers.as_array().unwrap();
+    assert_eq!(answers.len(), matches.len(), "{text}");
+    for (a, (t, ty, _, label)) in answers.iter().zip(&matches) {
+        let want = json!({"label": label, "token_hash": sha256_hex(t.as_bytes()), "token_type": ty.chars().take(100).collect::<String>()});
+        assert_eq!(a, &want, "{t}");
+    }
+    assert_eq!(chat_status(&leaked, None), 401, "the leaked key is revoked");
+    assert_eq!(chat_status(child_key, None), 401, "its child is revoked with it");
+    assert_eq!(chat_status(&widget, Some(SHOP)), 401, "the leaked widget key is revoked");
+    assert_eq!(chat_status(&bystander, None), 200, "another key of the org is not");
+    // Reported again: no longer live.
+    let r = signed_report(port, body.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let again = conforms(&op, &r, "the batch again");
+    assert!(again.as_array().unwrap().iter().all(|a| a["label"] == "false_positive"), "{again}");
+
+    // Audited: `key.leaked` by `secret_scanning` with where it was found
+    // (cut to 500 characters), once; the child `key.revoked` with
+    // `cascade_from`, by `secret_scanning` too.
+    let (reader, _) = h().key(&org, json!({"name": "reader", "scopes": ["control:read"]}));
+    let audit = find_op("listAudit");
+    let r = send_to(port, "GET", "/v1/audit?limit=100", &[("x-api-key", &reader)], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let entries = conforms(&audit, &r, "audit after a leak")["data"].as_array().unwrap().clone();
+    let cut: String = long_url.chars().take(keyward::scanning::MAX_URL_LEN).collect();
+    for (target, action, detail) in [
+        (leaked_id.as_str(), "key.leaked", json!({ "url": url })),
+        (widget_id.as_str(), "key.leaked", json!({ "url": cut })),
+        (child_id, "key.revoked", json!({ "cascade_from": leaked_id })),
+    ] {
+        let found: Vec<&Value> = entries.iter().filter(|e| e["target"] == target).collect();
+        let revocations: Vec<&&Value> = found.iter().filter(|e| e["action"] != "key.created").collect();
+        assert_eq!(revocations.len(), 1, "{target}: {found:?}");
+        let e = revocations[0];
+        assert_eq!((e["action"].as_str(), e["actor"].as_str()), (Some(action), Some("secret_scanning")), "{e}");
+        assert_eq!(e["detail"], detail, "{e}");
+        assert_eq!(e["request_id"], rid.as_str(), "{e}");
+    }
+    assert!(
+        !entries.iter().any(|e| e["target"] == gone_id.as_str() && e["action"] == "key.leaked"),
+        "a key revoked before is not leaked again"
+    );
+
+    // A key record that cannot be read: 503 (retryable). Keys before it in
+    // the batch are revoked already: the retry answers them false_positive.
+    let (live, _) = h().key(&org, json!({"name": "live", "scopes": ["ai:chat"]}));
+    let (broken, _) = h().key(&org, json!({"name": "broken", "scopes": ["ai:chat"]}));
+    h().kv(&["put", &format!("key:{}", sha256_hex(broken.as_bytes())), "{not json"]);
+    let partial =
+        json!([{"token": live, "type": "k", "url": url}, {"token": broken, "type": "k", "url": url}]).to_string();
+    let r = signed_report(port, partial.as_bytes());
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(conforms(&op, &r, "an unreadable key record")["error"]["code"], "SERVICE_UNAVAILABLE");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(chat_status(&live, None), 401, "revoked before the failure");
+    let retry = json!([{"token": live, "type": "k", "url": url}]).to_string();
+    let r = signed_report(port, retry.as_bytes());
+    assert_eq!(conforms(&op, &r, "the retry")[0]["label"], "false_positive");
+
+    // Without SECRET_SCANNING_KEYS the endpoint does not exist: 404 for
+    // every method, signed or not.
+    let b = bare();
+    for m in ["POST", "GET"] {
+        let r = send(
+            b.port,
+            m,
+            &op.path,
+            &[("github-public-key-identifier", "test-key-1"), ("github-public-key-signature", &good)],
+            Some(body.as_bytes()),
+        );
+        assert_eq!(r.status, 404, "{m}: {}", r.text());
+        assert_eq!(conforms(&op, &r, "no SECRET_SCANNING_KEYS")["error"]["code"], "ROUTE_NOT_FOUND");
+    }
 }
