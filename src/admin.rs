@@ -87,7 +87,7 @@ pub const MAX_ORIGINS: usize = 20;
 /// A command for the Org Durable Object, the system of record. The worker
 /// validates, generates ids and key material, and sends one of these; the
 /// object applies it in SQLite, appends to the audit log and writes KV.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OrgCommand {
     /// Create or update the org.
@@ -268,7 +268,7 @@ pub struct RevokeCaller {
 }
 
 /// The envelope around a command: who asked, when, under which request id.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct OrgRequest {
     /// The command.
     pub command: OrgCommand,
@@ -278,6 +278,62 @@ pub struct OrgRequest {
     pub request_id: String,
     /// Time of the request (ms).
     pub now_ms: i64,
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))] // used by the worker (src/edge)
+impl OrgRequest {
+    /// Decodes what the derived `Serialize` wrote (one small decoder
+    /// instead of serde's visitor per variant, see [`crate::json::Fields`]).
+    pub(crate) fn decode(text: &str) -> crate::json::Got<OrgRequest> {
+        use crate::json::{bad, Fields};
+        let mut f = Fields::of(serde_json::from_str(text).map_err(|_| bad("JSON"))?)?;
+        let (name, mut c) = Fields::tagged(f.raw("command"))?;
+        let command = match name.as_str() {
+            "upsert_org" => {
+                OrgCommand::UpsertOrg { org_id: c.s("org_id")?, name: c.s("name")?, baa_active: c.b("baa_active")? }
+            }
+            "upsert_user" => OrgCommand::UpsertUser {
+                org_id: c.s("org_id")?,
+                user_id: c.s("user_id")?,
+                role: c.s("role")?,
+                disabled: c.get("disabled")?,
+            },
+            "create_key" => {
+                OrgCommand::CreateKey { record: c.get("record")?, hash: c.s("hash")?, creator: c.os("creator")? }
+            }
+            "revoke_key" => {
+                OrgCommand::RevokeKey { org_id: c.s("org_id")?, key_id: c.s("key_id")?, caller: c.get("caller")? }
+            }
+            "revoke_sessions" => OrgCommand::RevokeSessions {
+                org_id: c.s("org_id")?,
+                user_id: c.s("user_id")?,
+                caller: c.get("caller")?,
+            },
+            "list_keys" => {
+                OrgCommand::ListKeys { org_id: c.s("org_id")?, cursor: c.os("cursor")?, limit: c.u32("limit")? }
+            }
+            "list_audit" => {
+                OrgCommand::ListAudit { org_id: c.s("org_id")?, cursor: c.os("cursor")?, limit: c.u32("limit")? }
+            }
+            "usage" => OrgCommand::Usage { org_id: c.s("org_id")?, from: c.i("from")?, to: c.i("to")? },
+            "lease_facts" => OrgCommand::LeaseFacts { org_id: c.s("org_id")?, key_id: c.s("key_id")? },
+            "audit_refused" => OrgCommand::AuditRefused {
+                org_id: c.s("org_id")?,
+                action: c.s("action")?,
+                target: c.s("target")?,
+                detail: c.s("detail")?,
+            },
+            "record_usage" => OrgCommand::RecordUsage {
+                org_id: c.s("org_id")?,
+                key_id: c.s("key_id")?,
+                seq: c.u("seq")?,
+                hours: c.get("hours")?,
+                last_used_at: c.oi("last_used_at")?,
+            },
+            _ => return Err(bad("unknown command")),
+        };
+        Ok(OrgRequest { command, actor: f.s("actor")?, request_id: f.s("request_id")?, now_ms: f.i("now_ms")? })
+    }
 }
 
 fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {

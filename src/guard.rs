@@ -274,7 +274,7 @@ pub struct LeaseGrant {
 }
 
 /// A request from the worker (or the org object) to a key's object.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GuardRequest {
     /// A strict key: admit one request under these limits.
@@ -356,6 +356,44 @@ pub enum GuardRequest {
 }
 
 impl GuardRequest {
+    /// Decodes what the derived `Serialize` wrote (one small decoder
+    /// instead of serde's visitor per variant, see [`crate::json::Fields`]).
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))] // used by the worker (src/edge)
+    pub(crate) fn decode(text: &str) -> crate::json::Got<GuardRequest> {
+        let (name, mut f) = crate::json::Fields::variant(text)?;
+        Ok(match name.as_str() {
+            "check" => GuardRequest::Check {
+                key: f.get("key")?,
+                limits: f.get("limits")?,
+                refusals: f.or_default("refusals")?,
+            },
+            "lease" => GuardRequest::Lease {
+                key: f.get("key")?,
+                limits: f.get("limits")?,
+                scope: f.os("scope")?,
+                want: f.u32("want")?,
+                report: f.get("report")?,
+                refusals: f.or_default("refusals")?,
+            },
+            "return" => GuardRequest::Return {
+                key: f.get("key")?,
+                report: f.get("report")?,
+                refusals: f.or_default("refusals")?,
+            },
+            "refused" => GuardRequest::Refused { key: f.get("key")?, refusals: f.get("refusals")? },
+            "refund" => GuardRequest::Refund {
+                key: f.get("key")?,
+                limits: f.get("limits")?,
+                counted_at: f.i("counted_at")?,
+                reason: f.s("reason")?,
+            },
+            "revoke" => GuardRequest::Revoke { revoked_at: f.i("revoked_at")? },
+            "revoke_sessions" => GuardRequest::RevokeSessions { revoked_at: f.i("revoked_at")? },
+            "stats" => GuardRequest::Stats,
+            _ => return Err(crate::json::bad("unknown request")),
+        })
+    }
+
     /// Whether the object must hold fresh facts to answer (a lease).
     pub fn needs_facts(&self) -> bool {
         matches!(self, GuardRequest::Lease { .. })
@@ -377,7 +415,7 @@ impl GuardRequest {
 }
 
 /// The object's answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GuardReply {
     /// Admitted and counted.
@@ -436,6 +474,36 @@ pub enum GuardReply {
         /// Why.
         reason: String,
     },
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))] // used by the worker (src/edge)
+impl GuardReply {
+    /// Decodes what the derived `Serialize` wrote (see [`GuardRequest::decode`]).
+    pub(crate) fn decode(text: &str) -> crate::json::Got<GuardReply> {
+        let (name, mut f) = crate::json::Fields::variant(text)?;
+        Ok(match name.as_str() {
+            "allowed" => GuardReply::Allowed { quota: f.get("quota")?, counted_at: f.i("counted_at")? },
+            "leased" => GuardReply::Leased {
+                counted_at: f.oi("counted_at")?,
+                refused: f.os("refused")?,
+                quota: f.get("quota")?,
+                lease: f.get("lease")?,
+                facts: f.get("facts")?,
+                valid_ms: f.i("valid_ms")?,
+            },
+            "limited" => GuardReply::Limited {
+                retry_after_ms: f.i("retry_after_ms")?,
+                quota: f.get("quota")?,
+                key_wide: f.b("key_wide")?,
+                facts: f.get("facts")?,
+            },
+            "revoked" => GuardReply::Revoked,
+            "recorded" => GuardReply::Recorded,
+            "revoke_recorded" => GuardReply::RevokeRecorded { revoked_at: f.i("revoked_at")? },
+            "invalid" => GuardReply::Invalid { reason: f.s("reason")? },
+            _ => return Err(crate::json::bad("unknown reply")),
+        })
+    }
 }
 
 /// A key's guard, as the admin API shows it. Calls and writes are counted

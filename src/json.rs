@@ -468,6 +468,120 @@ pub(crate) fn array(items: &[String]) -> String {
     format!("[{}]", items.join(","))
 }
 
+/// A message's variant and its fields, for the hand-written decoders of the
+/// messages between the worker and its objects ([`crate::admin::OrgRequest`],
+/// [`crate::guard::GuardRequest`], [`crate::guard::GuardReply`]). They read
+/// what serde's derive writes for an externally tagged enum (`"name"` for a
+/// unit variant, `{"name": {fields}}` otherwise) with one small decoder per
+/// message instead of serde's visitor per variant. As the derive does, a
+/// field not known is ignored and a missing `Option` is `None`.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))] // used by the worker (src/edge)
+pub(crate) struct Fields(Map<String, Value>);
+
+/// A decoder's result.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))] // used by the worker (src/edge)
+pub(crate) type Got<T> = Result<T, Error>;
+
+/// The decoder's error for a message that is not one.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))] // used by the worker (src/edge)
+#[cold]
+pub(crate) fn bad(what: &str) -> Error {
+    Error(Box::new(format!("invalid message: {what}")))
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))] // used by the worker (src/edge)
+impl Fields {
+    /// The fields of an object.
+    pub(crate) fn of(v: Value) -> Got<Fields> {
+        match v {
+            Value::Object(m) => Ok(Fields(m)),
+            _ => Err(bad("not an object")),
+        }
+    }
+
+    /// Parses a message: its variant's name and fields (none for a unit
+    /// variant).
+    pub(crate) fn variant(text: &str) -> Got<(String, Fields)> {
+        let v: Value = serde_json::from_str(text).map_err(|e| Error(Box::new(e.to_string())))?;
+        Fields::tagged(v)
+    }
+
+    /// A variant as a value: `"name"` or `{"name": {fields}}`.
+    pub(crate) fn tagged(v: Value) -> Got<(String, Fields)> {
+        match v {
+            Value::String(s) => Ok((s, Fields(Map::new()))),
+            Value::Object(m) if m.len() == 1 => {
+                let (k, v) = m.into_iter().next().ok_or_else(|| bad("empty"))?;
+                Ok((k, Fields::of(v)?))
+            }
+            _ => Err(bad("no variant")),
+        }
+    }
+
+    /// A field's value, `Null` when missing.
+    pub(crate) fn raw(&mut self, k: &str) -> Value {
+        self.0.remove(k).unwrap_or(Value::Null)
+    }
+
+    /// A field, through the type's own decoder.
+    pub(crate) fn get<T: serde::de::DeserializeOwned>(&mut self, k: &str) -> Got<T> {
+        T::deserialize(De(self.raw(k)))
+    }
+
+    /// A field of a type with a default, the default when missing or null.
+    pub(crate) fn or_default<T: serde::de::DeserializeOwned + Default>(&mut self, k: &str) -> Got<T> {
+        match self.raw(k) {
+            Value::Null => Ok(T::default()),
+            v => T::deserialize(De(v)),
+        }
+    }
+
+    /// A string field.
+    pub(crate) fn s(&mut self, k: &str) -> Got<String> {
+        match self.raw(k) {
+            Value::String(s) => Ok(s),
+            _ => Err(bad(k)),
+        }
+    }
+
+    /// An optional string field.
+    pub(crate) fn os(&mut self, k: &str) -> Got<Option<String>> {
+        match self.raw(k) {
+            Value::Null => Ok(None),
+            Value::String(s) => Ok(Some(s)),
+            _ => Err(bad(k)),
+        }
+    }
+
+    /// An integer field.
+    pub(crate) fn i(&mut self, k: &str) -> Got<i64> {
+        self.raw(k).as_i64().ok_or_else(|| bad(k))
+    }
+
+    /// An optional integer field.
+    pub(crate) fn oi(&mut self, k: &str) -> Got<Option<i64>> {
+        match self.raw(k) {
+            Value::Null => Ok(None),
+            v => v.as_i64().map(Some).ok_or_else(|| bad(k)),
+        }
+    }
+
+    /// An unsigned integer field.
+    pub(crate) fn u(&mut self, k: &str) -> Got<u64> {
+        self.raw(k).as_u64().ok_or_else(|| bad(k))
+    }
+
+    /// A `u32` field.
+    pub(crate) fn u32(&mut self, k: &str) -> Got<u32> {
+        u32::try_from(self.u(k)?).map_err(|_| bad(k))
+    }
+
+    /// A boolean field.
+    pub(crate) fn b(&mut self, k: &str) -> Got<bool> {
+        self.raw(k).as_bool().ok_or_else(|| bad(k))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -511,6 +625,6 @@ mod tests {
         same::<Option<u16>>("70000");
         same::<Vec<i8>>("[1, 2, 1000]");
         same::<char>("\"ab\"");
-        same::<crate::admin::OrgCommand>("{\"nope\": {}}");
+        same::<crate::records::Consistency>("{\"nope\": {}}");
     }
 }

@@ -249,7 +249,7 @@ impl DurableObject for KeyGuard {
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
         let text = req.text().await?;
-        let Ok(request) = crate::from_json::<GuardRequest>(&text) else {
+        let Ok(request) = GuardRequest::decode(&text) else {
             return Response::error("bad guard request", 400);
         };
         self.stats.borrow_mut().calls.count(&request);
@@ -403,7 +403,7 @@ async fn call_with(
     }
     fault.tag_guard(&headers);
     let text = send(env, key_id, request, &headers).await?;
-    match crate::from_json(&text).map_err(|e| e.to_string())? {
+    match GuardReply::decode(&text).map_err(|e| e.to_string())? {
         GuardReply::Invalid { reason } => Err(format!("guard refused the request as invalid: {reason}")),
         reply => Ok(reply),
     }

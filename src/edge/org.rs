@@ -65,7 +65,7 @@ impl DurableObject for OrgStore {
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
         // Test builds only (src/edge/faults.rs): an org object that is down.
         super::faults::Fault::of(&req).in_org()?;
-        let request: OrgRequest = match req.text().await.ok().and_then(|t| crate::from_json(&t).ok()) {
+        let request: OrgRequest = match req.text().await.ok().and_then(|t| OrgRequest::decode(&t).ok()) {
             Some(r) => r,
             None => return Ok(reply_err(&ApiError::new(ErrorCode::InternalError).into(), "req_unknown")),
         };

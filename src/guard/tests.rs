@@ -455,10 +455,129 @@ fn wire_format_round_trips() {
         json,
         r#"{"check":{"key":{"key_id":"01KEY","org_id":"org_1"},"limits":{"key":[{"name":"minute","limit":3,"window_seconds":60}]}}}"#
     );
-    assert_eq!(serde_json::from_str::<GuardRequest>(&json).unwrap(), req);
+    assert_eq!(GuardRequest::decode(&json).unwrap(), req);
     assert_eq!(serde_json::to_string(&GuardReply::Revoked).unwrap(), r#""revoked""#);
     let l = lease_req(limits(3), 7, Some(LeaseReport { id: 5, used: 2 }));
-    assert_eq!(serde_json::from_str::<GuardRequest>(&serde_json::to_string(&l).unwrap()).unwrap(), l);
+    assert_eq!(GuardRequest::decode(&serde_json::to_string(&l).unwrap()).unwrap(), l);
+}
+
+/// Every message between the worker and its objects decodes back to
+/// itself (the hand-written decoders of `GuardRequest`, `GuardReply` and
+/// `OrgRequest`), with optional fields set and unset.
+#[test]
+fn every_message_round_trips() {
+    let quota = QuotaWire { name: "minute".into(), limit: 3, remaining: 1, reset_ms: 500 };
+    let report = LeaseReport { id: 5, used: 2 };
+    let refusals: Refusals = [("missing_scope".to_owned(), 2u64)].into_iter().collect();
+    let widget = Limits {
+        key: vec![lim("minute", 3, 60)],
+        visitor: Some(VisitorLimits { id: "192.0.2.1".into(), limits: vec![lim("ip_minute", 2, 60)] }),
+    };
+    let session = KeyRef { issued_at: Some(T0 - 5), ..key() };
+    let requests = [
+        check(3),
+        GuardRequest::Check { key: session.clone(), limits: widget.clone(), refusals: refusals.clone() },
+        lease_req(limits(3), 7, None),
+        GuardRequest::Lease {
+            key: session.clone(),
+            limits: widget.clone(),
+            scope: Some("ai:chat".into()),
+            want: 4,
+            report: Some(report),
+            refusals: refusals.clone(),
+        },
+        GuardRequest::Return { key: key(), report, refusals: Refusals::new() },
+        GuardRequest::Return { key: key(), report, refusals: refusals.clone() },
+        GuardRequest::Refused { key: key(), refusals: refusals.clone() },
+        GuardRequest::Refund { key: key(), limits: widget, counted_at: T0, reason: "upstream".into() },
+        GuardRequest::Revoke { revoked_at: T0 },
+        GuardRequest::RevokeSessions { revoked_at: -1 },
+        GuardRequest::Stats,
+    ];
+    for r in requests {
+        assert_eq!(GuardRequest::decode(&serde_json::to_string(&r).unwrap()).unwrap(), r);
+    }
+    let f = facts(T0).facts;
+    let replies = [
+        GuardReply::Allowed { quota: Some(quota.clone()), counted_at: T0 },
+        GuardReply::Allowed { quota: None, counted_at: T0 },
+        GuardReply::Leased {
+            counted_at: Some(T0),
+            refused: Some("missing_scope".into()),
+            quota: Some(quota.clone()),
+            lease: Some(LeaseGrant { id: u64::MAX, reserved: 3, valid_ms: 900 }),
+            facts: Box::new(f.clone()),
+            valid_ms: 1000,
+        },
+        GuardReply::Leased {
+            counted_at: None,
+            refused: None,
+            quota: None,
+            lease: None,
+            facts: Box::default(),
+            valid_ms: 0,
+        },
+        GuardReply::Limited { retry_after_ms: 10, quota: quota.clone(), key_wide: true, facts: None },
+        GuardReply::Limited { retry_after_ms: 10, quota, key_wide: false, facts: Some(Box::new((f.clone(), 70))) },
+        GuardReply::Revoked,
+        GuardReply::Recorded,
+        GuardReply::RevokeRecorded { revoked_at: T0 },
+        GuardReply::Invalid { reason: "too many limits".into() },
+    ];
+    for r in replies {
+        assert_eq!(GuardReply::decode(&serde_json::to_string(&r).unwrap()).unwrap(), r);
+    }
+    use crate::admin::{OrgCommand, OrgRequest, RevokeCaller};
+    let caller = RevokeCaller {
+        scopes: vec![Scope::parse("keys:write").unwrap()],
+        user_id: Some("user_1".into()),
+        key_id: Some("01KEY".into()),
+        user_role: Some("admin".into()),
+    };
+    let commands = [
+        OrgCommand::UpsertOrg { org_id: "org_1".into(), name: "O \"x\"".into(), baa_active: true },
+        OrgCommand::UpsertUser { org_id: "org_1".into(), user_id: "u".into(), role: "admin".into(), disabled: None },
+        OrgCommand::UpsertUser { org_id: "org_1".into(), user_id: "u".into(), role: "r".into(), disabled: Some(false) },
+        OrgCommand::CreateKey { record: Box::new(record()), hash: "ab".into(), creator: None },
+        OrgCommand::CreateKey { record: Box::new(record()), hash: "ab".into(), creator: Some("user_1".into()) },
+        OrgCommand::RevokeKey { org_id: "org_1".into(), key_id: "01KEY".into(), caller: None },
+        OrgCommand::RevokeKey { org_id: "org_1".into(), key_id: "01KEY".into(), caller: Some(caller.clone()) },
+        OrgCommand::RevokeSessions { org_id: "org_1".into(), user_id: "u".into(), caller: Some(caller) },
+        OrgCommand::RevokeSessions { org_id: "org_1".into(), user_id: "u".into(), caller: None },
+        OrgCommand::ListKeys { org_id: "org_1".into(), cursor: None, limit: 50 },
+        OrgCommand::ListAudit { org_id: "org_1".into(), cursor: Some("17".into()), limit: 1 },
+        OrgCommand::Usage { org_id: "org_1".into(), from: 0, to: T0 },
+        OrgCommand::LeaseFacts { org_id: "org_1".into(), key_id: "01KEY".into() },
+        OrgCommand::AuditRefused {
+            org_id: "org_1".into(),
+            action: "key.create_refused".into(),
+            target: "t".into(),
+            detail: "{}".into(),
+        },
+        OrgCommand::RecordUsage {
+            org_id: "org_1".into(),
+            key_id: "01KEY".into(),
+            seq: 3,
+            hours: vec![(T0, UsageCounts { allowed: 2, refunded: 1, refused: refusals.clone() })],
+            last_used_at: Some(T0),
+        },
+        OrgCommand::RecordUsage {
+            org_id: "".into(),
+            key_id: "k".into(),
+            seq: 0,
+            hours: Vec::new(),
+            last_used_at: None,
+        },
+    ];
+    for command in commands {
+        let r = OrgRequest { command, actor: "admin".into(), request_id: "req_1".into(), now_ms: T0 };
+        assert_eq!(OrgRequest::decode(&serde_json::to_string(&r).unwrap()).unwrap(), r);
+    }
+    assert!(GuardRequest::decode(r#"{"nope":{}}"#).is_err());
+    assert!(GuardRequest::decode(r#"{"revoke":{}}"#).is_err(), "a missing field");
+    assert!(GuardRequest::decode(r#"{"revoke":{"revoked_at":"1"}}"#).is_err(), "a field of another type");
+    assert!(GuardReply::decode("[]").is_err());
+    assert!(OrgRequest::decode(r#"{"command":"stats","actor":"a","request_id":"r","now_ms":1}"#).is_err());
 }
 
 // ------------------------------------------------------------ the property
