@@ -301,9 +301,12 @@ impl OrgRequest {
             "create_key" => {
                 OrgCommand::CreateKey { record: c.get("record")?, hash: c.s("hash")?, creator: c.os("creator")? }
             }
-            "revoke_key" => {
-                OrgCommand::RevokeKey { org_id: c.s("org_id")?, key_id: c.s("key_id")?, caller: c.get("caller")? }
-            }
+            "revoke_key" => OrgCommand::RevokeKey {
+                org_id: c.s("org_id")?,
+                key_id: c.s("key_id")?,
+                caller: c.get("caller")?,
+                leaked_at_url: c.os("leaked_at_url")?,
+            },
             "revoke_sessions" => OrgCommand::RevokeSessions {
                 org_id: c.s("org_id")?,
                 user_id: c.s("user_id")?,
