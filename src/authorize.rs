@@ -497,6 +497,7 @@ mod tests {
                 allowed_ips: Vec::new(),
                 meta: None,
                 parent_id: None,
+                leaked_at: None,
             },
             org: OrgRecord { id: "org_1".into(), name: "Org".into(), baa_active: true, updated_at: 0 },
             user: UserRecord {

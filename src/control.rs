@@ -563,6 +563,7 @@ mod tests {
             allowed_ips: Vec::new(),
             meta: None,
             parent_id: None,
+            leaked_at: None,
         };
         let mine = sc(&["ai:*", "control:read"]);
         let org_key = Caller {

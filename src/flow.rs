@@ -529,6 +529,7 @@ impl<'r> Gate<'r> {
             allowed_ips: Vec::new(),
             meta: None,
             parent_id: None,
+            leaked_at: None,
         };
         // What the isolate remembers is per user and issue time: a revoked
         // token marks only the tokens issued in the same second.
@@ -1353,6 +1354,7 @@ pub fn public_answer(
                 allowed_ips: Vec::new(),
                 meta: None,
                 parent_id: None,
+                leaked_at: None,
             };
             Ok(Admitted { grant, key: Rc::new(record), admission: Admission(Some(claim)), quota })
         }

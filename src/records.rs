@@ -73,6 +73,10 @@ pub struct KeyRecord {
     /// revokes this one (and this one's own descendants).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_id: Option<String>,
+    /// When it was revoked because it leaked (the secret-scanning
+    /// endpoint): a report of it again is still a true positive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaked_at: Option<i64>,
 }
 
 /// A key's consistency mode: how its limits and revocation are enforced.

@@ -158,7 +158,9 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<Candidate>, String> {
 }
 
 /// The answer for one candidate: its hash (never the token) and whether it
-/// is a live key (`true_positive`, now revoked) or not (`false_positive`).
+/// is a real keyward secret (`true_positive`: live, now revoked, or revoked
+/// as leaked before) or not (`false_positive`: unknown, expired, revoked
+/// otherwise).
 /// (JSON text, keys in serde_json's sorted order.)
 pub fn answer(token: &str, token_type: &str, live: bool) -> String {
     let label = if live { "\"true_positive\"" } else { "\"false_positive\"" };

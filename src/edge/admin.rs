@@ -251,6 +251,7 @@ pub(super) async fn mint(
         allowed_ips: input.allowed_ips,
         meta: input.meta,
         parent_id,
+        leaked_at: None,
     };
     let command = OrgCommand::CreateKey { record: Box::new(record), hash: new.hash.to_hex(), creator };
     let request = OrgRequest { command, actor: actor.into(), request_id: request_id.into(), now_ms: now };

@@ -387,6 +387,9 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
                 for ((id, _, rec), t) in found.iter_mut().zip(&at) {
                     let first = rec.revoked_at.is_none();
                     rec.revoked_at = Some(*t);
+                    if first && id == key_id && leaked_at_url.is_some() {
+                        rec.leaked_at = Some(*t);
+                    }
                     if first {
                         let json_record =
                             serde_json::to_string(&*rec).map_err(|e| super::unavailable("key encode", e))?;

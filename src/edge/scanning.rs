@@ -41,23 +41,31 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
     }
     let batch = core::parse_batch(&body).map_err(|e| ApiError::with_message(ErrorCode::InvalidRequest, e))?;
     let kv = env.kv(KV_BINDING).map_err(|e| unavailable("KV binding", e))?;
-    let mut answers = Vec::with_capacity(batch.len());
+    // Every lookup first: a record that cannot be read fails the batch
+    // before anything is revoked.
+    let mut found = Vec::with_capacity(batch.len());
     for c in &batch {
-        let live = match crate::authorize::parse_key(&settings.config.format, &c.token) {
+        let record: Option<KeyRecord> = match crate::authorize::parse_key(&settings.config.format, &c.token) {
             Ok(k) if c.token.len() <= core::MAX_TOKEN_LEN => {
-                let record: Option<KeyRecord> =
-                    super::gate::read_json(&kv, &k.hash().kv_key(), super::faults::Fault::none()).await?;
-                match record.filter(|r| r.revoked_at.is_none() && r.expires_at.is_none_or(|e| e > now)) {
-                    Some(r) => {
-                        revoke(env, &r, &c.url, request_id, now).await?;
-                        true
-                    }
-                    None => false,
-                }
+                super::gate::read_json(&kv, &k.hash().kv_key(), super::faults::Fault::none()).await?
             }
-            _ => false,
+            _ => None,
         };
-        answers.push(core::answer(&c.token, &c.token_type, live));
+        found.push(record);
+    }
+    let mut answers = Vec::with_capacity(batch.len());
+    for (c, record) in batch.iter().zip(found) {
+        let leaked = match record {
+            Some(r) if r.revoked_at.is_none() && r.expires_at.is_none_or(|e| e > now) => {
+                revoke(env, &r, &c.url, request_id, now).await?;
+                true
+            }
+            // Revoked as leaked before (reported again, or GitHub's retry
+            // after a batch that failed midway): still a real secret.
+            Some(r) => r.leaked_at.is_some(),
+            None => false,
+        };
+        answers.push(core::answer(&c.token, &c.token_type, leaked));
     }
     Ok(json_response(200, crate::json::array(&answers), request_id))
 }

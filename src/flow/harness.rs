@@ -120,6 +120,7 @@ impl Store {
             allowed_ips: Vec::new(),
             meta: None,
             parent_id: None,
+            leaked_at: None,
         };
         self.kv_keys.insert(k.hash.0, record.clone());
         self.db_keys.insert(record.id.clone(), record.clone());

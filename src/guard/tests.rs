@@ -44,6 +44,7 @@ fn record() -> KeyRecord {
         allowed_ips: Vec::new(),
         meta: None,
         parent_id: None,
+        leaked_at: None,
     }
 }
 
