@@ -158,6 +158,15 @@ async fn public(
 ) -> Result<Admitted, Refusal> {
     let (guard_id, question) = crate::flow::public_question(facts, route, client_ip, &settings.config)?;
     let reply = logged(super::guard::ask(env, &guard_id, &question, settings.guard_timeout_ms, fault).await);
+    // Any answer but an admission or a limit is a 503: say which.
+    let odd = match &reply {
+        Ok(crate::guard::GuardReply::Allowed { .. } | crate::guard::GuardReply::Limited { .. }) | Err(_) => None,
+        Ok(crate::guard::GuardReply::Revoked) => Some("revoked"),
+        Ok(_) => Some("another reply"),
+    };
+    if let Some(what) = odd {
+        worker::console_warn!("keyward: the per-address guard of {guard_id} answered {what}");
+    }
     crate::flow::public_answer(facts, route, &settings.config, &question, reply, now_ms())
 }
 
