@@ -509,27 +509,12 @@ impl<'r> Gate<'r> {
         let id = session_guard_id(&session.org_id, &session.user_id);
         let star = || vec![crate::scope::Scope::parse("*").unwrap_or_else(|| unreachable!())];
         let record = KeyRecord {
-            org_id: session.org_id.clone(),
             user_id: Some(session.user_id.clone()),
-            name: String::new(),
-            kind: KeyKind::Secret,
             scopes: session.scopes.clone().unwrap_or_else(star),
-            prefix: String::new(),
-            last_four: String::new(),
             created_at: session.issued_at,
             expires_at: Some(session.expires_at),
-            revoked_at: None,
-            rate_limits: Vec::new(),
             allowed_origins: config.session_origins.clone(),
-            resource_id: None,
-            visitor_rate_limits: Vec::new(),
-            turnstile_required: false,
-            consistency: Consistency::Strict,
-            id,
-            allowed_ips: Vec::new(),
-            meta: None,
-            parent_id: None,
-            leaked_at: None,
+            ..KeyRecord::synthetic(id, &session.org_id, session.issued_at)
         };
         // What the isolate remembers is per user and issue time: a revoked
         // token marks only the tokens issued in the same second.
@@ -1333,29 +1318,7 @@ pub fn public_answer(
             };
             let hash = KeyHash::of(&key.key_id).0;
             let claim = Claim::Guarded { hash, key: key.clone(), limits: limits.clone(), counted_at };
-            let record = KeyRecord {
-                id: key.key_id.clone(),
-                org_id: String::new(),
-                user_id: None,
-                name: String::new(),
-                kind: KeyKind::Secret,
-                scopes: Vec::new(),
-                prefix: String::new(),
-                last_four: String::new(),
-                created_at: now,
-                expires_at: None,
-                revoked_at: None,
-                rate_limits: Vec::new(),
-                allowed_origins: Vec::new(),
-                resource_id: None,
-                visitor_rate_limits: Vec::new(),
-                turnstile_required: false,
-                consistency: Consistency::Strict,
-                allowed_ips: Vec::new(),
-                meta: None,
-                parent_id: None,
-                leaked_at: None,
-            };
+            let record = KeyRecord::synthetic(key.key_id.clone(), "", now);
             Ok(Admitted { grant, key: Rc::new(record), admission: Admission(Some(claim)), quota })
         }
         Ok(GuardReply::Limited { retry_after_ms, quota, .. }) => {

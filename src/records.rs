@@ -79,6 +79,37 @@ pub struct KeyRecord {
     pub leaked_at: Option<i64>,
 }
 
+impl KeyRecord {
+    /// A record keyward makes itself, never stored: a strict secret key
+    /// with no scopes, limits or restrictions of its own (a JWT session's,
+    /// built over it; a public route's, which only names its guard).
+    pub fn synthetic(id: String, org_id: &str, created_at: i64) -> KeyRecord {
+        KeyRecord {
+            id,
+            org_id: org_id.to_owned(),
+            user_id: None,
+            name: String::new(),
+            kind: KeyKind::Secret,
+            scopes: Vec::new(),
+            prefix: String::new(),
+            last_four: String::new(),
+            created_at,
+            expires_at: None,
+            revoked_at: None,
+            rate_limits: Vec::new(),
+            allowed_origins: Vec::new(),
+            resource_id: None,
+            visitor_rate_limits: Vec::new(),
+            turnstile_required: false,
+            consistency: Consistency::Strict,
+            allowed_ips: Vec::new(),
+            meta: None,
+            parent_id: None,
+            leaked_at: None,
+        }
+    }
+}
+
 /// A key's consistency mode: how its limits and revocation are enforced.
 ///
 /// - `strict` (default): every request asks the key's guard (its Durable
