@@ -498,6 +498,9 @@ mod tests {
                 meta: None,
                 parent_id: None,
                 leaked_at: None,
+                guard_id: None,
+                version: 0,
+                credits: None,
             },
             org: OrgRecord { id: "org_1".into(), name: "Org".into(), baa_active: true, updated_at: 0 },
             user: UserRecord {

@@ -564,6 +564,9 @@ mod tests {
             meta: None,
             parent_id: None,
             leaked_at: None,
+            guard_id: None,
+            version: 0,
+            credits: None,
         };
         let mine = sc(&["ai:*", "control:read"]);
         let org_key = Caller {

@@ -117,6 +117,10 @@ catalogue! {
     /// A rate limit of the key is exhausted (`Retry-After` says when to retry).
     RateLimited = ("RATE_LIMITED", 429, "rate_limit_error", true,
         "Rate limit exceeded. Retry after the number of seconds in Retry-After.");
+    /// A usage-limited key has fewer credits left than the request costs
+    /// (`Retry-After`: the next refill, when the key refills).
+    UsageExceeded = ("USAGE_EXCEEDED", 429, "rate_limit_error", false,
+        "This API key has no credits left for this request. Retry after the next refill (Retry-After) or top the key up.");
     /// A bug: keyward failed in a way it did not anticipate.
     InternalError = ("INTERNAL_ERROR", 500, "api_error", true,
         "An internal error occurred.");
@@ -256,7 +260,10 @@ mod tests {
         for c in ErrorCode::ALL {
             assert!(seen.insert(c.as_str()), "duplicate code {}", c.as_str());
             assert!((400..600).contains(&c.status()));
-            assert_eq!(c.retryable(), matches!(c.status(), 429 | 500..=599));
+            // Spent credits do not come back by retrying (a refill or a
+            // top-up brings them); every other 429 and 5xx may.
+            let spent = *c == ErrorCode::UsageExceeded;
+            assert_eq!(c.retryable(), matches!(c.status(), 429 | 500..=599) && !spent);
         }
     }
 

@@ -127,6 +127,11 @@ struct LocalLease {
     id: u64,
     reserved: u32,
     used: u32,
+    /// Credits reserved (a usage-limited key) and spent of them.
+    credits: u64,
+    spent: u64,
+    /// The guard's count of credits left after the grant.
+    credits_left: Option<u64>,
     until: i64,
     quota: Option<QuotaWire>,
     granted_at: i64,
@@ -158,6 +163,9 @@ struct Slot {
     /// The guard declined a reservation although one was asked for (its
     /// lease table is full): questions about this slot go in parallel.
     parallel_until: Option<i64>,
+    /// A leased, usage-limited key's credits ran out: refused here until
+    /// then (at most `LEASE_MS`), with the time of the next refill.
+    no_credits: Option<(i64, Option<i64>)>,
     /// Turnstile verifications of this visitor since `verify_since`
     /// ([`MAX_VERIFICATIONS_PER_MINUTE`]).
     verify_since: i64,
@@ -235,6 +243,8 @@ pub struct Admitted {
     pub admission: Admission,
     /// The `RateLimit-*` quota to report.
     pub quota: Option<QuotaWire>,
+    /// A usage-limited key's credits left (`X-Credits-Remaining`).
+    pub credits: Option<u64>,
 }
 
 /// An admitted request's claim on the key's limits. It must end as
@@ -251,8 +261,9 @@ enum Claim {
     Unguarded,
     /// Counted by the guard at `counted_at`.
     Guarded { hash: [u8; 32], key: KeyRef, limits: Limits, counted_at: i64 },
-    /// A unit of this isolate's lease.
-    Leased { slot: SlotId, lease_id: u64 },
+    /// A unit of this isolate's lease (and its cost, for a usage-limited
+    /// key).
+    Leased { slot: SlotId, lease_id: u64, cost: u64 },
 }
 
 impl Admission {
@@ -281,11 +292,12 @@ impl Admission {
                 key_id: key.key_id.clone(),
                 request: GuardRequest::Refund { key, limits, counted_at, reason: reason_of(reason) },
             }),
-            Claim::Leased { slot, lease_id } => {
+            Claim::Leased { slot, lease_id, cost } => {
                 if let Some(l) =
                     isolate.slots.get_mut(&slot).and_then(|s| s.lease.as_mut()).filter(|l| l.id == lease_id)
                 {
                     l.used = l.used.saturating_sub(1);
+                    l.spent = l.spent.saturating_sub(cost);
                 }
                 None
             }
@@ -706,7 +718,13 @@ impl<'r> Gate<'r> {
         // A session's record was made with the token's `iat` as its
         // creation time: the guard compares it with the user's revocation.
         let issued_at = is_session_guard(&key.id).then_some(key.created_at);
-        KeyRef { key_id: key.id.clone(), org_id: key.org_id.clone(), issued_at }
+        KeyRef {
+            key_id: key.guard().to_owned(),
+            org_id: key.org_id.clone(),
+            issued_at,
+            member: key.guard_id.is_some().then(|| key.id.clone()),
+            version: key.version,
+        }
     }
 
     /// A widget key's per-visitor limits: its own, else the policy's.
@@ -730,12 +748,20 @@ impl<'r> Gate<'r> {
     fn limits(&self, key: &KeyRecord) -> Limits {
         if self.session.is_some() {
             let role = self.role.as_deref().unwrap_or("");
-            return Limits { key: self.policy.session_rate_limits(role).to_vec(), visitor: None };
+            return Limits { key: self.policy.session_rate_limits(role).to_vec(), ..Limits::default() };
         }
         Limits {
             key: merge_limits(self.policy.default_rate_limits(), &key.rate_limits),
             visitor: self.visitor(key).map(|id| VisitorLimits { id, limits: self.visitor_limits(key).to_vec() }),
+            credits: key.credits,
+            cost: if key.credits.is_some() { self.cost() } else { 1 },
         }
+    }
+
+    /// Credits this request spends from a usage-limited key: its route's
+    /// cost (1 when no route matches: nothing is admitted then).
+    fn cost(&self) -> u32 {
+        self.policy.route(self.facts.method, self.facts.path).map_or(1, |r| r.cost())
     }
 
     fn slot(&self, key: &KeyRecord) -> SlotId {
@@ -807,7 +833,7 @@ impl<'r> Gate<'r> {
         Next::ReadRecordsAndAsk {
             org_id: key.org_id.clone(),
             user_id: key.user_id.clone(),
-            key_id: key.id.clone(),
+            key_id: key.guard().to_owned(),
             request,
         }
     }
@@ -931,7 +957,7 @@ impl<'r> Gate<'r> {
         match (decision, cached_limit) {
             (Ok(grant), _) if !self.settings.key_guard => {
                 let admission = Admission(Some(Claim::Unguarded));
-                Next::Admit(Admitted { grant, key, admission, quota: None })
+                Next::Admit(Admitted { grant, key, admission, quota: None, credits: None })
             }
             (Ok(grant), Some(limited)) => {
                 iso.count_refusal(&self.hash, "rate_limited", now, self.settings.lease_ms, &mut self.later);
@@ -945,7 +971,7 @@ impl<'r> Gate<'r> {
                     return wait;
                 }
                 let request = self.check(iso, &key);
-                let key_id = key.id.clone();
+                let key_id = key.guard().to_owned();
                 self.phase = Phase::StrictChecking { key, grant };
                 Next::Ask { key_id, request }
             }
@@ -967,16 +993,26 @@ impl<'r> Gate<'r> {
         let Some(Ok(reply)) = reply else { return self.unavailable(iso) };
         let slot = self.slot(&key);
         match reply {
-            GuardReply::Allowed { quota, counted_at } => {
+            GuardReply::Allowed { quota, counted_at, credits } => {
                 iso.confirm(&self.hash, now);
                 iso.note_room(&slot, quota.as_ref(), now, &mut self.later);
                 let claim =
                     Claim::Guarded { hash: self.hash, key: Self::key_ref(&key), limits: self.limits(&key), counted_at };
                 match decision {
-                    Ok(grant) => Next::Admit(Admitted { grant, key, admission: Admission(Some(claim)), quota }),
+                    Ok(grant) => {
+                        Next::Admit(Admitted { grant, key, admission: Admission(Some(claim)), quota, credits })
+                    }
                     Err(refusal) => self.refuse_refunding(iso, claim, refusal),
                 }
             }
+            GuardReply::Exhausted { retry_after_ms, .. } => {
+                iso.confirm(&self.hash, now);
+                match decision {
+                    Ok(grant) => Next::Refuse(with_cors(usage_exceeded(retry_after_ms), &grant)),
+                    Err(refusal) => Next::Refuse(refusal),
+                }
+            }
+            GuardReply::Stale { record } => self.restale(iso, *record, now),
             GuardReply::Limited { retry_after_ms, quota, key_wide, .. } => {
                 iso.confirm(&self.hash, now);
                 let lease_ms = self.settings.lease_ms;
@@ -1018,7 +1054,7 @@ impl<'r> Gate<'r> {
         *self.sent.entry(reason).or_default() += 1;
         let request = GuardRequest::Refused { key: Self::key_ref(key), refusals: self.sent.clone() };
         self.phase = Phase::Probing { refusal };
-        Next::Ask { key_id: key.id.clone(), request }
+        Next::Ask { key_id: key.guard().to_owned(), request }
     }
 
     fn probed(&mut self, iso: &mut Isolate, refusal: Refusal, now: i64) -> Next {
@@ -1032,8 +1068,21 @@ impl<'r> Gate<'r> {
                 iso.mark_revoked(&self.hash);
                 Next::Refuse(ErrorCode::InvalidApiKey.into())
             }
+            Some(Ok(GuardReply::Stale { record })) => self.restale(iso, *record, now),
             _ => self.unavailable(iso),
         }
+    }
+
+    /// The guard holds a newer version of the key's record (an update, a
+    /// roll's expiry) than the one this request was decided on: the
+    /// isolate keeps it, and the request is decided again on it.
+    fn restale(&mut self, iso: &mut Isolate, record: KeyRecord, now: i64) -> Next {
+        if iso.record(&self.hash).is_none_or(|r| r.id != record.id || r.version >= record.version) {
+            // Not this key's record, or not newer: never decide on it.
+            return self.unavailable(iso);
+        }
+        let record = iso.remember_key(self.hash, record, now, &mut self.later);
+        self.decide(iso, record, now)
     }
 
     // ------------------------------------------------------------- leased
@@ -1069,10 +1118,15 @@ impl<'r> Gate<'r> {
                 return Next::Refuse(refusal);
             }
         };
-        if let Some((lease_id, quota)) = iso.take_unit(&slot, now) {
-            let admission = Admission(Some(Claim::Leased { slot, lease_id }));
+        let cost = key.credits.map(|_| u64::from(self.cost()));
+        if let Some((lease_id, quota, credits)) = iso.take_unit(&slot, now, cost) {
+            let admission = Admission(Some(Claim::Leased { slot, lease_id, cost: cost.unwrap_or(0) }));
             let key = iso.record(&self.hash).unwrap_or(key);
-            return Next::Admit(Admitted { grant, key, admission, quota });
+            return Next::Admit(Admitted { grant, key, admission, quota, credits });
+        }
+        if let Some((_, retry_at)) = iso.slots.get(&self.key_slot()).and_then(|s| s.no_credits).filter(|n| n.0 > now) {
+            iso.count_refusal(&self.hash, "usage_exceeded", now, self.settings.lease_ms, &mut self.later);
+            return Next::Refuse(with_cors(usage_exceeded(retry_at.map(|t| t - now)), &grant));
         }
         if let Some(limited) = iso.cached_limit(&slot, now) {
             iso.count_refusal(&self.hash, "rate_limited", now, self.settings.lease_ms, &mut self.later);
@@ -1102,7 +1156,7 @@ impl<'r> Gate<'r> {
         }
         let s = iso.slot_mut(&slot, now, &mut self.later);
         let want = s.want(now, self.settings.lease_ms);
-        let report = s.lease.take().map(|l| LeaseReport { id: l.id, used: l.used });
+        let report = s.lease.take().map(|l| LeaseReport { id: l.id, used: l.used, spent: l.spent });
         self.sent = iso.take_refusals(&self.hash);
         self.sent_want = want;
         let request = GuardRequest::Lease {
@@ -1113,7 +1167,7 @@ impl<'r> Gate<'r> {
             report,
             refusals: self.sent.clone(),
         };
-        let key_id = key.id.clone();
+        let key_id = key.guard().to_owned();
         self.phase = Phase::LeaseAsked { key, asked_at: now };
         Next::Ask { key_id, request }
     }
@@ -1131,7 +1185,7 @@ impl<'r> Gate<'r> {
         let lease_ms = self.settings.lease_ms;
         let Some(Ok(reply)) = self.reply.take() else { return self.unavailable(iso) };
         match reply {
-            GuardReply::Leased { counted_at, refused, quota, lease, facts, valid_ms } => {
+            GuardReply::Leased { counted_at, refused, quota, lease, credits, facts, valid_ms } => {
                 // Timed from when the question was asked: the guard's clock
                 // started no earlier, so the isolate never uses a lease or
                 // its facts past their end.
@@ -1146,15 +1200,24 @@ impl<'r> Gate<'r> {
                         // report it, never drop it.
                         let request = GuardRequest::Return {
                             key: Self::key_ref(&key),
-                            report: LeaseReport { id: old.id, used: old.used },
+                            report: LeaseReport { id: old.id, used: old.used, spent: old.spent },
                             refusals: Refusals::new(),
                         };
-                        self.later.push(Later::Call { hash: self.hash, key_id: key.id.clone(), request });
+                        self.later.push(Later::Call { hash: self.hash, key_id: key.guard().to_owned(), request });
                     }
                     let s = iso.slot_mut(&slot, now, &mut self.later);
                     let quota = quota.clone();
-                    s.lease =
-                        Some(LocalLease { id: g.id, reserved: g.reserved, used: 0, until, quota, granted_at: now });
+                    s.lease = Some(LocalLease {
+                        id: g.id,
+                        reserved: g.reserved,
+                        used: 0,
+                        credits: g.credits,
+                        spent: 0,
+                        credits_left: credits,
+                        until,
+                        quota,
+                        granted_at: now,
+                    });
                     // Returned half a lease after its end unless a request
                     // renews it first (the renewal carries the report: one
                     // call and one write fewer for a key in steady use).
@@ -1171,6 +1234,7 @@ impl<'r> Gate<'r> {
                 // reservation just granted is still to use.
                 let reserved = lease.map_or(0, |g| g.reserved);
                 let quota = quota.map(|q| QuotaWire { remaining: q.remaining.saturating_add(reserved), ..q });
+                let credits = credits.map(|c| c.saturating_add(lease.map_or(0, |g| g.credits)));
                 let claim =
                     Claim::Guarded { hash: self.hash, key: Self::key_ref(&key), limits: self.limits(&key), counted_at };
                 // This request is decided on the answer's facts, fresh from
@@ -1181,7 +1245,7 @@ impl<'r> Gate<'r> {
                 match authorize(&self.facts, self.kind, &records, self.policy, self.config, now) {
                     Ok(grant) => {
                         let key = iso.record(&self.hash).unwrap_or(key);
-                        Next::Admit(Admitted { grant, key, admission: Admission(Some(claim)), quota })
+                        Next::Admit(Admitted { grant, key, admission: Admission(Some(claim)), quota, credits })
                     }
                     Err(refusal) => self.refuse_refunding(iso, claim, refusal),
                 }
@@ -1194,6 +1258,17 @@ impl<'r> Gate<'r> {
                 iso.remember_limit(&slot, key_wide, retry_after_ms, quota, now, lease_ms, &mut self.later);
                 // Decided on the facts: a refusal they give comes first,
                 // else the 429 just remembered.
+                self.leased(iso, key, now)
+            }
+            GuardReply::Exhausted { retry_after_ms, facts } => {
+                if let Some(f) = facts {
+                    let (facts, valid_ms) = *f;
+                    iso.set_facts(&self.hash, Rc::new(facts), asked_at + valid_ms.min(lease_ms), now);
+                }
+                // Remembered for at most a lease (a top-up is seen by then).
+                let until = now + retry_after_ms.unwrap_or(lease_ms).clamp(1, lease_ms);
+                let marker = self.key_slot();
+                iso.slot_mut(&marker, now, &mut self.later).no_credits = Some((until, retry_after_ms.map(|r| now + r)));
                 self.leased(iso, key, now)
             }
             GuardReply::Revoked => {
@@ -1260,11 +1335,9 @@ pub fn public_question(
         .into());
     }
     let id = format!("ip:{}", cors::visitor(client_ip, config.visitor_ipv6_prefix));
-    let key = KeyRef { key_id: id.clone(), org_id: String::new(), issued_at: None };
-    Ok((
-        id,
-        GuardRequest::Check { key, limits: Limits { key: limits.to_vec(), visitor: None }, refusals: Refusals::new() },
-    ))
+    let key = KeyRef { key_id: id.clone(), ..KeyRef::default() };
+    let limits = Limits { key: limits.to_vec(), ..Limits::default() };
+    Ok((id, GuardRequest::Check { key, limits, refusals: Refusals::new() }))
 }
 
 /// The CORS headers of an answer to a browser on an origin in
@@ -1300,7 +1373,7 @@ pub fn public_answer(
         r
     };
     match reply {
-        Ok(GuardReply::Allowed { quota, counted_at }) => {
+        Ok(GuardReply::Allowed { quota, counted_at, .. }) => {
             let grant = Grant {
                 org_id: String::new(),
                 key_id: String::new(),
@@ -1319,7 +1392,7 @@ pub fn public_answer(
             let hash = KeyHash::of(&key.key_id).0;
             let claim = Claim::Guarded { hash, key: key.clone(), limits: limits.clone(), counted_at };
             let record = KeyRecord::synthetic(key.key_id.clone(), "", now);
-            Ok(Admitted { grant, key: Rc::new(record), admission: Admission(Some(claim)), quota })
+            Ok(Admitted { grant, key: Rc::new(record), admission: Admission(Some(claim)), quota, credits: None })
         }
         Ok(GuardReply::Limited { retry_after_ms, quota, .. }) => {
             Err(with_cors(limited_refusal(now + retry_after_ms, now + quota.reset_ms, &quota, now)))
@@ -1339,6 +1412,16 @@ fn with_cors(mut r: Refusal, grant: &Grant) -> Refusal {
         r.headers.extend(cors::response_headers(o));
     }
     r
+}
+
+/// `429 USAGE_EXCEEDED`: a usage-limited key has too few credits left;
+/// `Retry-After` until its next refill, if it refills.
+fn usage_exceeded(retry_after_ms: Option<i64>) -> Refusal {
+    let mut headers = vec![("X-Credits-Remaining", "0".to_owned())];
+    if let Some(ms) = retry_after_ms {
+        headers.push(("Retry-After", ceil_seconds(ms).max(1).to_string()));
+    }
+    Refusal { error: ApiError::new(ErrorCode::UsageExceeded), headers }
 }
 
 fn limited_refusal(retry_at: i64, reset_at: i64, quota: &QuotaWire, now: i64) -> Refusal {
@@ -1409,7 +1492,11 @@ impl Isolate {
             records_refused: false,
             records_ok_at: None,
         });
-        e.record = record;
+        // A record read from KV may be older than one the guard sent
+        // (KV lags an update): the newer version stays.
+        if e.record.id != record.id || e.record.version <= record.version {
+            e.record = record;
+        }
         e.read_at = now;
         e.used_at = now;
         e.record.clone()
@@ -1429,7 +1516,7 @@ impl Isolate {
             if let Some(e) = self.keys.remove(&h) {
                 if !e.refusals.is_empty() {
                     let request = GuardRequest::Refused { key: Self::key_ref_of(&e.record), refusals: e.refusals };
-                    later.push(Later::Call { hash: h, key_id: e.record.id.clone(), request });
+                    later.push(Later::Call { hash: h, key_id: e.record.guard().to_owned(), request });
                 }
             }
         }
@@ -1466,10 +1553,10 @@ impl Isolate {
             if let (Some(l), Some(e)) = (s.lease, self.keys.get(&id.hash)) {
                 let request = GuardRequest::Return {
                     key: Self::key_ref_of(&e.record),
-                    report: LeaseReport { id: l.id, used: l.used },
+                    report: LeaseReport { id: l.id, used: l.used, spent: l.spent },
                     refusals: Refusals::new(),
                 };
-                later.push(Later::Call { hash: id.hash, key_id: e.record.id.clone(), request });
+                later.push(Later::Call { hash: id.hash, key_id: e.record.guard().to_owned(), request });
             }
         }
     }
@@ -1621,10 +1708,22 @@ impl Isolate {
         refusal
     }
 
-    /// A unit of the slot's lease, if it has one left and has not ended.
-    fn take_unit(&mut self, slot: &SlotId, now: i64) -> Option<(u64, Option<QuotaWire>)> {
+    /// A unit of the slot's lease, if it has one left and has not ended
+    /// (and, for a usage-limited key, the request's `cost` in credits).
+    fn take_unit(
+        &mut self,
+        slot: &SlotId,
+        now: i64,
+        cost: Option<u64>,
+    ) -> Option<(u64, Option<QuotaWire>, Option<u64>)> {
         let s = self.slots.get_mut(slot)?;
         let l = s.lease.as_mut().filter(|l| now < l.until && l.used < l.reserved)?;
+        if let Some(c) = cost {
+            if l.spent + c > l.credits {
+                return None;
+            }
+            l.spent += c;
+        }
         l.used += 1;
         s.demand += 1;
         s.used_at = now;
@@ -1635,7 +1734,8 @@ impl Isolate {
             reset_ms: (q.reset_ms - (now - l.granted_at)).max(0),
             ..q.clone()
         });
-        Some((l.id, quota))
+        let credits = cost.and(l.credits_left).map(|c| c + (l.credits - l.spent));
+        Some((l.id, quota, credits))
     }
 
     /// Whether a request of this isolate is asking the guard about `slot`.
@@ -1666,10 +1766,10 @@ impl Isolate {
         let refusals = std::mem::take(&mut e.refusals);
         let request = GuardRequest::Return {
             key: Self::key_ref_of(&e.record),
-            report: LeaseReport { id: l.id, used: l.used },
+            report: LeaseReport { id: l.id, used: l.used, spent: l.spent },
             refusals,
         };
-        Some((e.record.id.clone(), request))
+        Some((e.record.guard().to_owned(), request))
     }
 
     /// A [`Later::FlushAt`] is due: the counted refusals, if any are left.
@@ -1685,7 +1785,7 @@ impl Isolate {
         }
         let request =
             GuardRequest::Refused { key: Self::key_ref_of(&e.record), refusals: std::mem::take(&mut e.refusals) };
-        Some((e.record.id.clone(), request))
+        Some((e.record.guard().to_owned(), request))
     }
 
     /// The guard's answer to `request`, sent after a response. Only the

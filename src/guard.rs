@@ -47,6 +47,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::authorize::{records_verdict, Config, Records};
+use crate::credits::{CreditLedger, CreditSpec};
 use crate::policy::Policy;
 use crate::ratelimit::{self, ledger_bound, Ledger, Quota, RateLimit};
 use crate::records::{KeyRecord, OrgRecord, UserRecord};
@@ -83,6 +84,14 @@ pub const MAX_VISITOR_ID: usize = 64;
 /// Largest lease id: ids are random below 2^53 so that they survive a trip
 /// through a JavaScript number (SQLite bindings) unchanged.
 pub const LEASE_ID_MASK: u64 = (1 << 53) - 1;
+/// Most keys of one roll family (the first key and every key rolled from
+/// it) a guard tracks; the org's object refuses a roll past it.
+pub const MAX_MEMBERS: usize = 64;
+/// Most live (not ended) keys of one roll family; the org's object refuses
+/// a roll past it.
+pub const MAX_LIVE_MEMBERS: usize = 8;
+/// Largest key record a guard holds (its stored JSON text).
+pub const MAX_MEMBER_RECORD: usize = 16 * 1024;
 
 /// Requests of one key in one hour.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,7 +163,7 @@ impl PendingUsage {
 }
 
 /// Which key an object belongs to.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRef {
     /// Key id.
     pub key_id: String,
@@ -166,6 +175,45 @@ pub struct KeyRef {
     /// sessions were revoked at or after that moment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_at: Option<i64>,
+    /// The key presented, when it is not `key_id` (a rolled key shares the
+    /// guard of its family's first key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    /// The version of the key record the request was decided on.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u64,
+}
+
+impl KeyRef {
+    /// The key presented (a member of the guard's roll family).
+    pub fn member_id(&self) -> &str {
+        self.member.as_deref().unwrap_or(&self.key_id)
+    }
+}
+
+/// What a guard knows of one key of its roll family beyond KV: its latest
+/// record (after an update or a roll) and when it ended (revoked, or
+/// expired after a roll's grace).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The tombstone: when the key was revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<i64>,
+    /// When it expired (its record, once past its expiry, is dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired_at: Option<i64>,
+    /// Its latest record, while it is live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<Box<KeyRecord>>,
+}
+
+impl Member {
+    /// Whether the key is refused at `now`: revoked, or expired.
+    pub fn ended(&self, now: i64) -> bool {
+        self.revoked_at.is_some()
+            || self.expired_at.is_some()
+            || self.record.as_ref().is_some_and(|r| r.revoked_at.is_some() || r.expires_at.is_some_and(|e| e <= now))
+    }
 }
 
 /// Refusals an isolate answered itself, by reason (lowercase error code),
@@ -174,7 +222,7 @@ pub type Refusals = BTreeMap<String, u64>;
 
 /// The limits a request counts under: the key's own and, for a widget key,
 /// its visitor's.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// The key's effective limits.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -182,6 +230,26 @@ pub struct Limits {
     /// The visitor's limits (widget keys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub visitor: Option<VisitorLimits>,
+    /// A usage-limited key's credit setting (from its record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<CreditSpec>,
+    /// Credits the request spends (its route's cost).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub cost: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { key: Vec::new(), visitor: None, credits: None, cost: 1 }
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 /// A widget visitor and its limits.
@@ -201,6 +269,9 @@ impl Limits {
         }
         if self.visitor.as_ref().is_some_and(|v| v.id.is_empty() || v.id.len() > MAX_VISITOR_ID) {
             return Err("visitor id must be 1-64 bytes");
+        }
+        if !(1..=crate::credits::MAX_COST).contains(&self.cost) {
+            return Err("cost out of range");
         }
         // A limit out of range (e.g. 0 = unlimited) must never admit; names
         // are the grammar of the policy (they are stored).
@@ -259,6 +330,9 @@ pub struct LeaseReport {
     pub id: u64,
     /// Units of its reservation that admitted a request.
     pub used: u32,
+    /// Credits of its reservation those requests spent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub spent: u64,
 }
 
 /// A reservation granted to an isolate.
@@ -271,6 +345,11 @@ pub struct LeaseGrant {
     /// How long it may use them (ms from the guard's answer; at most
     /// `LEASE_MS`).
     pub valid_ms: i64,
+    /// Credits reserved with them (a usage-limited key): each unit spends
+    /// its route's cost from these, and a unit whose cost is not left here
+    /// asks the guard.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub credits: u64,
 }
 
 /// A request from the worker (or the org object) to a key's object.
@@ -340,10 +419,23 @@ pub enum GuardRequest {
         /// The refusal's error code, lowercase.
         reason: String,
     },
-    /// Record the tombstone (idempotent: the first time wins).
+    /// Record the tombstone (idempotent: the first time wins): of one key
+    /// of the guard's roll family, or (no `key_id`, round 1's form) of the
+    /// whole guard.
     Revoke {
         /// Revocation time (ms).
         revoked_at: i64,
+        /// The key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_id: Option<String>,
+    },
+    /// A key of the guard's roll family changed (an update, a roll's
+    /// expiry): requests decided on an older version are answered with
+    /// this record ([`GuardReply::Stale`]); its credit setting, if newer,
+    /// restarts the count.
+    Update {
+        /// The new record.
+        record: Box<KeyRecord>,
     },
     /// A user's sessions guard: refuse every token issued at or before
     /// `revoked_at` (the latest revocation wins).
@@ -387,7 +479,8 @@ impl GuardRequest {
                 counted_at: f.i("counted_at")?,
                 reason: f.s("reason")?,
             },
-            "revoke" => GuardRequest::Revoke { revoked_at: f.i("revoked_at")? },
+            "revoke" => GuardRequest::Revoke { revoked_at: f.i("revoked_at")?, key_id: f.os("key_id")? },
+            "update" => GuardRequest::Update { record: f.get("record")? },
             "revoke_sessions" => GuardRequest::RevokeSessions { revoked_at: f.i("revoked_at")? },
             "stats" => GuardRequest::Stats,
             _ => return Err(crate::json::bad("unknown request")),
@@ -408,6 +501,7 @@ impl GuardRequest {
             GuardRequest::Refused { .. } => "refused",
             GuardRequest::Refund { .. } => "refund",
             GuardRequest::Revoke { .. } => "revoke",
+            GuardRequest::Update { .. } => "update",
             GuardRequest::RevokeSessions { .. } => "revoke_sessions",
             GuardRequest::Stats => "stats",
         }
@@ -424,6 +518,9 @@ pub enum GuardReply {
         quota: Option<QuotaWire>,
         /// When it was counted (for a refund).
         counted_at: i64,
+        /// A usage-limited key's credits left.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credits: Option<u64>,
     },
     /// A lease answer: the facts, and the request at hand admitted if the
     /// facts allow it (`counted_at`), with a reservation if one was granted.
@@ -442,6 +539,9 @@ pub enum GuardReply {
         /// The reservation.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         lease: Option<LeaseGrant>,
+        /// A usage-limited key's credits left (after the reservation).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credits: Option<u64>,
         /// The facts.
         facts: Box<Facts>,
         /// How long the facts may be used (ms from this answer).
@@ -460,7 +560,23 @@ pub enum GuardReply {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         facts: Option<Box<(Facts, i64)>>,
     },
-    /// The key is revoked.
+    /// A usage-limited key has too few credits left for the request (its
+    /// cost); nothing counted.
+    Exhausted {
+        /// Milliseconds until the next refill, if the key refills.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<i64>,
+        /// For a lease request: the facts and how long they may be used.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        facts: Option<Box<(Facts, i64)>>,
+    },
+    /// The request was decided on an older version of the key's record:
+    /// decide again on this one. Nothing counted.
+    Stale {
+        /// The key's current record.
+        record: Box<KeyRecord>,
+    },
+    /// The key is revoked (or, after a roll, expired).
     Revoked,
     /// A report, refusal or refund was recorded; the key is not revoked.
     Recorded,
@@ -482,12 +598,17 @@ impl GuardReply {
     pub(crate) fn decode(text: &str) -> crate::json::Got<GuardReply> {
         let (name, mut f) = crate::json::Fields::variant(text)?;
         Ok(match name.as_str() {
-            "allowed" => GuardReply::Allowed { quota: f.get("quota")?, counted_at: f.i("counted_at")? },
+            "allowed" => GuardReply::Allowed {
+                quota: f.get("quota")?,
+                counted_at: f.i("counted_at")?,
+                credits: f.get("credits")?,
+            },
             "leased" => GuardReply::Leased {
                 counted_at: f.oi("counted_at")?,
                 refused: f.os("refused")?,
                 quota: f.get("quota")?,
                 lease: f.get("lease")?,
+                credits: f.get("credits")?,
                 facts: f.get("facts")?,
                 valid_ms: f.i("valid_ms")?,
             },
@@ -497,6 +618,8 @@ impl GuardReply {
                 key_wide: f.b("key_wide")?,
                 facts: f.get("facts")?,
             },
+            "exhausted" => GuardReply::Exhausted { retry_after_ms: f.oi("retry_after_ms")?, facts: f.get("facts")? },
+            "stale" => GuardReply::Stale { record: f.get("record")? },
             "revoked" => GuardReply::Revoked,
             "recorded" => GuardReply::Recorded,
             "revoke_recorded" => GuardReply::RevokeRecorded { revoked_at: f.i("revoked_at")? },
@@ -563,7 +686,9 @@ impl Calls {
             GuardRequest::Return { .. } => &mut self.returned,
             GuardRequest::Refused { .. } => &mut self.refused,
             GuardRequest::Refund { .. } => &mut self.refund,
-            GuardRequest::Revoke { .. } | GuardRequest::RevokeSessions { .. } => &mut self.revoke,
+            GuardRequest::Revoke { .. } | GuardRequest::RevokeSessions { .. } | GuardRequest::Update { .. } => {
+                &mut self.revoke
+            }
             GuardRequest::Stats => &mut self.stats,
         };
         *n += 1;
@@ -613,6 +738,9 @@ pub struct Meta {
     /// revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sessions_revoked_at: Option<i64>,
+    /// The keys of the guard's roll family it knows more of than KV.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub members: BTreeMap<String, Member>,
     /// Sequence number of the last roll-up begun.
     #[serde(default)]
     pub rollup_seq: u64,
@@ -630,6 +758,9 @@ pub struct Counters {
     /// Usage counted since the last roll-up began.
     #[serde(default)]
     pub usage: PendingUsage,
+    /// A usage-limited key's live credit count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<CreditLedger>,
 }
 
 /// A visitor row.
@@ -650,6 +781,13 @@ pub struct LeaseRecord {
     pub reserved: u32,
     /// The limits it was granted under.
     pub limits: Limits,
+    /// Credits reserved (a usage-limited key).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub credits: u64,
+    /// When it was granted (credits spent before a refill are not given
+    /// back after it).
+    #[serde(default)]
+    pub granted_at: i64,
 }
 
 /// Everything a key's object holds.
@@ -780,13 +918,36 @@ impl GuardState {
             _ => request,
         };
         let reply = match request {
-            GuardRequest::Revoke { revoked_at } => {
+            GuardRequest::Revoke { revoked_at, key_id: None } => {
                 if self.meta.revoked_at.is_none() {
                     self.meta.revoked_at = Some(*revoked_at);
                     ch.meta = true;
                 }
                 GuardReply::RevokeRecorded { revoked_at: self.meta.revoked_at.unwrap_or(*revoked_at) }
             }
+            GuardRequest::Revoke { revoked_at, key_id: Some(id) } => match self.member_mut(id, now, &mut ch) {
+                None => GuardReply::Invalid { reason: "too many keys in this roll family".into() },
+                Some(m) => {
+                    let at = *m.revoked_at.get_or_insert(*revoked_at);
+                    ch.meta = true;
+                    GuardReply::RevokeRecorded { revoked_at: at }
+                }
+            },
+            GuardRequest::Update { record } => match self.member_mut(&record.id, now, &mut ch) {
+                None => GuardReply::Invalid { reason: "too many keys in this roll family".into() },
+                Some(m) => {
+                    if m.record.as_ref().is_none_or(|r| r.version <= record.version) {
+                        m.record = Some(record.clone());
+                        ch.meta = true;
+                        // Credits are the family's: the newest setting holds.
+                        match &record.credits {
+                            Some(spec) => ch.counters |= CreditLedger::adopt(&mut self.counters.credits, spec),
+                            None => ch.counters |= self.counters.credits.take().is_some(),
+                        }
+                    }
+                    GuardReply::Recorded
+                }
+            },
             GuardRequest::RevokeSessions { revoked_at } => {
                 let at = self.meta.sessions_revoked_at.map_or(*revoked_at, |r| r.max(*revoked_at));
                 if self.meta.sessions_revoked_at != Some(at) {
@@ -800,13 +961,19 @@ impl GuardState {
                 self.note_refusals(refusals, now);
                 if self.revoked(key, now) {
                     GuardReply::Revoked
+                } else if let Some(record) = self.stale(key) {
+                    GuardReply::Stale { record }
                 } else {
                     self.settle_expired(now, &mut ch);
                     self.prune(limits, now);
-                    if self.room(limits, now) >= 1 {
+                    if let Some(retry_after_ms) = self.credits_short(limits, now, &mut ch) {
+                        self.counters.usage.refused(now, "usage_exceeded", 1);
+                        GuardReply::Exhausted { retry_after_ms, facts: None }
+                    } else if self.room(limits, now) >= 1 {
                         self.count(limits, now, 1, now, &mut ch);
                         self.counters.usage.allowed(now, 1);
-                        GuardReply::Allowed { quota: self.quota(limits, now).map(Into::into), counted_at: now }
+                        let credits = self.spend(limits, u64::from(limits.cost), &mut ch);
+                        GuardReply::Allowed { quota: self.quota(limits, now).map(Into::into), counted_at: now, credits }
                     } else {
                         self.counters.usage.refused(now, "rate_limited", 1);
                         self.limited(limits, now, None)
@@ -832,7 +999,7 @@ impl GuardState {
                 self.learn(key, &mut ch);
                 self.note_refusals(refusals, now);
                 self.settle(report, now, &mut ch);
-                if self.is_revoked(key) {
+                if self.is_revoked(key, now) {
                     GuardReply::Revoked
                 } else {
                     GuardReply::Recorded
@@ -841,15 +1008,19 @@ impl GuardState {
             GuardRequest::Refused { key, refusals } => {
                 self.learn(key, &mut ch);
                 self.note_refusals(refusals, now);
-                if self.is_revoked(key) {
+                if self.is_revoked(key, now) {
                     GuardReply::Revoked
+                } else if let Some(record) = self.stale(key) {
+                    // The refusal was decided on an old record (an update
+                    // may have lifted it): decide again.
+                    GuardReply::Stale { record }
                 } else {
                     GuardReply::Recorded
                 }
             }
             GuardRequest::Refund { key, limits, counted_at, reason } => {
                 self.learn(key, &mut ch);
-                if self.is_revoked(key) {
+                if self.is_revoked(key, now) {
                     // Never answered as "recorded": the isolate would take
                     // it for "not revoked".
                     return (GuardReply::Revoked, ch);
@@ -859,6 +1030,11 @@ impl GuardState {
                 if let Some(v) = &limits.visitor {
                     if let Some(e) = self.visitors.get_mut(&v.id) {
                         e.ledger.remove(v.limits.iter().map(|l| l.name.as_str()), *counted_at, 1);
+                    }
+                }
+                if limits.credits.is_some() {
+                    if let Some(l) = self.counters.credits.as_mut() {
+                        l.give_back(u64::from(limits.cost), *counted_at);
                     }
                 }
                 let c = self.counters.usage.hour(*counted_at);
@@ -878,9 +1054,55 @@ impl GuardState {
     /// does not write it: it goes with the next row written.
     fn learn(&mut self, key: &KeyRef, _ch: &mut Changes) {
         if self.meta.key.is_none() {
-            self.meta.key = Some(KeyRef { issued_at: None, ..key.clone() });
+            let id = KeyRef { key_id: key.key_id.clone(), org_id: key.org_id.clone(), ..KeyRef::default() };
+            self.meta.key = Some(id);
             self.meta_unwritten = true;
         }
+    }
+
+    /// The entry of a key of the roll family, made if new; `None` when the
+    /// family already has [`MAX_MEMBERS`] keys. Records past their expiry
+    /// are dropped first (their expiry is kept).
+    fn member_mut(&mut self, id: &str, now: i64, ch: &mut Changes) -> Option<&mut Member> {
+        for m in self.meta.members.values_mut() {
+            if let Some(e) = m.record.as_ref().and_then(|r| r.expires_at).filter(|&e| e <= now) {
+                m.expired_at = Some(e);
+                m.record = None;
+                ch.meta = true;
+            }
+        }
+        if !self.meta.members.contains_key(id) && self.meta.members.len() >= MAX_MEMBERS {
+            return None;
+        }
+        Some(self.meta.members.entry(id.to_owned()).or_default())
+    }
+
+    /// The key's current record, when the request was decided on an older
+    /// one.
+    fn stale(&self, key: &KeyRef) -> Option<Box<KeyRecord>> {
+        let m = self.meta.members.get(key.member_id())?;
+        m.record.as_ref().filter(|r| r.version > key.version).cloned()
+    }
+
+    /// For a usage-limited key: brings its count up to date (a newer
+    /// setting, a refill due) and, when fewer credits are left than the
+    /// request costs, `Some` of the time until the next refill.
+    fn credits_short(&mut self, limits: &Limits, now: i64, ch: &mut Changes) -> Option<Option<i64>> {
+        let spec = limits.credits.as_ref()?;
+        ch.counters |= CreditLedger::adopt(&mut self.counters.credits, spec);
+        let l = self.counters.credits.as_mut()?;
+        ch.counters |= l.refill(now);
+        (l.remaining < u64::from(limits.cost)).then(|| l.next_refill_ms(now))
+    }
+
+    /// Spends `n` credits of a usage-limited key (checked by
+    /// [`Self::credits_short`] first); the credits left.
+    fn spend(&mut self, limits: &Limits, n: u64, ch: &mut Changes) -> Option<u64> {
+        limits.credits.as_ref()?;
+        let l = self.counters.credits.as_mut()?;
+        l.spend(n.min(l.remaining));
+        ch.counters = true;
+        Some(l.remaining)
     }
 
     fn flush_meta(&mut self, ch: &mut Changes) {
@@ -911,16 +1133,18 @@ impl GuardState {
         }
     }
 
-    /// Whether the tombstone is set, or `key` is a session issued before
-    /// its user's sessions were revoked.
-    pub fn is_revoked(&self, key: &KeyRef) -> bool {
+    /// Whether the tombstone is set, the key (of the roll family) has
+    /// ended, or `key` is a session issued before its user's sessions were
+    /// revoked.
+    pub fn is_revoked(&self, key: &KeyRef, now: i64) -> bool {
         self.meta.revoked_at.is_some()
+            || self.meta.members.get(key.member_id()).is_some_and(|m| m.ended(now))
             || key.issued_at.is_some_and(|iat| self.meta.sessions_revoked_at.is_some_and(|r| iat <= r))
     }
 
     /// [`Self::is_revoked`]; a refused request is counted (memory).
     fn revoked(&mut self, key: &KeyRef, now: i64) -> bool {
-        let revoked = self.is_revoked(key);
+        let revoked = self.is_revoked(key, now);
         if revoked {
             self.counters.usage.refused(now, "revoked", 1);
         }
@@ -952,12 +1176,17 @@ impl GuardState {
                 refused: verdict.and_then(Result::err).map(|c| c.as_str().to_ascii_lowercase()),
                 quota: None,
                 lease: None,
+                credits: None,
                 facts: Box::new(f.facts.clone()),
                 valid_ms,
             };
         }
         self.settle_expired(now, ch);
         self.prune(limits, now);
+        if let Some(retry_after_ms) = self.credits_short(limits, now, ch) {
+            self.counters.usage.refused(now, "usage_exceeded", 1);
+            return GuardReply::Exhausted { retry_after_ms, facts: Some(Box::new((f.facts.clone(), valid_ms))) };
+        }
         let room = self.room(limits, now);
         if room < 1 {
             self.counters.usage.refused(now, "rate_limited", 1);
@@ -965,23 +1194,37 @@ impl GuardState {
         }
         self.count(limits, now, 1, now, ch);
         self.counters.usage.allowed(now, 1);
+        self.spend(limits, u64::from(limits.cost), ch);
         let id = cx.lease_id & LEASE_ID_MASK;
-        let reserved = if self.leases.len() < MAX_LEASES && !self.leases.contains_key(&id) {
+        let mut reserved = if self.leases.len() < MAX_LEASES && !self.leases.contains_key(&id) {
             lease_size(want, room - 1, self.leases.len())
         } else {
             0
         };
+        // A usage-limited key's lease reserves credits as well: enough for
+        // every unit at the dearest route's cost, at most what is left.
+        let mut credits = 0;
+        if let (Some(_), Some(l)) = (&limits.credits, self.counters.credits.as_mut()) {
+            credits = (u64::from(reserved) * u64::from(cx.policy.max_cost())).min(l.remaining);
+            if credits == 0 {
+                reserved = 0;
+            }
+            l.remaining -= credits;
+        }
         let lease = (reserved > 0).then(|| {
             self.count(limits, ends_at, reserved, now, ch);
-            self.leases.insert(id, LeaseRecord { ends_at, reserved, limits: limits.clone() });
+            let record = LeaseRecord { ends_at, reserved, limits: limits.clone(), credits, granted_at: now };
+            self.leases.insert(id, record);
             ch.lease(id);
-            LeaseGrant { id, reserved, valid_ms }
+            LeaseGrant { id, reserved, valid_ms, credits }
         });
+        let credits = limits.credits.and(self.counters.credits.map(|l| l.remaining));
         GuardReply::Leased {
             counted_at: Some(now),
             refused: None,
             quota: self.quota(limits, now).map(Into::into),
             lease,
+            credits,
             facts: Box::new(f.facts.clone()),
             valid_ms,
         }
@@ -1087,6 +1330,9 @@ impl GuardState {
         ch.lease(report.id);
         let used = report.used.min(l.reserved);
         let at = now.min(l.ends_at);
+        if let Some(c) = self.counters.credits.as_mut().filter(|_| l.credits > 0) {
+            c.give_back(l.credits - report.spent.min(l.credits), l.granted_at);
+        }
         self.counters.ledger.remove(l.limits.key.iter().map(|x| x.name.as_str()), l.ends_at, l.reserved);
         self.counters.ledger.add(&l.limits.key, at, used);
         ch.counters = true;
@@ -1343,7 +1589,17 @@ fn validate(request: &GuardRequest) -> Result<(), &'static str> {
             }
             Ok(())
         }
-        GuardRequest::Revoke { .. } | GuardRequest::RevokeSessions { .. } | GuardRequest::Stats => Ok(()),
+        GuardRequest::Revoke { key_id, .. } => match key_id {
+            Some(id) if id.is_empty() || id.len() > 64 => Err("key id must be 1-64 bytes"),
+            _ => Ok(()),
+        },
+        GuardRequest::Update { record } => {
+            if serde_json::to_string(record).map_or(true, |t| t.len() > MAX_MEMBER_RECORD) {
+                return Err("key record too large");
+            }
+            Ok(())
+        }
+        GuardRequest::RevokeSessions { .. } | GuardRequest::Stats => Ok(()),
     }
 }
 
@@ -1354,14 +1610,17 @@ pub fn byte_bound(key_limits: &[RateLimit], visitor_limits: &[RateLimit]) -> usi
     // Usage: an hour key, two counters and every refusal reason.
     let hour = 20 + 2 * 24 + MAX_REFUSAL_REASONS * (40 + 24);
     let usage = 64 + MAX_PENDING_HOURS * hour;
-    let meta = 256 + usage;
+    // Members: the live ones' records, every one's times.
+    let meta = 256 + usage + MAX_LIVE_MEMBERS * MAX_MEMBER_RECORD + MAX_MEMBERS * 128;
     let limits_text = |ls: &[RateLimit]| ls.iter().map(|l| 64 + l.name.len()).sum::<usize>();
-    let lease_row = 128 + limits_text(key_limits) + MAX_VISITOR_ID + limits_text(visitor_limits);
+    let lease_row = 256 + limits_text(key_limits) + MAX_VISITOR_ID + limits_text(visitor_limits);
     let visitor_row = MAX_VISITOR_ID + 8 + ledger_bound(visitor_limits);
     let visitors = if visitor_limits.is_empty() { 0 } else { (MAX_VISITORS + 1) * visitor_row };
     meta + ledger_bound(key_limits) + usage + visitors + MAX_LEASES * lease_row
 }
 
+#[cfg(test)]
+mod lifecycle_tests;
 #[cfg(test)]
 mod review_tests;
 #[cfg(test)]

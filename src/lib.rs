@@ -29,6 +29,7 @@ pub mod authorize;
 pub mod cidr;
 pub mod control;
 pub mod cors;
+pub mod credits;
 pub mod error;
 pub mod flow;
 pub mod guard;

@@ -61,6 +61,8 @@ pub struct Route {
     /// A public route (login, refresh, JWKS): no credential, proxied
     /// without identity headers, held to these limits per client address.
     public: Option<Vec<RateLimit>>,
+    /// Credits a request to this route spends from a usage-limited key.
+    cost: u32,
 }
 
 /// The limit of a public route whose policy names none: 10 requests per
@@ -132,6 +134,10 @@ struct RawRoute {
     /// form types ([`FORM_MEDIA_TYPES`]).
     #[serde(default)]
     content_types: Option<Vec<String>>,
+    /// Credits a request spends from a usage-limited key (1 to
+    /// [`crate::credits::MAX_COST`]; default 1).
+    #[serde(default)]
+    cost: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -164,6 +170,10 @@ impl Route {
     /// public route).
     pub fn scope(&self) -> &str {
         &self.scope
+    }
+    /// Credits a request to this route spends from a usage-limited key.
+    pub fn cost(&self) -> u32 {
+        self.cost
     }
     /// A public route's limits per client address; `None` for a route
     /// that needs a credential.
@@ -325,7 +335,16 @@ impl Policy {
             if r.content_types.as_ref().is_some_and(Vec::is_empty) {
                 return Err(format!("policy: route {}: content_types must not be empty (omit it instead)", r.path));
             }
-            let route = Route { methods, pattern, path: r.path, scope, local, content_types: r.content_types, public };
+            let cost = r.cost.unwrap_or(1);
+            if !(1..=crate::credits::MAX_COST).contains(&cost) || (public.is_some() && r.cost.is_some()) {
+                return Err(format!(
+                    "policy: route {}: cost must be 1 to {} (and public routes spend no credits)",
+                    r.path,
+                    crate::credits::MAX_COST
+                ));
+            }
+            let route =
+                Route { methods, pattern, path: r.path, scope, local, content_types: r.content_types, public, cost };
             if routes.iter().any(|o| o.pattern == route.pattern && o.methods.iter().any(|m| route.methods.contains(m)))
             {
                 return Err(format!("policy: route {} is declared twice for one method", route.path));
@@ -426,6 +445,12 @@ impl Policy {
             }
             RouteMatch::NotFound => Err(RouteError { error: ApiError::new(ErrorCode::RouteNotFound), allow: None }),
         }
+    }
+
+    /// The largest `cost` of any route: what one unit of a lease reserves
+    /// from a usage-limited key's credits.
+    pub fn max_cost(&self) -> u32 {
+        self.routes.iter().map(|r| r.cost).max().unwrap_or(1)
     }
 
     /// The scopes a widget key may hold (concrete, no wildcards).

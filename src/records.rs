@@ -77,6 +77,22 @@ pub struct KeyRecord {
     /// endpoint): a report of it again is still a true positive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leaked_at: Option<i64>,
+    /// A rolled key: the key whose guard it shares (the first key of its
+    /// roll family), so rolling resets no limit and no credit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard_id: Option<String>,
+    /// Bumped by every change after creation (an update, a roll's expiry):
+    /// the key's guard holds the latest version and answers a request
+    /// decided on an older one with the current record.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u64,
+    /// Usage-limited keys: the credit setting ([`crate::credits`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<crate::credits::CreditSpec>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl KeyRecord {
@@ -106,7 +122,15 @@ impl KeyRecord {
             meta: None,
             parent_id: None,
             leaked_at: None,
+            guard_id: None,
+            version: 0,
+            credits: None,
         }
+    }
+
+    /// The guard (Durable Object) this key counts in: its roll family's.
+    pub fn guard(&self) -> &str {
+        self.guard_id.as_deref().unwrap_or(&self.id)
     }
 }
 

@@ -252,6 +252,9 @@ pub(super) async fn mint(
         meta: input.meta,
         parent_id,
         leaked_at: None,
+        guard_id: None,
+        version: 0,
+        credits: None,
     };
     let command = OrgCommand::CreateKey { record: Box::new(record), hash: new.hash.to_hex(), creator };
     let request = OrgRequest { command, actor: actor.into(), request_id: request_id.into(), now_ms: now };

@@ -121,6 +121,9 @@ impl Store {
             meta: None,
             parent_id: None,
             leaked_at: None,
+            guard_id: None,
+            version: 0,
+            credits: None,
         };
         self.kv_keys.insert(k.hash.0, record.clone());
         self.db_keys.insert(record.id.clone(), record.clone());
@@ -137,7 +140,7 @@ impl Store {
     /// The org's revoke: the tombstone first, then the system of record
     /// (KV is left stale on purpose).
     pub(crate) fn revoke(&mut self, key: &Key, now: i64, env: &Env) {
-        let _ = self.call(&key.id, &GuardRequest::Revoke { revoked_at: now }, now, env);
+        let _ = self.call(&key.id, &GuardRequest::Revoke { revoked_at: now, key_id: None }, now, env);
         self.db_keys.get_mut(&key.id).unwrap().revoked_at = Some(now);
     }
 

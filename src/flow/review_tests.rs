@@ -239,11 +239,14 @@ fn review_a_cancelled_asker_does_not_block_its_slot() {
 fn review_a_full_lease_table_makes_concurrent_leased_requests_fail_503() {
     let (env, mut store, k) = secret_key(Consistency::Leased, 1_000_000);
     // Other isolates hold MAX_LEASES live leases of the key.
-    let limits =
-        Limits { key: vec![RateLimit { name: "minute".into(), limit: 1_000_000, window_seconds: 60 }], visitor: None };
+    let limits = Limits {
+        key: vec![RateLimit { name: "minute".into(), limit: 1_000_000, window_seconds: 60 }],
+        visitor: None,
+        ..Limits::default()
+    };
     for _ in 0..MAX_LEASES {
         let req = GuardRequest::Lease {
-            key: KeyRef { key_id: k.id.clone(), org_id: "org_1".into(), issued_at: None },
+            key: KeyRef { key_id: k.id.clone(), org_id: "org_1".into(), issued_at: None, ..KeyRef::default() },
             limits: limits.clone(),
             scope: Some("ai:chat".into()),
             want: 100,

@@ -33,6 +33,9 @@ fn record() -> KeyRecord {
         meta: None,
         parent_id: None,
         leaked_at: None,
+        guard_id: None,
+        version: 0,
+        credits: None,
     }
 }
 
@@ -51,6 +54,7 @@ fn visitor_limits(ip: &str, key_limit: u32, visitor_limit: u32) -> Limits {
     Limits {
         key: vec![lim("minute", key_limit, 60)],
         visitor: Some(VisitorLimits { id: ip.into(), limits: vec![lim("ip_minute", visitor_limit, 60)] }),
+        ..Limits::default()
     }
 }
 
@@ -149,7 +153,7 @@ fn review_a_visitor_forgotten_while_its_lease_is_live_keeps_its_reservation() {
 fn review_a_guard_clock_step_back_of_half_a_lease_refuses_every_lease() {
     let w = world();
     let mut s = GuardState::default();
-    let limits = Limits { key: vec![lim("minute", 1_000, 60)], visitor: None };
+    let limits = Limits { key: vec![lim("minute", 1_000, 60)], visitor: None, ..Limits::default() };
     let _ = s.apply(&check_of(limits.clone()), &w.cx(T0 + LEASE_MS, None, 1));
     // The clock steps back by LEASE_MS: the object fetches facts and stamps
     // them with its clamped clock, as `ensure_facts` does.
@@ -166,11 +170,11 @@ fn review_a_guard_clock_step_back_of_half_a_lease_refuses_every_lease() {
 fn review_a_refund_to_a_revoked_key_answers_revoked() {
     let w = world();
     let mut s = GuardState::default();
-    let limits = Limits { key: vec![lim("minute", 10, 60)], visitor: None };
+    let limits = Limits { key: vec![lim("minute", 10, 60)], visitor: None, ..Limits::default() };
     let GuardReply::Allowed { counted_at, .. } = s.apply(&check_of(limits.clone()), &w.cx(T0, None, 1)).0 else {
         panic!()
     };
-    let _ = s.apply(&GuardRequest::Revoke { revoked_at: T0 + 1 }, &w.cx(T0 + 1, None, 1));
+    let _ = s.apply(&GuardRequest::Revoke { revoked_at: T0 + 1, key_id: None }, &w.cx(T0 + 1, None, 1));
     let refund = GuardRequest::Refund { key: key(), limits, counted_at, reason: "origin_unavailable".into() };
     let r = s.apply(&refund, &w.cx(T0 + 2, None, 1)).0;
     assert_eq!(r, GuardReply::Revoked, "a refund of a revoked key answered {r:?}");
@@ -185,13 +189,13 @@ fn review_invalid_limits_and_fields_never_admit() {
     let w = world();
     let f = facts(T0);
     let bad_limits = [
-        Limits { key: vec![lim("minute", 0, 60)], visitor: None },
-        Limits { key: vec![lim("minute", 5, 0)], visitor: None },
-        Limits { key: vec![lim("minute", ratelimit::MAX_LIMIT + 1, 60)], visitor: None },
-        Limits { key: vec![lim("minute", 5, ratelimit::MAX_WINDOW_SECONDS + 1)], visitor: None },
-        Limits { key: vec![lim("Minute", 5, 60)], visitor: None },
-        Limits { key: vec![lim("", 5, 60)], visitor: None },
-        Limits { key: (0..9).map(|i| lim(&format!("l{i}"), 5, 60)).collect(), visitor: None },
+        Limits { key: vec![lim("minute", 0, 60)], visitor: None, ..Limits::default() },
+        Limits { key: vec![lim("minute", 5, 0)], visitor: None, ..Limits::default() },
+        Limits { key: vec![lim("minute", ratelimit::MAX_LIMIT + 1, 60)], visitor: None, ..Limits::default() },
+        Limits { key: vec![lim("minute", 5, ratelimit::MAX_WINDOW_SECONDS + 1)], visitor: None, ..Limits::default() },
+        Limits { key: vec![lim("Minute", 5, 60)], visitor: None, ..Limits::default() },
+        Limits { key: vec![lim("", 5, 60)], visitor: None, ..Limits::default() },
+        Limits { key: (0..9).map(|i| lim(&format!("l{i}"), 5, 60)).collect(), visitor: None, ..Limits::default() },
         visitor_limits("", 10, 5),
         visitor_limits(&"1".repeat(MAX_VISITOR_ID + 1), 10, 5),
         visitor_limits("10.0.0.1", 10, 0),
@@ -201,6 +205,7 @@ fn review_invalid_limits_and_fields_never_admit() {
                 id: "10.0.0.1".into(),
                 limits: (0..5).map(|i| lim(&format!("v{i}"), 5, 60)).collect(),
             }),
+            ..Limits::default()
         },
     ];
     for l in bad_limits {
@@ -215,14 +220,14 @@ fn review_invalid_limits_and_fields_never_admit() {
             assert_eq!(s, GuardState::default(), "learned from {req:?}");
         }
     }
-    let mut long_scope = lease_of(Limits { key: vec![lim("minute", 5, 60)], visitor: None }, 5);
+    let mut long_scope = lease_of(Limits { key: vec![lim("minute", 5, 60)], visitor: None, ..Limits::default() }, 5);
     if let GuardRequest::Lease { scope, .. } = &mut long_scope {
         *scope = Some("a".repeat(65));
     }
     assert!(matches!(GuardState::default().apply(&long_scope, &w.cx(T0, Some(&f), 3)).0, GuardReply::Invalid { .. }));
     let bad_reason = GuardRequest::Refund {
         key: key(),
-        limits: Limits { key: vec![lim("minute", 5, 60)], visitor: None },
+        limits: Limits { key: vec![lim("minute", 5, 60)], visitor: None, ..Limits::default() },
         counted_at: T0,
         reason: "Not_A_Code".into(),
     };
@@ -236,7 +241,7 @@ fn review_invalid_limits_and_fields_never_admit() {
 fn review_lease_timing_and_reports_are_bounded() {
     let w = world();
     let mut s = GuardState::default();
-    let limits = Limits { key: vec![lim("minute", 100, 60)], visitor: None };
+    let limits = Limits { key: vec![lim("minute", 100, 60)], visitor: None, ..Limits::default() };
     let _ = s.apply(&check_of(limits.clone()), &w.cx(T0 + 200, None, 1));
     // The clock went back 200 ms; the facts were read at the raw time.
     let f = facts(T0 + 100);
@@ -251,7 +256,7 @@ fn review_lease_timing_and_reports_are_bounded() {
     let before = s.counters.ledger.room(&limits.key, T0 + 500);
     let ret = GuardRequest::Return {
         key: key(),
-        report: LeaseReport { id: g.id, used: u32::MAX },
+        report: LeaseReport { id: g.id, used: u32::MAX, spent: 0 },
         refusals: Refusals::new(),
     };
     let _ = s.apply(&ret, &w.cx(T0 + 500, None, 1));
@@ -309,6 +314,7 @@ fn review_property_leases_with_visitors_never_exceed_any_window() {
         let lims = |v: usize| Limits {
             key: vec![lim("minute", key_limit, window)],
             visitor: Some(VisitorLimits { id: format!("v{v}"), limits: vec![lim("ip_minute", visitor_limit, window)] }),
+            ..Limits::default()
         };
         let mut guard = GuardState::default();
         let mut fetched: Option<FetchedFacts> = None;
@@ -336,7 +342,7 @@ fn review_property_leases_with_visitors_never_exceed_any_window() {
                             continue;
                         }
                     }
-                    let report = leases[slot].take().map(|(id, _, used, _)| LeaseReport { id, used });
+                    let report = leases[slot].take().map(|(id, _, used, _)| LeaseReport { id, used, spent: 0 });
                     if !fetched.as_ref().is_some_and(|f| f.fresh(now, LEASE_MS)) {
                         fetched = Some(facts(now));
                     }
@@ -386,7 +392,7 @@ fn review_property_leases_with_visitors_never_exceed_any_window() {
                     if let Some((id, _, used, _)) = leases[slot].take() {
                         let ret = GuardRequest::Return {
                             key: key(),
-                            report: LeaseReport { id, used },
+                            report: LeaseReport { id, used, spent: 0 },
                             refusals: Refusals::new(),
                         };
                         let _ = guard.apply(&ret, &w.cx(now, None, 0));

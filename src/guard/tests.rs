@@ -7,7 +7,7 @@ pub(super) const T0: i64 = 1_800_000_000_000;
 pub(super) const LEASE_MS: i64 = 1000;
 
 pub(super) fn key() -> KeyRef {
-    KeyRef { key_id: "01KEY".into(), org_id: "org_1".into(), issued_at: None }
+    KeyRef { key_id: "01KEY".into(), org_id: "org_1".into(), issued_at: None, ..KeyRef::default() }
 }
 
 pub(super) fn lim(name: &str, limit: u32, window_seconds: u32) -> RateLimit {
@@ -15,10 +15,10 @@ pub(super) fn lim(name: &str, limit: u32, window_seconds: u32) -> RateLimit {
 }
 
 fn limits(n: u32) -> Limits {
-    Limits { key: vec![lim("minute", n, 60)], visitor: None }
+    Limits { key: vec![lim("minute", n, 60)], visitor: None, ..Limits::default() }
 }
 
-fn check(n: u32) -> GuardRequest {
+pub(super) fn check(n: u32) -> GuardRequest {
     GuardRequest::Check { key: key(), limits: limits(n), refusals: Refusals::new() }
 }
 
@@ -45,6 +45,9 @@ fn record() -> KeyRecord {
         meta: None,
         parent_id: None,
         leaked_at: None,
+        guard_id: None,
+        version: 0,
+        credits: None,
     }
 }
 
@@ -83,10 +86,10 @@ fn revocation_wins_over_everything_and_is_idempotent() {
     let w = world();
     let mut s = GuardState::default();
     let (r, ch) = s.apply(&check(5), &w.cx(T0, None, 1));
-    assert!(matches!(r, GuardReply::Allowed { quota: Some(QuotaWire { remaining: 4, .. }), counted_at: T0 }));
+    assert!(matches!(r, GuardReply::Allowed { quota: Some(QuotaWire { remaining: 4, .. }), counted_at: T0, .. }));
     assert!(ch.meta && ch.counters, "first contact writes the identity and the counters");
     assert_eq!(s.meta.key, Some(key()));
-    let (r, ch) = s.apply(&GuardRequest::Revoke { revoked_at: T0 + 1 }, &w.cx(T0 + 1, None, 1));
+    let (r, ch) = s.apply(&GuardRequest::Revoke { revoked_at: T0 + 1, key_id: None }, &w.cx(T0 + 1, None, 1));
     assert_eq!(r, GuardReply::RevokeRecorded { revoked_at: T0 + 1 });
     assert_eq!(ch, Changes { meta: true, ..Changes::default() });
     let (r, ch) = s.apply(&check(5), &w.cx(T0 + 2, None, 1));
@@ -96,7 +99,7 @@ fn revocation_wins_over_everything_and_is_idempotent() {
     let f = facts(T0 + 2);
     let (r, ch) = s.apply(&lease_req(limits(5), 10, None), &w.cx(T0 + 2, Some(&f), 7));
     assert_eq!((r, ch.is_empty(), s.leases.len()), (GuardReply::Revoked, true, 0), "no lease for a revoked key");
-    let (r, ch) = s.apply(&GuardRequest::Revoke { revoked_at: T0 + 9 }, &w.cx(T0 + 9, None, 1));
+    let (r, ch) = s.apply(&GuardRequest::Revoke { revoked_at: T0 + 9, key_id: None }, &w.cx(T0 + 9, None, 1));
     assert_eq!((r, ch.is_empty()), (GuardReply::RevokeRecorded { revoked_at: T0 + 1 }, true));
 }
 
@@ -170,6 +173,7 @@ fn visitor_check(i: usize) -> GuardRequest {
         limits: Limits {
             key: vec![lim("minute", 1_000_000, 60)],
             visitor: Some(VisitorLimits { id: ip_of(i), limits: vec![lim("ip_minute", 2, 60)] }),
+            ..Limits::default()
         },
         refusals: Refusals::new(),
     }
@@ -224,6 +228,7 @@ fn a_new_visitor_refused_by_the_key_limit_is_not_stored() {
         limits: Limits {
             key: vec![lim("minute", 1, 60)],
             visitor: Some(VisitorLimits { id: format!("10.0.0.{i}"), limits: vec![lim("ip_minute", 5, 60)] }),
+            ..Limits::default()
         },
         refusals: Refusals::new(),
     };
@@ -239,7 +244,7 @@ fn invalid_requests_never_admit() {
     let mut s = GuardState::default();
     let zero = GuardRequest::Check {
         key: key(),
-        limits: Limits { key: vec![lim("m", 0, 60)], visitor: None },
+        limits: Limits { key: vec![lim("m", 0, 60)], visitor: None, ..Limits::default() },
         refusals: Refusals::new(),
     };
     let (r, ch) = s.apply(&zero, &w.cx(T0, None, 1));
@@ -291,7 +296,11 @@ fn a_lease_reserves_at_its_end_and_a_report_settles_it() {
     assert_eq!(ch.leases, vec![77]);
     assert_eq!(s.leases[&77].ends_at, T0 + LEASE_MS);
     // Used 1 of 4: 3 come back; the one used moves to the report's time.
-    let ret = GuardRequest::Return { key: key(), report: LeaseReport { id: 77, used: 1 }, refusals: Refusals::new() };
+    let ret = GuardRequest::Return {
+        key: key(),
+        report: LeaseReport { id: 77, used: 1, spent: 0 },
+        refusals: Refusals::new(),
+    };
     let (r, ch) = s.apply(&ret, &w.cx(T0 + 400, None, 1));
     assert_eq!(r, GuardReply::Recorded);
     assert!(ch.counters && ch.leases.contains(&77) && s.leases.is_empty());
@@ -437,7 +446,7 @@ fn rows_round_trip() {
         limits.visitor = Some(VisitorLimits { id: "2001:db8::/64".into(), limits: vec![lim("ip_minute", 20, 60)] });
     }
     let _ = s.apply(&widget, &w.cx(T0 + 1, Some(&f), 42));
-    let _ = s.apply(&GuardRequest::Revoke { revoked_at: T0 + 2 }, &w.cx(T0 + 2, None, 1));
+    let _ = s.apply(&GuardRequest::Revoke { revoked_at: T0 + 2, key_id: None }, &w.cx(T0 + 2, None, 1));
     let visitors: Vec<(String, i64, String)> =
         s.visitors.iter().map(|(id, v)| (id.clone(), v.seen, s.row(&RowRef::Visitor(id.clone())).unwrap())).collect();
     let leases: Vec<(u64, String)> = s.leases.keys().map(|id| (*id, s.row(&RowRef::Lease(*id)).unwrap())).collect();
@@ -458,7 +467,7 @@ fn wire_format_round_trips() {
     );
     assert_eq!(GuardRequest::decode(&json).unwrap(), req);
     assert_eq!(serde_json::to_string(&GuardReply::Revoked).unwrap(), r#""revoked""#);
-    let l = lease_req(limits(3), 7, Some(LeaseReport { id: 5, used: 2 }));
+    let l = lease_req(limits(3), 7, Some(LeaseReport { id: 5, used: 2, spent: 0 }));
     assert_eq!(GuardRequest::decode(&serde_json::to_string(&l).unwrap()).unwrap(), l);
 }
 
@@ -468,11 +477,12 @@ fn wire_format_round_trips() {
 #[test]
 fn every_message_round_trips() {
     let quota = QuotaWire { name: "minute".into(), limit: 3, remaining: 1, reset_ms: 500 };
-    let report = LeaseReport { id: 5, used: 2 };
+    let report = LeaseReport { id: 5, used: 2, spent: 0 };
     let refusals: Refusals = [("missing_scope".to_owned(), 2u64)].into_iter().collect();
     let widget = Limits {
         key: vec![lim("minute", 3, 60)],
         visitor: Some(VisitorLimits { id: "192.0.2.1".into(), limits: vec![lim("ip_minute", 2, 60)] }),
+        ..Limits::default()
     };
     let session = KeyRef { issued_at: Some(T0 - 5), ..key() };
     let requests = [
@@ -491,7 +501,9 @@ fn every_message_round_trips() {
         GuardRequest::Return { key: key(), report, refusals: refusals.clone() },
         GuardRequest::Refused { key: key(), refusals: refusals.clone() },
         GuardRequest::Refund { key: key(), limits: widget, counted_at: T0, reason: "upstream".into() },
-        GuardRequest::Revoke { revoked_at: T0 },
+        GuardRequest::Revoke { revoked_at: T0, key_id: None },
+        GuardRequest::Revoke { revoked_at: T0, key_id: Some("01ROLLED".into()) },
+        GuardRequest::Update { record: Box::new(record()) },
         GuardRequest::RevokeSessions { revoked_at: -1 },
         GuardRequest::Stats,
     ];
@@ -500,13 +512,14 @@ fn every_message_round_trips() {
     }
     let f = facts(T0).facts;
     let replies = [
-        GuardReply::Allowed { quota: Some(quota.clone()), counted_at: T0 },
-        GuardReply::Allowed { quota: None, counted_at: T0 },
+        GuardReply::Allowed { quota: Some(quota.clone()), counted_at: T0, credits: Some(7) },
+        GuardReply::Allowed { quota: None, counted_at: T0, credits: None },
         GuardReply::Leased {
             counted_at: Some(T0),
             refused: Some("missing_scope".into()),
             quota: Some(quota.clone()),
-            lease: Some(LeaseGrant { id: u64::MAX, reserved: 3, valid_ms: 900 }),
+            lease: Some(LeaseGrant { id: u64::MAX, reserved: 3, valid_ms: 900, credits: 15 }),
+            credits: Some(1 << 40),
             facts: Box::new(f.clone()),
             valid_ms: 1000,
         },
@@ -515,11 +528,15 @@ fn every_message_round_trips() {
             refused: None,
             quota: None,
             lease: None,
+            credits: None,
             facts: Box::default(),
             valid_ms: 0,
         },
         GuardReply::Limited { retry_after_ms: 10, quota: quota.clone(), key_wide: true, facts: None },
         GuardReply::Limited { retry_after_ms: 10, quota, key_wide: false, facts: Some(Box::new((f.clone(), 70))) },
+        GuardReply::Exhausted { retry_after_ms: Some(5), facts: Some(Box::new((f.clone(), 70))) },
+        GuardReply::Exhausted { retry_after_ms: None, facts: None },
+        GuardReply::Stale { record: Box::new(record()) },
         GuardReply::Revoked,
         GuardReply::Recorded,
         GuardReply::RevokeRecorded { revoked_at: T0 },
@@ -622,7 +639,7 @@ fn property_leases_never_exceed_any_window() {
         let nlimits = 1 + rng.below(2) as usize;
         let key_limits: Vec<RateLimit> =
             (0..nlimits).map(|i| lim(&format!("l{i}"), 1 + rng.below(12) as u32, 1 + rng.below(4) as u32)).collect();
-        let lims = Limits { key: key_limits.clone(), visitor: None };
+        let lims = Limits { key: key_limits.clone(), visitor: None, ..Limits::default() };
         let mut guard = GuardState::default();
         let mut fetched: Option<FetchedFacts> = None;
         let mut isolates: Vec<SimIsolate> = (0..1 + rng.below(4)).map(|_| SimIsolate::default()).collect();
@@ -650,7 +667,7 @@ fn property_leases_never_exceed_any_window() {
                         }
                     }
                     iso.from_lease.clear();
-                    let report = iso.lease.take().map(|(id, _, used, _)| LeaseReport { id, used });
+                    let report = iso.lease.take().map(|(id, _, used, _)| LeaseReport { id, used, spent: 0 });
                     if !fetched.as_ref().is_some_and(|f| f.fresh(now, LEASE_MS)) {
                         fetched = Some(facts(now));
                     }
@@ -699,7 +716,7 @@ fn property_leases_never_exceed_any_window() {
                     if let Some((id, _, used, _)) = isolates[i].lease.take() {
                         let ret = GuardRequest::Return {
                             key: key(),
-                            report: LeaseReport { id, used },
+                            report: LeaseReport { id, used, spent: 0 },
                             refusals: Refusals::new(),
                         };
                         let _ = guard.apply(&ret, &w.cx(now, None, 0));
@@ -820,7 +837,12 @@ fn a_question_applied_after_the_workers_deadline_counts_nothing() {
 fn a_session_revocation_refuses_the_tokens_issued_until_then_and_only_those() {
     let w = world();
     let mut s = GuardState::default();
-    let session = |iat: i64| KeyRef { key_id: "ses:org_1:user_1".into(), org_id: "org_1".into(), issued_at: Some(iat) };
+    let session = |iat: i64| KeyRef {
+        key_id: "ses:org_1:user_1".into(),
+        org_id: "org_1".into(),
+        issued_at: Some(iat),
+        ..KeyRef::default()
+    };
     let check_at = |iat: i64| GuardRequest::Check { key: session(iat), limits: limits(100), refusals: Refusals::new() };
     assert!(matches!(s.apply(&check_at(T0 - 5000), &w.cx(T0, None, 1)).0, GuardReply::Allowed { .. }));
     assert_eq!(
@@ -853,7 +875,7 @@ fn a_session_revocation_refuses_the_tokens_issued_until_then_and_only_those() {
 fn the_per_address_guard_of_public_routes_rolls_nothing_up() {
     let w = world();
     let mut s = GuardState::default();
-    let ip = KeyRef { key_id: "ip:203.0.113.7".into(), org_id: String::new(), issued_at: None };
+    let ip = KeyRef { key_id: "ip:203.0.113.7".into(), org_id: String::new(), issued_at: None, ..KeyRef::default() };
     let req = GuardRequest::Check { key: ip, limits: limits(2), refusals: Refusals::new() };
     assert!(matches!(s.apply(&req, &w.cx(T0, None, 1)).0, GuardReply::Allowed { .. }));
     assert!(s.has_pending());
@@ -866,7 +888,7 @@ fn the_per_address_guard_of_public_routes_rolls_nothing_up() {
 fn a_per_address_guard_is_disposed_of_once_its_counts_expire() {
     let w = world();
     let mut s = GuardState::default();
-    let ip = KeyRef { key_id: "ip:203.0.113.7".into(), org_id: String::new(), issued_at: None };
+    let ip = KeyRef { key_id: "ip:203.0.113.7".into(), org_id: String::new(), issued_at: None, ..KeyRef::default() };
     let req = GuardRequest::Check { key: ip, limits: limits(10), refusals: Refusals::new() };
     let _ = s.apply(&req, &w.cx(T0, None, 1));
     let _ = s.begin_rollup(T0 + 30_000);
@@ -877,4 +899,10 @@ fn a_per_address_guard_is_disposed_of_once_its_counts_expire() {
     let mut k = GuardState::default();
     let _ = k.apply(&check(5), &w.cx(T0, None, 1));
     assert!(!k.disposable(T0 + 10 * HOUR_MS));
+}
+
+impl World {
+    pub(super) fn policy_max_cost(&self) -> u32 {
+        self.policy.max_cost()
+    }
 }
