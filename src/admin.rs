@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::cors::OriginPattern;
+use crate::credits::{CreditSpec, Interval, Refill, MAX_CREDITS};
 use crate::error::ApiError;
 use crate::ids;
 use crate::policy::Policy;
@@ -76,7 +77,51 @@ pub struct KeyInput {
     pub allowed_ips: Vec<crate::cidr::Cidr>,
     /// Metadata for the origin: a JSON object as compact text (≤ 4 KiB).
     pub meta: Option<String>,
+    /// A usage-limited key's credits.
+    pub credits: Option<CreditSpec>,
 }
+
+/// `PATCH /v1/api_keys/{key_id}` (and the admin API's): the fields to
+/// change; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyPatch {
+    /// A new label.
+    pub name: Option<String>,
+    /// New metadata (`Some(None)`: none).
+    pub meta: Option<Option<String>>,
+    /// Scopes within the key's current ones.
+    pub scopes: Option<Vec<Scope>>,
+    /// The key's own limits (empty: the policy's defaults).
+    pub rate_limits: Option<Vec<RateLimit>>,
+    /// A widget key's per-visitor limits (empty: the policy's).
+    pub visitor_rate_limits: Option<Vec<RateLimit>>,
+    /// A credit setting (`Some(None)`: unlimited); it sets the count.
+    pub credits: Option<Option<CreditSpec>>,
+    /// A widget key's origins.
+    pub allowed_origins: Option<Vec<OriginPattern>>,
+    /// A secret key's addresses (empty: any).
+    pub allowed_ips: Option<Vec<crate::cidr::Cidr>>,
+}
+
+impl KeyPatch {
+    /// The fields it changes (for the audit log).
+    pub fn fields(&self) -> Vec<&'static str> {
+        let set = [
+            ("allowed_ips", self.allowed_ips.is_some()),
+            ("allowed_origins", self.allowed_origins.is_some()),
+            ("credits", self.credits.is_some()),
+            ("meta", self.meta.is_some()),
+            ("name", self.name.is_some()),
+            ("rate_limits", self.rate_limits.is_some()),
+            ("scopes", self.scopes.is_some()),
+            ("visitor_rate_limits", self.visitor_rate_limits.is_some()),
+        ];
+        set.iter().filter(|(_, on)| *on).map(|(f, _)| *f).collect()
+    }
+}
+
+/// Longest grace of a roll: a week.
+pub const MAX_GRACE_SECONDS: i64 = 604_800;
 
 /// Largest `meta` (compact JSON text, bytes).
 pub const MAX_META_BYTES: usize = 4096;
@@ -132,6 +177,30 @@ pub enum OrgCommand {
         /// `key.leaked`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         leaked_at_url: Option<String>,
+    },
+    /// Change a live key ([`parse_patch`]'s body, validated again by the
+    /// object); the key's guard learns the new version at once.
+    UpdateKey {
+        /// Org id.
+        org_id: String,
+        /// Key id.
+        key_id: String,
+        /// The request body (JSON text, at most [`MAX_BODY_BYTES`]).
+        body: String,
+        /// The caller, for the control API (`None`: the admin API).
+        caller: Option<RevokeCaller>,
+    },
+    /// Roll a live key: a new key with its settings and its guard (limits
+    /// and credits carry on), the old one ending after `grace_ms`.
+    RollKey {
+        /// Org id.
+        org_id: String,
+        /// Key id.
+        key_id: String,
+        /// How long the old key keeps working (ms, at most a week).
+        grace_ms: i64,
+        /// The caller, for the control API (`None`: the admin API).
+        caller: Option<RevokeCaller>,
     },
     /// Revoke a user's JWT sessions: every token issued until now is
     /// refused on its next request (through the user's sessions guard).
@@ -219,6 +288,8 @@ impl OrgCommand {
             OrgCommand::UpsertUser { user_id, .. } => Some(("user.update_refused", user_id)),
             OrgCommand::CreateKey { record, .. } => Some(("key.create_refused", &record.id)),
             OrgCommand::RevokeKey { key_id, .. } => Some(("key.revoke_refused", key_id)),
+            OrgCommand::UpdateKey { key_id, .. } => Some(("key.update_refused", key_id)),
+            OrgCommand::RollKey { key_id, .. } => Some(("key.roll_refused", key_id)),
             OrgCommand::RevokeSessions { user_id, .. } => Some(("user.sessions_revoke_refused", user_id)),
             _ => None,
         }
@@ -306,6 +377,18 @@ impl OrgRequest {
                 key_id: c.s("key_id")?,
                 caller: c.get("caller")?,
                 leaked_at_url: c.os("leaked_at_url")?,
+            },
+            "update_key" => OrgCommand::UpdateKey {
+                org_id: c.s("org_id")?,
+                key_id: c.s("key_id")?,
+                body: c.s("body")?,
+                caller: c.get("caller")?,
+            },
+            "roll_key" => OrgCommand::RollKey {
+                org_id: c.s("org_id")?,
+                key_id: c.s("key_id")?,
+                grace_ms: c.i("grace_ms")?,
+                caller: c.get("caller")?,
             },
             "revoke_sessions" => OrgCommand::RevokeSessions {
                 org_id: c.s("org_id")?,
@@ -445,10 +528,17 @@ pub fn parse_key(
             "consistency",
             "allowed_ips",
             "meta",
+            "credits",
         ],
     )?;
     let name = name_field(&m)?;
-    let scopes = match m.get("scopes") {
+    let scopes = parse_scopes(&m, policy)?;
+    let kind = parse_kind(&m)?;
+    parse_rest(&m, policy, now_ms, default_consistency, name, scopes, kind)
+}
+
+fn parse_scopes(m: &Map<String, Value>, policy: &Policy) -> Result<Vec<Scope>, ApiError> {
+    Ok(match m.get("scopes") {
         None | Some(Value::Null) => return Err(ApiError::validation("scopes", "is required")),
         Some(Value::Array(a)) if a.is_empty() => return Err(ApiError::validation("scopes", "must not be empty")),
         Some(Value::Array(a)) if a.len() > MAX_SCOPES => {
@@ -476,13 +566,151 @@ pub fn parse_key(
             out
         }
         Some(_) => return Err(ApiError::validation("scopes", "must be an array of strings")),
+    })
+}
+
+/// The fields `PATCH` may change.
+const PATCH_FIELDS: &[&str] =
+    &["name", "meta", "scopes", "rate_limits", "visitor_rate_limits", "credits", "allowed_origins", "allowed_ips"];
+
+/// Validates a key update's body: each field as at creation, `null`
+/// clearing the optional ones; at least one field.
+pub fn parse_patch(body: &[u8], policy: &Policy, now_ms: i64) -> Result<KeyPatch, ApiError> {
+    let m = object(body)?;
+    only_fields(&m, PATCH_FIELDS)?;
+    if m.is_empty() {
+        return Err(ApiError::validation("body", &format!("must change at least one of: {}", PATCH_FIELDS.join(", "))));
+    }
+    let has = |f: &str| m.contains_key(f);
+    Ok(KeyPatch {
+        name: has("name").then(|| name_field(&m)).transpose()?,
+        meta: has("meta").then(|| parse_meta(m.get("meta"))).transpose()?,
+        scopes: has("scopes").then(|| parse_scopes(&m, policy)).transpose()?,
+        rate_limits: has("rate_limits").then(|| parse_rate_limits(m.get("rate_limits"))).transpose()?,
+        visitor_rate_limits: has("visitor_rate_limits")
+            .then(|| parse_limits_field("visitor_rate_limits", m.get("visitor_rate_limits")))
+            .transpose()?,
+        credits: has("credits").then(|| parse_credits(m.get("credits"), now_ms)).transpose()?,
+        allowed_origins: has("allowed_origins").then(|| parse_origins(m.get("allowed_origins"))).transpose()?,
+        allowed_ips: has("allowed_ips").then(|| parse_ips(m.get("allowed_ips"))).transpose()?,
+    })
+}
+
+/// The key after `patch`, version bumped: scopes only narrow, each field
+/// only where the key's kind has it, a widget's visitors held below its own
+/// limits. (Whether the caller may make the result is the control API's
+/// rule, [`crate::control::check_update`].)
+pub fn apply_patch(key: &KeyRecord, patch: &KeyPatch, policy: &Policy) -> Result<KeyRecord, ApiError> {
+    let mut k = key.clone();
+    let widget = k.kind == KeyKind::Widget;
+    if let Some(name) = &patch.name {
+        k.name.clone_from(name);
+    }
+    if let Some(meta) = &patch.meta {
+        k.meta.clone_from(meta);
+    }
+    if let Some(scopes) = &patch.scopes {
+        if !scopes.iter().all(|s| s.within(&key.scopes)) {
+            return Err(ApiError::validation(
+                "scopes",
+                "may only narrow the key's scopes (a key with more scopes is a new key: mint one)",
+            ));
+        }
+        k.scopes.clone_from(scopes);
+    }
+    if let Some(l) = &patch.rate_limits {
+        k.rate_limits.clone_from(l);
+    }
+    match (&patch.visitor_rate_limits, &patch.allowed_origins, &patch.allowed_ips) {
+        (Some(_), _, _) if !widget => {
+            return Err(ApiError::validation("visitor_rate_limits", "is only for widget keys"))
+        }
+        (_, Some(_), _) if !widget => return Err(ApiError::validation("allowed_origins", "is only for widget keys")),
+        (_, _, Some(ips)) if widget && !ips.is_empty() => {
+            return Err(ApiError::validation("allowed_ips", "is only for secret keys"))
+        }
+        _ => {}
+    }
+    if let Some(l) = &patch.visitor_rate_limits {
+        k.visitor_rate_limits.clone_from(l);
+    }
+    if let Some(o) = &patch.allowed_origins {
+        k.allowed_origins.clone_from(o);
+    }
+    if let Some(ips) = &patch.allowed_ips {
+        k.allowed_ips.clone_from(ips);
+    }
+    if let Some(c) = &patch.credits {
+        k.credits = *c;
+    }
+    if widget && (patch.rate_limits.is_some() || patch.visitor_rate_limits.is_some()) {
+        check_widget_limits(policy, &k.rate_limits, &k.visitor_rate_limits)?;
+    }
+    k.version += 1;
+    Ok(k)
+}
+
+/// `credits`: `{"remaining": 0..2^40, "refill"?: {"amount": 1..2^40,
+/// "interval": "hourly"|"daily"|"monthly"}}`, stamped with `now_ms` (the
+/// count starts from it); `null`: unlimited.
+pub fn parse_credits(v: Option<&Value>, now_ms: i64) -> Result<Option<CreditSpec>, ApiError> {
+    let count = |o: &Map<String, Value>, field: &str, name: &str, min: u64| match o.get(field).and_then(Value::as_u64) {
+        Some(n) if (min..=MAX_CREDITS).contains(&n) => Ok(n),
+        _ => Err(ApiError::validation(name, &format!("must be an integer from {min} to {MAX_CREDITS}"))),
     };
-    let kind = match m.get("kind") {
+    let o = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(o)) => o,
+        Some(_) => return Err(ApiError::validation("credits", "must be an object {remaining, refill?}")),
+    };
+    only_fields(o, &["remaining", "refill"])?;
+    let remaining = count(o, "remaining", "credits.remaining", 0)?;
+    let refill = match o.get("refill") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(r)) => {
+            only_fields(r, &["amount", "interval"])?;
+            let amount = count(r, "amount", "credits.refill.amount", 1)?;
+            let interval = r.get("interval").and_then(Value::as_str).and_then(Interval::parse).ok_or_else(|| {
+                ApiError::validation("credits.refill.interval", "must be \"hourly\", \"daily\" or \"monthly\"")
+            })?;
+            Some(Refill { amount, interval })
+        }
+        Some(_) => return Err(ApiError::validation("credits.refill", "must be an object {amount, interval}")),
+    };
+    Ok(Some(CreditSpec { remaining, refill, set_at: now_ms }))
+}
+
+/// A roll's body: `{"grace_seconds": 0..604800}` (default 0), in ms.
+pub fn parse_roll(body: &[u8]) -> Result<i64, ApiError> {
+    let m = if body.iter().all(u8::is_ascii_whitespace) { Map::new() } else { object(body)? };
+    only_fields(&m, &["grace_seconds"])?;
+    match m.get("grace_seconds") {
+        None | Some(Value::Null) => Ok(0),
+        Some(v) => match v.as_i64() {
+            Some(s) if (0..=MAX_GRACE_SECONDS).contains(&s) => Ok(s * 1000),
+            _ => Err(ApiError::validation("grace_seconds", "must be an integer from 0 to 604800 (a week)")),
+        },
+    }
+}
+
+fn parse_kind(m: &Map<String, Value>) -> Result<KeyKind, ApiError> {
+    Ok(match m.get("kind") {
         None | Some(Value::Null) => KeyKind::Secret,
         Some(Value::String(k)) if k == "secret" => KeyKind::Secret,
         Some(Value::String(k)) if k == "widget" => KeyKind::Widget,
         Some(_) => return Err(ApiError::validation("kind", "must be \"secret\" or \"widget\"")),
-    };
+    })
+}
+
+fn parse_rest(
+    m: &Map<String, Value>,
+    policy: &Policy,
+    now_ms: i64,
+    default_consistency: Consistency,
+    name: String,
+    scopes: Vec<Scope>,
+    kind: KeyKind,
+) -> Result<KeyInput, ApiError> {
     let (allowed_origins, resource_id) = match kind {
         KeyKind::Secret => {
             for f in ["allowed_origins", "resource_id", "visitor_rate_limits", "turnstile_required"] {
@@ -546,6 +774,7 @@ pub fn parse_key(
         return Err(ApiError::validation("allowed_ips", "is only for secret keys"));
     }
     let meta = parse_meta(m.get("meta"))?;
+    let credits = parse_credits(m.get("credits"), now_ms)?;
     Ok(KeyInput {
         name,
         scopes,
@@ -561,6 +790,7 @@ pub fn parse_key(
         consistency_given,
         allowed_ips,
         meta,
+        credits,
     })
 }
 
@@ -648,15 +878,15 @@ pub fn check_widget_limits(policy: &Policy, rate_limits: &[RateLimit], visitor: 
 
 /// Whether creating this key needs the public suffix list (it has a
 /// wildcard origin).
-pub fn needs_suffix_list(input: &KeyInput) -> bool {
-    input.allowed_origins.iter().any(|o| o.wildcard_domain().is_some())
+pub fn needs_suffix_list(origins: &[OriginPattern]) -> bool {
+    origins.iter().any(|o| o.wildcard_domain().is_some())
 }
 
 /// Refuses a wildcard origin that reaches a public suffix, its domain's or
 /// one below it (`https://*.github.io` would admit every GitHub Pages site,
 /// `https://*.amazonaws.com` every S3 bucket's site).
-pub fn check_public_suffixes(input: &KeyInput, list: &crate::psl::SuffixList) -> Result<(), ApiError> {
-    for o in &input.allowed_origins {
+pub fn check_public_suffixes(origins: &[OriginPattern], list: &crate::psl::SuffixList) -> Result<(), ApiError> {
+    for o in origins {
         if let Some(suffix) = o.wildcard_domain().and_then(|d| list.suffix_under(d)) {
             return Err(ApiError::validation(
                 "allowed_origins",
@@ -803,9 +1033,9 @@ mod tests {
             parse_key(body.as_bytes(), &pol(), 0, Consistency::Strict).unwrap()
         };
         let ok = key(r#"["https://shop.example.com","https://*.example.co.uk","https://*.me.github.io"]"#);
-        assert!(needs_suffix_list(&ok));
-        assert!(check_public_suffixes(&ok, &list).is_ok());
-        assert!(!needs_suffix_list(&key(r#"["https://github.io","https://shop.example.com"]"#)));
+        assert!(needs_suffix_list(&ok.allowed_origins));
+        assert!(check_public_suffixes(&ok.allowed_origins, &list).is_ok());
+        assert!(!needs_suffix_list(&key(r#"["https://github.io","https://shop.example.com"]"#).allowed_origins));
         for (origins, shown) in [
             (
                 r#"["https://shop.example.com","https://*.github.io"]"#,
@@ -815,7 +1045,7 @@ mod tests {
             (r#"["https://*.GitHub.io:8443"]"#, "https://*.github.io:8443 reaches the public suffix github.io"),
             (r#"["https://*.kawasaki.jp"]"#, "https://*.kawasaki.jp reaches the public suffix *.kawasaki.jp"),
         ] {
-            let e = check_public_suffixes(&key(origins), &list).unwrap_err();
+            let e = check_public_suffixes(&key(origins).allowed_origins, &list).unwrap_err();
             assert_eq!(e.code, ErrorCode::ValidationFailed);
             assert!(e.message().starts_with("allowed_origins: "), "{}", e.message());
             assert!(e.message().contains(shown), "{}", e.message());

@@ -40,6 +40,8 @@ pub struct Caller<'a> {
     pub allowed_ips: &'a [crate::cidr::Cidr],
     /// Its metadata.
     pub meta: Option<&'a str>,
+    /// Whether it is a usage-limited key (credits).
+    pub credits: bool,
 }
 
 fn denied(message: &'static str) -> ApiError {
@@ -48,6 +50,10 @@ fn denied(message: &'static str) -> ApiError {
 
 /// Checks a mint request and binds the new key to the caller's user.
 pub fn check_create(policy: &Policy, caller: &Caller<'_>, input: &mut KeyInput) -> Result<(), ApiError> {
+    if caller.credits {
+        // Its keys would spend credits of their own, not its.
+        return Err(denied("A key with credits cannot create or manage API keys."));
+    }
     match caller.user_id {
         Some(uid) => {
             if !caller.user_role.is_some_and(|r| policy.role_creates_keys(r)) {
@@ -131,23 +137,48 @@ pub fn check_create(policy: &Policy, caller: &Caller<'_>, input: &mut KeyInput) 
 /// short-lived, tightly limited key must not be able to revoke long-lived
 /// production keys with looser limits: a denial of service.)
 pub fn check_revoke(policy: &Policy, caller: &Caller<'_>, target: &KeyRecord) -> Result<(), ApiError> {
+    check_manage(policy, caller, target, "revoke")
+}
+
+/// Whether the caller may roll `target`: the rules of [`check_revoke`] (the
+/// new key is the target's copy; the old one ends).
+pub fn check_roll(policy: &Policy, caller: &Caller<'_>, target: &KeyRecord) -> Result<(), ApiError> {
+    check_manage(policy, caller, target, "roll")
+}
+
+/// Whether the caller may update `before` into `after`: a key it could have
+/// minted, before and after (so a change loosens nothing past the caller's
+/// own scopes, limits, expiry and addresses).
+pub fn check_update(
+    policy: &Policy,
+    caller: &Caller<'_>,
+    before: &KeyRecord,
+    after: &KeyRecord,
+) -> Result<(), ApiError> {
+    check_manage(policy, caller, before, "update")?;
+    check_manage(policy, caller, after, "update")
+}
+
+fn check_manage(policy: &Policy, caller: &Caller<'_>, target: &KeyRecord, verb: &str) -> Result<(), ApiError> {
+    let no =
+        |why: &str| ApiError::with_message(ErrorCode::PermissionDenied, format!("This API key cannot {verb} {why}"));
     if let Some(uid) = caller.user_id {
         if target.user_id.as_deref() != Some(uid) {
-            return Err(denied("A key bound to a user can only revoke keys of the same user."));
+            return Err(no("a key of another user (a key bound to a user manages only its user's keys)."));
         }
     }
     if !target.scopes.iter().all(|s| s.within(caller.scopes)) {
-        return Err(denied("This API key cannot revoke a key with scopes it does not have."));
+        return Err(no("a key with scopes it does not have."));
     }
     // What the target really has, not what a mint body could leave out to
     // inherit: no expiry is never, no limits are the policy's.
     if let Some(mine) = caller.expires_at {
         if target.expires_at.is_none_or(|t| t > mine) {
-            return Err(denied("This API key cannot revoke a key that expires after it does."));
+            return Err(no("a key that expires after it does."));
         }
     }
     if !caller.allowed_ips.is_empty() && target.allowed_ips.is_empty() {
-        return Err(denied("This API key cannot revoke a key usable from addresses it may not use."));
+        return Err(no("a key usable from addresses it may not use."));
     }
     let mut as_minted = KeyInput {
         name: target.name.clone(),
@@ -163,15 +194,12 @@ pub fn check_revoke(policy: &Policy, caller: &Caller<'_>, target: &KeyRecord) ->
         consistency: target.consistency,
         consistency_given: true,
         allowed_ips: target.allowed_ips.clone(),
-        // Metadata is not the caller's to choose: no bar to revoking.
+        // Metadata is not the caller's to choose: no bar to managing.
         meta: caller.meta.map(str::to_owned),
+        credits: target.credits,
     };
-    check_create(policy, caller, &mut as_minted).map_err(|e| {
-        ApiError::with_message(
-            ErrorCode::PermissionDenied,
-            format!("This API key cannot revoke a key it could not have created: {}", e.message()),
-        )
-    })
+    check_create(policy, caller, &mut as_minted)
+        .map_err(|e| no(&format!("a key it could not have created: {}", e.message())))
 }
 
 /// Whether a caller holding `scopes` may revoke the sessions of another
@@ -352,6 +380,7 @@ mod tests {
             consistency_given: false,
             allowed_ips: vec![],
             meta: None,
+            credits: None,
         }
     }
 
@@ -368,6 +397,7 @@ mod tests {
             consistency: Consistency::Strict,
             allowed_ips: &[],
             meta: None,
+            credits: false,
         };
         assert!(check_create(&pol, &caller, &mut input(&["ai:chat"], None)).is_ok());
         assert!(check_create(&pol, &caller, &mut input(&["ai:chat", "control:read"], None)).is_ok());
@@ -388,6 +418,7 @@ mod tests {
             consistency: Consistency::Strict,
             allowed_ips: &[],
             meta: None,
+            credits: false,
         };
         assert!(check_create(&pol, &caller, &mut input(&["ai:embeddings", "ai:*"], None)).is_ok());
     }
@@ -407,6 +438,7 @@ mod tests {
             consistency: Consistency::Strict,
             allowed_ips: &[],
             meta: None,
+            credits: false,
         };
         let widget = || KeyInput { kind: KeyKind::Widget, ..input(&["ai:chat"], None) };
         // The policy's 10 per visitor fits the policy's 60, not the 20 the
@@ -432,6 +464,7 @@ mod tests {
             consistency: Consistency::Strict,
             allowed_ips: &[],
             meta: None,
+            credits: false,
         };
         let mut i = input(&["ai:chat"], None);
         check_create(&pol, &op, &mut i).unwrap();
@@ -448,6 +481,7 @@ mod tests {
             consistency: Consistency::Strict,
             allowed_ips: &[],
             meta: None,
+            credits: false,
         };
         assert_eq!(
             check_create(&pol, &viewer, &mut input(&["ai:chat"], None)).unwrap_err().code,
@@ -468,6 +502,7 @@ mod tests {
             consistency: Consistency::Strict,
             allowed_ips: &[],
             meta: None,
+            credits: false,
         };
         let e = check_create(&pol, &org_key, &mut input(&["ai:chat"], Some("u_admin"))).unwrap_err();
         assert_eq!(e.code, ErrorCode::PermissionDenied);
@@ -481,6 +516,7 @@ mod tests {
             consistency: Consistency::Strict,
             allowed_ips: &[],
             meta: None,
+            credits: false,
         };
         let mut i = input(&["ai:chat"], None);
         check_create(&pol, &parent, &mut i).unwrap();
@@ -520,6 +556,7 @@ mod tests {
             consistency: Consistency::Strict,
             allowed_ips: &[],
             meta: None,
+            credits: false,
         };
         let leased = Caller { consistency: Consistency::Leased, ..strict };
         let mut asked = input(&["ai:chat"], None);
@@ -578,6 +615,7 @@ mod tests {
             consistency: Consistency::Strict,
             allowed_ips: &[],
             meta: None,
+            credits: false,
         };
         let pol = Policy::default_policy().unwrap();
         let revoke = |c: &Caller<'_>, t: &KeyRecord| check_revoke(&pol, c, t).map_err(|e| e.code);
@@ -595,6 +633,7 @@ mod tests {
             consistency: Consistency::Strict,
             allowed_ips: &[],
             meta: None,
+            credits: false,
         };
         assert!(revoke(&user_key, &target(&["ai:chat"], Some("u1"))).is_ok());
         assert_eq!(revoke(&user_key, &target(&["ai:chat"], Some("u2"))), Err(ErrorCode::PermissionDenied));
@@ -642,6 +681,7 @@ mod tests {
             consistency: Consistency::Strict,
             allowed_ips: &ips,
             meta: Some(r#"{"plan":"pro"}"#),
+            credits: false,
         };
         let mut i = input(&["ai:chat"], None);
         check_create(&pol, &caller, &mut i).unwrap();

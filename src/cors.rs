@@ -238,7 +238,7 @@ pub fn visitor(ip: &str, v6_prefix: u8) -> String {
 pub const ALLOWED_HEADERS: &str = "authorization, x-api-key, content-type, cf-turnstile-response, x-keyward-visitor";
 /// Response headers a widget page may read.
 pub const EXPOSED_HEADERS: &str =
-    "RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, Retry-After, X-Request-Id, X-Keyward-Visitor-Token";
+    "RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, Retry-After, X-Credits-Remaining, X-Request-Id, X-Keyward-Visitor-Token";
 /// How long a browser may cache a preflight, in seconds.
 pub const MAX_AGE_SECONDS: u32 = 600;
 

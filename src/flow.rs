@@ -200,6 +200,8 @@ pub struct Isolate {
 }
 
 /// Work to do after the response (the shell runs it with `waitUntil`).
+// A few per request at most, made once: no allocation to save.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Later {
     /// Send this to the key's guard and pass the answer to

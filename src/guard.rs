@@ -196,6 +196,8 @@ impl KeyRef {
 /// expired after a roll's grace).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
+    /// The key.
+    pub id: String,
     /// The tombstone: when the key was revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<i64>,
@@ -655,6 +657,13 @@ pub struct GuardStats {
     pub bytes: usize,
     /// SQLite's size of the object's database.
     pub database_bytes: usize,
+    /// A usage-limited key's live credit count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<u64>,
+    /// Keys of its roll family it holds more of than KV (updated, rolled
+    /// or revoked ones).
+    #[serde(default)]
+    pub family: usize,
 }
 
 /// Calls a guard received, by kind.
@@ -739,8 +748,10 @@ pub struct Meta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sessions_revoked_at: Option<i64>,
     /// The keys of the guard's roll family it knows more of than KV.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub members: BTreeMap<String, Member>,
+    /// (A list, not a map: at most [`MAX_MEMBERS`], and no map type more in
+    /// the wasm.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<Member>,
     /// Sequence number of the last roll-up begun.
     #[serde(default)]
     pub rollup_seq: u64,
@@ -748,6 +759,13 @@ pub struct Meta {
     /// acknowledges it; the org ignores a sequence number it has applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inflight: Option<(u64, PendingUsage)>,
+}
+
+impl Meta {
+    /// What the guard knows of key `id` of its roll family.
+    pub fn member(&self, id: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
+    }
 }
 
 /// The counters row: the key's own limits and its pending usage.
@@ -1064,23 +1082,28 @@ impl GuardState {
     /// family already has [`MAX_MEMBERS`] keys. Records past their expiry
     /// are dropped first (their expiry is kept).
     fn member_mut(&mut self, id: &str, now: i64, ch: &mut Changes) -> Option<&mut Member> {
-        for m in self.meta.members.values_mut() {
+        for m in &mut self.meta.members {
             if let Some(e) = m.record.as_ref().and_then(|r| r.expires_at).filter(|&e| e <= now) {
                 m.expired_at = Some(e);
                 m.record = None;
                 ch.meta = true;
             }
         }
-        if !self.meta.members.contains_key(id) && self.meta.members.len() >= MAX_MEMBERS {
-            return None;
-        }
-        Some(self.meta.members.entry(id.to_owned()).or_default())
+        let at = match self.meta.members.iter().position(|m| m.id == id) {
+            Some(at) => at,
+            None if self.meta.members.len() >= MAX_MEMBERS => return None,
+            None => {
+                self.meta.members.push(Member { id: id.to_owned(), ..Member::default() });
+                self.meta.members.len() - 1
+            }
+        };
+        self.meta.members.get_mut(at)
     }
 
     /// The key's current record, when the request was decided on an older
     /// one.
     fn stale(&self, key: &KeyRef) -> Option<Box<KeyRecord>> {
-        let m = self.meta.members.get(key.member_id())?;
+        let m = self.meta.member(key.member_id())?;
         m.record.as_ref().filter(|r| r.version > key.version).cloned()
     }
 
@@ -1138,7 +1161,7 @@ impl GuardState {
     /// revoked.
     pub fn is_revoked(&self, key: &KeyRef, now: i64) -> bool {
         self.meta.revoked_at.is_some()
-            || self.meta.members.get(key.member_id()).is_some_and(|m| m.ended(now))
+            || self.meta.member(key.member_id()).is_some_and(|m| m.ended(now))
             || key.issued_at.is_some_and(|iat| self.meta.sessions_revoked_at.is_some_and(|r| iat <= r))
     }
 

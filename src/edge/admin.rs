@@ -8,6 +8,8 @@
 //! | DELETE | `/admin/orgs/{org_id}/users/{user_id}/sessions` | — (revoke the user's JWT sessions) |
 //! | POST | `/admin/orgs/{org_id}/api_keys` | `{"name", "scopes", "kind"?, "expires_at"?, "user_id"?, "rate_limits"?, "allowed_origins"?, "resource_id"?, "visitor_rate_limits"?, "turnstile_required"?, "consistency"?}` |
 //! | DELETE | `/admin/orgs/{org_id}/api_keys/{key_id}` | — |
+//! | PATCH | `/admin/orgs/{org_id}/api_keys/{key_id}` | any of `{"name", "meta", "scopes", "rate_limits", "visitor_rate_limits", "credits", "allowed_origins", "allowed_ips"}` |
+//! | POST | `/admin/orgs/{org_id}/api_keys/{key_id}/roll` | `{"grace_seconds"?}` |
 //! | GET | `/admin/orgs/{org_id}/api_keys/{key_id}/guard` | — (the key's guard: calls, writes, leases, bytes) |
 //! | PUT, GET | `/admin/public_suffix_list` | the list's text (`data/public_suffix_list.dat`) |
 
@@ -32,6 +34,7 @@ enum Route<'a> {
     Sessions(&'a str, &'a str),
     Keys(&'a str),
     Key(&'a str, &'a str),
+    Roll(&'a str, &'a str),
     Guard(&'a str, &'a str),
 }
 
@@ -72,16 +75,19 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
         ["admin", "orgs", org, "api_keys"] => Route::Keys(org),
         ["admin", "orgs", org, "api_keys", key] => Route::Key(org, key),
         ["admin", "orgs", org, "api_keys", key, "guard"] => Route::Guard(org, key),
+        ["admin", "orgs", org, "api_keys", key, "roll"] => Route::Roll(org, key),
         _ => return Err(ErrorCode::RouteNotFound.into()),
     };
     let method = req.inner().method();
     let allowed = match route {
         Route::Org(_) | Route::User(..) => "PUT",
-        Route::Keys(_) => "POST",
-        Route::Key(..) | Route::Sessions(..) => "DELETE",
+        Route::Keys(_) | Route::Roll(..) => "POST",
+        Route::Key(..) if method == "PATCH" => "PATCH",
+        Route::Key(..) => "DELETE, PATCH",
+        Route::Sessions(..) => "DELETE",
         Route::Guard(..) => "GET",
     };
-    if method != allowed {
+    if !allowed.split(", ").any(|m| m == method) {
         return Err(Refusal {
             error: ApiError::new(ErrorCode::MethodNotAllowed),
             headers: vec![("Allow", allowed.into())],
@@ -93,6 +99,7 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
         | Route::Sessions(o, _)
         | Route::Keys(o)
         | Route::Key(o, _)
+        | Route::Roll(o, _)
         | Route::Guard(o, _) => o,
     };
     if !ids::is_valid_id(org_id) {
@@ -129,11 +136,22 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
             let (status, body) = mint(env, settings, org, input, None, None, &actor, request_id, now).await?;
             return Ok(json_response(status, body, request_id));
         }
+        Route::Key(_, key) | Route::Roll(_, key) if !ids::is_ulid(key) => {
+            return Err(ApiError::new(ErrorCode::ResourceNotFound).into());
+        }
+        Route::Key(org, key) if method == "PATCH" => {
+            let body = read_body(&mut req, MAX_BODY_BYTES).await?;
+            updatable(env, settings, &body, now).await?;
+            let body =
+                String::from_utf8(body).map_err(|_| ApiError::validation("body", "must be UTF-8 encoded JSON"))?;
+            OrgCommand::UpdateKey { org_id: org.into(), key_id: key.into(), body, caller: None }
+        }
         Route::Key(org, key) => {
-            if !ids::is_ulid(key) {
-                return Err(ApiError::new(ErrorCode::ResourceNotFound).into());
-            }
             OrgCommand::RevokeKey { org_id: org.into(), key_id: key.into(), caller: None, leaked_at_url: None }
+        }
+        Route::Roll(org, key) => {
+            let grace_ms = core::parse_roll(&read_body(&mut req, MAX_BODY_BYTES).await?)?;
+            OrgCommand::RollKey { org_id: org.into(), key_id: key.into(), grace_ms, caller: None }
         }
         Route::Guard(org, key) => return guard_stats(env, settings, org, key, request_id, now).await,
     };
@@ -153,9 +171,21 @@ pub(super) async fn creatable(env: &Env, settings: &Settings, input: &KeyInput) 
         )
         .into());
     }
-    if core::needs_suffix_list(input) {
+    check_origins(env, &input.allowed_origins).await
+}
+
+/// The checks of a key update that need the deployment: its body parses
+/// (early, so a malformed one costs no call to the org's object; the object
+/// parses it again) and a wildcard origin stands over no public suffix.
+pub(super) async fn updatable(env: &Env, settings: &Settings, body: &[u8], now: i64) -> Result<(), Refusal> {
+    let patch = core::parse_patch(body, &settings.policy, now)?;
+    check_origins(env, patch.allowed_origins.as_deref().unwrap_or_default()).await
+}
+
+async fn check_origins(env: &Env, origins: &[crate::cors::OriginPattern]) -> Result<(), Refusal> {
+    if core::needs_suffix_list(origins) {
         let list = suffix_list(env).await?;
-        core::check_public_suffixes(input, &list)?;
+        core::check_public_suffixes(origins, &list)?;
     }
     Ok(())
 }
@@ -254,7 +284,7 @@ pub(super) async fn mint(
         leaked_at: None,
         guard_id: None,
         version: 0,
-        credits: None,
+        credits: input.credits,
     };
     let command = OrgCommand::CreateKey { record: Box::new(record), hash: new.hash.to_hex(), creator };
     let request = OrgRequest { command, actor: actor.into(), request_id: request_id.into(), now_ms: now };

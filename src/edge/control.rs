@@ -8,6 +8,8 @@
 //! | POST | `/v1/api_keys` | mint a key (scopes within the caller's) |
 //! | GET | `/v1/api_keys?cursor=&limit=` | the org's non-revoked keys, newest first |
 //! | DELETE | `/v1/api_keys/{key_id}` | revoke (tombstone first, as the admin API) |
+//! | PATCH | `/v1/api_keys/{key_id}` | update (within what the caller could mint) |
+//! | POST | `/v1/api_keys/{key_id}/roll` | roll: a new key, the old one ending after `grace_seconds` |
 //! | DELETE | `/v1/users/{user_id}/sessions` | revoke a user's JWT sessions (one's own; another's with a role that manages keys) |
 //! | GET | `/v1/audit?cursor=&limit=` | the org's audit log, newest first |
 //! | GET | `/v1/usage?from=&to=` | allowed and refused requests per key and hour |
@@ -29,6 +31,8 @@ pub(super) enum Route {
     CreateKey,
     ListKeys,
     RevokeKey(String),
+    UpdateKey(String),
+    RollKey(String),
     RevokeSessions(String),
     Audit,
     Usage,
@@ -44,6 +48,8 @@ pub(super) fn route(grant: &Grant, method: &str, path: &CanonicalPath) -> Option
         ("POST", "/v1/api_keys") => Some(Route::CreateKey),
         ("GET", "/v1/api_keys") => Some(Route::ListKeys),
         ("DELETE", "/v1/api_keys/{key_id}") => path.segments().last().map(|id| Route::RevokeKey(id.to_owned())),
+        ("PATCH", "/v1/api_keys/{key_id}") => path.segments().last().map(|id| Route::UpdateKey(id.to_owned())),
+        ("POST", "/v1/api_keys/{key_id}/roll") => path.segments().nth(2).map(|id| Route::RollKey(id.to_owned())),
         ("DELETE", "/v1/users/{user_id}/sessions") => {
             path.segments().nth(2).map(|id| Route::RevokeSessions(id.to_owned()))
         }
@@ -81,6 +87,8 @@ pub(super) async fn handle(
     let refused_write = match &route {
         Route::CreateKey => Some(("key.create_refused", String::new())),
         Route::RevokeKey(id) => Some(("key.revoke_refused", id.clone())),
+        Route::UpdateKey(id) => Some(("key.update_refused", id.clone())),
+        Route::RollKey(id) => Some(("key.roll_refused", id.clone())),
         Route::RevokeSessions(id) => Some(("user.sessions_revoke_refused", id.clone())),
         _ => None,
     };
@@ -144,7 +152,10 @@ async fn serve(
 ) -> Result<Response, Failure> {
     let org_id = caller.grant.org_id.as_str();
     let fault = super::faults::Fault::of(&req);
-    if matches!(route, Route::CreateKey | Route::RevokeKey(_) | Route::RevokeSessions(_)) {
+    if matches!(
+        route,
+        Route::CreateKey | Route::RevokeKey(_) | Route::UpdateKey(_) | Route::RollKey(_) | Route::RevokeSessions(_)
+    ) {
         rules::check_write_scope(&settings.policy, &caller.grant.scopes)?;
     }
     let command = match route {
@@ -173,6 +184,7 @@ async fn serve(
                 consistency: caller.key.consistency,
                 allowed_ips: &caller.key.allowed_ips,
                 meta: caller.key.meta.as_deref(),
+                credits: caller.key.credits.is_some(),
             };
             rules::check_create(&settings.policy, &who, &mut input)?;
             admin::creatable(env, settings, &input).await?;
@@ -198,6 +210,23 @@ async fn serve(
             }
             let who = revoke_caller(caller);
             OrgCommand::RevokeKey { org_id: org_id.into(), key_id, caller: Some(who), leaked_at_url: None }
+        }
+        Route::UpdateKey(key_id) => {
+            if !ids::is_ulid(&key_id) {
+                return Err(ApiError::new(ErrorCode::ResourceNotFound).into());
+            }
+            let body = read_body(&mut req, MAX_BODY_BYTES).await?;
+            admin::updatable(env, settings, &body, caller.now).await?;
+            let body =
+                String::from_utf8(body).map_err(|_| ApiError::validation("body", "must be UTF-8 encoded JSON"))?;
+            OrgCommand::UpdateKey { org_id: org_id.into(), key_id, body, caller: Some(revoke_caller(caller)) }
+        }
+        Route::RollKey(key_id) => {
+            if !ids::is_ulid(&key_id) {
+                return Err(ApiError::new(ErrorCode::ResourceNotFound).into());
+            }
+            let grace_ms = crate::admin::parse_roll(&read_body(&mut req, MAX_BODY_BYTES).await?)?;
+            OrgCommand::RollKey { org_id: org_id.into(), key_id, grace_ms, caller: Some(revoke_caller(caller)) }
         }
         Route::RevokeSessions(user_id) => {
             if !ids::is_valid_id(&user_id) {

@@ -126,6 +126,9 @@ pub(super) async fn handle(
     let result = match asked {
         Ok(admitted) => {
             exit.extend(exit_headers(&admitted.grant, admitted.quota.as_ref()));
+            if let Some(c) = admitted.credits {
+                exit.push(("X-Credits-Remaining", c.to_string()));
+            }
             upstream(incoming, env, settings, admitted, &mut later).await
         }
         Err(refusal) => Err(refusal),
@@ -387,7 +390,7 @@ async fn upstream(
     admitted: Admitted,
     later: &mut Vec<Later>,
 ) -> Result<Response, Refusal> {
-    let Admitted { grant, key, admission, quota: _ } = admitted;
+    let Admitted { grant, key, admission, .. } = admitted;
     let refund = |admission: crate::flow::Admission, refusal: Refusal, later: &mut Vec<Later>| {
         later.extend(ISOLATE.with(|i| admission.refund(&mut i.borrow_mut(), refusal.error.code)));
         refusal

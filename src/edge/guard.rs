@@ -199,7 +199,9 @@ impl KeyGuard {
         // The object's clamped clock (see `GuardState::clock`).
         let raw = super::now_ms();
         let now = self.mem.borrow().as_ref().map_or(raw, |s| s.clock(raw));
-        if self.facts.borrow().as_ref().is_some_and(|f| f.fresh(now, lease_ms)) {
+        // Facts are a key's: a roll family's keys each have their own.
+        let mine = |f: &FetchedFacts| f.facts.key.as_ref().is_some_and(|k| k.id == key_id);
+        if self.facts.borrow().as_ref().is_some_and(|f| f.fresh(now, lease_ms) && mine(f)) {
             return Ok(());
         }
         self.stats.borrow_mut().facts_reads += 1;
@@ -224,7 +226,10 @@ impl KeyGuard {
         let mut stats = self.stats.borrow().clone();
         if let Some(s) = mem.as_ref() {
             stats.key_id = s.meta.key.as_ref().map(|k| k.key_id.clone());
-            stats.revoked = s.meta.revoked_at.is_some();
+            let own = s.meta.key.as_ref().and_then(|k| s.meta.member(&k.key_id));
+            stats.revoked = s.meta.revoked_at.is_some() || own.is_some_and(|m| m.revoked_at.is_some());
+            stats.credits = s.counters.credits.map(|c| c.remaining);
+            stats.family = s.meta.members.len();
             stats.visitors = s.visitors.len();
             stats.leases = s.leases.len();
             stats.reserved = s.reserved();
@@ -268,7 +273,7 @@ impl DurableObject for KeyGuard {
         }
         let lease_ms = settings.flow.lease_ms;
         if let GuardRequest::Lease { key, .. } = &request {
-            self.ensure_facts(&key.org_id, &key.key_id, lease_ms).await?;
+            self.ensure_facts(&key.org_id, key.member_id(), lease_ms).await?;
         }
         // A lease id only when a lease may be granted.
         let lease_id = match request {

@@ -306,40 +306,7 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             let record: KeyRecord =
                 crate::from_json(&text(row.get(1))?).map_err(|e| super::unavailable("key decode", e))?;
             if let Some(c) = caller {
-                if let Some(uid) = &c.user_id {
-                    may_manage_keys(sql, &env, uid)?;
-                }
-                let settings = super::settings(&env)?;
-                // The caller as it would mint: its own record's expiry,
-                // limits, mode, addresses and metadata (a JWT session: its
-                // role's limits, no expiry).
-                let mine: Option<KeyRecord> = match &c.key_id {
-                    Some(id) => {
-                        match rows(sql, "SELECT record FROM keys WHERE id = ?", Some(vec![id.as_str().into()]))?.first()
-                        {
-                            Some(r) => Some(
-                                crate::from_json(&text(r.first())?).map_err(|e| super::unavailable("key decode", e))?,
-                            ),
-                            None => return Err(ApiError::new(ErrorCode::PermissionDenied).into()),
-                        }
-                    }
-                    None => None,
-                };
-                let limits = match &mine {
-                    Some(k) => crate::ratelimit::merge_limits(settings.policy.default_rate_limits(), &k.rate_limits),
-                    None => settings.policy.session_rate_limits(c.user_role.as_deref().unwrap_or("")).to_vec(),
-                };
-                let who = Caller {
-                    scopes: &c.scopes,
-                    user_id: c.user_id.as_deref(),
-                    user_role: c.user_role.as_deref(),
-                    expires_at: mine.as_ref().and_then(|k| k.expires_at),
-                    limits: &limits,
-                    consistency: mine.as_ref().map_or(crate::records::Consistency::Strict, |k| k.consistency),
-                    allowed_ips: mine.as_ref().map_or(&[][..], |k| &k.allowed_ips[..]),
-                    meta: mine.as_ref().and_then(|k| k.meta.as_deref()),
-                };
-                control::check_revoke(&settings.policy, &who, &record)?;
+                caller_rules(sql, &env, c, |policy, who| control::check_revoke(policy, who, &record))?;
             }
             // The key and every key it minted, and theirs: minted keys do
             // not outlive the key that made them.
@@ -376,8 +343,11 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
                 // retry (the tombstones are idempotent) finishes it.
                 let mut at = Vec::with_capacity(found.len());
                 for (id, _, rec) in &found {
-                    let tombstone = GuardRequest::Revoke { revoked_at: rec.revoked_at.unwrap_or(now) };
-                    match super::guard::call(&env, id, &tombstone).await {
+                    // The key's own tombstone in its guard (its roll
+                    // family's: the family's other keys live on).
+                    let tombstone =
+                        GuardRequest::Revoke { revoked_at: rec.revoked_at.unwrap_or(now), key_id: Some(id.clone()) };
+                    match super::guard::call(&env, rec.guard(), &tombstone).await {
                         Ok(GuardReply::RevokeRecorded { revoked_at }) => at.push(revoked_at),
                         Ok(_) => return Err(super::unavailable("key guard", "unexpected reply to a revoke")),
                         Err(e) => return Err(super::unavailable("key guard", e)),
@@ -420,6 +390,136 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
                 ("revoked_at", j(&rfc3339(times[0]))),
             ]);
             Ok((200, success(&data, None)))
+        }
+        OrgCommand::UpdateKey { org_id, key_id, body, caller } => {
+            require_org(sql, org_id)?;
+            let (hash, old) = live_key(sql, key_id, now)?;
+            let policy = &super::settings(&env)?.policy;
+            let patch = crate::admin::parse_patch(body.as_bytes(), policy, now)?;
+            let new = crate::admin::apply_patch(&old, &patch, policy)?;
+            if let Some(c) = caller {
+                caller_rules(sql, &env, c, |policy, who| control::check_update(policy, who, &old, &new))?;
+            }
+            // Credits are the roll family's (one count in one guard): every
+            // live key of the family takes the new setting.
+            let mut changed = vec![(hash, new)];
+            if patch.credits.is_some() {
+                for (h, mut k) in family(sql, old.guard())? {
+                    if k.id != *key_id {
+                        k.credits = changed[0].1.credits;
+                        k.version += 1;
+                        changed.push((h, k));
+                    }
+                }
+            }
+            // The system of record first, then each key's guard (from its
+            // answer on, a request decided on the old version is decided
+            // again on the new one, wherever KV still serves the old), then
+            // KV. A guard that does not answer: 503, and a retry applies
+            // the (saved) change everywhere at once.
+            for (_, k) in &changed {
+                let json_record = serde_json::to_string(k).map_err(|e| super::unavailable("key encode", e))?;
+                sql.exec(
+                    "UPDATE keys SET record = ? WHERE id = ?",
+                    vec![json_record.as_str().into(), k.id.as_str().into()],
+                )
+                .map_err(sql_err)?;
+            }
+            let fields: Vec<String> = patch.fields().iter().map(j).collect();
+            audit("key.updated", key_id, obj(&[("fields", array(&fields))]))?;
+            for (_, k) in &changed {
+                tell_guard(&env, k).await?;
+            }
+            for (h, k) in &changed {
+                put_kv(&kv, &key_kv_key(h), k).await?;
+            }
+            Ok((200, success(&key_view(&changed[0].1), None)))
+        }
+        OrgCommand::RollKey { org_id, key_id, grace_ms, caller } => {
+            require_org(sql, org_id)?;
+            let (old_hash, old) = live_key(sql, key_id, now)?;
+            if let Some(c) = caller {
+                caller_rules(sql, &env, c, |policy, who| control::check_roll(policy, who, &old))?;
+            }
+            let settings = super::settings(&env)?;
+            let live = count(sql, LIVE_KEYS, now, None)?;
+            if live >= settings.max_keys_per_org {
+                let message = format!(
+                    "This org has {live} live API keys, its limit (MAX_KEYS_PER_ORG): revoke keys before rolling one."
+                );
+                return Err(ApiError::with_message(ErrorCode::KeyLimitReached, message).into());
+            }
+            if let Some(parent) = &old.parent_id {
+                if count(sql, LIVE_CHILDREN, now, Some(parent))? >= settings.max_keys_per_parent {
+                    let message =
+                        "The key that minted this one has reached MAX_KEYS_PER_PARENT live keys: revoke some first.";
+                    return Err(ApiError::with_message(ErrorCode::KeyLimitReached, message).into());
+                }
+            }
+            let family_id = old.guard().to_owned();
+            let members = rows(sql, FAMILY_ALL, Some(vec![family_id.as_str().into()]))?;
+            let live_members =
+                family(sql, &family_id)?.iter().filter(|(_, k)| k.expires_at.is_none_or(|e| e > now)).count();
+            if members.len() >= crate::guard::MAX_MEMBERS || live_members >= crate::guard::MAX_LIVE_MEMBERS {
+                let message = format!(
+                    "This key was rolled {} times and has {live_members} live versions (at most {} rolls, {} live): create a new key instead.",
+                    members.len() - 1,
+                    crate::guard::MAX_MEMBERS - 1,
+                    crate::guard::MAX_LIVE_MEMBERS
+                );
+                return Err(ApiError::with_message(ErrorCode::KeyLimitReached, message).into());
+            }
+            let token = crate::token::generate(
+                &settings.config.format,
+                old.kind,
+                &super::random::<{ crate::token::RANDOM_BYTES }>()?,
+            );
+            let new = KeyRecord {
+                id: crate::ids::ulid(now, &super::random::<10>()?),
+                prefix: token.prefix.clone(),
+                last_four: token.last_four.clone(),
+                created_at: now,
+                revoked_at: None,
+                leaked_at: None,
+                guard_id: Some(family_id),
+                version: 0,
+                ..old.clone()
+            };
+            let ends = old.expires_at.map_or(now + grace_ms, |e| e.min(now + grace_ms));
+            let ended = KeyRecord { expires_at: Some(ends), version: old.version + 1, ..old.clone() };
+            // The old key's end in its guard first (it only ever tightens):
+            // from the answer on it is refused after `ends` everywhere.
+            tell_guard(&env, &ended).await?;
+            let old_json = serde_json::to_string(&ended).map_err(|e| super::unavailable("key encode", e))?;
+            let new_json = serde_json::to_string(&new).map_err(|e| super::unavailable("key encode", e))?;
+            let new_hash = token.hash.to_hex();
+            sql.exec("UPDATE keys SET record = ? WHERE id = ?", vec![old_json.as_str().into(), key_id.as_str().into()])
+                .map_err(sql_err)?;
+            sql.exec(
+                "INSERT INTO keys (id, hash, record, created_at, revoked_at) VALUES (?, ?, ?, ?, NULL)",
+                vec![new.id.as_str().into(), new_hash.as_str().into(), new_json.as_str().into(), now.into()],
+            )
+            .map_err(sql_err)?;
+            put_kv(&kv, &key_kv_key(&old_hash), &ended).await?;
+            if let Err(e) = put_kv(&kv, &key_kv_key(&new_hash), &new).await {
+                let _ = sql.exec("DELETE FROM keys WHERE id = ?", vec![new.id.as_str().into()]);
+                return Err(e);
+            }
+            let detail = obj(&[
+                ("grace_seconds", j(&(grace_ms / 1000))),
+                ("new_key_id", j(&new.id)),
+                ("old_key_expires_at", j(&rfc3339(ends))),
+            ]);
+            audit("key.rolled", key_id, detail)?;
+            audit("key.created", &new.id, key_fields(&new, false, None))?;
+            let view = key_view(&new);
+            let data = format!(
+                "{},\"old_key_expires_at\":{},\"rolled_from\":{}}}",
+                &view[..view.len() - 1],
+                j(&rfc3339(ends)),
+                j(key_id)
+            );
+            Ok((201, super::with_plaintext(&success(&data, None), token.plaintext)?))
         }
         OrgCommand::RevokeSessions { org_id, user_id, caller } => {
             require_org(sql, org_id)?;
@@ -655,6 +755,17 @@ fn key_fields(k: &KeyRecord, view: bool, last_used_at: Option<Option<String>>) -
     m.push(("allowed_ips", j(&k.allowed_ips)));
     m.push(("allowed_origins", j(&k.allowed_origins)));
     m.push(("consistency", j(&k.consistency)));
+    // The setting; the live count is in each response's X-Credits-Remaining
+    // and the admin API's guard view.
+    let credits = k.credits.map(|c| {
+        let refill = c.refill.map(|r| obj(&[("amount", j(&r.amount)), ("interval", j(&r.interval.as_str()))]));
+        obj(&[
+            ("refill", refill.unwrap_or_else(|| "null".into())),
+            ("remaining", j(&c.remaining)),
+            ("set_at", j(&rfc3339(c.set_at))),
+        ])
+    });
+    m.push(("credits", credits.unwrap_or_else(|| "null".into())));
     if view {
         m.push(("created_at", j(&rfc3339(k.created_at))));
     }
@@ -786,6 +897,102 @@ async fn revoke_sessions(env: &Env, org_id: &str, user_id: &str, now: i64) -> Re
         Ok(GuardReply::RevokeRecorded { revoked_at }) => Ok(revoked_at),
         Ok(_) => Err(super::unavailable("sessions guard", "unexpected reply to a session revocation")),
         Err(e) => Err(super::unavailable("sessions guard", e)),
+    }
+}
+
+/// The control API's caller of a revoke, roll or update, as `check` sees
+/// it: as it would mint — its own record's expiry, limits, mode, addresses,
+/// metadata and credits, read here (a JWT session: its role's limits, no
+/// expiry) — and, when bound to a user, only while that user may manage
+/// keys.
+fn caller_rules(
+    sql: &SqlStorage,
+    env: &Env,
+    c: &crate::admin::RevokeCaller,
+    check: impl FnOnce(&crate::policy::Policy, &Caller<'_>) -> Result<(), ApiError>,
+) -> Result<(), Refusal> {
+    if let Some(uid) = &c.user_id {
+        may_manage_keys(sql, env, uid)?;
+    }
+    let settings = super::settings(env)?;
+    let mine: Option<KeyRecord> = match &c.key_id {
+        Some(id) => match load_key(sql, id)? {
+            Some((_, k)) => Some(k),
+            None => return Err(ApiError::new(ErrorCode::PermissionDenied).into()),
+        },
+        None => None,
+    };
+    let limits = match &mine {
+        Some(k) => crate::ratelimit::merge_limits(settings.policy.default_rate_limits(), &k.rate_limits),
+        None => settings.policy.session_rate_limits(c.user_role.as_deref().unwrap_or("")).to_vec(),
+    };
+    let who = Caller {
+        scopes: &c.scopes,
+        user_id: c.user_id.as_deref(),
+        user_role: c.user_role.as_deref(),
+        expires_at: mine.as_ref().and_then(|k| k.expires_at),
+        limits: &limits,
+        consistency: mine.as_ref().map_or(crate::records::Consistency::Strict, |k| k.consistency),
+        allowed_ips: mine.as_ref().map_or(&[][..], |k| &k.allowed_ips[..]),
+        meta: mine.as_ref().and_then(|k| k.meta.as_deref()),
+        credits: mine.as_ref().is_some_and(|k| k.credits.is_some()),
+    };
+    Ok(check(&settings.policy, &who)?)
+}
+
+/// A key's hash and record.
+fn load_key(sql: &SqlStorage, key_id: &str) -> Result<Option<(String, KeyRecord)>, Refusal> {
+    match rows(sql, "SELECT hash, record FROM keys WHERE id = ?", Some(vec![key_id.into()]))?.first() {
+        Some(r) => Ok(Some((
+            text(r.first())?,
+            crate::from_json(&text(r.get(1))?).map_err(|e| super::unavailable("key decode", e))?,
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// A key that is neither revoked nor expired at `now`; else 404 (an update
+/// or a roll has nothing to act on: documented).
+fn live_key(sql: &SqlStorage, key_id: &str, now: i64) -> Result<(String, KeyRecord), Refusal> {
+    match load_key(sql, key_id)? {
+        Some((h, k)) if k.revoked_at.is_none() && k.expires_at.is_none_or(|e| e > now) => Ok((h, k)),
+        _ => Err(ApiError::with_message(
+            ErrorCode::ResourceNotFound,
+            "No live API key has this id (revoked and expired keys cannot change).",
+        )
+        .into()),
+    }
+}
+
+/// Every key of a roll family, revoked ones included.
+const FAMILY_ALL: &str = "SELECT id FROM keys WHERE id = ?1 OR json_extract(record, '$.guard_id') = ?1";
+
+/// The keys of the roll family `guard` that are not revoked (expired ones
+/// included), with their hashes.
+fn family(sql: &SqlStorage, guard: &str) -> Result<Vec<(String, KeyRecord)>, Refusal> {
+    let query = "SELECT hash, record FROM keys WHERE revoked_at IS NULL AND (id = ?1 OR json_extract(record, '$.guard_id') = ?1)";
+    rows(sql, query, Some(vec![guard.into()]))?
+        .iter()
+        .map(|r| {
+            Ok((text(r.first())?, crate::from_json(&text(r.get(1))?).map_err(|e| super::unavailable("key decode", e))?))
+        })
+        .collect()
+}
+
+/// Gives a key's guard its new record (an update, a roll's end): 503 if it
+/// does not confirm.
+async fn tell_guard(env: &Env, k: &KeyRecord) -> Result<(), Refusal> {
+    match super::guard::call(env, k.guard(), &GuardRequest::Update { record: Box::new(k.clone()) }).await {
+        Ok(GuardReply::Recorded) => Ok(()),
+        Ok(_) => Err(super::unavailable("key guard", "unexpected reply to an update")),
+        Err(e) => {
+            worker::console_warn!("keyward: the guard of key {} did not take its update: {e}", k.id);
+            Err(ApiError::with_message(
+                ErrorCode::ServiceUnavailable,
+                "The change is saved, but the key's guard did not confirm it: until a retry of this request succeeds it may take up to a minute to apply everywhere.",
+            )
+            .into())
+        }
     }
 }
 

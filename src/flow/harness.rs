@@ -271,6 +271,7 @@ pub(crate) fn gate<'r>(env: &'r Env, r: &'r Req) -> Gate<'r> {
     Gate::new(facts, presented.kind(), presented.hash(), &r.ip, &env.policy, &env.config, env.settings)
 }
 
+#[allow(clippy::large_enum_variant)] // test harness
 pub(crate) enum State {
     Ready,
     Asked(String, GuardRequest),

@@ -100,10 +100,10 @@ fn a_roll_family_shares_counters_and_ends_member_by_member() {
     // An older version never replaces a newer one.
     let _ = s.apply(&GuardRequest::Update { record: Box::new(rec("01NEW", 3)) }, &w.cx(T0 + 61_001, None, 1));
     let _ = s.apply(&GuardRequest::Update { record: Box::new(rec("01NEW", 2)) }, &w.cx(T0 + 61_002, None, 1));
-    assert_eq!(s.meta.members["01NEW"].record.as_ref().map(|r| r.version), Some(3));
+    assert_eq!(s.meta.member("01NEW").unwrap().record.as_ref().map(|r| r.version), Some(3));
     // The expired record is dropped (its expiry kept) when members change.
-    assert_eq!(s.meta.members["01KEY"].expired_at, Some(T0 + 100));
-    assert!(s.meta.members["01KEY"].record.is_none());
+    assert_eq!(s.meta.member("01KEY").unwrap().expired_at, Some(T0 + 100));
+    assert!(s.meta.member("01KEY").unwrap().record.is_none());
     // Revoking one member leaves the other working; idempotent, first time wins.
     let revoke = |at: i64| GuardRequest::Revoke { revoked_at: at, key_id: Some("01NEW".into()) };
     assert_eq!(
@@ -234,11 +234,12 @@ fn leases_reserve_credits_and_give_back_what_was_not_spent() {
         refusals: Refusals::new(),
     };
     let max_cost = u64::from(w.policy_max_cost());
-    let (r, _) = s.apply(&lease(4, None), &w.cx(T0 + 1, Some(&f), 11));
+    assert_eq!(max_cost, 5, "the policy's dearest route (summarize)");
+    let (r, _) = s.apply(&lease(2, None), &w.cx(T0 + 1, Some(&f), 11));
     let GuardReply::Leased { counted_at: Some(_), lease: Some(g), credits: Some(left), .. } = r else {
         panic!("{r:?}")
     };
-    assert_eq!(g.credits, (4 * max_cost).min(19));
+    assert_eq!(g.credits, 2 * max_cost, "every unit at the dearest route's cost");
     assert_eq!(left, 19 - g.credits, "the reservation is taken from the count");
     // Another isolate cannot get more than what is left.
     let (r, _) = s.apply(&lease(1_000, None), &w.cx(T0 + 2, Some(&f), 12));

@@ -503,7 +503,18 @@ fn every_message_round_trips() {
         GuardRequest::Refund { key: key(), limits: widget, counted_at: T0, reason: "upstream".into() },
         GuardRequest::Revoke { revoked_at: T0, key_id: None },
         GuardRequest::Revoke { revoked_at: T0, key_id: Some("01ROLLED".into()) },
-        GuardRequest::Update { record: Box::new(record()) },
+        GuardRequest::Update {
+            record: Box::new(KeyRecord {
+                guard_id: Some("01FIRST".into()),
+                version: 4,
+                credits: Some(crate::credits::CreditSpec {
+                    remaining: 9,
+                    refill: Some(crate::credits::Refill { amount: 3, interval: crate::credits::Interval::Monthly }),
+                    set_at: T0,
+                }),
+                ..record()
+            }),
+        },
         GuardRequest::RevokeSessions { revoked_at: -1 },
         GuardRequest::Stats,
     ];
@@ -571,6 +582,13 @@ fn every_message_round_trips() {
             caller: None,
             leaked_at_url: Some("https://github.com/a/b \"x\"".into()),
         },
+        OrgCommand::UpdateKey {
+            org_id: "org_1".into(),
+            key_id: "01KEY".into(),
+            body: r#"{"name":"x \"y\""}"#.into(),
+            caller: Some(caller.clone()),
+        },
+        OrgCommand::RollKey { org_id: "org_1".into(), key_id: "01KEY".into(), grace_ms: 5_000, caller: None },
         OrgCommand::RevokeSessions { org_id: "org_1".into(), user_id: "u".into(), caller: Some(caller) },
         OrgCommand::RevokeSessions { org_id: "org_1".into(), user_id: "u".into(), caller: None },
         OrgCommand::ListKeys { org_id: "org_1".into(), cursor: None, limit: 50 },
