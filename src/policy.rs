@@ -875,7 +875,9 @@ mod tests {
             ("GET", "/v1/api_keys"),
             ("GET", "/v1/audit"),
             ("GET", "/v1/usage"),
+            ("PATCH", "/v1/api_keys/{key_id}"),
             ("POST", "/v1/api_keys"),
+            ("POST", "/v1/api_keys/{key_id}/roll"),
         ];
         assert_eq!(local, want.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect::<Vec<_>>());
     }
