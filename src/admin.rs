@@ -590,7 +590,18 @@ pub fn parse_patch(body: &[u8], policy: &Policy, now_ms: i64) -> Result<KeyPatch
         visitor_rate_limits: has("visitor_rate_limits")
             .then(|| parse_limits_field("visitor_rate_limits", m.get("visitor_rate_limits")))
             .transpose()?,
-        credits: has("credits").then(|| parse_credits(m.get("credits"), now_ms)).transpose()?,
+        credits: match m.get("credits") {
+            None => None,
+            // A stale request could not tell "removed" from "never set":
+            // the count would come back. Top it up instead.
+            Some(Value::Null) => {
+                return Err(ApiError::validation(
+                    "credits",
+                    "cannot be removed from a usage-limited key (set remaining instead, or mint a key without credits)",
+                ))
+            }
+            v => Some(parse_credits(v, now_ms)?),
+        },
         allowed_origins: has("allowed_origins").then(|| parse_origins(m.get("allowed_origins"))).transpose()?,
         allowed_ips: has("allowed_ips").then(|| parse_ips(m.get("allowed_ips"))).transpose()?,
     })

@@ -138,22 +138,32 @@ pub struct CreditLedger {
     pub refill: Option<Refill>,
     /// Start of the interval last refilled (or set).
     pub refilled_at: i64,
+    /// When (the guard's clock) the count last started again (a newer
+    /// setting, a refill): credits spent before are never given back.
+    #[serde(default)]
+    pub restarted_at: i64,
 }
 
 impl CreditLedger {
     /// A count starting from `spec`.
-    pub fn from_spec(spec: &CreditSpec) -> CreditLedger {
+    pub fn from_spec(spec: &CreditSpec, now: i64) -> CreditLedger {
         let refilled_at = spec.refill.map_or(spec.set_at, |r| r.interval.start(spec.set_at));
-        CreditLedger { remaining: spec.remaining, set_at: spec.set_at, refill: spec.refill, refilled_at }
+        CreditLedger {
+            remaining: spec.remaining,
+            set_at: spec.set_at,
+            refill: spec.refill,
+            refilled_at,
+            restarted_at: now,
+        }
     }
 
-    /// Adopts `spec` if it is newer than the setting this count started
-    /// from; returns whether the ledger changed.
-    pub fn adopt(ledger: &mut Option<CreditLedger>, spec: &CreditSpec) -> bool {
+    /// Adopts `spec` (at `now`, the guard's clock) if it is newer than the
+    /// setting this count started from; returns whether the ledger changed.
+    pub fn adopt(ledger: &mut Option<CreditLedger>, spec: &CreditSpec, now: i64) -> bool {
         if ledger.is_some_and(|l| l.set_at >= spec.set_at) {
             return false;
         }
-        *ledger = Some(CreditLedger::from_spec(spec));
+        *ledger = Some(CreditLedger::from_spec(spec, now));
         true
     }
 
@@ -165,6 +175,7 @@ impl CreditLedger {
             return false;
         }
         self.refilled_at = start;
+        self.restarted_at = self.restarted_at.max(now);
         self.remaining = r.amount;
         true
     }
@@ -184,11 +195,10 @@ impl CreditLedger {
     }
 
     /// Gives `n` back: a refunded request, a lease's unspent reservation.
-    /// Credits spent before a refill are not given back after it (the
-    /// refill already restored the count).
+    /// Credits spent before the count started again (a refill, a top-up)
+    /// are not given back: the count was set anew since.
     pub fn give_back(&mut self, n: u64, spent_at: i64) {
-        let before_refill = self.refill.is_some() && spent_at < self.refilled_at;
-        if !before_refill {
+        if spent_at >= self.restarted_at {
             self.remaining = self.remaining.saturating_add(n).min(MAX_CREDITS);
         }
     }
@@ -240,7 +250,7 @@ mod tests {
     fn spending_is_all_or_nothing_and_refills_set_the_count() {
         let set_at = ms(2026, 1, 15) + 10 * H + 30 * 60_000;
         let refill = Some(Refill { amount: 5, interval: Interval::Hourly });
-        let mut l = CreditLedger::from_spec(&CreditSpec { remaining: 3, refill, set_at });
+        let mut l = CreditLedger::from_spec(&CreditSpec { remaining: 3, refill, set_at }, set_at);
         assert!(l.spend(2));
         assert!(!l.spend(2), "one left: a cost of two is refused whole");
         assert_eq!(l.remaining, 1);
@@ -249,7 +259,7 @@ mod tests {
         assert!(l.refill(set_at + 30 * 60_000));
         assert_eq!(l.remaining, 5, "the count becomes the amount");
         // A refund of a request spent before the refill gives nothing back.
-        l.give_back(2, set_at + 60_000);
+        l.give_back(2, set_at + 29 * 60_000);
         assert_eq!(l.remaining, 5);
         l.spend(1);
         l.give_back(1, set_at + 31 * 60_000);
@@ -264,14 +274,14 @@ mod tests {
     fn only_a_newer_setting_resets_the_count() {
         let spec = CreditSpec { remaining: 10, refill: None, set_at: 1_000 };
         let mut ledger = None;
-        assert!(CreditLedger::adopt(&mut ledger, &spec));
+        assert!(CreditLedger::adopt(&mut ledger, &spec, 1_000));
         ledger.as_mut().map(|l| l.spend(7));
-        assert!(!CreditLedger::adopt(&mut ledger, &spec), "the same setting (a rolled key's) keeps the count");
-        assert!(!CreditLedger::adopt(&mut ledger, &CreditSpec { set_at: 999, ..spec }));
+        assert!(!CreditLedger::adopt(&mut ledger, &spec, 1_000), "the same setting (a rolled key's) keeps the count");
+        assert!(!CreditLedger::adopt(&mut ledger, &CreditSpec { set_at: 999, ..spec }, 1_001));
         assert_eq!(ledger.map(|l| l.remaining), Some(3));
-        assert!(CreditLedger::adopt(&mut ledger, &CreditSpec { remaining: 50, set_at: 2_000, ..spec }));
+        assert!(CreditLedger::adopt(&mut ledger, &CreditSpec { remaining: 50, set_at: 2_000, ..spec }, 2_000));
         assert_eq!(ledger.map(|l| l.remaining), Some(50));
-        let mut none = CreditLedger::from_spec(&spec);
+        let mut none = CreditLedger::from_spec(&spec, 0);
         assert_eq!(none.next_refill_ms(5), None);
         assert!(!none.refill(i64::MAX / 2));
         none.give_back(u64::MAX, 0);

@@ -957,10 +957,10 @@ impl GuardState {
                     if m.record.as_ref().is_none_or(|r| r.version <= record.version) {
                         m.record = Some(record.clone());
                         ch.meta = true;
-                        // Credits are the family's: the newest setting holds.
-                        match &record.credits {
-                            Some(spec) => ch.counters |= CreditLedger::adopt(&mut self.counters.credits, spec),
-                            None => ch.counters |= self.counters.credits.take().is_some(),
+                        // Credits are the family's: the newest setting holds
+                        // (a usage-limited key never loses its credits).
+                        if let Some(spec) = &record.credits {
+                            ch.counters |= CreditLedger::adopt(&mut self.counters.credits, spec, now);
                         }
                     }
                     GuardReply::Recorded
@@ -1112,7 +1112,7 @@ impl GuardState {
     /// request costs, `Some` of the time until the next refill.
     fn credits_short(&mut self, limits: &Limits, now: i64, ch: &mut Changes) -> Option<Option<i64>> {
         let spec = limits.credits.as_ref()?;
-        ch.counters |= CreditLedger::adopt(&mut self.counters.credits, spec);
+        ch.counters |= CreditLedger::adopt(&mut self.counters.credits, spec, now);
         let l = self.counters.credits.as_mut()?;
         ch.counters |= l.refill(now);
         (l.remaining < u64::from(limits.cost)).then(|| l.next_refill_ms(now))
@@ -1188,7 +1188,7 @@ impl GuardState {
     ) -> GuardReply {
         let ends_at = f.at + cx.lease_ms;
         let valid_ms = ends_at - now;
-        let records = f.facts.records(&key.key_id, &key.org_id);
+        let records = f.facts.records(key.member_id(), &key.org_id);
         let verdict = scope.map(|s| records_verdict(&records, s, cx.policy, cx.config, now));
         if !matches!(verdict, Some(Ok(()))) {
             // The worker decides on the same facts and answers the refusal

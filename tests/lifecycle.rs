@@ -330,3 +330,249 @@ fn a_leaked_key_reported_by_github_is_revoked_at_once() {
     assert_eq!(leak["detail"]["url"], "https://github.com/octo/repo/blob/abc/config.py");
     assert!(entries.iter().any(|e| e["action"] == "key.revoked" && e["detail"]["cascade_from"] == leaked_id.as_str()));
 }
+
+/// `LEASE_MS` of the harness (wrangler.toml).
+const LEASE_MS: u64 = 1_000;
+
+fn control(key: &str, method: &str, path: &str, body: Option<Value>) -> Resp {
+    let auth = format!("Bearer {key}");
+    let b = body.map(|b| b.to_string());
+    h().send(
+        method,
+        path,
+        &[("authorization", &auth), ("content-type", "application/json")],
+        b.as_deref().map(str::as_bytes),
+    )
+}
+
+fn send_as(key: &str, method: &str, path: &str) -> Resp {
+    let auth = format!("Bearer {key}");
+    h().send(method, path, &[("authorization", &auth), ("content-type", "application/json")], Some(b"{}"))
+}
+
+fn audit_actions(reader: &str) -> Vec<Value> {
+    control(reader, "GET", "/v1/audit?limit=50", None).json()["data"].as_array().unwrap().clone()
+}
+
+#[test]
+fn rolling_a_key_shares_its_counters_and_ends_the_old_key_after_the_grace() {
+    let org = h().org(true);
+    let limits = json!([{"name": "minute", "limit": 6, "window_seconds": 60}]);
+    let (old, old_id) =
+        h().key(&org, json!({"name": "prod", "scopes": ["ai:chat"], "rate_limits": limits, "meta": {"plan": "pro"}}));
+    for _ in 0..3 {
+        assert_eq!(chat_from(&old, None, &[]).status, 200);
+    }
+    // Roll through the admin API, with a 3 s grace.
+    let r = h().admin("POST", &format!("/admin/orgs/{org}/api_keys/{old_id}/roll"), Some(json!({"grace_seconds": 3})));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let d = r.json()["data"].clone();
+    let new = d["plaintext"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(d["rolled_from"], old_id.as_str());
+    assert_eq!((d["name"].clone(), d["scopes"].clone()), (json!("prod"), json!(["ai:chat"])), "same settings");
+    assert_eq!((d["rate_limits"].clone(), d["meta"].clone()), (limits.clone(), json!({"plan": "pro"})));
+    let ends = d["old_key_expires_at"].as_str().unwrap().to_owned();
+    // Both keys work within the grace, on one count: 3 + 2 + 1 = 6, then 429 for either.
+    for _ in 0..2 {
+        let r = chat_from(&new, None, &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            h().origin_saw(r.header("x-request-id").unwrap()).unwrap()["headers"]["x-keyward-meta"].is_string(),
+            true
+        );
+    }
+    assert_eq!(chat_from(&old, None, &[]).status, 200);
+    let v = chat_from(&new, None, &[]).assert_error(429, "RATE_LIMITED");
+    assert_eq!(v["error"]["retryable"], true, "rolling is no way around a limit");
+    chat_from(&old, None, &[]).assert_error(429, "RATE_LIMITED");
+    // After the grace the old key is refused like an expired one (though this
+    // isolate cached its record, and KV served it, without an expiry).
+    std::thread::sleep(std::time::Duration::from_millis(3_200));
+    let v = chat_from(&old, None, &[]).assert_error(401, "INVALID_API_KEY");
+    assert_eq!(v["error"]["message"], "The API key is missing, malformed, expired, revoked or unknown.");
+    chat_from(&new, None, &[]).assert_error(429, "RATE_LIMITED");
+    // The list shows the old key's end, and the audit the roll.
+    let (reader, _) = h().key(&org, json!({"name": "reader", "scopes": ["control:read"]}));
+    let list = control(&reader, "GET", "/v1/api_keys", None).json();
+    let old_view = list["data"].as_array().unwrap().iter().find(|k| k["id"] == old_id.as_str()).cloned().unwrap();
+    assert_eq!(old_view["expires_at"], ends.as_str());
+    let rolled = audit_actions(&reader).into_iter().find(|e| e["action"] == "key.rolled").unwrap();
+    assert_eq!((rolled["target"].clone(), rolled["detail"]["new_key_id"].clone()), (json!(old_id), d["id"].clone()));
+    // A grace of 0 ends the key at once; the control API rolls as well.
+    let new_id = d["id"].as_str().unwrap().to_owned();
+    let (admin_reader, _) = h().key(&org, json!({"name": "ops", "scopes": ["ai:*", "control:read"]}));
+    let r = control(&admin_reader, "POST", &format!("/v1/api_keys/{new_id}/roll"), Some(json!({"grace_seconds": 0})));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let newest = r.json()["data"]["plaintext"].as_str().unwrap().to_owned();
+    // (This isolate answers the 429 it just got for LEASE_MS without
+    // asking the guard, as for any key: past it, the guard's word.)
+    std::thread::sleep(std::time::Duration::from_millis(LEASE_MS + 100));
+    chat_from(&new, None, &[]).assert_error(401, "INVALID_API_KEY");
+    chat_from(&newest, None, &[]).assert_error(429, "RATE_LIMITED");
+    // Revoked or expired keys do not roll (404); a grace past a week is refused.
+    for id in [&old_id, &new_id] {
+        let r = control(&admin_reader, "POST", &format!("/v1/api_keys/{id}/roll"), Some(json!({})));
+        let v = r.assert_error(404, "RESOURCE_NOT_FOUND");
+        assert!(v["error"]["message"].as_str().unwrap().contains("No live API key"), "{v}");
+    }
+    let newest_id = r.json()["data"]["id"].as_str().unwrap().to_owned();
+    let r = control(
+        &admin_reader,
+        "POST",
+        &format!("/v1/api_keys/{newest_id}/roll"),
+        Some(json!({"grace_seconds": 604801})),
+    );
+    let v = r.assert_error(422, "VALIDATION_FAILED");
+    assert!(v["error"]["message"].as_str().unwrap().starts_with("grace_seconds"), "{v}");
+    // A key with fewer scopes than the target cannot roll it.
+    let r = control(&reader, "POST", &format!("/v1/api_keys/{newest_id}/roll"), Some(json!({})));
+    r.assert_error(403, "PERMISSION_DENIED");
+}
+
+#[test]
+fn an_update_applies_on_the_very_next_request() {
+    let org = h().org(true);
+    let (key, id) = h().key(&org, json!({"name": "app", "scopes": ["ai:chat", "ai:embeddings"]}));
+    let (ops, _) = h().key(&org, json!({"name": "ops", "scopes": ["ai:*", "control:read"]}));
+    // This isolate now holds the key's record for 30 s, and KV would serve
+    // it for up to a minute more.
+    assert_eq!(chat_from(&key, None, &[]).status, 200);
+    let r = control(
+        &ops,
+        "PATCH",
+        &format!("/v1/api_keys/{id}"),
+        Some(json!({"scopes": ["ai:embeddings"], "name": "app v2"})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        (r.json()["data"]["scopes"].clone(), r.json()["data"]["name"].clone()),
+        (json!(["ai:embeddings"]), json!("app v2"))
+    );
+    let v = chat_from(&key, None, &[]).assert_error(403, "MISSING_SCOPE");
+    assert!(v["error"]["message"].as_str().unwrap().contains("ai:chat"), "{v}");
+    assert_eq!(send_as(&key, "POST", "/v1/embeddings").status, 200);
+    // Metadata reaches the origin signed on the next request.
+    let r = control(&ops, "PATCH", &format!("/v1/api_keys/{id}"), Some(json!({"meta": {"plan": "enterprise"}})));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = send_as(&key, "POST", "/v1/embeddings");
+    let seen = h().origin_saw(r.header("x-request-id").unwrap()).unwrap();
+    let meta = String::from_utf8(b64url(seen["headers"]["x-keyward-meta"].as_str().unwrap())).unwrap();
+    assert_eq!(meta, r#"{"plan":"enterprise"}"#);
+    // Addresses too.
+    let r = control(&ops, "PATCH", &format!("/v1/api_keys/{id}"), Some(json!({"allowed_ips": ["203.0.113.0/24"]})));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = h().send(
+        "POST",
+        "/v1/embeddings",
+        &[
+            ("authorization", &format!("Bearer {key}")),
+            ("content-type", "application/json"),
+            ("cf-connecting-ip", "198.51.100.1"),
+        ],
+        Some(b"{}"),
+    );
+    r.assert_error(403, "IP_NOT_ALLOWED");
+    // Loosening: scopes never widen; limits only within what the caller could mint.
+    let r =
+        control(&ops, "PATCH", &format!("/v1/api_keys/{id}"), Some(json!({"scopes": ["ai:chat", "ai:embeddings"]})));
+    let v = r.assert_error(422, "VALIDATION_FAILED");
+    assert!(v["error"]["message"].as_str().unwrap().starts_with("scopes"), "{v}");
+    let loose = json!({"rate_limits": [{"name": "minute", "limit": 1000, "window_seconds": 60}]});
+    let v = control(&ops, "PATCH", &format!("/v1/api_keys/{id}"), Some(loose.clone()))
+        .assert_error(403, "PERMISSION_DENIED");
+    assert!(v["error"]["message"].as_str().unwrap().contains("cannot update"), "{v}");
+    let r = h().admin("PATCH", &format!("/admin/orgs/{org}/api_keys/{id}"), Some(loose));
+    assert_eq!(r.status, 200, "an operator may loosen: {}", r.text());
+    // Bad bodies name the field; unknown or immutable fields are refused.
+    for (body, field) in [
+        (json!({}), "body"),
+        (json!({"kind": "widget"}), "kind"),
+        (json!({"expires_at": "2099-01-01T00:00:00Z"}), "expires_at"),
+        (json!({"credits": {"remaining": -1}}), "credits.remaining"),
+        (
+            json!({"credits": {"remaining": 5, "refill": {"amount": 5, "interval": "weekly"}}}),
+            "credits.refill.interval",
+        ),
+        (json!({"allowed_origins": ["https://a.example"]}), "allowed_origins"),
+    ] {
+        let v = control(&ops, "PATCH", &format!("/v1/api_keys/{id}"), Some(body.clone()))
+            .assert_error(422, "VALIDATION_FAILED");
+        assert!(v["error"]["message"].as_str().unwrap().starts_with(field), "{body}: {v}");
+    }
+    // Every change is audited with the fields it changed.
+    let (reader, _) = h().key(&org, json!({"name": "reader", "scopes": ["control:read"]}));
+    let updates: Vec<Value> = audit_actions(&reader).into_iter().filter(|e| e["action"] == "key.updated").collect();
+    assert_eq!(updates.len(), 4, "{updates:?}");
+    assert_eq!(updates.last().unwrap()["detail"]["fields"], json!(["name", "scopes"]));
+    let refused = audit_actions(&reader).into_iter().filter(|e| e["action"] == "key.update_refused").count();
+    assert!(refused >= 2, "{refused}");
+}
+
+#[test]
+fn credits_admit_exactly_their_count_however_many_arrive_at_once() {
+    for consistency in ["strict", "leased"] {
+        let org = h().org(true);
+        let (key, id) = h().key(
+            &org,
+            json!({"name": "metered", "scopes": ["ai:*"], "consistency": consistency, "credits": {"remaining": 10}}),
+        );
+        let rs = concurrent_chats(h().port, &key, 50);
+        let ok: Vec<&Resp> = rs.iter().filter(|r| r.status == 200).collect();
+        assert_eq!(ok.len(), 10, "{consistency}: {:?}", rs.iter().map(|r| r.status).collect::<Vec<_>>());
+        for r in rs.iter().filter(|r| r.status != 200) {
+            let v = r.assert_error(429, "USAGE_EXCEEDED");
+            assert_eq!(v["error"]["retryable"], false);
+            assert_eq!(r.header("x-credits-remaining"), Some("0"));
+            assert!(r.header("retry-after").is_none(), "no refill, no retry time");
+        }
+        let mut left: Vec<u64> = ok.iter().map(|r| r.header("x-credits-remaining").unwrap().parse().unwrap()).collect();
+        left.sort();
+        if consistency == "strict" {
+            assert_eq!(left, (0..10).collect::<Vec<u64>>(), "each admission says what is left");
+        }
+        let at_origin =
+            h().origin_log().into_iter().filter(|e| e["headers"]["x-keyward-key-id"] == id.as_str()).count();
+        assert_eq!(at_origin, 10, "{consistency}");
+        // A top-up (PATCH) sets the count; rolling keeps it.
+        let r =
+            h().admin("PATCH", &format!("/admin/orgs/{org}/api_keys/{id}"), Some(json!({"credits": {"remaining": 7}})));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["data"]["credits"]["remaining"], 7);
+        if consistency == "leased" {
+            // An isolate that saw a leased key run out asks again after
+            // LEASE_MS (as for every change to a leased key).
+            std::thread::sleep(std::time::Duration::from_millis(LEASE_MS + 100));
+        }
+        // Summarize costs 5 (policy): 7 → 2; a second one is refused whole.
+        let r = send_as(&key, "POST", "/v1/summarize");
+        assert_eq!(r.status, 200, "{consistency}: {}", r.text());
+        if consistency == "strict" {
+            assert_eq!(r.header("x-credits-remaining"), Some("2"));
+        }
+        send_as(&key, "POST", "/v1/summarize").assert_error(429, "USAGE_EXCEEDED");
+        let r = h().admin("POST", &format!("/admin/orgs/{org}/api_keys/{id}/roll"), Some(json!({"grace_seconds": 60})));
+        assert_eq!(r.status, 201, "{}", r.text());
+        let rolled = r.json()["data"]["plaintext"].as_str().unwrap().to_owned();
+        let mut served = 0;
+        for _ in 0..4 {
+            match chat_from(&rolled, None, &[]).status {
+                200 => served += 1,
+                s => assert_eq!(s, 429),
+            }
+        }
+        assert_eq!(served, 2, "{consistency}: the rolled key spends the same 2 credits");
+        chat_from(&key, None, &[]).assert_error(429, "USAGE_EXCEEDED");
+    }
+    // A refilling key says when to retry.
+    let org = h().org(true);
+    let (key, _) = h().key(
+        &org,
+        json!({"name": "hourly", "scopes": ["ai:chat"], "credits": {"remaining": 1, "refill": {"amount": 1, "interval": "hourly"}}}),
+    );
+    assert_eq!(chat_from(&key, None, &[]).status, 200);
+    let r = chat_from(&key, None, &[]);
+    r.assert_error(429, "USAGE_EXCEEDED");
+    let retry: i64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=3600).contains(&retry), "{retry}");
+}

@@ -184,9 +184,25 @@ fn credits_are_spent_exactly_all_or_nothing_and_refunded() {
         s.apply(&check(newer, credited(10, None, 1)), &w.cx(T0 + 101, None, 1)).0,
         GuardReply::Allowed { credits: Some(4), .. }
     ));
-    // Credits removed by an update: no ledger.
-    let _ = s.apply(&GuardRequest::Update { record: Box::new(rec("01KEY", 2)) }, &w.cx(T0 + 102, None, 1));
-    assert!(s.counters.credits.is_none());
+    // A refund of a request counted before the top-up gives nothing back
+    // (the count was set anew since); one counted after it does.
+    let refund = |at: i64| GuardRequest::Refund {
+        key: newer_ref(),
+        limits: credited(10, None, 1),
+        counted_at: at,
+        reason: "missing_scope".into(),
+    };
+    let _ = s.apply(&refund(T0 + 63), &w.cx(T0 + 102, None, 1));
+    assert_eq!(s.counters.credits.map(|c| c.remaining), Some(4));
+    let _ = s.apply(&refund(T0 + 101), &w.cx(T0 + 103, None, 1));
+    assert_eq!(s.counters.credits.map(|c| c.remaining), Some(5));
+    // An update of a record without credits leaves the family's count alone.
+    let _ = s.apply(&GuardRequest::Update { record: Box::new(rec("01KEY", 2)) }, &w.cx(T0 + 104, None, 1));
+    assert_eq!(s.counters.credits.map(|c| c.remaining), Some(5));
+}
+
+fn newer_ref() -> KeyRef {
+    KeyRef { version: 1, ..key() }
 }
 
 #[test]

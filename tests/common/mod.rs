@@ -544,7 +544,8 @@ impl Resp {
         assert_eq!(v["error"]["code"], code, "{v}");
         assert_eq!(v["error"]["request_id"], rid);
         assert!(v["error"]["type"].is_string() && v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
-        assert_eq!(v["error"]["retryable"], matches!(status, 429 | 500..=599));
+        // Spent credits do not come back by retrying; other 429s and 5xx may.
+        assert_eq!(v["error"]["retryable"], matches!(status, 429 | 500..=599) && code != "USAGE_EXCEEDED");
         let keys: Vec<&String> = v["error"].as_object().unwrap().keys().collect();
         assert_eq!(keys, ["code", "message", "request_id", "retryable", "type"], "envelope fields");
         assert_eq!(self.header("content-type"), Some("application/json"));
