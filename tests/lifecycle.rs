@@ -377,10 +377,9 @@ fn rolling_a_key_shares_its_counters_and_ends_the_old_key_after_the_grace() {
     for _ in 0..2 {
         let r = chat_from(&new, None, &[]);
         assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(
-            h().origin_saw(r.header("x-request-id").unwrap()).unwrap()["headers"]["x-keyward-meta"].is_string(),
-            true
-        );
+        let seen = h().origin_saw(r.header("x-request-id").unwrap()).unwrap();
+        let meta = String::from_utf8(b64url(seen["headers"]["x-keyward-meta"].as_str().unwrap())).unwrap();
+        assert_eq!(meta, r#"{"plan":"pro"}"#, "the new key carries the old one's metadata");
     }
     assert_eq!(chat_from(&old, None, &[]).status, 200);
     let v = chat_from(&new, None, &[]).assert_error(429, "RATE_LIMITED");
