@@ -246,32 +246,7 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             if let Some(uid) = creator {
                 may_manage_keys(sql, &env, uid)?;
             }
-            // Caps on live keys: per org, and per minting key.
-            let settings = super::settings(&env)?;
-            let live = count(sql, LIVE_KEYS, now, None)?;
-            if live >= settings.max_keys_per_org {
-                let message = format!(
-                    "This org has {live} live API keys, its limit (MAX_KEYS_PER_ORG): revoke keys before creating more."
-                );
-                return Err(ApiError::with_message(ErrorCode::KeyLimitReached, message).into());
-            }
-            if let Some(parent) = &record.parent_id {
-                // The minting key was revoked since the gate let it through
-                // (or is being revoked right now): its child would outlive it.
-                let live = rows(sql, "SELECT revoked_at FROM keys WHERE id = ?", Some(vec![parent.as_str().into()]))?
-                    .first()
-                    .is_some_and(|r| matches!(r.first(), Some(SqlStorageValue::Null) | None));
-                if !live {
-                    return Err(ApiError::new(ErrorCode::InvalidApiKey).into());
-                }
-                let minted = count(sql, LIVE_CHILDREN, now, Some(parent))?;
-                if minted >= settings.max_keys_per_parent {
-                    let message = format!(
-                        "The calling key has minted {minted} live API keys, its limit (MAX_KEYS_PER_PARENT): revoke some first."
-                    );
-                    return Err(ApiError::with_message(ErrorCode::KeyLimitReached, message).into());
-                }
-            }
+            room_for_key(sql, &env, now, record.parent_id.as_deref())?;
             if let Some(uid) = &record.user_id {
                 if load_user(sql, uid)?.is_none() {
                     return Err(ApiError::validation("user_id", "no such user in this org").into());
@@ -441,21 +416,8 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             if let Some(c) = caller {
                 caller_rules(sql, &env, c, |policy, who| control::check_roll(policy, who, &old))?;
             }
+            room_for_key(sql, &env, now, old.parent_id.as_deref())?;
             let settings = super::settings(&env)?;
-            let live = count(sql, LIVE_KEYS, now, None)?;
-            if live >= settings.max_keys_per_org {
-                let message = format!(
-                    "This org has {live} live API keys, its limit (MAX_KEYS_PER_ORG): revoke keys before rolling one."
-                );
-                return Err(ApiError::with_message(ErrorCode::KeyLimitReached, message).into());
-            }
-            if let Some(parent) = &old.parent_id {
-                if count(sql, LIVE_CHILDREN, now, Some(parent))? >= settings.max_keys_per_parent {
-                    let message =
-                        "The key that minted this one has reached MAX_KEYS_PER_PARENT live keys: revoke some first.";
-                    return Err(ApiError::with_message(ErrorCode::KeyLimitReached, message).into());
-                }
-            }
             let family_id = old.guard().to_owned();
             let members = rows(sql, FAMILY_ALL, Some(vec![family_id.as_str().into()]))?;
             let live_members =
@@ -938,6 +900,33 @@ fn caller_rules(
         credits: mine.as_ref().is_some_and(|k| k.credits.is_some()),
     };
     Ok(check(&settings.policy, &who)?)
+}
+
+/// Caps on live keys, for one more (minted, or rolled): per org, and per
+/// minting key, which must itself be live.
+fn room_for_key(sql: &SqlStorage, env: &Env, now: i64, parent: Option<&str>) -> Result<(), Refusal> {
+    let settings = super::settings(env)?;
+    let live = count(sql, LIVE_KEYS, now, None)?;
+    if live >= settings.max_keys_per_org {
+        let message =
+            format!("This org has {live} live API keys, its limit (MAX_KEYS_PER_ORG): revoke keys before adding more.");
+        return Err(ApiError::with_message(ErrorCode::KeyLimitReached, message).into());
+    }
+    if let Some(parent) = parent {
+        // The minting key was revoked since the gate let it through (or is
+        // being revoked right now): its child would outlive it.
+        if load_key(sql, parent)?.is_none_or(|(_, k)| k.revoked_at.is_some()) {
+            return Err(ApiError::new(ErrorCode::InvalidApiKey).into());
+        }
+        let minted = count(sql, LIVE_CHILDREN, now, Some(parent))?;
+        if minted >= settings.max_keys_per_parent {
+            let message = format!(
+                "The minting key has {minted} live API keys, its limit (MAX_KEYS_PER_PARENT): revoke some first."
+            );
+            return Err(ApiError::with_message(ErrorCode::KeyLimitReached, message).into());
+        }
+    }
+    Ok(())
 }
 
 /// A key's hash and record.
