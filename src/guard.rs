@@ -91,7 +91,7 @@ pub const MAX_MEMBERS: usize = 64;
 /// a roll past it.
 pub const MAX_LIVE_MEMBERS: usize = 8;
 /// Largest key record a guard holds (its stored JSON text).
-pub const MAX_MEMBER_RECORD: usize = 16 * 1024;
+pub const MAX_MEMBER_RECORD: usize = 32 * 1024;
 
 /// Requests of one key in one hour.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

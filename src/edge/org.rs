@@ -281,7 +281,7 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             let record: KeyRecord =
                 crate::from_json(&text(row.get(1))?).map_err(|e| super::unavailable("key decode", e))?;
             if let Some(c) = caller {
-                caller_rules(sql, &env, c, |policy, who| control::check_revoke(policy, who, &record))?;
+                caller_rules(sql, &env, c, &|policy, who| control::check_revoke(policy, who, &record))?;
             }
             // The key and every key it minted, and theirs: minted keys do
             // not outlive the key that made them.
@@ -373,7 +373,7 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             let patch = crate::admin::parse_patch(body.as_bytes(), policy, now)?;
             let new = crate::admin::apply_patch(&old, &patch, policy)?;
             if let Some(c) = caller {
-                caller_rules(sql, &env, c, |policy, who| control::check_update(policy, who, &old, &new))?;
+                caller_rules(sql, &env, c, &|policy, who| control::check_update(policy, who, &old, &new))?;
             }
             // Credits are the roll family's (one count in one guard): every
             // live key of the family takes the new setting.
@@ -414,7 +414,7 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             require_org(sql, org_id)?;
             let (old_hash, old) = live_key(sql, key_id, now)?;
             if let Some(c) = caller {
-                caller_rules(sql, &env, c, |policy, who| control::check_roll(policy, who, &old))?;
+                caller_rules(sql, &env, c, &|policy, who| control::check_roll(policy, who, &old))?;
             }
             room_for_key(sql, &env, now, old.parent_id.as_deref())?;
             let settings = super::settings(&env)?;
@@ -871,7 +871,7 @@ fn caller_rules(
     sql: &SqlStorage,
     env: &Env,
     c: &crate::admin::RevokeCaller,
-    check: impl FnOnce(&crate::policy::Policy, &Caller<'_>) -> Result<(), ApiError>,
+    check: &dyn Fn(&crate::policy::Policy, &Caller<'_>) -> Result<(), ApiError>,
 ) -> Result<(), Refusal> {
     if let Some(uid) = &c.user_id {
         may_manage_keys(sql, env, uid)?;

@@ -279,3 +279,75 @@ fn leases_reserve_credits_and_give_back_what_was_not_spent() {
     let _ = s.begin_rollup(T0 + 10 * LEASE_SETTLE_GRACE_MS);
     assert_eq!(s.counters.credits.map(|c| c.remaining), Some(g.credits - 2));
 }
+
+#[test]
+fn a_rolled_leased_key_is_decided_on_its_own_facts() {
+    let w = world();
+    let mut s = GuardState::default();
+    let newer = KeyRecord { consistency: Consistency::Leased, ..rec("01NEW", 0) };
+    let f = FetchedFacts {
+        facts: Facts {
+            key: Some(newer),
+            org: Some(crate::records::OrgRecord {
+                id: "org_1".into(),
+                name: "o".into(),
+                baa_active: true,
+                updated_at: 0,
+            }),
+            user: None,
+        },
+        at: T0,
+    };
+    // The guard is the family's first key's; the facts are the new key's.
+    let lease = GuardRequest::Lease {
+        key: member("01NEW", 0),
+        limits: Limits { key: vec![lim("minute", 10, 60)], ..Limits::default() },
+        scope: Some("ai:chat".into()),
+        want: 0,
+        report: None,
+        refusals: Refusals::new(),
+    };
+    let (r, _) = s.apply(&lease, &w.cx(T0 + 1, Some(&f), 5));
+    assert!(matches!(r, GuardReply::Leased { counted_at: Some(_), refused: None, .. }), "{r:?}");
+}
+
+#[test]
+fn the_largest_key_record_fits_in_a_guard() {
+    // Every field at its bound, metadata made of characters that escape twice.
+    let meta: String = {
+        let mut m = String::from("{");
+        let mut i = 0;
+        while m.len() < crate::admin::MAX_META_BYTES - 40 {
+            m.push_str(&format!("\"{i}\":\"\\\"\\u0001\",", i = i));
+            i += 1;
+        }
+        m.pop();
+        m.push('}');
+        m
+    };
+    let big = KeyRecord {
+        name: "\u{10348}".repeat(100),
+        scopes: (0..32).map(|i| Scope::parse(&format!("{}:{}", "r".repeat(20), "x".repeat(i + 1))).unwrap()).collect(),
+        rate_limits: (0..4).map(|i| lim(&format!("{}{i}", "n".repeat(30)), 1, 60)).collect(),
+        allowed_ips: (0..100)
+            .map(|i| crate::cidr::Cidr::parse(&format!("2001:db8:{i:x}:ffff:ffff:ffff:ffff:ffff")).unwrap())
+            .collect(),
+        meta: Some(meta),
+        user_id: Some("u".repeat(64)),
+        parent_id: Some("01".repeat(13)),
+        credits: Some(CreditSpec {
+            remaining: 1 << 40,
+            refill: Some(Refill { amount: 1 << 40, interval: Interval::Monthly }),
+            set_at: T0,
+        }),
+        expires_at: Some(T0),
+        ..rec("01HUGEKEYHUGEKEYHUGEKEYHUG", 1 << 50)
+    };
+    let text = serde_json::to_string(&big).unwrap();
+    assert!(text.len() <= MAX_MEMBER_RECORD / 2, "{} bytes", text.len());
+    let mut s = GuardState::default();
+    assert_eq!(
+        s.apply(&GuardRequest::Update { record: Box::new(big) }, &world().cx(T0 - 1, None, 1)).0,
+        GuardReply::Recorded
+    );
+}
