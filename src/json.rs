@@ -264,17 +264,7 @@ impl<'de> de::Deserializer<'de> for De {
         _: &'static [&'static str],
         v: V,
     ) -> Result<V::Value, Error> {
-        match self.0 {
-            Value::String(variant) => v.visit_enum(Variant { variant, value: None }),
-            Value::Object(m) => {
-                let mut iter = m.into_iter();
-                match (iter.next(), iter.next()) {
-                    (Some((variant, value)), None) => v.visit_enum(Variant { variant, value: Some(value) }),
-                    _ => Err(de::Error::invalid_value(Unexpected::Map, &"map with a single key")),
-                }
-            }
-            other => Err(invalid(&other, &"string or map")),
-        }
+        v.visit_enum(Variant::of(self.0)?)
     }
 
     fn deserialize_ignored_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
@@ -398,6 +388,24 @@ impl<'de> de::Deserializer<'de> for Key {
 struct Variant {
     variant: String,
     value: Option<Value>,
+}
+
+impl Variant {
+    /// An enum's value: `"name"` or `{"name": payload}` (once, not per enum).
+    #[inline(never)]
+    fn of(v: Value) -> Result<Variant, Error> {
+        match v {
+            Value::String(variant) => Ok(Variant { variant, value: None }),
+            Value::Object(m) => {
+                let mut iter = m.into_iter();
+                match (iter.next(), iter.next()) {
+                    (Some((variant, value)), None) => Ok(Variant { variant, value: Some(value) }),
+                    _ => Err(de::Error::invalid_value(Unexpected::Map, &"map with a single key")),
+                }
+            }
+            other => Err(invalid(&other, &"string or map")),
+        }
+    }
 }
 
 impl<'de> de::EnumAccess<'de> for Variant {
