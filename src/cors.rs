@@ -219,18 +219,22 @@ pub const DEFAULT_VISITOR_IPV6_PREFIX: u8 = 48;
 /// not parse as an address is one visitor under its own text (the shell
 /// passes `unknown` when Cloudflare sent no address).
 pub fn visitor(ip: &str, v6_prefix: u8) -> String {
+    use crate::cidr::{ip_text, parse_ip, push_decimal};
     use std::net::{IpAddr, Ipv6Addr};
-    match ip.parse::<IpAddr>() {
-        Ok(IpAddr::V4(v4)) => v4.to_string(),
-        Ok(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
+    match parse_ip(ip) {
+        Some(IpAddr::V4(v4)) => ip_text(IpAddr::V4(v4)),
+        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => ip_text(IpAddr::V4(v4)),
             None => {
                 let bits = u32::from(v6_prefix.clamp(1, 128));
                 let mask = u128::MAX << (128 - bits);
-                format!("{}/{bits}", Ipv6Addr::from(u128::from(v6) & mask))
+                let mut out = ip_text(IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask)));
+                out.push('/');
+                push_decimal(&mut out, bits);
+                out
             }
         },
-        Err(_) => ip.to_owned(),
+        None => ip.to_owned(),
     }
 }
 
@@ -321,12 +325,13 @@ pub fn preflight(
 /// visitor of its own). `CF-Connecting-IPv6` is read only then, when
 /// Cloudflare has set it.
 pub fn client_ip(cf_connecting_ip: Option<&str>, cf_connecting_ipv6: Option<&str>) -> Option<String> {
+    use crate::cidr::{ip_text, parse_ip, parse_ipv6};
     use std::net::IpAddr;
-    let ip: IpAddr = cf_connecting_ip.filter(|v| v.len() <= 45)?.parse().ok()?;
+    let ip = parse_ip(cf_connecting_ip.filter(|v| v.len() <= 45)?)?;
     let pseudo = matches!(ip, IpAddr::V4(v4) if v4.octets()[0] >= 240 && !v4.is_broadcast());
-    match cf_connecting_ipv6.filter(|_| pseudo).and_then(|v| v.parse::<std::net::Ipv6Addr>().ok()) {
-        Some(v6) => Some(v6.to_string()),
-        None => Some(ip.to_string()),
+    match cf_connecting_ipv6.filter(|_| pseudo).and_then(parse_ipv6) {
+        Some(v6) => Some(ip_text(IpAddr::V6(v6))),
+        None => Some(ip_text(ip)),
     }
 }
 

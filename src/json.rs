@@ -112,14 +112,12 @@ fn seq<'de, V: Visitor<'de>>(a: Vec<Value>, v: V) -> Result<V::Value, Error> {
     }
 }
 
+/// Every visitor of a map here (serde's derive for structs, its impls for
+/// maps) reads to the end, so serde_json's check for entries left over
+/// (`invalid length … fewer elements in map`) can never fire: it is not
+/// repeated here, per visitor.
 fn map<'de, V: Visitor<'de>>(m: Map<String, Value>, v: V) -> Result<V::Value, Error> {
-    let len = m.len();
-    let mut s = Entries { iter: m.into_iter(), value: None };
-    let out = v.visit_map(&mut s)?;
-    match s.iter.len() {
-        0 => Ok(out),
-        _ => Err(de::Error::invalid_length(len, &"fewer elements in map")),
-    }
+    v.visit_map(&mut Entries { iter: m.into_iter(), value: None })
 }
 
 impl De {
@@ -266,17 +264,7 @@ impl<'de> de::Deserializer<'de> for De {
         _: &'static [&'static str],
         v: V,
     ) -> Result<V::Value, Error> {
-        match self.0 {
-            Value::String(variant) => v.visit_enum(Variant { variant, value: None }),
-            Value::Object(m) => {
-                let mut iter = m.into_iter();
-                match (iter.next(), iter.next()) {
-                    (Some((variant, value)), None) => v.visit_enum(Variant { variant, value: Some(value) }),
-                    _ => Err(de::Error::invalid_value(Unexpected::Map, &"map with a single key")),
-                }
-            }
-            other => Err(invalid(&other, &"string or map")),
-        }
+        v.visit_enum(Variant::of(self.0)?)
     }
 
     fn deserialize_ignored_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
@@ -305,22 +293,34 @@ struct Entries {
     value: Option<Value>,
 }
 
+// The steps that do not depend on the visitor, once, not inlined into
+// every visitor.
+impl Entries {
+    /// The next key; its value is kept for [`Entries::value`].
+    #[inline(never)]
+    fn key(&mut self) -> Option<String> {
+        let (k, v) = self.iter.next()?;
+        self.value = Some(v);
+        Some(k)
+    }
+
+    /// The value of the key just read.
+    #[inline(never)]
+    fn value(&mut self) -> Result<Value, Error> {
+        self.value.take().ok_or_else(|| de::Error::custom("value is missing"))
+    }
+}
+
 impl<'de> de::MapAccess<'de> for Entries {
     type Error = Error;
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Error> {
-        match self.iter.next() {
-            Some((k, v)) => {
-                self.value = Some(v);
-                seed.deserialize(Key(k)).map(Some)
-            }
+        match self.key() {
+            Some(k) => seed.deserialize(Key(k)).map(Some),
             None => Ok(None),
         }
     }
     fn next_value_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<T::Value, Error> {
-        match self.value.take() {
-            Some(v) => seed.deserialize(De(v)),
-            None => Err(de::Error::custom("value is missing")),
-        }
+        seed.deserialize(De(self.value()?))
     }
     fn size_hint(&self) -> Option<usize> {
         Some(self.iter.len())
@@ -388,6 +388,24 @@ impl<'de> de::Deserializer<'de> for Key {
 struct Variant {
     variant: String,
     value: Option<Value>,
+}
+
+impl Variant {
+    /// An enum's value: `"name"` or `{"name": payload}` (once, not per enum).
+    #[inline(never)]
+    fn of(v: Value) -> Result<Variant, Error> {
+        match v {
+            Value::String(variant) => Ok(Variant { variant, value: None }),
+            Value::Object(m) => {
+                let mut iter = m.into_iter();
+                match (iter.next(), iter.next()) {
+                    (Some((variant, value)), None) => Ok(Variant { variant, value: Some(value) }),
+                    _ => Err(de::Error::invalid_value(Unexpected::Map, &"map with a single key")),
+                }
+            }
+            other => Err(invalid(&other, &"string or map")),
+        }
+    }
 }
 
 impl<'de> de::EnumAccess<'de> for Variant {

@@ -58,7 +58,19 @@ mod edge;
 /// only (smaller still). Same results as `serde_json::from_str` for the
 /// records keyward writes; error messages carry no line/column.
 pub fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> serde_json::Result<T> {
-    T::deserialize(json::De(serde_json::from_str::<serde_json::Value>(s)?)).map_err(|e| serde::de::Error::custom(*e.0))
+    T::deserialize(json::De(json_value(s)?)).map_err(json_error)
+}
+
+/// [`from_json`]'s steps that do not depend on the type, once.
+#[inline(never)]
+fn json_value(s: &str) -> serde_json::Result<serde_json::Value> {
+    serde_json::from_str(s)
+}
+
+#[cold]
+#[inline(never)]
+fn json_error(e: json::Error) -> serde_json::Error {
+    serde::de::Error::custom(*e.0)
 }
 
 /// Sorts a short slice (a few dozen items: scopes, methods) in place, stably.

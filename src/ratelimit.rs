@@ -37,9 +37,9 @@
 //! Time is Unix milliseconds. A clock that goes backwards is clamped to the
 //! latest time seen, which can only make the limiter stricter.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
+
+use crate::vecmap::VecMap;
 
 /// Buckets per window.
 pub const BUCKETS_PER_WINDOW: i64 = 60;
@@ -149,13 +149,13 @@ pub fn check_visitor_limits(key: &[RateLimit], visitor: &[RateLimit]) -> Result<
 /// Merges a key's own limits over the defaults: same name overrides, new
 /// names add. Sorted by name for a stable order.
 pub fn merge_limits(defaults: &[RateLimit], own: &[RateLimit]) -> Vec<RateLimit> {
-    // Inserted one by one, not collected: `collect` into a map sorts first
-    // (one more sort in the wasm).
-    let mut by_name: BTreeMap<&str, &RateLimit> = BTreeMap::new();
+    // A sorted map kept as a vector (no `BTreeMap` instantiation in the
+    // wasm for these few limits).
+    let mut by_name: VecMap<&str, &RateLimit> = VecMap::default();
     for l in defaults.iter().chain(own) {
         by_name.insert(l.name.as_str(), l);
     }
-    by_name.into_values().cloned().collect()
+    by_name.values().map(|l| (*l).clone()).collect()
 }
 
 /// Requests counted in one bucket: at times in `[start, end)`.
@@ -239,7 +239,7 @@ pub struct Ledger {
     /// Latest time seen (ms); earlier clocks are clamped to it.
     pub last_ms: i64,
     /// Buckets per limit name.
-    pub windows: BTreeMap<String, Window>,
+    pub windows: VecMap<String, Window>,
 }
 
 /// What the limiter decided for one request.
@@ -342,7 +342,7 @@ impl Ledger {
         for l in limits {
             let width = l.bucket_ms();
             let start = at - at.rem_euclid(width);
-            let w = self.windows.entry(l.name.clone()).or_default();
+            let w = self.windows.get_or_insert_with(l.name.clone(), Window::default);
             w.span_ms = l.window_ms();
             match w.buckets.binary_search_by_key(&(start, start + width), |b| (b.start, b.end)) {
                 Ok(i) => w.buckets[i].count = w.buckets[i].count.saturating_add(n),
@@ -427,7 +427,7 @@ impl Ledger {
     pub fn encode(&self) -> String {
         use std::fmt::Write;
         let mut out = self.last_ms.to_string();
-        for (name, w) in &self.windows {
+        for (name, w) in self.windows.iter() {
             let _ = write!(out, "|{name}:{}:", w.span_ms);
             let mut prev = 0;
             for (i, b) in w.buckets.iter().enumerate() {
@@ -442,7 +442,7 @@ impl Ledger {
     /// Decodes what [`Ledger::encode`] wrote; `None` if it is not that.
     pub fn decode(text: &str) -> Option<Ledger> {
         let mut parts = text.split('|');
-        let mut ledger = Ledger { last_ms: parts.next()?.parse().ok()?, windows: BTreeMap::new() };
+        let mut ledger = Ledger { last_ms: parts.next()?.parse().ok()?, windows: VecMap::default() };
         for part in parts {
             let mut fields = part.splitn(3, ':');
             let (name, span, list) = (fields.next()?, fields.next()?, fields.next()?);

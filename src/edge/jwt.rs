@@ -200,16 +200,13 @@ pub(crate) fn load(
     max_age: i64,
     allow_insecure: bool,
 ) -> Result<Option<JwtSettings>, String> {
-    let Some(issuer) = string("JWT_ISSUER").map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()) else {
+    let Some(issuer) = super::nonblank(string("JWT_ISSUER")) else {
         return Ok(None);
     };
-    let audience = string("JWT_AUDIENCE")
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .ok_or("JWT_AUDIENCE must be set when JWT_ISSUER is")?;
+    let audience = super::nonblank(string("JWT_AUDIENCE")).ok_or("JWT_AUDIENCE must be set when JWT_ISSUER is")?;
     let mut config = jwt::JwtConfig::new(&issuer, &audience);
     let claim = |name: &str, default: &str| -> Result<String, String> {
-        let v = string(name).map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).unwrap_or(default.into());
+        let v = super::nonblank(string(name)).unwrap_or(default.into());
         if v.len() > 64 {
             return Err(format!("{name} must be at most 64 bytes"));
         }
@@ -224,13 +221,9 @@ pub(crate) fn load(
         Some(text) => Jwks::parse(&text).map_err(|e| format!("JWT_JWKS: {e}"))?,
         None => Jwks::default(),
     };
-    let url = string("JWT_JWKS_URL").map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
-    if let Some(u) = &url {
-        let origin = u.find("://").and_then(|i| u[i + 3..].find('/').map(|j| &u[..i + 3 + j])).unwrap_or(u);
-        match crate::path::OriginUrl::parse(origin) {
-            Ok(o) if !o.is_insecure() || allow_insecure => {}
-            _ => return Err("JWT_JWKS_URL must be an https:// URL (http:// only for a loopback host)".into()),
-        }
+    let url = super::nonblank(string("JWT_JWKS_URL"));
+    if url.as_deref().is_some_and(|u| !super::secure_url(u, allow_insecure)) {
+        return Err("JWT_JWKS_URL must be an https:// URL (http:// only for a loopback host)".into());
     }
     if inline.keys.is_empty() && url.is_none() && config.hs256_secret.is_none() {
         return Err("JWT_ISSUER is set but no key: set JWT_JWKS_URL, JWT_JWKS or JWT_HS256_SECRET".into());

@@ -86,6 +86,29 @@ fn string_binding(env: &Env, name: &str) -> Option<String> {
     env.secret(name).map(|s| s.to_string()).or_else(|_| env.var(name).map(|v| v.to_string())).ok()
 }
 
+/// A binding's value trimmed; `None` when unset or blank.
+pub(super) fn nonblank(v: Option<String>) -> Option<String> {
+    v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+/// A boolean var: `true` or `1`, `false` or `0`; `default` when unset or
+/// empty.
+fn flag(env: &Env, name: &str, default: bool) -> Result<bool, String> {
+    match string_binding(env, name).as_deref().map(str::trim) {
+        None | Some("") => Ok(default),
+        Some("true") | Some("1") => Ok(true),
+        Some("false") | Some("0") => Ok(false),
+        Some(other) => Err(format!("{name} must be true or false, not {other:?}")),
+    }
+}
+
+/// Whether a URL's origin (all before its path) is https, or http to a
+/// loopback host or with `allow_insecure`.
+pub(super) fn secure_url(url: &str, allow_insecure: bool) -> bool {
+    let origin = url.find("://").and_then(|i| url[i + 3..].find('/').map(|j| &url[..i + 3 + j])).unwrap_or(url);
+    matches!(crate::path::OriginUrl::parse(origin), Ok(u) if !u.is_insecure() || allow_insecure)
+}
+
 /// An integer var within `range`, or `default` when unset.
 fn int_var(env: &Env, name: &str, default: i64, range: std::ops::RangeInclusive<i64>) -> Result<i64, String> {
     match string_binding(env, name) {
@@ -103,11 +126,7 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
     let secret_prefix = string_binding(env, "SECRET_KEY_PREFIX").unwrap_or_else(|| "kw_live_".into());
     let widget_prefix = string_binding(env, "WIDGET_KEY_PREFIX").unwrap_or_else(|| "kw_pub_".into());
     let format = TokenFormat::new(&secret_prefix, &widget_prefix).map_err(|e| format!("key prefixes: {}", e.0))?;
-    let require_baa = match string_binding(env, "REQUIRE_BAA").as_deref().map(str::trim) {
-        None | Some("true") | Some("1") | Some("") => true,
-        Some("false") | Some("0") => false,
-        Some(other) => return Err(format!("REQUIRE_BAA must be true or false, not {other:?}")),
-    };
+    let require_baa = flag(env, "REQUIRE_BAA", true)?;
     let visitor_ipv6_prefix = u8::try_from(int_var(
         env,
         "VISITOR_IPV6_PREFIX",
@@ -117,11 +136,7 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
     .unwrap_or(crate::cors::DEFAULT_VISITOR_IPV6_PREFIX);
     let origin_url = string_binding(env, "ORIGIN_URL").ok_or("ORIGIN_URL is not set")?;
     let parsed = crate::path::OriginUrl::parse(origin_url.trim())?;
-    let allow_insecure = match string_binding(env, "ALLOW_INSECURE_ORIGIN").as_deref().map(str::trim) {
-        None | Some("") | Some("false") | Some("0") => false,
-        Some("true") | Some("1") => true,
-        Some(other) => return Err(format!("ALLOW_INSECURE_ORIGIN must be true or false, not {other:?}")),
-    };
+    let allow_insecure = flag(env, "ALLOW_INSECURE_ORIGIN", false)?;
     if parsed.is_insecure() && !allow_insecure {
         return Err("ORIGIN_URL must be https:// (http:// only for a loopback host, or with ALLOW_INSECURE_ORIGIN=true): the signed identity and the body would cross the network in clear".into());
     }
@@ -143,7 +158,7 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
     // admin API or the proxy then answers 503 rather than run on a weak one.
     // Surrounding whitespace (a trailing newline from `echo … | wrangler
     // secret put`) is not part of a secret.
-    let secret = |name: &str| match string_binding(env, name).map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()) {
+    let secret = |name: &str| match nonblank(string_binding(env, name)) {
         Some(s) if s.len() >= MIN_SECRET_LEN => Some(s),
         Some(_) => {
             worker::console_error!(
@@ -161,13 +176,8 @@ fn load_settings(env: &Env) -> Result<Settings, String> {
     let verify_url = string_binding(env, "TURNSTILE_VERIFY_URL")
         .map(|u| u.trim().to_owned())
         .unwrap_or_else(|| crate::turnstile::DEFAULT_VERIFY_URL.to_owned());
-    let verify_origin = verify_url
-        .find("://")
-        .and_then(|i| verify_url[i + 3..].find('/').map(|j| &verify_url[..i + 3 + j]))
-        .unwrap_or(&verify_url);
-    match crate::path::OriginUrl::parse(verify_origin) {
-        Ok(u) if !u.is_insecure() || allow_insecure => {}
-        _ => return Err("TURNSTILE_VERIFY_URL must be an https:// URL (http:// only for a loopback host)".into()),
+    if !secure_url(&verify_url, allow_insecure) {
+        return Err("TURNSTILE_VERIFY_URL must be an https:// URL (http:// only for a loopback host)".into());
     }
     let turnstile = secret("TURNSTILE_SECRET_KEY").map(|s| (s, verify_url));
     let jwt = jwt::load(
@@ -559,6 +569,12 @@ pub(crate) fn with_plaintext(body: &str, plaintext: String) -> Result<String, Re
 /// Maps a store or runtime error to a fail-closed refusal, logging the
 /// internal detail (never a credential) for the operator.
 pub(crate) fn unavailable(what: &str, e: impl std::fmt::Display) -> Refusal {
+    unavailable_shown(what, &e)
+}
+
+/// [`unavailable`] once, not per error type.
+#[inline(never)]
+fn unavailable_shown(what: &str, e: &dyn std::fmt::Display) -> Refusal {
     worker::console_error!("keyward: {what}: {e}");
     ApiError::new(ErrorCode::ServiceUnavailable).into()
 }
