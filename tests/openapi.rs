@@ -41,7 +41,7 @@ const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 /// Response headers keyward itself sets: when one is on a response, the spec
 /// must document it for that operation and status (and its value must fit the
 /// documented schema).
-const KEYWARD_HEADERS: [&str; 13] = [
+const KEYWARD_HEADERS: [&str; 14] = [
     "x-request-id",
     "ratelimit-limit",
     "ratelimit-remaining",
@@ -55,6 +55,7 @@ const KEYWARD_HEADERS: [&str; 13] = [
     "access-control-max-age",
     "cache-control",
     "x-keyward-visitor-token",
+    "x-credits-remaining",
 ];
 const SHOP: &str = "https://shop.example.com";
 /// The browser origin in the harness's `JWT_ALLOWED_ORIGINS`.
@@ -287,6 +288,12 @@ impl Op {
         }
         Some(("application/json", "{}".into()))
     }
+    /// Whether the operation changes or ends the key of its `{key_id}`
+    /// (revoke, update, roll): each case gives it a key of its own, so that
+    /// the keys the other operations use live on unchanged.
+    fn writes_key(&self) -> bool {
+        self.path.contains("{key_id}") && !["GET", "OPTIONS"].contains(&self.method.as_str()) && !self.is_proxied()
+    }
     /// The media types of the documented request body.
     fn body_types(&self) -> Vec<&'static str> {
         self.v["requestBody"]["content"].as_object().map(|c| c.keys().map(String::as_str).collect()).unwrap_or_default()
@@ -504,6 +511,11 @@ fn conforms(op: &Op, r: &Resp, case: &str) -> Value {
         let code = body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error envelope: {ctx}"));
         assert!(strs(codes).contains(&code), "{code} is not in x-keyward-error-codes {codes}: {ctx}");
         assert_eq!(catalogue(code).status(), r.status, "{ctx}");
+        // A status that carries several codes names, per code, the headers
+        // that code always carries.
+        for name in strs(&doc["x-keyward-code-headers"][code]) {
+            assert!(r.header(name).is_some(), "{name} missing on {code}: {ctx}");
+        }
         r.assert_error(r.status, code);
         let schema = &doc["content"]["application/json"]["schema"];
         let mut errs = Vec::new();
@@ -796,6 +808,10 @@ fn spec_is_openapi_3_1_and_self_consistent() {
             // A key's address allow-list is checked wherever a key is taken.
             assert!(forbidden.contains(&"IP_NOT_ALLOWED"), "{ctx}: 403 lacks IP_NOT_ALLOWED");
         }
+        // What a request spends from a usage-limited key's credits: on every
+        // operation that takes a key, and only there.
+        let takes_key = !op.is_admin() && !op.is_preflight() && !op.is_public() && !op.is_outside_policy();
+        assert_eq!(op.v.get("x-keyward-cost").is_some(), takes_key, "{ctx}: x-keyward-cost");
         // The control API's writes (`control_write_scope`) are marked, and
         // can then be refused for the missing write scope.
         if op.v.get("x-keyward-control-write").is_some() {
@@ -836,12 +852,35 @@ fn spec_is_openapi_3_1_and_self_consistent() {
                     assert_eq!(catalogue(c).status(), code, "{ctx}: {c} is answered with {}", catalogue(c).status());
                 }
             }
+            // A status of several codes may name, per code, the headers that
+            // code always carries (`x-keyward-code-headers`): documented
+            // headers of the response, for codes it lists.
+            for (c, names) in resp.get("x-keyward-code-headers").and_then(Value::as_object).into_iter().flatten() {
+                assert!(strs(&resp["x-keyward-error-codes"]).contains(&c.as_str()), "{ctx}: code headers of {c}");
+                for n in strs(names) {
+                    assert!(hs.get(n).is_some(), "{ctx}: {c} carries {n}, which is not documented");
+                }
+            }
+            let always = |c: &str, n: &str| required(n) || strs(&resp["x-keyward-code-headers"][c]).contains(&n);
             match code {
                 405 => assert!(required("Allow"), "{ctx}: Allow"),
                 429 => {
-                    assert!(required("Retry-After"), "{ctx}: Retry-After");
-                    for n in ["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"] {
-                        assert!(required(n), "{ctx}: {n}");
+                    // Every 429 can be a limit; one of a key's operation can
+                    // be its credits too (public routes spend none).
+                    let codes = strs(&resp["x-keyward-error-codes"]);
+                    assert!(codes.contains(&"RATE_LIMITED"), "{ctx}: RATE_LIMITED");
+                    assert_eq!(codes.contains(&"USAGE_EXCEEDED"), !op.is_public(), "{ctx}: USAGE_EXCEEDED");
+                    for c in codes {
+                        let carried: &[&str] = match c {
+                            "RATE_LIMITED" => {
+                                &["Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"]
+                            }
+                            "USAGE_EXCEEDED" => &["X-Credits-Remaining"],
+                            other => panic!("{ctx}: {other}: which headers does it always carry?"),
+                        };
+                        for n in carried {
+                            assert!(always(c, n), "{ctx}: {c} without {n}");
+                        }
                     }
                 }
                 503 => assert!(hs.get("Retry-After").is_some(), "{ctx}: Retry-After"),
@@ -1027,13 +1066,13 @@ fn schema_check_catches_undocumented_shapes() {
     let key = json!({"id": UNKNOWN_ULID, "name": "k", "kind": "secret", "prefix": "kw_live_", "last_four": "abcd",
         "scopes": ["ai:chat"], "user_id": null, "expires_at": null, "created_at": "2026-05-02T10:00:00+00:00",
         "revoked_at": null, "rate_limits": [], "allowed_origins": [], "resource_id": null, "visitor_rate_limits": [],
-        "turnstile_required": false, "consistency": "strict", "allowed_ips": [], "meta": null,
+        "turnstile_required": false, "consistency": "strict", "allowed_ips": [], "meta": null, "credits": null,
         "plaintext": "kw_live_x"});
     assert_eq!(check(&schemas["CreatedApiKey"], key.clone()), Vec::<String>::new());
     let mut extra = key.clone();
     extra["hash"] = json!("abc");
     assert!(!check(&schemas["CreatedApiKey"], extra).is_empty(), "an undocumented field");
-    for field in ["visitor_rate_limits", "turnstile_required", "consistency", "allowed_ips", "meta"] {
+    for field in ["visitor_rate_limits", "turnstile_required", "consistency", "allowed_ips", "meta", "credits"] {
         let mut missing = key.clone();
         missing.as_object_mut().unwrap().remove(field);
         assert!(!check(&schemas["CreatedApiKey"], missing).is_empty(), "{field} missing");
@@ -1046,6 +1085,15 @@ fn schema_check_catches_undocumented_shapes() {
         ("allowed_ips", json!("203.0.113.0/24")),
         ("meta", json!("plan=pro")),
         ("meta", json!([1])),
+        ("credits", json!(5)),
+        ("credits", json!({"remaining": 5})),
+        ("credits", json!({"remaining": -1, "refill": null, "set_at": "2026-05-02T10:00:00+00:00"})),
+        (
+            "credits",
+            json!({"remaining": 5, "refill": {"amount": 5, "interval": "weekly"}, "set_at": "2026-05-02T10:00:00+00:00"}),
+        ),
+        ("credits", json!({"remaining": 5, "refill": null, "set_at": "now"})),
+        ("credits", json!({"remaining": 5, "refill": null, "set_at": "2026-05-02T10:00:00+00:00", "left": 3})),
     ] {
         let mut v = key.clone();
         v[field] = bad;
@@ -1054,7 +1102,34 @@ fn schema_check_catches_undocumented_shapes() {
     let mut with_both = key.clone();
     with_both["allowed_ips"] = json!(["203.0.113.0/24", "2001:db8::1/128"]);
     with_both["meta"] = json!({"plan": "pro"});
+    with_both["credits"] =
+        json!({"remaining": 10, "refill": {"amount": 10, "interval": "daily"}, "set_at": "2026-05-02T10:00:00+00:00"});
     assert_eq!(check(&schemas["CreatedApiKey"], with_both), Vec::<String>::new());
+    // A roll's new key: the created key's fields and where it came from.
+    let mut rolled = key.clone();
+    rolled["rolled_from"] = json!(UNKNOWN_ULID);
+    rolled["old_key_expires_at"] = json!("2026-05-02T11:00:00+00:00");
+    assert_eq!(check(&schemas["RolledApiKey"], rolled.clone()), Vec::<String>::new());
+    assert!(!check(&schemas["CreatedApiKey"], rolled.clone()).is_empty(), "a created key has no rolled_from");
+    for field in ["plaintext", "rolled_from", "old_key_expires_at", "credits"] {
+        let mut missing = rolled.clone();
+        missing.as_object_mut().unwrap().remove(field);
+        assert!(!check(&schemas["RolledApiKey"], missing).is_empty(), "{field} missing");
+    }
+    let mut bad = rolled;
+    bad["old_key_expires_at"] = json!("in an hour");
+    assert!(!check(&schemas["RolledApiKey"], bad).is_empty(), "a malformed old_key_expires_at");
+    // The guard view: its example, a family count always, credits only as a count.
+    let guard_view = resolve(&schemas["KeyGuard"])["example"].clone();
+    assert_eq!(check(&schemas["KeyGuard"], guard_view.clone()), Vec::<String>::new());
+    let mut limited = guard_view.clone();
+    limited["credits"] = json!(7);
+    assert_eq!(check(&schemas["KeyGuard"], limited.clone()), Vec::<String>::new());
+    limited["credits"] = json!(-7);
+    assert!(!check(&schemas["KeyGuard"], limited).is_empty(), "negative credits");
+    let mut no_family = guard_view;
+    no_family.as_object_mut().unwrap().remove("family");
+    assert!(!check(&schemas["KeyGuard"], no_family).is_empty(), "family missing");
     let mut bad_time = key;
     bad_time["created_at"] = json!("yesterday");
     assert!(!check(&schemas["CreatedApiKey"], bad_time).is_empty(), "a malformed date-time");
@@ -1080,8 +1155,11 @@ fn literals_after<'a>(src: &'a str, start: &str, open: &str) -> BTreeSet<&'a str
 }
 
 /// The key fields the code accepts and answers are the documented ones:
-/// `parse_key`'s `only_fields` list is `KeyInput`, `key_view`'s object is
-/// `ApiKey` (all of them required: the view always has them).
+/// `parse_key`'s `only_fields` list is `KeyInput`, `PATCH_FIELDS` is
+/// `KeyPatch`, `parse_roll`'s `only_fields` is `RollInput`, `key_view`'s
+/// object is `ApiKey` (all of them required: the view always has them), and
+/// a roll answers the view with `rolled_from`, `old_key_expires_at` and
+/// `plaintext` (`RolledApiKey`).
 #[test]
 fn key_fields_are_the_code_s() {
     let schemas = &spec()["components"]["schemas"];
@@ -1090,6 +1168,15 @@ fn key_fields_are_the_code_s() {
     let accepted = literals_after(ADMIN_CORE_SRC, "pub fn parse_key(", "only_fields(");
     assert!(accepted.contains("visitor_rate_limits") && accepted.contains("turnstile_required"), "{accepted:?}");
     assert_eq!(input, accepted, "KeyInput vs parse_key's accepted fields");
+    assert!(accepted.contains("credits"), "{accepted:?}");
+    let keys = |name: &str| -> BTreeSet<&str> {
+        resolve(&schemas[name])["properties"].as_object().unwrap().keys().map(String::as_str).collect()
+    };
+    // `const PATCH_FIELDS: &[&str] = &["name", ...];`
+    let patchable = literals_after(ADMIN_CORE_SRC, "const PATCH_FIELDS", "&str] =");
+    assert!(patchable.contains("credits") && patchable.contains("allowed_ips"), "{patchable:?}");
+    assert_eq!(keys("KeyPatch"), patchable, "KeyPatch vs PATCH_FIELDS");
+    assert_eq!(keys("RollInput"), literals_after(ADMIN_CORE_SRC, "pub fn parse_roll(", "only_fields("), "RollInput");
     // key_view writes key_fields(k, true, None): every `m.push(("name", …))`
     // of key_fields but `last_used_at` (list items only, when given).
     let fields_src = &ORG_SRC[ORG_SRC.find("fn key_fields(").expect("key_fields in src/edge/org.rs")..];
@@ -1115,20 +1202,36 @@ fn key_fields_are_the_code_s() {
     assert_eq!(documented, answered, "RevokedKey vs the revoke answer");
     assert_eq!(strs(&revoked["required"]).into_iter().collect::<BTreeSet<_>>(), answered, "RevokedKey.required");
     assert!(answered.contains("descendants_revoked"));
+    // The roll answer: the new key's view, then `format!("{},\"old_key_expires_at\":{},...}}", &view[..]...)`
+    // in the RollKey arm, then the plaintext (`with_plaintext`).
+    let arm = &ORG_SRC[ORG_SRC.find("OrgCommand::RollKey {").expect("the RollKey arm in src/edge/org.rs")..];
+    let answer = &arm[arm.find("let data = format!(").expect("the roll answer")..];
+    let answer = &answer[..answer.find(");").unwrap()];
+    assert!(answer.contains("&view[..view.len() - 1]"), "the roll answer extends the view: {answer}");
+    let mut added: BTreeSet<&str> = answer.split("\\\"").skip(1).step_by(2).collect();
+    assert!(arm[..arm.find("OrgCommand::RevokeSessions").unwrap()].contains("with_plaintext("), "the plaintext");
+    added.insert("plaintext");
+    let rolled = &resolve(&schemas["RolledApiKey"])["allOf"];
+    assert_eq!(rolled[0]["$ref"], "#/components/schemas/ApiKey", "RolledApiKey extends ApiKey");
+    let documented: BTreeSet<&str> = rolled[1]["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(documented, added, "RolledApiKey vs the roll answer");
+    assert_eq!(strs(&rolled[1]["required"]).into_iter().collect::<BTreeSet<_>>(), added, "RolledApiKey.required");
 }
 
 /// The operations marked `x-keyward-control-write` are the routes
 /// `src/edge/control.rs` checks `control_write_scope` on
-/// (`matches!(route, Route::CreateKey | ...)` before `check_write_scope`).
+/// (`matches!(route, Route::CreateKey | ...)` before `check_write_scope`,
+/// on one line or as rustfmt spreads it).
 #[test]
 fn control_writes_are_the_code_s() {
     let at = CONTROL_SRC.find("rules::check_write_scope(").expect("check_write_scope in src/edge/control.rs");
     let before = &CONTROL_SRC[..at];
-    let cond = &before[before.rfind("matches!(route,").expect("the routes it applies to") + 15..];
+    let cond = &before[before.rfind("matches!(").expect("the routes it applies to") + 9..];
+    let cond = cond.trim_start().strip_prefix("route,").expect("matches!(route, ...) before check_write_scope");
     let cond = &cond[..cond.find(") {").unwrap()];
     let variants: BTreeSet<&str> =
         cond.split('|').map(|v| v.trim().trim_start_matches("Route::").split('(').next().unwrap().trim()).collect();
-    assert_eq!(variants.len(), 3, "{variants:?}");
+    assert_eq!(variants.len(), 5, "{variants:?}");
     // `("POST", "/v1/api_keys") => Some(Route::CreateKey)` and the like.
     let mut written = BTreeSet::new();
     for line in CONTROL_SRC.lines().map(str::trim).filter(|l| l.starts_with("(\"") && l.contains(") =>")) {
@@ -1163,13 +1266,14 @@ fn shape(path: &str) -> String {
 }
 
 /// The admin routes as the router in `src/edge/admin.rs` matches them:
-/// `["admin", "orgs", org] => Route::Org(org)` and `Route::Org(_) | ... => "PUT"`;
+/// `["admin", "orgs", org] => Route::Org(org)` and `Route::Org(_) | ... => "PUT"`
+/// (a variant's methods: every arm naming it, `"DELETE, PATCH"` two);
 /// and a path handled by a function of its own,
 /// `if segs == ["admin", "public_suffix_list"] { return public_suffix_list(…)`,
 /// whose methods are the arms `"PUT" => …` of that function.
 fn admin_routes_in_source() -> BTreeSet<(String, String)> {
     let mut by_variant: BTreeMap<String, String> = BTreeMap::new();
-    let mut methods: BTreeMap<String, String> = BTreeMap::new();
+    let mut methods: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut own: BTreeSet<(String, String)> = BTreeSet::new();
     let mut lines = ADMIN_SRC.lines().map(str::trim);
     while let Some(line) = lines.next() {
@@ -1205,10 +1309,10 @@ fn admin_routes_in_source() -> BTreeSet<(String, String)> {
             }
         } else if line.starts_with("Route::") {
             if let Some((left, right)) = line.split_once(" => \"") {
-                let method = right.trim_end_matches([',', '"']).to_owned();
+                let allowed = right.trim_end_matches([',', '"']);
                 for v in left.split('|') {
                     let v = v.trim().trim_start_matches("Route::").split('(').next().unwrap().to_owned();
-                    methods.insert(v, method.clone());
+                    methods.entry(v).or_default().extend(allowed.split(", ").map(str::to_owned));
                 }
             }
         }
@@ -1216,9 +1320,9 @@ fn admin_routes_in_source() -> BTreeSet<(String, String)> {
     assert!(!by_variant.is_empty(), "found no admin routes in src/edge/admin.rs: update admin_routes_in_source");
     let mut out: BTreeSet<(String, String)> = by_variant
         .iter()
-        .map(|(v, p)| {
-            let m = methods.get(v).unwrap_or_else(|| panic!("no method for admin route {v} in src/edge/admin.rs"));
-            (m.clone(), p.clone())
+        .flat_map(|(v, p)| {
+            let ms = methods.get(v).unwrap_or_else(|| panic!("no method for admin route {v} in src/edge/admin.rs"));
+            ms.iter().map(move |m| (m.clone(), p.clone()))
         })
         .collect();
     out.extend(own);
@@ -1274,6 +1378,9 @@ fn every_route_is_documented_and_nothing_else() {
     // Policy: pattern → (method → the request body types it accepts: its
     // `content_types`, or `*/*` for any but a form).
     let mut body_types: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
+    // Policy: (method, pattern) → what a request spends from a usage-limited
+    // key's credits (`cost`, default 1; public routes spend none).
+    let mut costs: BTreeMap<(String, String), u64> = BTreeMap::new();
     for r in policy()["routes"].as_array().unwrap() {
         let methods = match &r["method"] {
             Value::String(m) => vec![m.as_str()],
@@ -1292,10 +1399,12 @@ fn every_route_is_documented_and_nothing_else() {
             routes.entry(shape(r["path"].as_str().unwrap())).or_default().entry(m.to_owned()).or_insert(entry);
             let types = r.get("content_types").map(strs).unwrap_or_else(|| vec!["*/*"]);
             body_types.entry((m.to_owned(), shape(r["path"].as_str().unwrap()))).or_insert(types);
+            let cost = r.get("cost").map_or(1, |c| c.as_u64().expect("an integer cost"));
+            costs.entry((m.to_owned(), shape(r["path"].as_str().unwrap()))).or_insert(cost);
         }
     }
     let admin = admin_routes_in_source();
-    assert_eq!(admin.len(), 8, "admin routes: {admin:?}");
+    assert_eq!(admin.len(), 10, "admin routes: {admin:?}");
     let control = control_routes_in_source();
     let served: BTreeSet<(String, String)> = routes
         .iter()
@@ -1349,6 +1458,7 @@ fn every_route_is_documented_and_nothing_else() {
                     assert!(op.get("x-keyward-public").is_none(), "{m} {path}: not public in the policy");
                     assert!(op.get("x-keyward-ip-rate-limits").is_none(), "{m} {path}");
                     assert_eq!(op["x-keyward-scope"], scope.as_str(), "{m} {path}: scope");
+                    assert_eq!(op["x-keyward-cost"], costs[&(m.clone(), key.clone())], "{m} {path}: cost");
                 }
             }
             assert_eq!(op["x-keyward-served-by"], if *local { "keyward" } else { "origin" }, "{m} {path}: served_by");
@@ -1407,7 +1517,7 @@ fn every_operation_answers_as_documented() {
                 if op.method == "PUT" && op.path == "/admin/orgs/{org_id}" { unique("org") } else { org.clone() };
             ps.retain(|(k, _)| *k != "org_id");
             ps.push(("org_id", target_org));
-            if op.method == "DELETE" {
+            if op.writes_key() {
                 let (_, victim) = h().key(&org, json!({"name": "victim", "scopes": ["ai:chat"]}));
                 ps.retain(|(k, _)| *k != "key_id");
                 ps.push(("key_id", victim));
@@ -1447,7 +1557,7 @@ fn every_operation_answers_as_documented() {
             send_typed(port, &op.method, &fill(&op, &ps), &headers, body.as_ref().map(|(m, b)| (*m, b.as_str())))
         } else {
             case = "valid key, valid request";
-            if op.method == "DELETE" && !op.is_proxied() {
+            if op.writes_key() {
                 let (_, victim) = h().key(&org, json!({"name": "victim", "scopes": ["ai:chat"]}));
                 ps.retain(|(k, _)| *k != "key_id");
                 ps.push(("key_id", victim));
@@ -1461,6 +1571,16 @@ fn every_operation_answers_as_documented() {
         };
         assert_eq!(r.status, expected, "{} {} ({case}): {}", op.method, op.path, r.text());
         let body = conforms(&op, &r, case);
+        assert!(r.header("x-credits-remaining").is_none(), "{}: a key without credits", op.id());
+        if op.writes_key() {
+            // The key asked for: revoked or updated, or rolled into a new one.
+            let target = ps.iter().find(|(k, _)| *k == "key_id").map(|(_, v)| v.as_str()).unwrap();
+            let data = &body["data"];
+            match data.get("rolled_from") {
+                Some(from) => assert!(from == target && data["id"] != target, "{}: {data}", op.id()),
+                None => assert_eq!(data["id"], target, "{}", op.id()),
+            }
+        }
         if op.is_preflight() && r.status == 204 {
             let widget = widget_methods(&op.path);
             assert_eq!(method_set(r.header("access-control-allow-methods").unwrap()), widget, "{}", op.path);
@@ -1925,17 +2045,26 @@ fn admin_api_refusals_are_documented() {
                     ("text/plain", format!("{section}com\n{}", "// padding\n".repeat(100 * 1024)), 413),
                 ]
             } else {
-                vec![
-                    ("application/json", "{}".to_owned(), 422),
+                // `{}` where the body must hold a field (a roll's is optional).
+                let schema = resolve(&op.v["requestBody"]["content"]["application/json"]["schema"]);
+                let empty = !strs(&schema["required"]).is_empty() || schema["minProperties"].as_u64() > Some(0);
+                let mut cases = vec![
                     ("application/json", r#"{"unknown": 1}"#.to_owned(), 422),
                     ("application/json", "not json".to_owned(), 422),
                     ("application/json", json!({"name": "x".repeat(70 * 1024)}).to_string(), 413),
-                ]
+                ];
+                if empty {
+                    cases.push(("application/json", "{}".to_owned(), 422));
+                } else if op.path.contains("{key_id}") {
+                    // Taken: the key (an unknown one here) is what is missing.
+                    cases.push(("application/json", "{}".to_owned(), 404));
+                }
+                cases
             };
             for (media, b, status) in invalid {
                 let r = send_typed(port, &op.method, &path, &auth, Some((media, &b)));
                 assert_eq!(r.status, status, "{} {path}: {}", op.method, r.text());
-                let v = conforms(&op, &r, "invalid body");
+                let v = conforms(&op, &r, if status == 404 { "no such key" } else { "invalid body" });
                 if status == 422 {
                     assert!(v["error"]["message"].as_str().unwrap().contains(':'), "names the field: {v}");
                 }
@@ -1954,7 +2083,8 @@ fn admin_api_refusals_are_documented() {
         conforms(&op, &r, "no such org");
         if op.path.contains("{key_id}") {
             ps = params(&org);
-            let r = send_to(port, &op.method, &fill(&op, &ps), &auth, None);
+            let r =
+                send_typed(port, &op.method, &fill(&op, &ps), &auth, sample.as_ref().map(|(m, b)| (*m, b.as_str())));
             assert_eq!(r.status, 404, "{} {}", op.method, op.path);
             conforms(&op, &r, "no such key");
         }
@@ -2237,8 +2367,8 @@ fn jwt_sessions_are_documented() {
         let auth = format!("Bearer {token}");
         for op in &calls {
             let mut ps = params(&org);
-            if op.method == "DELETE" && !op.is_proxied() {
-                // A session revokes keys of its own user only.
+            if op.writes_key() {
+                // A session manages keys of its own user only.
                 let (_, victim) = h().key(&org, json!({"name": "victim", "scopes": ["ai:chat"], "user_id": user}));
                 ps.retain(|(k, _)| *k != "key_id");
                 ps.push(("key_id", victim));
@@ -2466,10 +2596,10 @@ fn ip_allow_lists_are_documented() {
         if op.is_preflight() {
             continue;
         }
-        // From inside: the documented success (a revoke's target is one the
-        // fenced key could have minted: within its addresses).
+        // From inside: the documented success (a revoked, updated or rolled
+        // key is one the fenced key could have minted: within its addresses).
         let mut ps = params(&org);
-        if op.method == "DELETE" && !op.is_proxied() {
+        if op.writes_key() {
             let (_, victim) =
                 h().key(&org, json!({"name": "victim", "scopes": ["ai:chat"], "allowed_ips": ["203.0.113.128/25"]}));
             ps.retain(|(k, _)| *k != "key_id");
