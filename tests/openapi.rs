@@ -41,7 +41,7 @@ const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 /// Response headers keyward itself sets: when one is on a response, the spec
 /// must document it for that operation and status (and its value must fit the
 /// documented schema).
-const KEYWARD_HEADERS: [&str; 13] = [
+const KEYWARD_HEADERS: [&str; 14] = [
     "x-request-id",
     "ratelimit-limit",
     "ratelimit-remaining",
@@ -55,6 +55,7 @@ const KEYWARD_HEADERS: [&str; 13] = [
     "access-control-max-age",
     "cache-control",
     "x-keyward-visitor-token",
+    "x-credits-remaining",
 ];
 const SHOP: &str = "https://shop.example.com";
 /// The browser origin in the harness's `JWT_ALLOWED_ORIGINS`.
@@ -287,6 +288,12 @@ impl Op {
         }
         Some(("application/json", "{}".into()))
     }
+    /// Whether the operation changes or ends the key of its `{key_id}`
+    /// (revoke, update, roll): each case gives it a key of its own, so that
+    /// the keys the other operations use live on unchanged.
+    fn writes_key(&self) -> bool {
+        self.path.contains("{key_id}") && !["GET", "OPTIONS"].contains(&self.method.as_str()) && !self.is_proxied()
+    }
     /// The media types of the documented request body.
     fn body_types(&self) -> Vec<&'static str> {
         self.v["requestBody"]["content"].as_object().map(|c| c.keys().map(String::as_str).collect()).unwrap_or_default()
@@ -504,6 +511,11 @@ fn conforms(op: &Op, r: &Resp, case: &str) -> Value {
         let code = body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error envelope: {ctx}"));
         assert!(strs(codes).contains(&code), "{code} is not in x-keyward-error-codes {codes}: {ctx}");
         assert_eq!(catalogue(code).status(), r.status, "{ctx}");
+        // A status that carries several codes names, per code, the headers
+        // that code always carries.
+        for name in strs(&doc["x-keyward-code-headers"][code]) {
+            assert!(r.header(name).is_some(), "{name} missing on {code}: {ctx}");
+        }
         r.assert_error(r.status, code);
         let schema = &doc["content"]["application/json"]["schema"];
         let mut errs = Vec::new();
@@ -796,6 +808,10 @@ fn spec_is_openapi_3_1_and_self_consistent() {
             // A key's address allow-list is checked wherever a key is taken.
             assert!(forbidden.contains(&"IP_NOT_ALLOWED"), "{ctx}: 403 lacks IP_NOT_ALLOWED");
         }
+        // What a request spends from a usage-limited key's credits: on every
+        // operation that takes a key, and only there.
+        let takes_key = !op.is_admin() && !op.is_preflight() && !op.is_public() && !op.is_outside_policy();
+        assert_eq!(op.v.get("x-keyward-cost").is_some(), takes_key, "{ctx}: x-keyward-cost");
         // The control API's writes (`control_write_scope`) are marked, and
         // can then be refused for the missing write scope.
         if op.v.get("x-keyward-control-write").is_some() {
@@ -836,12 +852,35 @@ fn spec_is_openapi_3_1_and_self_consistent() {
                     assert_eq!(catalogue(c).status(), code, "{ctx}: {c} is answered with {}", catalogue(c).status());
                 }
             }
+            // A status of several codes may name, per code, the headers that
+            // code always carries (`x-keyward-code-headers`): documented
+            // headers of the response, for codes it lists.
+            for (c, names) in resp.get("x-keyward-code-headers").and_then(Value::as_object).into_iter().flatten() {
+                assert!(strs(&resp["x-keyward-error-codes"]).contains(&c.as_str()), "{ctx}: code headers of {c}");
+                for n in strs(names) {
+                    assert!(hs.get(n).is_some(), "{ctx}: {c} carries {n}, which is not documented");
+                }
+            }
+            let always = |c: &str, n: &str| required(n) || strs(&resp["x-keyward-code-headers"][c]).contains(&n);
             match code {
                 405 => assert!(required("Allow"), "{ctx}: Allow"),
                 429 => {
-                    assert!(required("Retry-After"), "{ctx}: Retry-After");
-                    for n in ["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"] {
-                        assert!(required(n), "{ctx}: {n}");
+                    // Every 429 can be a limit; one of a key's operation can
+                    // be its credits too (public routes spend none).
+                    let codes = strs(&resp["x-keyward-error-codes"]);
+                    assert!(codes.contains(&"RATE_LIMITED"), "{ctx}: RATE_LIMITED");
+                    assert_eq!(codes.contains(&"USAGE_EXCEEDED"), !op.is_public(), "{ctx}: USAGE_EXCEEDED");
+                    for c in codes {
+                        let carried: &[&str] = match c {
+                            "RATE_LIMITED" => {
+                                &["Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"]
+                            }
+                            "USAGE_EXCEEDED" => &["X-Credits-Remaining"],
+                            other => panic!("{ctx}: {other}: which headers does it always carry?"),
+                        };
+                        for n in carried {
+                            assert!(always(c, n), "{ctx}: {c} without {n}");
+                        }
                     }
                 }
                 503 => assert!(hs.get("Retry-After").is_some(), "{ctx}: Retry-After"),
@@ -1027,13 +1066,13 @@ fn schema_check_catches_undocumented_shapes() {
     let key = json!({"id": UNKNOWN_ULID, "name": "k", "kind": "secret", "prefix": "kw_live_", "last_four": "abcd",
         "scopes": ["ai:chat"], "user_id": null, "expires_at": null, "created_at": "2026-05-02T10:00:00+00:00",
         "revoked_at": null, "rate_limits": [], "allowed_origins": [], "resource_id": null, "visitor_rate_limits": [],
-        "turnstile_required": false, "consistency": "strict", "allowed_ips": [], "meta": null,
+        "turnstile_required": false, "consistency": "strict", "allowed_ips": [], "meta": null, "credits": null,
         "plaintext": "kw_live_x"});
     assert_eq!(check(&schemas["CreatedApiKey"], key.clone()), Vec::<String>::new());
     let mut extra = key.clone();
     extra["hash"] = json!("abc");
     assert!(!check(&schemas["CreatedApiKey"], extra).is_empty(), "an undocumented field");
-    for field in ["visitor_rate_limits", "turnstile_required", "consistency", "allowed_ips", "meta"] {
+    for field in ["visitor_rate_limits", "turnstile_required", "consistency", "allowed_ips", "meta", "credits"] {
         let mut missing = key.clone();
         missing.as_object_mut().unwrap().remove(field);
         assert!(!check(&schemas["CreatedApiKey"], missing).is_empty(), "{field} missing");
@@ -1046,6 +1085,15 @@ fn schema_check_catches_undocumented_shapes() {
         ("allowed_ips", json!("203.0.113.0/24")),
         ("meta", json!("plan=pro")),
         ("meta", json!([1])),
+        ("credits", json!(5)),
+        ("credits", json!({"remaining": 5})),
+        ("credits", json!({"remaining": -1, "refill": null, "set_at": "2026-05-02T10:00:00+00:00"})),
+        (
+            "credits",
+            json!({"remaining": 5, "refill": {"amount": 5, "interval": "weekly"}, "set_at": "2026-05-02T10:00:00+00:00"}),
+        ),
+        ("credits", json!({"remaining": 5, "refill": null, "set_at": "now"})),
+        ("credits", json!({"remaining": 5, "refill": null, "set_at": "2026-05-02T10:00:00+00:00", "left": 3})),
     ] {
         let mut v = key.clone();
         v[field] = bad;
@@ -1054,7 +1102,34 @@ fn schema_check_catches_undocumented_shapes() {
     let mut with_both = key.clone();
     with_both["allowed_ips"] = json!(["203.0.113.0/24", "2001:db8::1/128"]);
     with_both["meta"] = json!({"plan": "pro"});
+    with_both["credits"] =
+        json!({"remaining": 10, "refill": {"amount": 10, "interval": "daily"}, "set_at": "2026-05-02T10:00:00+00:00"});
     assert_eq!(check(&schemas["CreatedApiKey"], with_both), Vec::<String>::new());
+    // A roll's new key: the created key's fields and where it came from.
+    let mut rolled = key.clone();
+    rolled["rolled_from"] = json!(UNKNOWN_ULID);
+    rolled["old_key_expires_at"] = json!("2026-05-02T11:00:00+00:00");
+    assert_eq!(check(&schemas["RolledApiKey"], rolled.clone()), Vec::<String>::new());
+    assert!(!check(&schemas["CreatedApiKey"], rolled.clone()).is_empty(), "a created key has no rolled_from");
+    for field in ["plaintext", "rolled_from", "old_key_expires_at", "credits"] {
+        let mut missing = rolled.clone();
+        missing.as_object_mut().unwrap().remove(field);
+        assert!(!check(&schemas["RolledApiKey"], missing).is_empty(), "{field} missing");
+    }
+    let mut bad = rolled;
+    bad["old_key_expires_at"] = json!("in an hour");
+    assert!(!check(&schemas["RolledApiKey"], bad).is_empty(), "a malformed old_key_expires_at");
+    // The guard view: its example, a family count always, credits only as a count.
+    let guard_view = resolve(&schemas["KeyGuard"])["example"].clone();
+    assert_eq!(check(&schemas["KeyGuard"], guard_view.clone()), Vec::<String>::new());
+    let mut limited = guard_view.clone();
+    limited["credits"] = json!(7);
+    assert_eq!(check(&schemas["KeyGuard"], limited.clone()), Vec::<String>::new());
+    limited["credits"] = json!(-7);
+    assert!(!check(&schemas["KeyGuard"], limited).is_empty(), "negative credits");
+    let mut no_family = guard_view;
+    no_family.as_object_mut().unwrap().remove("family");
+    assert!(!check(&schemas["KeyGuard"], no_family).is_empty(), "family missing");
     let mut bad_time = key;
     bad_time["created_at"] = json!("yesterday");
     assert!(!check(&schemas["CreatedApiKey"], bad_time).is_empty(), "a malformed date-time");
@@ -1080,8 +1155,11 @@ fn literals_after<'a>(src: &'a str, start: &str, open: &str) -> BTreeSet<&'a str
 }
 
 /// The key fields the code accepts and answers are the documented ones:
-/// `parse_key`'s `only_fields` list is `KeyInput`, `key_view`'s object is
-/// `ApiKey` (all of them required: the view always has them).
+/// `parse_key`'s `only_fields` list is `KeyInput`, `PATCH_FIELDS` is
+/// `KeyPatch`, `parse_roll`'s `only_fields` is `RollInput`, `key_view`'s
+/// object is `ApiKey` (all of them required: the view always has them), and
+/// a roll answers the view with `rolled_from`, `old_key_expires_at` and
+/// `plaintext` (`RolledApiKey`).
 #[test]
 fn key_fields_are_the_code_s() {
     let schemas = &spec()["components"]["schemas"];
@@ -1090,6 +1168,15 @@ fn key_fields_are_the_code_s() {
     let accepted = literals_after(ADMIN_CORE_SRC, "pub fn parse_key(", "only_fields(");
     assert!(accepted.contains("visitor_rate_limits") && accepted.contains("turnstile_required"), "{accepted:?}");
     assert_eq!(input, accepted, "KeyInput vs parse_key's accepted fields");
+    assert!(accepted.contains("credits"), "{accepted:?}");
+    let keys = |name: &str| -> BTreeSet<&str> {
+        resolve(&schemas[name])["properties"].as_object().unwrap().keys().map(String::as_str).collect()
+    };
+    // `const PATCH_FIELDS: &[&str] = &["name", ...];`
+    let patchable = literals_after(ADMIN_CORE_SRC, "const PATCH_FIELDS", "&str] =");
+    assert!(patchable.contains("credits") && patchable.contains("allowed_ips"), "{patchable:?}");
+    assert_eq!(keys("KeyPatch"), patchable, "KeyPatch vs PATCH_FIELDS");
+    assert_eq!(keys("RollInput"), literals_after(ADMIN_CORE_SRC, "pub fn parse_roll(", "only_fields("), "RollInput");
     // key_view writes key_fields(k, true, None): every `m.push(("name", …))`
     // of key_fields but `last_used_at` (list items only, when given).
     let fields_src = &ORG_SRC[ORG_SRC.find("fn key_fields(").expect("key_fields in src/edge/org.rs")..];
@@ -1115,20 +1202,36 @@ fn key_fields_are_the_code_s() {
     assert_eq!(documented, answered, "RevokedKey vs the revoke answer");
     assert_eq!(strs(&revoked["required"]).into_iter().collect::<BTreeSet<_>>(), answered, "RevokedKey.required");
     assert!(answered.contains("descendants_revoked"));
+    // The roll answer: the new key's view, then `format!("{},\"old_key_expires_at\":{},...}}", &view[..]...)`
+    // in the RollKey arm, then the plaintext (`with_plaintext`).
+    let arm = &ORG_SRC[ORG_SRC.find("OrgCommand::RollKey {").expect("the RollKey arm in src/edge/org.rs")..];
+    let answer = &arm[arm.find("let data = format!(").expect("the roll answer")..];
+    let answer = &answer[..answer.find(");").unwrap()];
+    assert!(answer.contains("&view[..view.len() - 1]"), "the roll answer extends the view: {answer}");
+    let mut added: BTreeSet<&str> = answer.split("\\\"").skip(1).step_by(2).collect();
+    assert!(arm[..arm.find("OrgCommand::RevokeSessions").unwrap()].contains("with_plaintext("), "the plaintext");
+    added.insert("plaintext");
+    let rolled = &resolve(&schemas["RolledApiKey"])["allOf"];
+    assert_eq!(rolled[0]["$ref"], "#/components/schemas/ApiKey", "RolledApiKey extends ApiKey");
+    let documented: BTreeSet<&str> = rolled[1]["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(documented, added, "RolledApiKey vs the roll answer");
+    assert_eq!(strs(&rolled[1]["required"]).into_iter().collect::<BTreeSet<_>>(), added, "RolledApiKey.required");
 }
 
 /// The operations marked `x-keyward-control-write` are the routes
 /// `src/edge/control.rs` checks `control_write_scope` on
-/// (`matches!(route, Route::CreateKey | ...)` before `check_write_scope`).
+/// (`matches!(route, Route::CreateKey | ...)` before `check_write_scope`,
+/// on one line or as rustfmt spreads it).
 #[test]
 fn control_writes_are_the_code_s() {
     let at = CONTROL_SRC.find("rules::check_write_scope(").expect("check_write_scope in src/edge/control.rs");
     let before = &CONTROL_SRC[..at];
-    let cond = &before[before.rfind("matches!(route,").expect("the routes it applies to") + 15..];
+    let cond = &before[before.rfind("matches!(").expect("the routes it applies to") + 9..];
+    let cond = cond.trim_start().strip_prefix("route,").expect("matches!(route, ...) before check_write_scope");
     let cond = &cond[..cond.find(") {").unwrap()];
     let variants: BTreeSet<&str> =
         cond.split('|').map(|v| v.trim().trim_start_matches("Route::").split('(').next().unwrap().trim()).collect();
-    assert_eq!(variants.len(), 3, "{variants:?}");
+    assert_eq!(variants.len(), 5, "{variants:?}");
     // `("POST", "/v1/api_keys") => Some(Route::CreateKey)` and the like.
     let mut written = BTreeSet::new();
     for line in CONTROL_SRC.lines().map(str::trim).filter(|l| l.starts_with("(\"") && l.contains(") =>")) {
@@ -1163,13 +1266,14 @@ fn shape(path: &str) -> String {
 }
 
 /// The admin routes as the router in `src/edge/admin.rs` matches them:
-/// `["admin", "orgs", org] => Route::Org(org)` and `Route::Org(_) | ... => "PUT"`;
+/// `["admin", "orgs", org] => Route::Org(org)` and `Route::Org(_) | ... => "PUT"`
+/// (a variant's methods: every arm naming it, `"DELETE, PATCH"` two);
 /// and a path handled by a function of its own,
 /// `if segs == ["admin", "public_suffix_list"] { return public_suffix_list(…)`,
 /// whose methods are the arms `"PUT" => …` of that function.
 fn admin_routes_in_source() -> BTreeSet<(String, String)> {
     let mut by_variant: BTreeMap<String, String> = BTreeMap::new();
-    let mut methods: BTreeMap<String, String> = BTreeMap::new();
+    let mut methods: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut own: BTreeSet<(String, String)> = BTreeSet::new();
     let mut lines = ADMIN_SRC.lines().map(str::trim);
     while let Some(line) = lines.next() {
@@ -1205,10 +1309,10 @@ fn admin_routes_in_source() -> BTreeSet<(String, String)> {
             }
         } else if line.starts_with("Route::") {
             if let Some((left, right)) = line.split_once(" => \"") {
-                let method = right.trim_end_matches([',', '"']).to_owned();
+                let allowed = right.trim_end_matches([',', '"']);
                 for v in left.split('|') {
                     let v = v.trim().trim_start_matches("Route::").split('(').next().unwrap().to_owned();
-                    methods.insert(v, method.clone());
+                    methods.entry(v).or_default().extend(allowed.split(", ").map(str::to_owned));
                 }
             }
         }
@@ -1216,9 +1320,9 @@ fn admin_routes_in_source() -> BTreeSet<(String, String)> {
     assert!(!by_variant.is_empty(), "found no admin routes in src/edge/admin.rs: update admin_routes_in_source");
     let mut out: BTreeSet<(String, String)> = by_variant
         .iter()
-        .map(|(v, p)| {
-            let m = methods.get(v).unwrap_or_else(|| panic!("no method for admin route {v} in src/edge/admin.rs"));
-            (m.clone(), p.clone())
+        .flat_map(|(v, p)| {
+            let ms = methods.get(v).unwrap_or_else(|| panic!("no method for admin route {v} in src/edge/admin.rs"));
+            ms.iter().map(move |m| (m.clone(), p.clone()))
         })
         .collect();
     out.extend(own);
@@ -1274,6 +1378,9 @@ fn every_route_is_documented_and_nothing_else() {
     // Policy: pattern → (method → the request body types it accepts: its
     // `content_types`, or `*/*` for any but a form).
     let mut body_types: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
+    // Policy: (method, pattern) → what a request spends from a usage-limited
+    // key's credits (`cost`, default 1; public routes spend none).
+    let mut costs: BTreeMap<(String, String), u64> = BTreeMap::new();
     for r in policy()["routes"].as_array().unwrap() {
         let methods = match &r["method"] {
             Value::String(m) => vec![m.as_str()],
@@ -1292,10 +1399,12 @@ fn every_route_is_documented_and_nothing_else() {
             routes.entry(shape(r["path"].as_str().unwrap())).or_default().entry(m.to_owned()).or_insert(entry);
             let types = r.get("content_types").map(strs).unwrap_or_else(|| vec!["*/*"]);
             body_types.entry((m.to_owned(), shape(r["path"].as_str().unwrap()))).or_insert(types);
+            let cost = r.get("cost").map_or(1, |c| c.as_u64().expect("an integer cost"));
+            costs.entry((m.to_owned(), shape(r["path"].as_str().unwrap()))).or_insert(cost);
         }
     }
     let admin = admin_routes_in_source();
-    assert_eq!(admin.len(), 8, "admin routes: {admin:?}");
+    assert_eq!(admin.len(), 10, "admin routes: {admin:?}");
     let control = control_routes_in_source();
     let served: BTreeSet<(String, String)> = routes
         .iter()
@@ -1349,6 +1458,7 @@ fn every_route_is_documented_and_nothing_else() {
                     assert!(op.get("x-keyward-public").is_none(), "{m} {path}: not public in the policy");
                     assert!(op.get("x-keyward-ip-rate-limits").is_none(), "{m} {path}");
                     assert_eq!(op["x-keyward-scope"], scope.as_str(), "{m} {path}: scope");
+                    assert_eq!(op["x-keyward-cost"], costs[&(m.clone(), key.clone())], "{m} {path}: cost");
                 }
             }
             assert_eq!(op["x-keyward-served-by"], if *local { "keyward" } else { "origin" }, "{m} {path}: served_by");
@@ -1407,7 +1517,7 @@ fn every_operation_answers_as_documented() {
                 if op.method == "PUT" && op.path == "/admin/orgs/{org_id}" { unique("org") } else { org.clone() };
             ps.retain(|(k, _)| *k != "org_id");
             ps.push(("org_id", target_org));
-            if op.method == "DELETE" {
+            if op.writes_key() {
                 let (_, victim) = h().key(&org, json!({"name": "victim", "scopes": ["ai:chat"]}));
                 ps.retain(|(k, _)| *k != "key_id");
                 ps.push(("key_id", victim));
@@ -1447,7 +1557,7 @@ fn every_operation_answers_as_documented() {
             send_typed(port, &op.method, &fill(&op, &ps), &headers, body.as_ref().map(|(m, b)| (*m, b.as_str())))
         } else {
             case = "valid key, valid request";
-            if op.method == "DELETE" && !op.is_proxied() {
+            if op.writes_key() {
                 let (_, victim) = h().key(&org, json!({"name": "victim", "scopes": ["ai:chat"]}));
                 ps.retain(|(k, _)| *k != "key_id");
                 ps.push(("key_id", victim));
@@ -1461,6 +1571,16 @@ fn every_operation_answers_as_documented() {
         };
         assert_eq!(r.status, expected, "{} {} ({case}): {}", op.method, op.path, r.text());
         let body = conforms(&op, &r, case);
+        assert!(r.header("x-credits-remaining").is_none(), "{}: a key without credits", op.id());
+        if op.writes_key() {
+            // The key asked for: revoked or updated, or rolled into a new one.
+            let target = ps.iter().find(|(k, _)| *k == "key_id").map(|(_, v)| v.as_str()).unwrap();
+            let data = &body["data"];
+            match data.get("rolled_from") {
+                Some(from) => assert!(from == target && data["id"] != target, "{}: {data}", op.id()),
+                None => assert_eq!(data["id"], target, "{}", op.id()),
+            }
+        }
         if op.is_preflight() && r.status == 204 {
             let widget = widget_methods(&op.path);
             assert_eq!(method_set(r.header("access-control-allow-methods").unwrap()), widget, "{}", op.path);
@@ -1925,17 +2045,26 @@ fn admin_api_refusals_are_documented() {
                     ("text/plain", format!("{section}com\n{}", "// padding\n".repeat(100 * 1024)), 413),
                 ]
             } else {
-                vec![
-                    ("application/json", "{}".to_owned(), 422),
+                // `{}` where the body must hold a field (a roll's is optional).
+                let schema = resolve(&op.v["requestBody"]["content"]["application/json"]["schema"]);
+                let empty = !strs(&schema["required"]).is_empty() || schema["minProperties"].as_u64() > Some(0);
+                let mut cases = vec![
                     ("application/json", r#"{"unknown": 1}"#.to_owned(), 422),
                     ("application/json", "not json".to_owned(), 422),
                     ("application/json", json!({"name": "x".repeat(70 * 1024)}).to_string(), 413),
-                ]
+                ];
+                if empty {
+                    cases.push(("application/json", "{}".to_owned(), 422));
+                } else if op.path.contains("{key_id}") {
+                    // Taken: the key (an unknown one here) is what is missing.
+                    cases.push(("application/json", "{}".to_owned(), 404));
+                }
+                cases
             };
             for (media, b, status) in invalid {
                 let r = send_typed(port, &op.method, &path, &auth, Some((media, &b)));
                 assert_eq!(r.status, status, "{} {path}: {}", op.method, r.text());
-                let v = conforms(&op, &r, "invalid body");
+                let v = conforms(&op, &r, if status == 404 { "no such key" } else { "invalid body" });
                 if status == 422 {
                     assert!(v["error"]["message"].as_str().unwrap().contains(':'), "names the field: {v}");
                 }
@@ -1954,7 +2083,8 @@ fn admin_api_refusals_are_documented() {
         conforms(&op, &r, "no such org");
         if op.path.contains("{key_id}") {
             ps = params(&org);
-            let r = send_to(port, &op.method, &fill(&op, &ps), &auth, None);
+            let r =
+                send_typed(port, &op.method, &fill(&op, &ps), &auth, sample.as_ref().map(|(m, b)| (*m, b.as_str())));
             assert_eq!(r.status, 404, "{} {}", op.method, op.path);
             conforms(&op, &r, "no such key");
         }
@@ -2237,8 +2367,8 @@ fn jwt_sessions_are_documented() {
         let auth = format!("Bearer {token}");
         for op in &calls {
             let mut ps = params(&org);
-            if op.method == "DELETE" && !op.is_proxied() {
-                // A session revokes keys of its own user only.
+            if op.writes_key() {
+                // A session manages keys of its own user only.
                 let (_, victim) = h().key(&org, json!({"name": "victim", "scopes": ["ai:chat"], "user_id": user}));
                 ps.retain(|(k, _)| *k != "key_id");
                 ps.push(("key_id", victim));
@@ -2466,10 +2596,10 @@ fn ip_allow_lists_are_documented() {
         if op.is_preflight() {
             continue;
         }
-        // From inside: the documented success (a revoke's target is one the
-        // fenced key could have minted: within its addresses).
+        // From inside: the documented success (a revoked, updated or rolled
+        // key is one the fenced key could have minted: within its addresses).
         let mut ps = params(&org);
-        if op.method == "DELETE" && !op.is_proxied() {
+        if op.writes_key() {
             let (_, victim) =
                 h().key(&org, json!({"name": "victim", "scopes": ["ai:chat"], "allowed_ips": ["203.0.113.128/25"]}));
             ps.retain(|(k, _)| *k != "key_id");
@@ -2777,6 +2907,387 @@ fn cascade_revocation_is_documented() {
     }
 }
 
+/// Seconds since the Unix epoch, from this machine's clock (the worker's).
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// The audit log of `reader`'s org, as it sees it (the newest 100 entries).
+fn audit_of(reader: &str) -> Vec<Value> {
+    let r = send_to(h().port, "GET", "/v1/audit?limit=100", &[("x-api-key", reader)], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    conforms(&find_op("listAudit"), &r, "the audit log")["data"].as_array().unwrap().clone()
+}
+
+/// Updates and rolls, by the control and the admin API: the documented
+/// answers (the key as it now is; the new key with `plaintext`,
+/// `rolled_from` and `old_key_expires_at`), the change on the very next
+/// request, the old key's grace and its end, the audit entries; and the
+/// documented refusals: a revoked, expired, unknown or malformed key 404,
+/// an invalid body 422 naming the field, what the caller could not mint
+/// 403 (an operator may loosen), a roll family's cap 409.
+#[test]
+fn key_updates_and_rolls_are_documented() {
+    let org = h().org(true);
+    let port = h().port;
+    let (update, roll) = (find_op("updateApiKey"), find_op("rollApiKey"));
+    let (admin_update, admin_roll) = (find_op("adminUpdateApiKey"), find_op("adminRollApiKey"));
+    let (chat, embeddings) = (find_op("postAiChat"), find_op("postEmbeddings"));
+    let (ops, _) = h().key(&org, json!({"name": "ops", "scopes": ["ai:*", "control:read"]}));
+    let (reader, _) = h().key(&org, json!({"name": "reader", "scopes": ["control:read"]}));
+    let call = |op: &Op, caller: &str, id: &str, body: Option<Value>| {
+        let path = op.path.replace("{key_id}", id);
+        let b = body.map(|b| b.to_string());
+        send_to(port, &op.method, &path, &[("x-api-key", caller)], b.as_deref())
+    };
+    let call_admin = |op: &Op, id: &str, body: Option<Value>| {
+        let path = op.path.replace("{org_id}", &org).replace("{key_id}", id);
+        h().admin(&op.method, &path, body)
+    };
+    let use_key = |op: &Op, k: &str| plain(port, op, &op.path, &[("x-api-key", k)]);
+    let refused = |op: &Op, r: &Resp, status: u16, code: &str, start: &str, case: &str| {
+        assert_eq!(r.status, status, "{} ({case}): {}", op.id(), r.text());
+        let v = conforms(op, r, case);
+        assert_eq!(v["error"]["code"], code, "{} ({case})", op.id());
+        let m = v["error"]["message"].as_str().unwrap();
+        assert!(m.starts_with(start), "{} ({case}): {m}", op.id());
+    };
+
+    // Update: the key as it now is, applied on the very next request.
+    let (app, app_id) = h().key(&org, json!({"name": "app", "scopes": ["ai:chat", "ai:embeddings"]}));
+    assert_eq!(use_key(&chat, &app).status, 200);
+    let credits = json!({"remaining": 100, "refill": {"amount": 100, "interval": "daily"}});
+    let r =
+        call(&update, &ops, &app_id, Some(json!({"scopes": ["ai:embeddings"], "name": "app v2", "credits": credits})));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let data = conforms(&update, &r, "narrower scopes, a new name, credits")["data"].clone();
+    assert_eq!(
+        (&data["id"], &data["scopes"], &data["name"]),
+        (&json!(app_id), &json!(["ai:embeddings"]), &json!("app v2"))
+    );
+    let c = &data["credits"];
+    assert_eq!((&c["remaining"], &c["refill"]), (&json!(100), &json!({"amount": 100, "interval": "daily"})), "{data}");
+    let set_at = keyward::ids::parse_rfc3339(c["set_at"].as_str().unwrap()).unwrap() / 1000;
+    assert!((set_at - now_secs()).abs() < 120, "set_at is now: {data}");
+    let r = use_key(&chat, &app);
+    assert_eq!(conforms(&chat, &r, "a scope taken away")["error"]["code"], "MISSING_SCOPE");
+    let r = use_key(&embeddings, &app);
+    assert_eq!(r.status, 200, "{}", r.text());
+    conforms(&embeddings, &r, "the scope kept");
+    // An operator sets metadata, signed to the origin from the next request on.
+    let r = call_admin(&admin_update, &app_id, Some(json!({"meta": {"plan": "pro"}})));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let data = conforms(&admin_update, &r, "metadata")["data"].clone();
+    assert_eq!((&data["meta"], &data["scopes"]), (&json!({"plan": "pro"}), &json!(["ai:embeddings"])), "{data}");
+    let r = use_key(&embeddings, &app);
+    let echo = &conforms(&embeddings, &r, "metadata given")["echo"];
+    origin_request_is_documented(&embeddings, echo, r.header("x-request-id").unwrap(), "key");
+    assert_eq!(b64url_decode(echo["headers"]["x-keyward-meta"].as_str().unwrap()), br#"{"plan":"pro"}"#);
+    // A caller may not loosen past what it could mint; it may tighten; an
+    // operator may loosen.
+    let (tight, _) = h().key(
+        &org,
+        json!({"name": "tight", "scopes": ["ai:chat", "control:read"],
+               "rate_limits": [{"name": "minute", "limit": 5, "window_seconds": 60}]}),
+    );
+    let r =
+        send_to(port, "POST", "/v1/api_keys", &[("x-api-key", &tight)], Some(r#"{"name":"c","scopes":["ai:chat"]}"#));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let (child, child_id) = {
+        let d = &r.json()["data"];
+        (d["plaintext"].as_str().unwrap().to_owned(), d["id"].as_str().unwrap().to_owned())
+    };
+    let limits = |n: u64| json!({"rate_limits": [{"name": "minute", "limit": n, "window_seconds": 60}]});
+    let r = call(&update, &tight, &child_id, Some(limits(50)));
+    refused(
+        &update,
+        &r,
+        403,
+        "PERMISSION_DENIED",
+        "This API key cannot update a key it could not have created: ",
+        "looser",
+    );
+    let r = call(&update, &tight, &child_id, Some(limits(3)));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(conforms(&update, &r, "tighter")["data"]["rate_limits"], limits(3)["rate_limits"]);
+    let r = call_admin(&admin_update, &child_id, Some(limits(50)));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(conforms(&admin_update, &r, "looser, by an operator")["data"]["rate_limits"], limits(50)["rate_limits"]);
+    let r = use_key(&chat, &child);
+    assert_eq!(r.header("ratelimit-limit"), Some("50"), "the new limit on the next request: {}", r.text());
+    let r = call(&update, &reader, &app_id, Some(json!({"name": "mine"})));
+    refused(
+        &update,
+        &r,
+        403,
+        "PERMISSION_DENIED",
+        "This API key cannot update a key with scopes it does not have.",
+        "scopes",
+    );
+    // Invalid bodies: 422 naming the field (both APIs).
+    for (body, start) in [
+        (json!({}), "body: "),
+        (json!({"scopes": ["ai:*"]}), "scopes: "),
+        (json!({"credits": null}), "credits: "),
+        (json!({"credits": {"remaining": -1}}), "credits.remaining: "),
+        (
+            json!({"credits": {"remaining": 1, "refill": {"amount": 1, "interval": "weekly"}}}),
+            "credits.refill.interval: ",
+        ),
+        (json!({"kind": "widget"}), "kind: "),
+        (json!({"expires_at": "2099-01-01T00:00:00Z"}), "expires_at: "),
+        (json!({"allowed_origins": [SHOP]}), "allowed_origins: "),
+        (json!({"visitor_rate_limits": []}), "visitor_rate_limits: "),
+        (json!({"allowed_ips": ["203.0.113.7/24"]}), "allowed_ips[0]: "),
+    ] {
+        let case = format!("PATCH {body}");
+        refused(&update, &call(&update, &ops, &app_id, Some(body.clone())), 422, "VALIDATION_FAILED", start, &case);
+        refused(&admin_update, &call_admin(&admin_update, &app_id, Some(body)), 422, "VALIDATION_FAILED", start, &case);
+    }
+
+    // Roll: the new key with the old one's settings; both work until the grace ends.
+    let r = call(&roll, &ops, &app_id, Some(json!({"grace_seconds": 3600})));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let new = conforms(&roll, &r, "a roll with an hour's grace")["data"].clone();
+    let new_id = new["id"].as_str().unwrap().to_owned();
+    let new_key = new["plaintext"].as_str().unwrap().to_owned();
+    assert_eq!(new["rolled_from"], app_id.as_str());
+    assert!(new_id != app_id && new_key.starts_with("kw_live_") && new["last_four"] == new_key[new_key.len() - 4..]);
+    for field in ["name", "scopes", "kind", "user_id", "rate_limits", "meta", "consistency", "credits", "allowed_ips"] {
+        assert_eq!(new[field], data[field], "{field}: the old key's");
+    }
+    let ends = keyward::ids::parse_rfc3339(new["old_key_expires_at"].as_str().unwrap()).unwrap() / 1000;
+    assert!((ends - now_secs() - 3600).abs() < 120, "old_key_expires_at: now + grace: {new}");
+    for k in [&app, &new_key] {
+        let r = use_key(&embeddings, k);
+        assert_eq!(r.status, 200, "{}", r.text());
+        conforms(&embeddings, &r, "old and new key within the grace");
+    }
+    // Grace 0 (admin API, no body): the old key is refused from the answer on.
+    let r = call_admin(&admin_roll, &new_id, None);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let newest = conforms(&admin_roll, &r, "a roll without a body")["data"].clone();
+    assert_eq!(newest["rolled_from"], new_id.as_str());
+    let r = use_key(&embeddings, &new_key);
+    assert_eq!(conforms(&embeddings, &r, "the old key after its end")["error"]["code"], "INVALID_API_KEY");
+    let r = use_key(&embeddings, newest["plaintext"].as_str().unwrap());
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Audited: key.rolled on the old key, key.created for the new one.
+    let entries = audit_of(&ops);
+    let rolled =
+        entries.iter().find(|e| e["action"] == "key.rolled" && e["target"] == app_id.as_str()).expect("key.rolled");
+    assert_eq!(rolled["detail"]["new_key_id"], new_id.as_str(), "{rolled}");
+    assert_eq!(rolled["detail"]["grace_seconds"], 3600, "{rolled}");
+    assert_eq!(rolled["detail"]["old_key_expires_at"], new["old_key_expires_at"], "{rolled}");
+    assert!(entries.iter().any(|e| e["action"] == "key.created" && e["target"] == new_id.as_str()));
+    let updated = entries
+        .iter()
+        .find(|e| e["action"] == "key.updated" && e["target"] == app_id.as_str() && e["actor"] != "admin:default")
+        .expect("the control API's key.updated");
+    assert_eq!(updated["detail"]["fields"], json!(["credits", "name", "scopes"]), "{updated}");
+
+    // Nothing live to act on: an ended (expired), revoked, unknown or malformed key.
+    let (_, gone) = h().key(&org, json!({"name": "gone", "scopes": ["ai:chat"]}));
+    assert_eq!(h().admin("DELETE", &format!("/admin/orgs/{org}/api_keys/{gone}"), None).status, 200);
+    let no_live = "No live API key has this id (revoked and expired keys cannot change).";
+    for (id, case) in [(new_id.as_str(), "an expired key"), (gone.as_str(), "a revoked key")] {
+        for (op, body) in [(&update, Some(json!({"name": "x"}))), (&roll, Some(json!({})))] {
+            refused(op, &call(op, &ops, id, body.clone()), 404, "RESOURCE_NOT_FOUND", no_live, case);
+        }
+        for (op, body) in [(&admin_update, Some(json!({"name": "x"}))), (&admin_roll, None)] {
+            refused(op, &call_admin(op, id, body), 404, "RESOURCE_NOT_FOUND", no_live, case);
+        }
+    }
+    for id in [UNKNOWN_ULID, "not-a-ulid"] {
+        for op in [&update, &roll] {
+            let body = if op.method == "PATCH" { json!({"name": "x"}) } else { json!({}) };
+            refused(op, &call(op, &ops, id, Some(body)), 404, "RESOURCE_NOT_FOUND", "", id);
+        }
+    }
+
+    // Roll refusals: the grace, the body, a caller that could not revoke the key.
+    let (spare, spare_id) = h().key(&org, json!({"name": "spare", "scopes": ["ai:chat"]}));
+    for (body, start) in [
+        (json!({"grace_seconds": -1}), "grace_seconds: "),
+        (json!({"grace_seconds": 604801}), "grace_seconds: "),
+        (json!({"grace_seconds": "60"}), "grace_seconds: "),
+        (json!({"grace_seconds": 1.5}), "grace_seconds: "),
+        (json!({"grace": 60}), "grace: "),
+        (json!([60]), "body: "),
+    ] {
+        let case = format!("roll {body}");
+        refused(&roll, &call(&roll, &ops, &spare_id, Some(body.clone())), 422, "VALIDATION_FAILED", start, &case);
+        refused(&admin_roll, &call_admin(&admin_roll, &spare_id, Some(body)), 422, "VALIDATION_FAILED", start, &case);
+    }
+    let r = call(&roll, &reader, &spare_id, Some(json!({})));
+    refused(
+        &roll,
+        &r,
+        403,
+        "PERMISSION_DENIED",
+        "This API key cannot roll a key with scopes it does not have.",
+        "scopes",
+    );
+    assert_eq!(use_key(&chat, &spare).status, 200, "nothing rolled");
+    // A week is the longest grace.
+    let r = call(&roll, &ops, &spare_id, Some(json!({"grace_seconds": 604800})));
+    assert_eq!(r.status, 201, "{}", r.text());
+    conforms(&roll, &r, "a week's grace");
+    // A roll family holds at most 8 live keys: the eighth roll of one key is refused.
+    let (_, fam) = h().key(&org, json!({"name": "family", "scopes": ["ai:chat"]}));
+    for n in 0..7 {
+        let r = call_admin(&admin_roll, &fam, Some(json!({"grace_seconds": 3600})));
+        assert_eq!(r.status, 201, "roll {n}: {}", r.text());
+    }
+    for (op, r) in [
+        (&roll, call(&roll, &ops, &fam, Some(json!({"grace_seconds": 3600})))),
+        (&admin_roll, call_admin(&admin_roll, &fam, Some(json!({"grace_seconds": 3600})))),
+    ] {
+        refused(
+            op,
+            &r,
+            409,
+            "KEY_LIMIT_REACHED",
+            "This key was rolled 7 times and has 8 live versions",
+            "a full family",
+        );
+        assert!(r.json()["error"]["message"].as_str().unwrap().ends_with("create a new key instead."));
+    }
+}
+
+/// Usage-limited keys (`credits`): every answer to an admitted request
+/// carries the documented `X-Credits-Remaining`, lower by the operation's
+/// documented `x-keyward-cost` (the control API's key writes answered with
+/// the documented 403: such a key manages no keys); exhausted, the
+/// documented `429 USAGE_EXCEEDED` (`X-Credits-Remaining: 0`, not
+/// retryable, `Retry-After` only for a key that refills), strict and
+/// leased, from a page too; a top-up and a roll as documented (the roll
+/// family shares one count); the guard view's `credits` and `family`.
+#[test]
+fn credits_are_documented() {
+    let (org, _, _) = setup();
+    let port = h().port;
+    let total: u64 = 1000;
+    let (metered, metered_id) =
+        h().key(&org, json!({"name": "metered", "scopes": ["*"], "credits": {"remaining": total}}));
+    let mut left = total;
+    let keyed: Vec<Op> = ops().into_iter().filter(|o| !o.is_admin() && !o.is_preflight() && !o.is_public()).collect();
+    for (i, op) in keyed.iter().enumerate() {
+        let mut ps = params(&org);
+        if op.writes_key() {
+            let (_, victim) = h().key(&org, json!({"name": "victim", "scopes": ["ai:chat"]}));
+            ps.retain(|(k, _)| *k != "key_id");
+            ps.push(("key_id", victim));
+        }
+        let (n, v) = cred(&metered, i);
+        let r = plain(port, op, &fill(op, &ps), &[(n, &v)]);
+        let body = conforms(op, &r, "a usage-limited key");
+        let cost = op.v["x-keyward-cost"].as_u64().unwrap();
+        left -= cost;
+        assert_eq!(r.header("x-credits-remaining"), Some(left.to_string().as_str()), "{}: {}", op.id(), r.text());
+        if op.v.get("x-keyward-control-write").is_some() && op.path.starts_with("/v1/api_keys") {
+            assert_eq!(r.status, 403, "{}: {}", op.id(), r.text());
+            let m = body["error"]["message"].as_str().unwrap();
+            assert!(m.contains("A key with credits cannot create or manage API keys."), "{}: {m}", op.id());
+        } else {
+            assert_eq!(r.status, op.success_status().unwrap(), "{}: {}", op.id(), r.text());
+        }
+    }
+    // The guard view: the live count, no roll family yet.
+    let r = h().admin("GET", &format!("/admin/orgs/{org}/api_keys/{metered_id}/guard"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let guard = conforms(&find_op("adminGetKeyGuard"), &r, "a usage-limited key's guard")["data"].clone();
+    assert_eq!((guard["credits"].as_u64(), guard["family"].as_u64()), (Some(left), Some(0)), "{guard}");
+
+    // Too few left for the route: 429 USAGE_EXCEEDED, nothing spent, nothing proxied.
+    let (chat, summarize) = (find_op("postAiChat"), find_op("postSummarize"));
+    let (six, _) = h().key(&org, json!({"name": "six", "scopes": ["ai:*"], "credits": {"remaining": 6}}));
+    let exceeded = |r: &Resp, case: &str, op: &Op| {
+        assert_eq!(r.status, 429, "{case}: {}", r.text());
+        let v = conforms(op, r, case);
+        assert_eq!(
+            (v["error"]["code"].as_str(), v["error"]["retryable"].as_bool()),
+            (Some("USAGE_EXCEEDED"), Some(false))
+        );
+        assert_eq!(r.header("x-credits-remaining"), Some("0"), "{case}");
+        assert!(r.header("ratelimit-limit").is_none(), "{case}: nothing counted");
+        assert!(h().origin_saw(r.header("x-request-id").unwrap()).is_none(), "{case}: proxied");
+    };
+    for (op, want) in [(&summarize, Some("1")), (&summarize, None), (&chat, Some("0")), (&chat, None)] {
+        let r = plain(port, op, &op.path, &[("x-api-key", &six)]);
+        match want {
+            Some(left) => {
+                assert_eq!(r.status, 200, "{}: {}", op.id(), r.text());
+                conforms(op, &r, "credits left");
+                assert_eq!(r.header("x-credits-remaining"), Some(left), "{}", op.id());
+            }
+            None => {
+                exceeded(&r, "no credits left, no refill", op);
+                assert!(r.header("retry-after").is_none(), "no refill: nothing to wait for");
+            }
+        }
+    }
+    // A key that refills: Retry-After until the next refill (a day at most),
+    // strict and leased (a leased key's isolate then answers itself), and
+    // from a page with the CORS headers.
+    let refill = json!({"remaining": 0, "refill": {"amount": 5, "interval": "daily"}});
+    for (consistency, kind) in [("strict", "secret"), ("leased", "secret"), ("strict", "widget")] {
+        let mut body =
+            json!({"name": "r", "scopes": ["ai:chat"], "credits": refill, "consistency": consistency, "kind": kind});
+        let mut headers = vec![];
+        if kind == "widget" {
+            body["allowed_origins"] = json!([SHOP]);
+            headers.push(("origin", SHOP));
+        }
+        let (k, _) = h().key(&org, body);
+        headers.push(("x-api-key", k.as_str()));
+        for n in 0..2 {
+            let case = format!("{consistency} {kind} key, refills daily, request {n}");
+            let r = plain(port, &chat, "/v1/ai/chat", &headers);
+            exceeded(&r, &case, &chat);
+            let wait: u64 = r.header("retry-after").expect("Retry-After until the refill").parse().unwrap();
+            assert!((1..=86_400).contains(&wait), "{case}: Retry-After {wait}");
+            assert_eq!(r.header("access-control-allow-origin"), (kind == "widget").then_some(SHOP), "{case}");
+        }
+    }
+    // A top-up sets the count at once; a roll keeps it, shared by old and new key.
+    let r = h().admin(
+        "PATCH",
+        &format!("/admin/orgs/{org}/api_keys/{metered_id}"),
+        Some(json!({"credits": {"remaining": 50}})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(conforms(&find_op("adminUpdateApiKey"), &r, "a top-up")["data"]["credits"]["remaining"], 50);
+    let r = plain(port, &chat, "/v1/ai/chat", &[("x-api-key", &metered)]);
+    assert_eq!(r.header("x-credits-remaining"), Some("49"), "{}", r.text());
+    let guard = h().guard_stats(&org, &metered_id);
+    assert_eq!((guard["credits"].as_u64(), guard["family"].as_u64()), (Some(49), Some(1)), "an updated key: {guard}");
+    let r = h().admin(
+        "POST",
+        &format!("/admin/orgs/{org}/api_keys/{metered_id}/roll"),
+        Some(json!({"grace_seconds": 600})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let rolled = conforms(&find_op("adminRollApiKey"), &r, "a usage-limited key rolled")["data"].clone();
+    assert_eq!(rolled["credits"]["remaining"], 50, "the setting: {rolled}");
+    let rolled_key = rolled["plaintext"].as_str().unwrap();
+    for (k, want) in [(rolled_key, "48"), (metered.as_str(), "47")] {
+        let r = plain(port, &chat, "/v1/ai/chat", &[("x-api-key", k)]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        conforms(&chat, &r, "one count for the family");
+        assert_eq!(r.header("x-credits-remaining"), Some(want), "{}", r.text());
+    }
+    let guard = h().guard_stats(&org, &metered_id);
+    assert_eq!(guard["credits"].as_u64(), Some(47), "the family's live count: {guard}");
+    assert_eq!(guard["family"].as_u64(), Some(1), "the key updated, then ended by the roll: {guard}");
+    // Keys without credits carry no count.
+    let (plain_key, plain_id) = h().key(&org, json!({"name": "unmetered", "scopes": ["ai:chat"]}));
+    let r = plain(port, &chat, "/v1/ai/chat", &[("x-api-key", &plain_key)]);
+    assert!(r.status == 200 && r.header("x-credits-remaining").is_none(), "{:?}", r.headers);
+    let guard = h().guard_stats(&org, &plain_id);
+    assert!(guard.get("credits").is_none(), "{guard}");
+}
+
 /// A worker of its own with small caps (`MAX_KEYS_PER_ORG=4`,
 /// `MAX_KEYS_PER_PARENT=1`), so that `409 KEY_LIMIT_REACHED` is reached in
 /// a few keys without limiting the other tests.
@@ -2791,7 +3302,8 @@ fn capped() -> &'static Harness {
 }
 
 /// `409 KEY_LIMIT_REACHED`: per minting key (control API) and per org
-/// (admin and control API), as documented; revoking frees a place; the
+/// (admin and control API), as documented; revoking frees a place; a
+/// roll's new key counts against both while the old one lives; the
 /// refusals are audited.
 #[test]
 fn key_limits_are_documented() {
@@ -2819,10 +3331,10 @@ fn key_limits_are_documented() {
     assert_eq!(r.status, 200, "{}", r.text());
     let r = mint(&root, "again");
     assert_eq!(r.status, 201, "{}", r.text());
-    conforms(&create, &r, "a place freed");
+    let again_id = conforms(&create, &r, "a place freed")["data"]["id"].as_str().unwrap().to_owned();
     // The org: root, its child, two more: four live keys.
     let (other, _) = c.key(&org, json!({"name": "other", "scopes": ["ai:chat", "control:read"]}));
-    c.key(&org, json!({"name": "fourth", "scopes": ["ai:chat"]}));
+    let (_, fourth_id) = c.key(&org, json!({"name": "fourth", "scopes": ["ai:chat"]}));
     let r =
         c.admin("POST", &format!("/admin/orgs/{org}/api_keys"), Some(json!({"name": "fifth", "scopes": ["ai:chat"]})));
     limited(&admin_create, &r, "MAX_KEYS_PER_ORG", "a fifth key (admin API)");
@@ -2835,6 +3347,29 @@ fn key_limits_are_documented() {
         .filter(|e| e["action"] == "key.create_refused" && e["detail"]["code"] == "KEY_LIMIT_REACHED")
         .count();
     assert_eq!(refused, 3, "{entries:?}");
+    // A roll's new key counts while the old one lives: at the org's cap
+    // (admin and control API), and, a place freed, against the rolled
+    // key's parent.
+    let (roll, admin_roll) = (find_op("rollApiKey"), find_op("adminRollApiKey"));
+    let roll_as = |caller: &str, id: &str| {
+        send_to(c.port, "POST", &format!("/v1/api_keys/{id}/roll"), &[("x-api-key", caller)], Some("{}"))
+    };
+    let r =
+        c.admin("POST", &format!("/admin/orgs/{org}/api_keys/{fourth_id}/roll"), Some(json!({"grace_seconds": 60})));
+    limited(&admin_roll, &r, "MAX_KEYS_PER_ORG", "a roll at the org's cap (admin API)");
+    limited(&roll, &roll_as(&other, &fourth_id), "MAX_KEYS_PER_ORG", "a roll at the org's cap (control API)");
+    let r = c.admin("DELETE", &format!("/admin/orgs/{org}/api_keys/{fourth_id}"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = c.admin("POST", &format!("/admin/orgs/{org}/api_keys/{again_id}/roll"), None);
+    limited(&admin_roll, &r, "MAX_KEYS_PER_PARENT", "a roll of a child at its parent's cap (admin API)");
+    limited(&roll, &roll_as(&root, &again_id), "MAX_KEYS_PER_PARENT", "a roll at its parent's cap (control API)");
+    let r = send_to(c.port, "GET", "/v1/audit?limit=100", &[("x-api-key", &other)], None);
+    let entries = conforms(&find_op("listAudit"), &r, "audit after the rolls")["data"].as_array().unwrap().clone();
+    let refused = entries
+        .iter()
+        .filter(|e| e["action"] == "key.roll_refused" && e["detail"]["code"] == "KEY_LIMIT_REACHED")
+        .count();
+    assert_eq!(refused, 4, "{entries:?}");
 }
 
 /// Sends a leaked-key report: `body` with the two GitHub headers (each
