@@ -156,6 +156,11 @@ pub fn check_update(
     after: &KeyRecord,
 ) -> Result<(), ApiError> {
     check_manage(policy, caller, before, "update")?;
+    // Metadata tells the origin who the customer is: the admin's to set,
+    // through the admin API only (as a minted key carries its parent's).
+    if after.meta != before.meta {
+        return Err(denied("Metadata is set by an operator (admin API), not through the control API."));
+    }
     check_manage(policy, caller, after, "update")
 }
 

@@ -145,6 +145,13 @@ struct LimitedUntil {
     reset_at: i64,
 }
 
+#[derive(Clone, Copy, Debug)]
+struct NoCredits {
+    until: i64,
+    refill_at: Option<i64>,
+    remaining: u64,
+}
+
 #[derive(Clone, Debug, Default)]
 struct Slot {
     lease: Option<LocalLease>,
@@ -163,9 +170,10 @@ struct Slot {
     /// The guard declined a reservation although one was asked for (its
     /// lease table is full): questions about this slot go in parallel.
     parallel_until: Option<i64>,
-    /// A leased, usage-limited key's credits ran out: refused here until
-    /// then (at most `LEASE_MS`), with the time of the next refill.
-    no_credits: Option<(i64, Option<i64>)>,
+    /// A leased, usage-limited key's credits ran short: what was left, and
+    /// until when a request costing more is refused here (at most
+    /// `LEASE_MS`).
+    no_credits: Option<NoCredits>,
     /// Turnstile verifications of this visitor since `verify_since`
     /// ([`MAX_VERIFICATIONS_PER_MINUTE`]).
     verify_since: i64,
@@ -1007,10 +1015,10 @@ impl<'r> Gate<'r> {
                     Err(refusal) => self.refuse_refunding(iso, claim, refusal),
                 }
             }
-            GuardReply::Exhausted { retry_after_ms, .. } => {
+            GuardReply::Exhausted { retry_after_ms, remaining, .. } => {
                 iso.confirm(&self.hash, now);
                 match decision {
-                    Ok(grant) => Next::Refuse(with_cors(usage_exceeded(retry_after_ms), &grant)),
+                    Ok(grant) => Next::Refuse(with_cors(usage_exceeded(retry_after_ms, remaining), &grant)),
                     Err(refusal) => Next::Refuse(refusal),
                 }
             }
@@ -1126,9 +1134,14 @@ impl<'r> Gate<'r> {
             let key = iso.record(&self.hash).unwrap_or(key);
             return Next::Admit(Admitted { grant, key, admission, quota, credits });
         }
-        if let Some((_, retry_at)) = iso.slots.get(&self.key_slot()).and_then(|s| s.no_credits).filter(|n| n.0 > now) {
+        // Remembered only for a request costing more than what was left (a
+        // cheaper route may still fit): refused without asking.
+        let needs = cost.unwrap_or(1);
+        if let Some(n) =
+            iso.slots.get(&self.key_slot()).and_then(|s| s.no_credits).filter(|n| n.until > now && n.remaining < needs)
+        {
             iso.count_refusal(&self.hash, "usage_exceeded", now, self.settings.lease_ms, &mut self.later);
-            return Next::Refuse(with_cors(usage_exceeded(retry_at.map(|t| t - now)), &grant));
+            return Next::Refuse(with_cors(usage_exceeded(n.refill_at.map(|t| t - now), n.remaining), &grant));
         }
         if let Some(limited) = iso.cached_limit(&slot, now) {
             iso.count_refusal(&self.hash, "rate_limited", now, self.settings.lease_ms, &mut self.later);
@@ -1262,7 +1275,7 @@ impl<'r> Gate<'r> {
                 // else the 429 just remembered.
                 self.leased(iso, key, now)
             }
-            GuardReply::Exhausted { retry_after_ms, facts } => {
+            GuardReply::Exhausted { retry_after_ms, remaining, facts } => {
                 if let Some(f) = facts {
                     let (facts, valid_ms) = *f;
                     iso.set_facts(&self.hash, Rc::new(facts), asked_at + valid_ms.min(lease_ms), now);
@@ -1270,7 +1283,8 @@ impl<'r> Gate<'r> {
                 // Remembered for at most a lease (a top-up is seen by then).
                 let until = now + retry_after_ms.unwrap_or(lease_ms).clamp(1, lease_ms);
                 let marker = self.key_slot();
-                iso.slot_mut(&marker, now, &mut self.later).no_credits = Some((until, retry_after_ms.map(|r| now + r)));
+                iso.slot_mut(&marker, now, &mut self.later).no_credits =
+                    Some(NoCredits { until, refill_at: retry_after_ms.map(|r| now + r), remaining });
                 self.leased(iso, key, now)
             }
             GuardReply::Revoked => {
@@ -1418,8 +1432,8 @@ fn with_cors(mut r: Refusal, grant: &Grant) -> Refusal {
 
 /// `429 USAGE_EXCEEDED`: a usage-limited key has too few credits left;
 /// `Retry-After` until its next refill, if it refills.
-fn usage_exceeded(retry_after_ms: Option<i64>) -> Refusal {
-    let mut headers = vec![("X-Credits-Remaining", "0".to_owned())];
+fn usage_exceeded(retry_after_ms: Option<i64>, remaining: u64) -> Refusal {
+    let mut headers = vec![("X-Credits-Remaining", remaining.to_string())];
     if let Some(ms) = retry_after_ms {
         headers.push(("Retry-After", ceil_seconds(ms).max(1).to_string()));
     }

@@ -568,6 +568,9 @@ pub enum GuardReply {
         /// Milliseconds until the next refill, if the key refills.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<i64>,
+        /// Credits left (fewer than the request costs).
+        #[serde(default)]
+        remaining: u64,
         /// For a lease request: the facts and how long they may be used.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         facts: Option<Box<(Facts, i64)>>,
@@ -620,7 +623,11 @@ impl GuardReply {
                 key_wide: f.b("key_wide")?,
                 facts: f.get("facts")?,
             },
-            "exhausted" => GuardReply::Exhausted { retry_after_ms: f.oi("retry_after_ms")?, facts: f.get("facts")? },
+            "exhausted" => GuardReply::Exhausted {
+                retry_after_ms: f.oi("retry_after_ms")?,
+                remaining: f.u("remaining")?,
+                facts: f.get("facts")?,
+            },
             "stale" => GuardReply::Stale { record: f.get("record")? },
             "revoked" => GuardReply::Revoked,
             "recorded" => GuardReply::Recorded,
@@ -682,6 +689,9 @@ pub struct Calls {
     pub refund: u64,
     /// Revocations.
     pub revoke: u64,
+    /// Record updates (a `PATCH`, a roll's end).
+    #[serde(default)]
+    pub update: u64,
     /// Stats reads.
     pub stats: u64,
 }
@@ -695,9 +705,8 @@ impl Calls {
             GuardRequest::Return { .. } => &mut self.returned,
             GuardRequest::Refused { .. } => &mut self.refused,
             GuardRequest::Refund { .. } => &mut self.refund,
-            GuardRequest::Revoke { .. } | GuardRequest::RevokeSessions { .. } | GuardRequest::Update { .. } => {
-                &mut self.revoke
-            }
+            GuardRequest::Revoke { .. } | GuardRequest::RevokeSessions { .. } => &mut self.revoke,
+            GuardRequest::Update { .. } => &mut self.update,
             GuardRequest::Stats => &mut self.stats,
         };
         *n += 1;
@@ -984,9 +993,9 @@ impl GuardState {
                 } else {
                     self.settle_expired(now, &mut ch);
                     self.prune(limits, now);
-                    if let Some(retry_after_ms) = self.credits_short(limits, now, &mut ch) {
+                    if let Some((retry_after_ms, remaining)) = self.credits_short(limits, now, &mut ch) {
                         self.counters.usage.refused(now, "usage_exceeded", 1);
-                        GuardReply::Exhausted { retry_after_ms, facts: None }
+                        GuardReply::Exhausted { retry_after_ms, remaining, facts: None }
                     } else if self.room(limits, now) >= 1 {
                         self.count(limits, now, 1, now, &mut ch);
                         self.counters.usage.allowed(now, 1);
@@ -1109,13 +1118,14 @@ impl GuardState {
 
     /// For a usage-limited key: brings its count up to date (a newer
     /// setting, a refill due) and, when fewer credits are left than the
-    /// request costs, `Some` of the time until the next refill.
-    fn credits_short(&mut self, limits: &Limits, now: i64, ch: &mut Changes) -> Option<Option<i64>> {
+    /// request costs, `Some` of the time until the next refill and the
+    /// credits left.
+    fn credits_short(&mut self, limits: &Limits, now: i64, ch: &mut Changes) -> Option<(Option<i64>, u64)> {
         let spec = limits.credits.as_ref()?;
         ch.counters |= CreditLedger::adopt(&mut self.counters.credits, spec, now);
         let l = self.counters.credits.as_mut()?;
         ch.counters |= l.refill(now);
-        (l.remaining < u64::from(limits.cost)).then(|| l.next_refill_ms(now))
+        (l.remaining < u64::from(limits.cost)).then(|| (l.next_refill_ms(now), l.remaining))
     }
 
     /// Spends `n` credits of a usage-limited key (checked by
@@ -1206,9 +1216,10 @@ impl GuardState {
         }
         self.settle_expired(now, ch);
         self.prune(limits, now);
-        if let Some(retry_after_ms) = self.credits_short(limits, now, ch) {
+        if let Some((retry_after_ms, remaining)) = self.credits_short(limits, now, ch) {
             self.counters.usage.refused(now, "usage_exceeded", 1);
-            return GuardReply::Exhausted { retry_after_ms, facts: Some(Box::new((f.facts.clone(), valid_ms))) };
+            let facts = Some(Box::new((f.facts.clone(), valid_ms)));
+            return GuardReply::Exhausted { retry_after_ms, remaining, facts };
         }
         let room = self.room(limits, now);
         if room < 1 {

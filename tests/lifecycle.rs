@@ -397,6 +397,13 @@ fn rolling_a_key_shares_its_counters_and_ends_the_old_key_after_the_grace() {
     let old_view = list["data"].as_array().unwrap().iter().find(|k| k["id"] == old_id.as_str()).cloned().unwrap();
     assert_eq!(old_view["expires_at"], ends.as_str());
     let rolled = audit_actions(&reader).into_iter().find(|e| e["action"] == "key.rolled").unwrap();
+    // The new key's guard is the family's (the old key's): its counts, its members.
+    let g = h().guard_stats(&org, d["id"].as_str().unwrap());
+    assert_eq!(g["key_id"], d["id"], "{g}");
+    assert!(
+        g["family"].as_u64().unwrap() >= 1 && g["calls"]["check"].as_u64().unwrap() >= 6,
+        "old and new key's checks: {g}"
+    );
     assert_eq!((rolled["target"].clone(), rolled["detail"]["new_key_id"].clone()), (json!(old_id), d["id"].clone()));
     // A grace of 0 ends the key at once; the control API rolls as well.
     let new_id = d["id"].as_str().unwrap().to_owned();
@@ -451,8 +458,13 @@ fn an_update_applies_on_the_very_next_request() {
     let v = chat_from(&key, None, &[]).assert_error(403, "MISSING_SCOPE");
     assert!(v["error"]["message"].as_str().unwrap().contains("ai:chat"), "{v}");
     assert_eq!(send_as(&key, "POST", "/v1/embeddings").status, 200);
-    // Metadata reaches the origin signed on the next request.
+    // Metadata is the operator's to set (as at minting), and reaches the
+    // origin signed on the next request.
     let r = control(&ops, "PATCH", &format!("/v1/api_keys/{id}"), Some(json!({"meta": {"plan": "enterprise"}})));
+    let v = r.assert_error(403, "PERMISSION_DENIED");
+    assert!(v["error"]["message"].as_str().unwrap().contains("Metadata is set by an operator"), "{v}");
+    let r =
+        h().admin("PATCH", &format!("/admin/orgs/{org}/api_keys/{id}"), Some(json!({"meta": {"plan": "enterprise"}})));
     assert_eq!(r.status, 200, "{}", r.text());
     let r = send_as(&key, "POST", "/v1/embeddings");
     let seen = h().origin_saw(r.header("x-request-id").unwrap()).unwrap();
@@ -549,7 +561,11 @@ fn credits_admit_exactly_their_count_however_many_arrive_at_once() {
         if consistency == "strict" {
             assert_eq!(r.header("x-credits-remaining"), Some("2"));
         }
-        send_as(&key, "POST", "/v1/summarize").assert_error(429, "USAGE_EXCEEDED");
+        let r = send_as(&key, "POST", "/v1/summarize");
+        r.assert_error(429, "USAGE_EXCEEDED");
+        if consistency == "strict" {
+            assert_eq!(r.header("x-credits-remaining"), Some("2"), "what is left, too few for the route");
+        }
         let r = h().admin("POST", &format!("/admin/orgs/{org}/api_keys/{id}/roll"), Some(json!({"grace_seconds": 60})));
         assert_eq!(r.status, 201, "{}", r.text());
         let rolled = r.json()["data"]["plaintext"].as_str().unwrap().to_owned();

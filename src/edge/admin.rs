@@ -320,7 +320,8 @@ async fn guard_stats(
         (200, _) => return Err(ApiError::new(ErrorCode::ResourceNotFound).into()),
         _ => return Ok(json_response(status, body, request_id)),
     };
-    let stats = super::guard::call_raw(env, key_id, &crate::guard::GuardRequest::Stats)
+    // A rolled key's guard is its roll family's.
+    let stats = super::guard::call_raw(env, key.guard(), &crate::guard::GuardRequest::Stats)
         .await
         .map_err(|e| unavailable("key guard", e))?;
     let limits = crate::ratelimit::merge_limits(settings.policy.default_rate_limits(), &key.rate_limits);

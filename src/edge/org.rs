@@ -403,7 +403,7 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             let fields: Vec<String> = patch.fields().iter().map(j).collect();
             audit("key.updated", key_id, obj(&[("fields", array(&fields))]))?;
             for (_, k) in &changed {
-                tell_guard(&env, k).await?;
+                tell_guard(&env, k, true).await?;
             }
             for (h, k) in &changed {
                 put_kv(&kv, &key_kv_key(h), k).await?;
@@ -451,7 +451,7 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             let ended = KeyRecord { expires_at: Some(ends), version: old.version + 1, ..old.clone() };
             // The old key's end in its guard first (it only ever tightens):
             // from the answer on it is refused after `ends` everywhere.
-            tell_guard(&env, &ended).await?;
+            tell_guard(&env, &ended, false).await?;
             let old_json = serde_json::to_string(&ended).map_err(|e| super::unavailable("key encode", e))?;
             let new_json = serde_json::to_string(&new).map_err(|e| super::unavailable("key encode", e))?;
             let new_hash = token.hash.to_hex();
@@ -969,18 +969,19 @@ fn family(sql: &SqlStorage, guard: &str) -> Result<Vec<(String, KeyRecord)>, Ref
 }
 
 /// Gives a key's guard its new record (an update, a roll's end): 503 if it
-/// does not confirm.
-async fn tell_guard(env: &Env, k: &KeyRecord) -> Result<(), Refusal> {
+/// does not confirm, saying whether the change is `saved` already.
+async fn tell_guard(env: &Env, k: &KeyRecord, saved: bool) -> Result<(), Refusal> {
     match super::guard::call(env, k.guard(), &GuardRequest::Update { record: Box::new(k.clone()) }).await {
         Ok(GuardReply::Recorded) => Ok(()),
         Ok(_) => Err(super::unavailable("key guard", "unexpected reply to an update")),
         Err(e) => {
             worker::console_warn!("keyward: the guard of key {} did not take its update: {e}", k.id);
-            Err(ApiError::with_message(
-                ErrorCode::ServiceUnavailable,
-                "The change is saved, but the key's guard did not confirm it: until a retry of this request succeeds it may take up to a minute to apply everywhere.",
-            )
-            .into())
+            let message = if saved {
+                "The change is saved, but the key's guard did not confirm it: until a retry of this request succeeds it may take up to a minute to apply everywhere."
+            } else {
+                "The key's guard did not answer: nothing was changed. Retry shortly."
+            };
+            Err(ApiError::with_message(ErrorCode::ServiceUnavailable, message).into())
         }
     }
 }

@@ -143,7 +143,7 @@ fn credits_are_spent_exactly_all_or_nothing_and_refunded() {
                 allowed += 1;
                 assert_eq!(credits, Some(10 - allowed));
             }
-            GuardReply::Exhausted { retry_after_ms: None, facts: None } => {}
+            GuardReply::Exhausted { retry_after_ms: None, remaining: 0, facts: None } => {}
             r => panic!("{r:?}"),
         }
     }
@@ -219,7 +219,7 @@ fn credits_refill_at_the_interval() {
         ));
     }
     let r = s.apply(&check(key(), credited(2, hourly, 1)), &w.cx(t + 1, None, 1)).0;
-    assert_eq!(r, GuardReply::Exhausted { retry_after_ms: Some(start + HOUR_MS - t - 1), facts: None });
+    assert_eq!(r, GuardReply::Exhausted { retry_after_ms: Some(start + HOUR_MS - t - 1), remaining: 0, facts: None });
     let r = s.apply(&check(key(), credited(2, hourly, 1)), &w.cx(start + HOUR_MS, None, 1)).0;
     assert!(matches!(r, GuardReply::Allowed { credits: Some(1), .. }), "refilled at the hour: {r:?}");
 }
