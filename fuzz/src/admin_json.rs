@@ -1,5 +1,6 @@
 //! Target `admin_json`: the request bodies of the admin and control APIs,
-//! `admin::parse_org`, `parse_user` and `parse_key` (src/admin.rs).
+//! `admin::parse_org`, `parse_user`, `parse_key`, `parse_patch` (with
+//! `apply_patch`) and `parse_roll` (src/admin.rs).
 //!
 //! Properties, for any bytes: the answer is `Ok` or a `422
 //! VALIDATION_FAILED` whose message names a field (`<field>: …`, where the
@@ -18,18 +19,29 @@
 //!   rate limits (and visitor limits) with distinct names, a widget key's
 //!   visitor limits leaving room for several visitors within its own
 //!   (`ratelimit::check_visitor_limits`); the consistency asked for (or the
-//!   default, `consistency_given` false).
+//!   default, `consistency_given` false); credits of at most 2^40, a
+//!   refill of at least 1, stamped with now;
+//! - update: at least one field, each as at creation; applied to a secret
+//!   and a widget key, the result (or a 422 naming a field) keeps the
+//!   key's id, kind, user, expiry and mode, holds only scopes the key had,
+//!   and is one version later;
+//! - roll: a grace of 0 to a week, in milliseconds.
 //!
 //! Bodies are the raw bytes, and a JSON object built from the fields these
 //! routes read with values drawn from valid, edge and hostile ones.
 
 use arbitrary::Unstructured;
-use keyward::admin::{parse_key, parse_org, parse_user, KeyInput, MAX_NAME_CHARS, MAX_ORIGINS, MAX_SCOPES};
+use keyward::admin::{
+    apply_patch, parse_key, parse_org, parse_patch, parse_roll, parse_user, KeyInput, MAX_GRACE_SECONDS,
+    MAX_META_BYTES, MAX_NAME_CHARS, MAX_ORIGINS, MAX_SCOPES,
+};
 use keyward::cors::OriginPattern;
+use keyward::credits::{CreditSpec, MAX_CREDITS};
 use keyward::error::{ApiError, ErrorCode};
 use keyward::policy::Policy;
 use keyward::ratelimit::{check_visitor_limits, merge_limits, RateLimit};
 use keyward::records::Consistency;
+use keyward::records::KeyRecord;
 use keyward::token::KeyKind;
 use serde_json::{Map, Value};
 
@@ -73,6 +85,78 @@ fn check_body(body: &[u8]) {
             check_key(body, k, default);
         }
     }
+    let patch = parse_patch(body, pol, NOW_MS);
+    check_err("parse_patch", body, patch.as_ref().err());
+    if let Ok(p) = &patch {
+        let text = crate::text(body);
+        ensure!(!p.fields().is_empty(), None, "{text:?}: an update of nothing");
+        if let Some(scopes) = &p.scopes {
+            ensure!(!scopes.is_empty() && scopes.windows(2).all(|w| w[0] < w[1]), None, "{text:?}: scopes {scopes:?}");
+        }
+        if let Some(Some(m)) = &p.meta {
+            ensure!(m.len() <= MAX_META_BYTES, None, "{text:?}: meta of {} bytes", m.len());
+        }
+        ensure!(!matches!(p.credits, Some(None)), None, "{text:?}: credits removed");
+        if let Some(Some(c)) = &p.credits {
+            check_credits(&text, c);
+        }
+        for key in [secret(), widget()] {
+            let after = apply_patch(&key, p, pol);
+            check_err("apply_patch", body, after.as_ref().err());
+            if let Ok(a) = after {
+                ensure!(
+                    a.id == key.id
+                        && a.kind == key.kind
+                        && a.user_id == key.user_id
+                        && a.expires_at == key.expires_at
+                        && a.consistency == key.consistency
+                        && a.version == key.version + 1
+                        && a.scopes.iter().all(|s| s.within(&key.scopes)),
+                    None,
+                    "{text:?}: {key:?} became {a:?}"
+                );
+                if a.kind == KeyKind::Secret {
+                    ensure!(a.allowed_origins.is_empty() && a.visitor_rate_limits.is_empty(), None, "{text:?}: {a:?}");
+                } else {
+                    ensure!(a.allowed_ips.is_empty() && !a.allowed_origins.is_empty(), None, "{text:?}: {a:?}");
+                }
+            }
+        }
+    }
+    let roll = parse_roll(body);
+    check_err("parse_roll", body, roll.as_ref().err());
+    if let Ok(ms) = roll {
+        ensure!((0..=MAX_GRACE_SECONDS * 1000).contains(&ms) && ms % 1000 == 0, None, "grace {ms} ms");
+    }
+}
+
+fn check_credits(text: &str, c: &CreditSpec) {
+    ensure!(
+        c.remaining <= MAX_CREDITS
+            && c.set_at == NOW_MS
+            && c.refill.is_none_or(|r| (1..=MAX_CREDITS).contains(&r.amount)),
+        None,
+        "{text:?}: credits {c:?}"
+    );
+}
+
+/// The keys an update is applied to.
+fn secret() -> KeyRecord {
+    let mut k = KeyRecord::synthetic("01JQ0000000000000000000000".into(), "org_1", NOW_MS - 1);
+    k.scopes =
+        ["ai:chat", "ai:embeddings", "control:read"].iter().filter_map(|s| keyward::scope::Scope::parse(s)).collect();
+    k.user_id = Some("u_1".into());
+    k.expires_at = Some(NOW_MS + 1);
+    k.version = 3;
+    k
+}
+
+fn widget() -> KeyRecord {
+    let mut k = secret();
+    k.kind = KeyKind::Widget;
+    k.scopes.truncate(1);
+    k.allowed_origins = OriginPattern::parse("https://a.com").into_iter().collect();
+    k
 }
 
 /// Fields the admin and control bodies read.
@@ -80,6 +164,8 @@ fn check_body(body: &[u8]) {
 const READ: &[&str] = &[
     "name", "baa_active", "role", "disabled", "scopes", "kind", "expires_at", "user_id", "rate_limits",
     "allowed_origins", "resource_id", "visitor_rate_limits", "turnstile_required", "consistency",
+    "allowed_ips", "meta", "credits", "credits.remaining", "credits.refill", "credits.refill.amount",
+    "credits.refill.interval", "grace_seconds",
 ];
 
 /// Every object key in a JSON value, as an error message shows it (its
@@ -196,13 +282,17 @@ fn check_key(body: &[u8], k: &KeyInput, default: Consistency) {
     if !k.consistency_given {
         ensure!(k.consistency == default, None, "{text:?}: consistency {:?} without asking", k.consistency);
     }
+    if let Some(c) = &k.credits {
+        check_credits(&text, c);
+    }
 }
 
 #[rustfmt::skip]
 const FIELDS: &[&str] = &[
     "name", "name", "scopes", "scopes", "kind", "kind", "expires_at", "user_id", "rate_limits", "allowed_origins",
     "allowed_origins", "resource_id", "visitor_rate_limits", "turnstile_required", "consistency", "baa_active",
-    "role", "disabled", "scope", "", "__proto__", "NAME",
+    "role", "disabled", "scope", "", "__proto__", "NAME", "credits", "credits", "meta", "allowed_ips",
+    "grace_seconds", "grace_seconds",
 ];
 #[rustfmt::skip]
 const STRINGS: &[&str] = &[
@@ -212,7 +302,7 @@ const STRINGS: &[&str] = &[
     "9999-12-31T23:59:59.999-23:59", "0000-01-01T00:00:00+23:59", "tomorrow", "https://a.com",
     "HTTPS://Shop.Example.com", "https://*.example.com", "https://*.com", "https://a.com/", "https://a.com/x",
     "http://localhost:8789", "https://a.com:443", "null", "a\u{0}b", "evil\u{202E}txt", "a\u{200B}b", "\u{feff}x",
-    "é", "hour", "minute",
+    "é", "hour", "minute", "hourly", "daily", "monthly", "203.0.113.0/24",
 ];
 
 fn build_value(u: &mut Unstructured<'_>, depth: u8) -> Value {
@@ -221,7 +311,23 @@ fn build_value(u: &mut Unstructured<'_>, depth: u8) -> Value {
         1 => Value::Bool(u.arbitrary().unwrap_or(false)),
         2 => Value::from(u.arbitrary::<i64>().unwrap_or(0)),
         3 => Value::from(
-            *u.choose(&[0i64, 1, -1, 4, 60, 3600, 1_000_000, 1_000_001, 2_678_400, 2_678_401]).unwrap_or(&0),
+            *u.choose(&[
+                0i64,
+                1,
+                -1,
+                4,
+                60,
+                3600,
+                1_000_000,
+                1_000_001,
+                2_678_400,
+                2_678_401,
+                604_800,
+                604_801,
+                1 << 40,
+                (1 << 40) + 1,
+            ])
+            .unwrap_or(&0),
         ),
         4 => Value::from(u.arbitrary::<f64>().unwrap_or(0.5)),
         5 => Value::String(u.arbitrary::<String>().unwrap_or_default()),
@@ -234,7 +340,21 @@ fn build_value(u: &mut Unstructured<'_>, depth: u8) -> Value {
             let mut m = Map::new();
             for _ in 0..u.int_in_range(0..=4u8).unwrap_or(0) {
                 let k = *u
-                    .choose(&["name", "name", "limit", "limit", "window_seconds", "window_seconds", "burst"])
+                    .choose(&[
+                        "name",
+                        "name",
+                        "limit",
+                        "limit",
+                        "window_seconds",
+                        "window_seconds",
+                        "burst",
+                        "remaining",
+                        "remaining",
+                        "refill",
+                        "amount",
+                        "interval",
+                        "interval",
+                    ])
                     .unwrap_or(&"x");
                 m.insert(k.to_owned(), build_value(u, depth - 1));
             }
