@@ -691,6 +691,14 @@ pub fn parse_credits(v: Option<&Value>, now_ms: i64) -> Result<Option<CreditSpec
     Ok(Some(CreditSpec { remaining, refill, set_at: now_ms }))
 }
 
+/// The `set_at` of a credit setting the org's object applies at `now` to a
+/// roll family whose latest setting was stamped `latest`: later than every
+/// earlier one, so the guard (which keeps the newest) ends on the setting
+/// the system of record applied last, whatever the edge clocks said.
+pub fn credits_stamp(now: i64, latest: Option<i64>) -> i64 {
+    latest.map_or(now, |l| now.max(l.saturating_add(1)))
+}
+
 /// A roll's body: `{"grace_seconds": 0..604800}` (default 0), in ms.
 pub fn parse_roll(body: &[u8]) -> Result<i64, ApiError> {
     let m = if body.iter().all(u8::is_ascii_whitespace) { Map::new() } else { object(body)? };

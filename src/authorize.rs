@@ -501,6 +501,7 @@ mod tests {
                 guard_id: None,
                 version: 0,
                 credits: None,
+                rolled_to: None,
             },
             org: OrgRecord { id: "org_1".into(), name: "Org".into(), baa_active: true, updated_at: 0 },
             user: UserRecord {

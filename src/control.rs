@@ -143,7 +143,21 @@ pub fn check_revoke(policy: &Policy, caller: &Caller<'_>, target: &KeyRecord) ->
 /// Whether the caller may roll `target`: the rules of [`check_revoke`] (the
 /// new key is the target's copy; the old one ends).
 pub fn check_roll(policy: &Policy, caller: &Caller<'_>, target: &KeyRecord) -> Result<(), ApiError> {
+    // The new key carries the target's metadata, which the origin trusts:
+    // only a caller with the same metadata may obtain one (as at minting).
+    if target.meta.as_deref() != caller.meta {
+        return Err(denied("A key cannot roll a key with other metadata than its own (the new key would carry it)."));
+    }
     check_manage(policy, caller, target, "roll")
+}
+
+/// The parent of the key a roll makes. Rolled by a key through the control
+/// API: that key's child (revoked with it, counted against its
+/// `MAX_KEYS_PER_PARENT`) — a key that rolls itself makes its successor its
+/// child, so a leaked key cannot hand itself a way out of its revocation.
+/// Rolled by the admin API or a JWT session: the old key's parent.
+pub fn rolled_parent(calling_key: Option<&str>, target: &KeyRecord) -> Option<String> {
+    calling_key.map(str::to_owned).or_else(|| target.parent_id.clone())
 }
 
 /// Whether the caller may update `before` into `after`: a key it could have
@@ -609,6 +623,7 @@ mod tests {
             guard_id: None,
             version: 0,
             credits: None,
+            rolled_to: None,
         };
         let mine = sc(&["ai:*", "control:read"]);
         let org_key = Caller {
@@ -780,5 +795,133 @@ mod tests {
         ] {
             assert_eq!(range(bad, now).unwrap_err().code, ErrorCode::ValidationFailed, "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod lifecycle_review_tests {
+    use super::*;
+    use crate::scope::Scope;
+    use crate::token::KeyKind;
+
+    fn me(scopes: &[&str], meta: Option<&str>) -> KeyRecord {
+        KeyRecord {
+            id: "01CALLER".into(),
+            org_id: "org_1".into(),
+            user_id: None,
+            name: "ops".into(),
+            kind: KeyKind::Secret,
+            scopes: scopes.iter().map(|s| Scope::parse(s).unwrap()).collect(),
+            prefix: "kw_live_".into(),
+            last_four: "abcd".into(),
+            created_at: 0,
+            expires_at: None,
+            revoked_at: None,
+            rate_limits: vec![],
+            allowed_origins: vec![],
+            resource_id: None,
+            visitor_rate_limits: Vec::new(),
+            turnstile_required: false,
+            consistency: Consistency::Strict,
+            allowed_ips: Vec::new(),
+            meta: meta.map(Into::into),
+            parent_id: None,
+            leaked_at: None,
+            guard_id: None,
+            version: 0,
+            credits: None,
+            rolled_to: None,
+        }
+    }
+
+    /// FINDING (HEAD): the control API may set any metadata through PATCH,
+    /// though it may not mint a key with other metadata than its own.
+    #[test]
+    fn review_update_cannot_choose_metadata() {
+        let pol = Policy::default_policy().unwrap();
+        let scopes: Vec<Scope> = ["ai:*", "control:read"].iter().map(|s| Scope::parse(s).unwrap()).collect();
+        let limits = pol.default_rate_limits().to_vec();
+        let ops = Caller {
+            scopes: &scopes,
+            user_id: None,
+            user_role: None,
+            expires_at: None,
+            limits: &limits,
+            consistency: Consistency::Strict,
+            allowed_ips: &[],
+            meta: None,
+            credits: false,
+        };
+        let before = KeyRecord { id: "01TARGET".into(), ..me(&["ai:chat"], None) };
+        let after = KeyRecord { meta: Some(r#"{"plan":"enterprise"}"#.into()), ..before.clone() };
+        let mut mint = KeyInput {
+            name: "x".into(),
+            scopes: before.scopes.clone(),
+            kind: KeyKind::Secret,
+            expires_at: None,
+            user_id: None,
+            rate_limits: vec![],
+            allowed_origins: vec![],
+            resource_id: None,
+            visitor_rate_limits: vec![],
+            turnstile_required: false,
+            consistency: Consistency::Strict,
+            consistency_given: false,
+            allowed_ips: vec![],
+            meta: after.meta.clone(),
+            credits: None,
+        };
+        assert!(check_create(&pol, &ops, &mut mint).is_err(), "minting with that metadata is refused");
+        assert!(check_update(&pol, &ops, &before, &after).is_err(), "…but an update to it is allowed");
+    }
+
+    /// FINDING: a key may roll itself (or any key it may revoke); the new
+    /// key's parent is the target's parent, not the caller, so revoking the
+    /// caller (say, as leaked) does not revoke the key it obtained.
+    #[test]
+    fn review_a_key_can_roll_itself() {
+        let pol = Policy::default_policy().unwrap();
+        let k = me(&["ai:*", "control:read"], None);
+        let limits = pol.default_rate_limits().to_vec();
+        let caller = Caller {
+            scopes: &k.scopes,
+            user_id: None,
+            user_role: None,
+            expires_at: None,
+            limits: &limits,
+            consistency: k.consistency,
+            allowed_ips: &[],
+            meta: None,
+            credits: false,
+        };
+        // Allowed, but the successor is the caller's child: revoking the
+        // caller (say, as leaked) revokes it (tests/lifecycle.rs end to end).
+        assert!(check_roll(&pol, &caller, &k).is_ok());
+        let child = KeyRecord { parent_id: Some("01PARENT".into()), ..k.clone() };
+        assert_eq!(rolled_parent(Some(&k.id), &child), Some(k.id.clone()), "a key's roll: its child");
+        assert_eq!(rolled_parent(None, &child), Some("01PARENT".into()), "an operator's roll: the old parent's");
+    }
+
+    /// FINDING: a caller may roll (and so obtain a fresh plaintext of) a key
+    /// whose metadata it could never mint: the new key carries the target's
+    /// `meta` (say another account's), which the origin trusts.
+    #[test]
+    fn review_roll_hands_out_another_keys_metadata() {
+        let pol = Policy::default_policy().unwrap();
+        let scopes: Vec<Scope> = ["ai:*", "control:read"].iter().map(|s| Scope::parse(s).unwrap()).collect();
+        let limits = pol.default_rate_limits().to_vec();
+        let c = Caller {
+            scopes: &scopes,
+            user_id: None,
+            user_role: None,
+            expires_at: None,
+            limits: &limits,
+            consistency: Consistency::Strict,
+            allowed_ips: &[],
+            meta: Some(r#"{"account":"acct_7"}"#),
+            credits: false,
+        };
+        let target = KeyRecord { id: "01TARGET".into(), ..me(&["ai:chat"], Some(r#"{"account":"acct_42"}"#)) };
+        assert!(check_roll(&pol, &c, &target).is_err(), "acct_7's key obtains a new acct_42 key");
     }
 }

@@ -138,32 +138,32 @@ pub struct CreditLedger {
     pub refill: Option<Refill>,
     /// Start of the interval last refilled (or set).
     pub refilled_at: i64,
-    /// When (the guard's clock) the count last started again (a newer
-    /// setting, a refill): credits spent before are never given back.
+    /// The first moment (the guard's clock) whose spending counts against
+    /// the current count: credits spent before it are never given back (the
+    /// count was set anew since — a refill, a top-up).
     #[serde(default)]
     pub restarted_at: i64,
 }
 
 impl CreditLedger {
-    /// A count starting from `spec`.
-    pub fn from_spec(spec: &CreditSpec, now: i64) -> CreditLedger {
+    /// A count starting from `spec`; spending from `restarted_at` on counts
+    /// against it.
+    pub fn from_spec(spec: &CreditSpec, restarted_at: i64) -> CreditLedger {
         let refilled_at = spec.refill.map_or(spec.set_at, |r| r.interval.start(spec.set_at));
-        CreditLedger {
-            remaining: spec.remaining,
-            set_at: spec.set_at,
-            refill: spec.refill,
-            refilled_at,
-            restarted_at: now,
-        }
+        CreditLedger { remaining: spec.remaining, set_at: spec.set_at, refill: spec.refill, refilled_at, restarted_at }
     }
 
     /// Adopts `spec` (at `now`, the guard's clock) if it is newer than the
     /// setting this count started from; returns whether the ledger changed.
+    /// A first count covers all spending; a replaced one, spending after
+    /// `now` only (within the same millisecond the order is unknown: the
+    /// strict side keeps what was spent then).
     pub fn adopt(ledger: &mut Option<CreditLedger>, spec: &CreditSpec, now: i64) -> bool {
         if ledger.is_some_and(|l| l.set_at >= spec.set_at) {
             return false;
         }
-        *ledger = Some(CreditLedger::from_spec(spec, now));
+        let from = if ledger.is_some() { now.saturating_add(1) } else { i64::MIN };
+        *ledger = Some(CreditLedger::from_spec(spec, from));
         true
     }
 
@@ -175,7 +175,8 @@ impl CreditLedger {
             return false;
         }
         self.refilled_at = start;
-        self.restarted_at = self.restarted_at.max(now);
+        // Applied before anything is spent at or after the interval's start.
+        self.restarted_at = self.restarted_at.max(start);
         self.remaining = r.amount;
         true
     }

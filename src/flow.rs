@@ -1087,11 +1087,17 @@ impl<'r> Gate<'r> {
     /// roll's expiry) than the one this request was decided on: the
     /// isolate keeps it, and the request is decided again on it.
     fn restale(&mut self, iso: &mut Isolate, record: KeyRecord, now: i64) -> Next {
-        if iso.record(&self.hash).is_none_or(|r| r.id != record.id || r.version >= record.version) {
-            // Not this key's record, or not newer: never decide on it.
+        let Some(mine) = iso.record(&self.hash).filter(|r| r.id == record.id) else {
+            // Not this key's record: never decide on it.
             return self.unavailable(iso);
-        }
-        let record = iso.remember_key(self.hash, record, now, &mut self.later);
+        };
+        // Another request of this isolate may have stored it (or a newer
+        // one) meanwhile: decide on the newest.
+        let record = if mine.version >= record.version {
+            mine
+        } else {
+            iso.remember_key(self.hash, record, now, &mut self.later)
+        };
         self.decide(iso, record, now)
     }
 
@@ -1291,6 +1297,9 @@ impl<'r> Gate<'r> {
                 iso.mark_revoked(&self.hash);
                 Next::Refuse(ErrorCode::InvalidApiKey.into())
             }
+            // Asked on an older version than the facts': nothing counted,
+            // decide again (and ask again) on the current record.
+            GuardReply::Stale { record } => self.restale(iso, *record, now),
             _ => self.unavailable(iso),
         }
     }
@@ -1829,6 +1838,8 @@ impl Isolate {
 
 #[cfg(test)]
 mod harness;
+#[cfg(test)]
+mod lifecycle_review_tests;
 #[cfg(test)]
 mod review_tests;
 #[cfg(test)]

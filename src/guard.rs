@@ -956,6 +956,8 @@ impl GuardState {
                 None => GuardReply::Invalid { reason: "too many keys in this roll family".into() },
                 Some(m) => {
                     let at = *m.revoked_at.get_or_insert(*revoked_at);
+                    // A revoked key is refused on its tombstone alone.
+                    m.record = None;
                     ch.meta = true;
                     GuardReply::RevokeRecorded { revoked_at: at }
                 }
@@ -963,7 +965,8 @@ impl GuardState {
             GuardRequest::Update { record } => match self.member_mut(&record.id, now, &mut ch) {
                 None => GuardReply::Invalid { reason: "too many keys in this roll family".into() },
                 Some(m) => {
-                    if m.record.as_ref().is_none_or(|r| r.version <= record.version) {
+                    let ended = m.revoked_at.is_some() || m.expired_at.is_some();
+                    if !ended && m.record.as_ref().is_none_or(|r| r.version <= record.version) {
                         m.record = Some(record.clone());
                         ch.meta = true;
                         // Credits are the family's: the newest setting holds
@@ -1015,10 +1018,20 @@ impl GuardState {
                 }
                 if self.revoked(key, now) {
                     GuardReply::Revoked
+                } else if let Some(record) = self.stale(key) {
+                    GuardReply::Stale { record }
                 } else {
                     match cx.facts.filter(|f| f.fresh(now, cx.lease_ms)) {
                         None => GuardReply::Invalid { reason: "a lease needs fresh facts".into() },
-                        Some(f) => self.lease(key, limits, scope.as_deref(), *want, f, now, cx, &mut ch),
+                        // The request's limits, credits and cost come from
+                        // the isolate's record: one older than the facts'
+                        // is asked again on the facts' (nothing counted).
+                        Some(f) => {
+                            match f.facts.key.as_ref().filter(|k| k.id == key.member_id() && k.version > key.version) {
+                                Some(newer) => GuardReply::Stale { record: Box::new(newer.clone()) },
+                                None => self.lease(key, limits, scope.as_deref(), *want, f, now, cx, &mut ch),
+                            }
+                        }
                     }
                 }
             }
@@ -1653,6 +1666,8 @@ pub fn byte_bound(key_limits: &[RateLimit], visitor_limits: &[RateLimit]) -> usi
     meta + ledger_bound(key_limits) + usage + visitors + MAX_LEASES * lease_row
 }
 
+#[cfg(test)]
+mod lifecycle_review_tests;
 #[cfg(test)]
 mod lifecycle_tests;
 #[cfg(test)]

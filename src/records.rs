@@ -89,6 +89,10 @@ pub struct KeyRecord {
     /// Usage-limited keys: the credit setting ([`crate::credits`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credits: Option<crate::credits::CreditSpec>,
+    /// A key rolled to another (its successor's id): it lives out its grace
+    /// but manages no keys and is not rolled again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_to: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -125,6 +129,7 @@ impl KeyRecord {
             guard_id: None,
             version: 0,
             credits: None,
+            rolled_to: None,
         }
     }
 

@@ -407,7 +407,9 @@ fn rolling_a_key_shares_its_counters_and_ends_the_old_key_after_the_grace() {
     assert_eq!((rolled["target"].clone(), rolled["detail"]["new_key_id"].clone()), (json!(old_id), d["id"].clone()));
     // A grace of 0 ends the key at once; the control API rolls as well.
     let new_id = d["id"].as_str().unwrap().to_owned();
-    let (admin_reader, _) = h().key(&org, json!({"name": "ops", "scopes": ["ai:*", "control:read"]}));
+    // (A key with the same metadata: a roll hands out a key carrying it.)
+    let (admin_reader, _) =
+        h().key(&org, json!({"name": "ops", "scopes": ["ai:*", "control:read"], "meta": {"plan": "pro"}}));
     let r = control(&admin_reader, "POST", &format!("/v1/api_keys/{new_id}/roll"), Some(json!({"grace_seconds": 0})));
     assert_eq!(r.status, 201, "{}", r.text());
     let newest = r.json()["data"]["plaintext"].as_str().unwrap().to_owned();
@@ -590,4 +592,45 @@ fn credits_admit_exactly_their_count_however_many_arrive_at_once() {
     r.assert_error(429, "USAGE_EXCEEDED");
     let retry: i64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=3600).contains(&retry), "{retry}");
+}
+
+#[test]
+fn a_key_that_rolls_itself_cannot_outlive_its_revocation() {
+    let org = h().org(true);
+    let (key, id) = h().key(&org, json!({"name": "self", "scopes": ["ai:*", "control:read"]}));
+    // A key rolls itself (say, a leaked one, with a week's grace).
+    let r = control(&key, "POST", &format!("/v1/api_keys/{id}/roll"), Some(json!({"grace_seconds": 604800})));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let (next, next_id) = (
+        r.json()["data"]["plaintext"].as_str().unwrap().to_owned(),
+        r.json()["data"]["id"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(chat_from(&next, None, &[]).status, 200);
+    // In its grace the old key still calls the API, but manages no keys.
+    assert_eq!(chat_from(&key, None, &[]).status, 200);
+    for (method, path, body) in [
+        ("POST", format!("/v1/api_keys/{next_id}/roll"), json!({"grace_seconds": 0})),
+        ("POST", "/v1/api_keys".to_owned(), json!({"name": "escape", "scopes": ["ai:chat"]})),
+        ("DELETE", format!("/v1/api_keys/{next_id}"), json!({})),
+    ] {
+        let v = control(&key, method, &path, Some(body)).assert_error(403, "PERMISSION_DENIED");
+        assert!(v["error"]["message"].as_str().unwrap().contains("was rolled"), "{method} {path}: {v}");
+    }
+    assert_eq!(chat_from(&next, None, &[]).status, 200, "the successor lives");
+    // Rolled once, a key is not rolled again (its successor is).
+    let r = h().admin("POST", &format!("/admin/orgs/{org}/api_keys/{id}/roll"), Some(json!({})));
+    let v = r.assert_error(409, "KEY_LIMIT_REACHED");
+    assert!(v["error"]["message"].as_str().unwrap().contains("already rolled"), "{v}");
+    // The self-rolled successor is the old key's child: revoking the old key
+    // (a leak report, an operator) revokes it too.
+    let r = h().admin("DELETE", &format!("/admin/orgs/{org}/api_keys/{id}"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["data"]["descendants_revoked"], 1, "{}", r.text());
+    chat_from(&next, None, &[]).assert_error(401, "INVALID_API_KEY");
+    // A key rolls only keys whose metadata it has (the new key carries it).
+    let (ops, _) = h().key(&org, json!({"name": "ops", "scopes": ["ai:*", "control:read"]}));
+    let (_, acct) = h().key(&org, json!({"name": "acct", "scopes": ["ai:chat"], "meta": {"account": "acct_42"}}));
+    let v = control(&ops, "POST", &format!("/v1/api_keys/{acct}/roll"), Some(json!({})))
+        .assert_error(403, "PERMISSION_DENIED");
+    assert!(v["error"]["message"].as_str().unwrap().contains("metadata"), "{v}");
 }

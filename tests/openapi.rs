@@ -3045,8 +3045,20 @@ fn key_updates_and_rolls_are_documented() {
         refused(&admin_update, &call_admin(&admin_update, &app_id, Some(body)), 422, "VALIDATION_FAILED", start, &case);
     }
 
-    // Roll: the new key with the old one's settings; both work until the grace ends.
+    // A key rolls only keys whose metadata it has (the new key carries it).
     let r = call(&roll, &ops, &app_id, Some(json!({"grace_seconds": 3600})));
+    refused(
+        &roll,
+        &r,
+        403,
+        "PERMISSION_DENIED",
+        "A key cannot roll a key with other metadata than its own (the new key would carry it).",
+        "metadata",
+    );
+    let (pro_ops, _) =
+        h().key(&org, json!({"name": "ops (pro)", "scopes": ["ai:*", "control:read"], "meta": {"plan": "pro"}}));
+    // Roll: the new key with the old one's settings; both work until the grace ends.
+    let r = call(&roll, &pro_ops, &app_id, Some(json!({"grace_seconds": 3600})));
     assert_eq!(r.status, 201, "{}", r.text());
     let new = conforms(&roll, &r, "a roll with an hour's grace")["data"].clone();
     let new_id = new["id"].as_str().unwrap().to_owned();
@@ -3133,11 +3145,15 @@ fn key_updates_and_rolls_are_documented() {
     let r = call(&roll, &ops, &spare_id, Some(json!({"grace_seconds": 604800})));
     assert_eq!(r.status, 201, "{}", r.text());
     conforms(&roll, &r, "a week's grace");
-    // A roll family holds at most 8 live keys: the eighth roll of one key is refused.
-    let (_, fam) = h().key(&org, json!({"name": "family", "scopes": ["ai:chat"]}));
+    // A key rolled once is not rolled again: its successor is.
+    let r = call_admin(&admin_roll, &spare_id, Some(json!({})));
+    refused(&admin_roll, &r, 409, "KEY_LIMIT_REACHED", "This key was already rolled (to ", "rolled twice");
+    // A roll family holds at most 8 live keys: the eighth roll is refused.
+    let (_, mut fam) = h().key(&org, json!({"name": "family", "scopes": ["ai:chat"]}));
     for n in 0..7 {
         let r = call_admin(&admin_roll, &fam, Some(json!({"grace_seconds": 3600})));
         assert_eq!(r.status, 201, "roll {n}: {}", r.text());
+        fam = r.json()["data"]["id"].as_str().unwrap().to_owned();
     }
     for (op, r) in [
         (&roll, call(&roll, &ops, &fam, Some(json!({"grace_seconds": 3600})))),

@@ -285,6 +285,7 @@ pub(super) async fn mint(
         guard_id: None,
         version: 0,
         credits: input.credits,
+        rolled_to: None,
     };
     let command = OrgCommand::CreateKey { record: Box::new(record), hash: new.hash.to_hex(), creator };
     let request = OrgRequest { command, actor: actor.into(), request_id: request_id.into(), now_ms: now };

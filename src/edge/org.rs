@@ -371,7 +371,13 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             let (hash, old) = live_key(sql, key_id, now)?;
             let policy = &super::settings(&env)?.policy;
             let patch = crate::admin::parse_patch(body.as_bytes(), policy, now)?;
-            let new = crate::admin::apply_patch(&old, &patch, policy)?;
+            let mut new = crate::admin::apply_patch(&old, &patch, policy)?;
+            let family_keys = family(sql, old.guard())?;
+            if let Some(c) = new.credits.as_mut().filter(|_| patch.credits.is_some()) {
+                // Ordered by this object, not by the edge's clocks.
+                let latest = family_keys.iter().filter_map(|(_, k)| k.credits.map(|c| c.set_at)).max();
+                c.set_at = crate::admin::credits_stamp(now, latest);
+            }
             if let Some(c) = caller {
                 caller_rules(sql, &env, c, &|policy, who| control::check_update(policy, who, &old, &new))?;
             }
@@ -379,8 +385,9 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             // live key of the family takes the new setting.
             let mut changed = vec![(hash, new)];
             if patch.credits.is_some() {
-                for (h, mut k) in family(sql, old.guard())? {
-                    if k.id != *key_id {
+                for (h, mut k) in family_keys {
+                    // Live keys only (an ended key's guard entry keeps no record).
+                    if k.id != *key_id && k.expires_at.is_none_or(|e| e > now) {
                         k.credits = changed[0].1.credits;
                         k.version += 1;
                         changed.push((h, k));
@@ -402,21 +409,32 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             }
             let fields: Vec<String> = patch.fields().iter().map(j).collect();
             audit("key.updated", key_id, obj(&[("fields", array(&fields))]))?;
+            let mut told = Ok(());
             for (_, k) in &changed {
-                tell_guard(&env, k, true).await?;
+                if let Err(e) = tell_guard(&env, k, true).await {
+                    told = Err(e);
+                }
             }
+            // KV whatever the guards said: an unconfirmed change then still
+            // reaches every isolate within KV's propagation time.
             for (h, k) in &changed {
                 put_kv(&kv, &key_kv_key(h), k).await?;
             }
+            told?;
             Ok((200, success(&key_view(&changed[0].1), None)))
         }
         OrgCommand::RollKey { org_id, key_id, grace_ms, caller } => {
             require_org(sql, org_id)?;
             let (old_hash, old) = live_key(sql, key_id, now)?;
+            if let Some(next) = &old.rolled_to {
+                let message = format!("This key was already rolled (to {next}): roll its successor instead.");
+                return Err(ApiError::with_message(ErrorCode::KeyLimitReached, message).into());
+            }
             if let Some(c) = caller {
                 caller_rules(sql, &env, c, &|policy, who| control::check_roll(policy, who, &old))?;
             }
-            room_for_key(sql, &env, now, old.parent_id.as_deref())?;
+            let parent = control::rolled_parent(caller.as_ref().and_then(|c| c.key_id.as_deref()), &old);
+            room_for_key(sql, &env, now, parent.as_deref())?;
             let settings = super::settings(&env)?;
             let family_id = old.guard().to_owned();
             let members = rows(sql, FAMILY_ALL, Some(vec![family_id.as_str().into()]))?;
@@ -445,27 +463,49 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
                 leaked_at: None,
                 guard_id: Some(family_id),
                 version: 0,
+                parent_id: parent,
                 ..old.clone()
             };
             let ends = old.expires_at.map_or(now + grace_ms, |e| e.min(now + grace_ms));
-            let ended = KeyRecord { expires_at: Some(ends), version: old.version + 1, ..old.clone() };
-            // The old key's end in its guard first (it only ever tightens):
-            // from the answer on it is refused after `ends` everywhere.
-            tell_guard(&env, &ended, false).await?;
-            let old_json = serde_json::to_string(&ended).map_err(|e| super::unavailable("key encode", e))?;
+            let ended = KeyRecord {
+                expires_at: Some(ends),
+                version: old.version + 1,
+                rolled_to: Some(new.id.clone()),
+                ..old.clone()
+            };
+            // The new key first, durable in the system of record and KV
+            // (undone if KV fails): no step after it can leave the org
+            // without a working key.
             let new_json = serde_json::to_string(&new).map_err(|e| super::unavailable("key encode", e))?;
             let new_hash = token.hash.to_hex();
-            sql.exec("UPDATE keys SET record = ? WHERE id = ?", vec![old_json.as_str().into(), key_id.as_str().into()])
-                .map_err(sql_err)?;
             sql.exec(
                 "INSERT INTO keys (id, hash, record, created_at, revoked_at) VALUES (?, ?, ?, ?, NULL)",
                 vec![new.id.as_str().into(), new_hash.as_str().into(), new_json.as_str().into(), now.into()],
             )
             .map_err(sql_err)?;
-            put_kv(&kv, &key_kv_key(&old_hash), &ended).await?;
-            if let Err(e) = put_kv(&kv, &key_kv_key(&new_hash), &new).await {
+            let undo = || {
                 let _ = sql.exec("DELETE FROM keys WHERE id = ?", vec![new.id.as_str().into()]);
+            };
+            if let Err(e) = put_kv(&kv, &key_kv_key(&new_hash), &new).await {
+                undo();
                 return Err(e);
+            }
+            // Then the old key's end in its guard (from its answer on, the
+            // old key is refused after `ends` everywhere). Should it fail,
+            // the new key is withdrawn (its plaintext was never given: a KV
+            // entry left behind matches no token anyone holds) and nothing
+            // changed.
+            if let Err(e) = tell_guard(&env, &ended, false).await {
+                undo();
+                let _ = kv.delete(&key_kv_key(&new_hash)).await;
+                return Err(e);
+            }
+            let old_json = serde_json::to_string(&ended).map_err(|e| super::unavailable("key encode", e))?;
+            sql.exec("UPDATE keys SET record = ? WHERE id = ?", vec![old_json.as_str().into(), key_id.as_str().into()])
+                .map_err(sql_err)?;
+            // The guard enforces the end whatever KV says; KV follows.
+            if let Err(e) = put_kv(&kv, &key_kv_key(&old_hash), &ended).await {
+                worker::console_warn!("keyward: KV kept the rolled key {key_id} without its end: {}", e.error);
             }
             let detail = obj(&[
                 ("grace_seconds", j(&(grace_ms / 1000))),
@@ -879,6 +919,7 @@ fn caller_rules(
     let settings = super::settings(env)?;
     let mine: Option<KeyRecord> = match &c.key_id {
         Some(id) => match load_key(sql, id)? {
+            Some((_, k)) if k.rolled_to.is_some() => return Err(rolled_caller().into()),
             Some((_, k)) => Some(k),
             None => return Err(ApiError::new(ErrorCode::PermissionDenied).into()),
         },
@@ -915,8 +956,10 @@ fn room_for_key(sql: &SqlStorage, env: &Env, now: i64, parent: Option<&str>) -> 
     if let Some(parent) = parent {
         // The minting key was revoked since the gate let it through (or is
         // being revoked right now): its child would outlive it.
-        if load_key(sql, parent)?.is_none_or(|(_, k)| k.revoked_at.is_some()) {
-            return Err(ApiError::new(ErrorCode::InvalidApiKey).into());
+        match load_key(sql, parent)? {
+            Some((_, k)) if k.revoked_at.is_none() && k.rolled_to.is_some() => return Err(rolled_caller().into()),
+            Some((_, k)) if k.revoked_at.is_none() => {}
+            _ => return Err(ApiError::new(ErrorCode::InvalidApiKey).into()),
         }
         let minted = count(sql, LIVE_CHILDREN, now, Some(parent))?;
         if minted >= settings.max_keys_per_parent {
@@ -927,6 +970,16 @@ fn room_for_key(sql: &SqlStorage, env: &Env, now: i64, parent: Option<&str>) -> 
         }
     }
     Ok(())
+}
+
+/// A key rolled to a successor lives out its grace but manages no keys
+/// (holding it during the grace must not let anyone roll or end the
+/// successor, or mint).
+fn rolled_caller() -> ApiError {
+    ApiError::with_message(
+        ErrorCode::PermissionDenied,
+        "This API key was rolled: it works until its grace ends but manages no keys (its successor does).",
+    )
 }
 
 /// A key's hash and record.

@@ -124,6 +124,7 @@ impl Store {
             guard_id: None,
             version: 0,
             credits: None,
+            rolled_to: None,
         };
         self.kv_keys.insert(k.hash.0, record.clone());
         self.db_keys.insert(record.id.clone(), record.clone());

@@ -34,6 +34,7 @@ fn rec(id: &str, version: u64) -> KeyRecord {
         guard_id: (id != "01KEY").then(|| "01KEY".into()),
         version,
         credits: None,
+        rolled_to: None,
     }
 }
 

@@ -36,6 +36,7 @@ fn record() -> KeyRecord {
         guard_id: None,
         version: 0,
         credits: None,
+        rolled_to: None,
     }
 }
 
