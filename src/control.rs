@@ -875,7 +875,7 @@ mod lifecycle_review_tests {
         assert!(check_update(&pol, &ops, &before, &after).is_err(), "…but an update to it is allowed");
     }
 
-    /// FINDING: a key may roll itself (or any key it may revoke); the new
+    /// (Found in review; fixed.) a key may roll itself (or any key it may revoke); the new
     /// key's parent is the target's parent, not the caller, so revoking the
     /// caller (say, as leaked) does not revoke the key it obtained.
     #[test]
@@ -902,7 +902,7 @@ mod lifecycle_review_tests {
         assert_eq!(rolled_parent(None, &child), Some("01PARENT".into()), "an operator's roll: the old parent's");
     }
 
-    /// FINDING: a caller may roll (and so obtain a fresh plaintext of) a key
+    /// (Found in review; fixed.) a caller may roll (and so obtain a fresh plaintext of) a key
     /// whose metadata it could never mint: the new key carries the target's
     /// `meta` (say another account's), which the origin trusts.
     #[test]

@@ -13,7 +13,7 @@ fn patch(store: &mut Store, env: &Env, key: &Key, now: i64, edit: impl Fn(&mut K
     assert_eq!(reply, GuardReply::Recorded);
 }
 
-/// FINDING: two concurrent requests of one isolate both decided on the old
+/// (Found in review; fixed.) two concurrent requests of one isolate both decided on the old
 /// record both get `Stale`; the first re-decides and stores the new record
 /// in the isolate, the second then finds the isolate's record already at
 /// the guard's version and answers 503 instead of deciding on it.
@@ -31,7 +31,7 @@ fn review_concurrent_requests_after_an_update_are_not_503() {
     assert_eq!(codes, vec![None, None, None], "a rename made concurrent requests fail: {codes:?}");
 }
 
-/// FINDING: a leased key that could not pay a dear route (summarize, 5)
+/// (Found in review; fixed.) a leased key that could not pay a dear route (summarize, 5)
 /// with 3 credits left refuses every request of the isolate — a chat that
 /// costs 1 too — for up to LEASE_MS; the same key in strict mode admits
 /// the chat.
@@ -51,7 +51,7 @@ fn review_a_dear_refusal_blocks_cheap_requests_of_a_leased_key() {
     }
 }
 
-/// FINDING: a leased key's first lease after an update is asked, counted and
+/// (Found in review; fixed.) a leased key's first lease after an update is asked, counted and
 /// sized under the limits of the record the isolate held before (the guard
 /// uses the request's `limits`, not its facts'): a limit cut from 1000 to 2
 /// per minute admits a full lease's worth more, up to LEASE_MS after the

@@ -75,7 +75,7 @@ fn review_the_last_credit_setting_the_org_applied_is_not_the_guards() {
     assert_eq!(admitted, 5, "the key's record says 5 credits; the guard admitted {admitted}");
 }
 
-/// FINDING: a revoked (or expired-then-updated) member keeps its full
+/// (Found in review; fixed.) a revoked (or expired-then-updated) member keeps its full
 /// record in the meta row; 64 of them exceed `byte_bound` (which counts
 /// only MAX_LIVE_MEMBERS records) and the meta row is rewritten whole on
 /// every roll-up.
