@@ -211,6 +211,74 @@ fn the_org_object_down_during_a_control_call_is_a_503_and_a_failed_read_costs_no
     assert_eq!(r.header("ratelimit-remaining"), Some((LIMIT - 3).to_string().as_str()));
 }
 
+/// A roll or an update whose key guard does not confirm (`org-guard-throw`:
+/// the guards the org's object tells throw). A roll changes nothing: 503,
+/// the old key unended and no new key listed; the retry rolls. An update
+/// is saved (the list shows it) and answered 503 saying so; the retry
+/// applies it on the very next request.
+#[test]
+fn a_roll_or_an_update_whose_guard_fails_is_a_503_and_a_retry_completes_it() {
+    let org = h().org(true);
+    let (ops, _) = h().key(&org, json!({"name": "ops", "scopes": ["ai:*", "control:read"]}));
+    let (app, app_id) = h().key(&org, json!({"name": "app", "scopes": ["ai:chat", "ai:embeddings"]}));
+    let auth = format!("Bearer {ops}");
+    let call = |method: &str, path: &str, body: Value, extra: &[(&str, &str)]| {
+        let mut headers = vec![("authorization", auth.as_str()), ("content-type", "application/json")];
+        headers.extend_from_slice(extra);
+        h().send(method, path, &headers, Some(body.to_string().as_bytes()))
+    };
+    let listed = || -> Vec<Value> {
+        let r = h().send("GET", "/v1/api_keys", &[("authorization", auth.as_str())], None);
+        r.json()["data"].as_array().unwrap().clone()
+    };
+    assert_eq!(chat(&app, &[]).status, 200);
+    let before = listed().len();
+    // Roll: nothing changes.
+    let roll = format!("/v1/api_keys/{app_id}/roll");
+    let r = call("POST", &roll, json!({"grace_seconds": 0}), &fault("org-guard-throw"));
+    let v = assert_unavailable_any(&r);
+    assert!(v["error"]["message"].as_str().unwrap().contains("nothing was changed"), "{v}");
+    assert_eq!(listed().len(), before, "no new key left behind");
+    let mine = listed().into_iter().find(|k| k["id"] == app_id.as_str()).unwrap();
+    assert_eq!(mine["expires_at"], Value::Null, "the old key was not ended");
+    assert_eq!(chat(&app, &[]).status, 200, "the old key works");
+    // Update: saved, said so; the list shows it; the retry applies it at once.
+    let path = format!("/v1/api_keys/{app_id}");
+    let r = call("PATCH", &path, json!({"scopes": ["ai:embeddings"]}), &fault("org-guard-throw"));
+    let v = assert_unavailable_any(&r);
+    assert!(v["error"]["message"].as_str().unwrap().contains("The change is saved"), "{v}");
+    let mine = listed().into_iter().find(|k| k["id"] == app_id.as_str()).unwrap();
+    assert_eq!(mine["scopes"], json!(["ai:embeddings"]), "saved in the system of record");
+    let r = call("PATCH", &path, json!({"scopes": ["ai:embeddings"]}), &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    chat(&app, &[]).assert_error(403, "MISSING_SCOPE");
+    // And the roll, retried, rolls.
+    let r = call("POST", &roll, json!({"grace_seconds": 0}), &[]);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let embed = |key: &str| {
+        let auth = format!("Bearer {key}");
+        h().send(
+            "POST",
+            "/v1/embeddings",
+            &[("authorization", &auth), ("content-type", "application/json")],
+            Some(b"{}"),
+        )
+    };
+    embed(&app).assert_error(401, "INVALID_API_KEY");
+    let next = r.json()["data"]["plaintext"].as_str().unwrap().to_owned();
+    assert_eq!(embed(&next).status, 200, "the successor works");
+}
+
+/// A 503 envelope (its message may be specific); the body.
+fn assert_unavailable_any(r: &Resp) -> Value {
+    let v = r.assert_error(503, "SERVICE_UNAVAILABLE");
+    assert_eq!(
+        (v["error"]["type"].as_str(), v["error"]["retryable"].as_bool()),
+        (Some("overloaded_error"), Some(true))
+    );
+    v
+}
+
 /// Sends `req` and reads to the end of the connection (at most 15 s): the
 /// response head and whatever body arrived, and whether the connection
 /// ended (rather than the read timing out).

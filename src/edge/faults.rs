@@ -12,6 +12,7 @@
 //! | `guard-throw` | inside the key's `KeyGuard` object | its fetch handler throws before it counts |
 //! | `guard-slow` | inside the key's `KeyGuard` object | it answers `GUARD_TIMEOUT_MS` + 1 s late |
 //! | `org-down` | inside the org's `OrgStore` object, control API calls | its fetch handler throws |
+//! | `org-guard-throw` | the key guards the org's object tells of an update or a roll (control API) | their fetch handler throws |
 //!
 //! The guard and org faults travel to the object in the same header on the
 //! worker's internal request (only the calls made for the request at hand:
@@ -37,6 +38,7 @@ pub(crate) enum Fault {
     GuardThrow,
     GuardSlow,
     OrgDown,
+    OrgGuardThrow,
 }
 
 /// No fault: builds without the `faults` feature.
@@ -61,6 +63,7 @@ impl Fault {
             "guard-throw" => Fault::GuardThrow,
             "guard-slow" => Fault::GuardSlow,
             "org-down" => Fault::OrgDown,
+            "org-guard-throw" => Fault::OrgGuardThrow,
             other => {
                 worker::console_warn!("keyward (faults build): unknown fault {other:?} ignored");
                 Fault::None
@@ -76,6 +79,7 @@ impl Fault {
             Fault::GuardThrow => "guard-throw",
             Fault::GuardSlow => "guard-slow",
             Fault::OrgDown => "org-down",
+            Fault::OrgGuardThrow => "org-guard-throw",
         })
     }
 
@@ -98,7 +102,16 @@ impl Fault {
 
     /// Headers for the worker's request to an org object: its fault.
     pub(crate) fn for_org(self) -> Option<worker::Headers> {
-        (self == Fault::OrgDown).then(|| self.headers()).flatten()
+        matches!(self, Fault::OrgDown | Fault::OrgGuardThrow).then(|| self.headers()).flatten()
+    }
+
+    /// Inside the `OrgStore` object: the fault of the key guards it calls.
+    pub(crate) fn for_org_guards(self) -> Fault {
+        if self == Fault::OrgGuardThrow {
+            Fault::GuardThrow
+        } else {
+            Fault::None
+        }
     }
 
     fn headers(self) -> Option<worker::Headers> {
@@ -163,5 +176,10 @@ impl Fault {
     #[inline(always)]
     pub(crate) fn in_org(self) -> worker::Result<()> {
         Ok(())
+    }
+
+    #[inline(always)]
+    pub(crate) fn for_org_guards(self) -> Fault {
+        Fault
     }
 }

@@ -395,7 +395,7 @@ pub(crate) async fn call(env: &Env, key_id: &str, request: &GuardRequest) -> Res
     call_with(env, key_id, request, None, super::faults::Fault::none()).await
 }
 
-async fn call_with(
+pub(crate) async fn call_with(
     env: &Env,
     key_id: &str,
     request: &GuardRequest,

@@ -12,6 +12,7 @@
 use serde_json::Value;
 use worker::{durable_object, DurableObject, Env, Request, Response, SqlStorage, SqlStorageValue, State};
 
+use super::faults::Fault;
 use crate::admin::{OrgCommand, OrgRequest};
 use crate::authorize::Refusal;
 use crate::control::{self, Caller};
@@ -63,8 +64,11 @@ impl DurableObject for OrgStore {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        // Test builds only (src/edge/faults.rs): an org object that is down.
-        super::faults::Fault::of(&req).in_org()?;
+        // Test builds only (src/edge/faults.rs): an org object that is down,
+        // or key guards that throw when it tells them of a change.
+        let fault = super::faults::Fault::of(&req);
+        fault.in_org()?;
+        let guards = fault.for_org_guards();
         let request: OrgRequest = match req.text().await.ok().and_then(|t| OrgRequest::decode(&t).ok()) {
             Some(r) => r,
             None => return Ok(reply_err(&ApiError::new(ErrorCode::InternalError).into(), "req_unknown")),
@@ -72,8 +76,10 @@ impl DurableObject for OrgStore {
         let storage = self.state.storage();
         let env = self.env.clone();
         let rid = request.request_id.clone();
-        let outcome =
-            self.state.block_concurrency_while(async move { Ok(apply(storage.sql(), env, request).await) }).await;
+        let outcome = self
+            .state
+            .block_concurrency_while(async move { Ok(apply(storage.sql(), env, request, guards).await) })
+            .await;
         Ok(match outcome {
             Ok(Ok((status, body))) => super::json_response(status, body, &rid),
             Ok(Err(refusal)) => reply_err(&refusal, &rid),
@@ -143,8 +149,8 @@ fn write_audit(sql: &SqlStorage, r: &OrgRequest, action: &str, target: &str, det
 }
 
 /// Runs a command; a write it refuses (4xx) is recorded in the audit log.
-async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String), Refusal> {
-    let result = run(&sql, env, &r).await;
+async fn apply(sql: SqlStorage, env: Env, r: OrgRequest, guards: Fault) -> Result<(u16, String), Refusal> {
+    let result = run(&sql, env, &r, guards).await;
     if let (Err(refusal), Some((action, target))) = (&result, r.command.refused_action()) {
         if (400..500).contains(&refusal.error.code.status()) {
             let (target, detail) = crate::admin::refused_entry(target, &refusal.error);
@@ -156,7 +162,7 @@ async fn apply(sql: SqlStorage, env: Env, r: OrgRequest) -> Result<(u16, String)
     result
 }
 
-async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String), Refusal> {
+async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest, guards: Fault) -> Result<(u16, String), Refusal> {
     let kv = env.kv(super::KV_BINDING).map_err(|e| super::unavailable("KV binding", e))?;
     let now = r.now_ms;
     let audit = |action: &str, target: &str, detail: String| write_audit(sql, r, action, target, &detail);
@@ -411,7 +417,7 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             audit("key.updated", key_id, obj(&[("fields", array(&fields))]))?;
             let mut told = Ok(());
             for (_, k) in &changed {
-                if let Err(e) = tell_guard(&env, k, true).await {
+                if let Err(e) = tell_guard(&env, k, true, guards).await {
                     told = Err(e);
                 }
             }
@@ -495,7 +501,7 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest) -> Result<(u16, String)
             // the new key is withdrawn (its plaintext was never given: a KV
             // entry left behind matches no token anyone holds) and nothing
             // changed.
-            if let Err(e) = tell_guard(&env, &ended, false).await {
+            if let Err(e) = tell_guard(&env, &ended, false, guards).await {
                 undo();
                 let _ = kv.delete(&key_kv_key(&new_hash)).await;
                 return Err(e);
@@ -1023,8 +1029,9 @@ fn family(sql: &SqlStorage, guard: &str) -> Result<Vec<(String, KeyRecord)>, Ref
 
 /// Gives a key's guard its new record (an update, a roll's end): 503 if it
 /// does not confirm, saying whether the change is `saved` already.
-async fn tell_guard(env: &Env, k: &KeyRecord, saved: bool) -> Result<(), Refusal> {
-    match super::guard::call(env, k.guard(), &GuardRequest::Update { record: Box::new(k.clone()) }).await {
+async fn tell_guard(env: &Env, k: &KeyRecord, saved: bool, fault: Fault) -> Result<(), Refusal> {
+    let update = GuardRequest::Update { record: Box::new(k.clone()) };
+    match super::guard::call_with(env, k.guard(), &update, None, fault).await {
         Ok(GuardReply::Recorded) => Ok(()),
         Ok(_) => Err(super::unavailable("key guard", "unexpected reply to an update")),
         Err(e) => {
