@@ -1,6 +1,7 @@
 //! A map kept as a sorted vector: lookups by binary search, inserts and
-//! removals by shifting. For the guard's small, bounded maps (visitors,
-//! leases) it is as fast as a tree at these sizes and much smaller in the
+//! removals by shifting. For small, bounded maps (the guard's visitors and
+//! leases, the policy's roles) it is as fast as a tree at these sizes and
+//! much smaller in the
 //! wasm than another `BTreeMap` instantiation (every byte ships to every
 //! edge location).
 
@@ -119,6 +120,39 @@ impl<K: Ord + Borrow<Q>, V, Q: Ord + ?Sized> std::ops::Index<&Q> for VecMap<K, V
     }
 }
 
+/// Entries by value, in key order.
+impl<K, V> IntoIterator for VecMap<K, V> {
+    type Item = (K, V);
+    type IntoIter = std::vec::IntoIter<(K, V)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+/// Decodes a JSON object as `BTreeMap` does (the same "expected a map"
+/// error; a key given twice keeps its last value), without another
+/// `BTreeMap` instantiation in the wasm.
+impl<'de, K: Ord + serde::Deserialize<'de>, V: serde::Deserialize<'de>> serde::Deserialize<'de> for VecMap<K, V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries<K, V>(std::marker::PhantomData<(K, V)>);
+        impl<'de, K: Ord + serde::Deserialize<'de>, V: serde::Deserialize<'de>> serde::de::Visitor<'de> for Entries<K, V> {
+            type Value = VecMap<K, V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut m = VecMap::default();
+                while let Some((k, v)) = a.next_entry()? {
+                    m.insert(k, v);
+                }
+                Ok(m)
+            }
+        }
+        d.deserialize_map(Entries(std::marker::PhantomData))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +174,25 @@ mod tests {
         m.retain(|_, v| *v > 5);
         assert_eq!(m.iter().map(|(k, v)| format!("{k}{v}")).collect::<Vec<_>>(), ["a9", "b10", "e6"]);
         assert_eq!(m.len(), 3);
+    }
+
+    #[test]
+    fn decodes_as_a_btreemap_does() {
+        use std::collections::BTreeMap;
+        type Tree = BTreeMap<String, Vec<u8>>;
+        for json in [
+            r#"{}"#,
+            r#"{"b": [1], "a": [2, 3], "c": []}"#,
+            r#"{"a": [1], "a": [2]}"#,
+            r#"{"a": [1], "b": "x"}"#,
+            r#"[]"#,
+            r#"null"#,
+            r#""a""#,
+        ] {
+            let tree = crate::from_json::<Tree>(json).map_err(|e| e.to_string());
+            let vec = crate::from_json::<VecMap<String, Vec<u8>>>(json).map_err(|e| e.to_string());
+            let vec = vec.map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Tree>());
+            assert_eq!(vec, tree, "{json}");
+        }
     }
 }
