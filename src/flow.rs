@@ -1061,7 +1061,7 @@ impl<'r> Gate<'r> {
             return Next::Wait { slot: marker, until };
         }
         self.sent = iso.take_refusals(&self.hash);
-        *self.sent.entry(reason).or_default() += 1;
+        *self.sent.get_or_insert_with(reason, u64::default) += 1;
         let request = GuardRequest::Refused { key: Self::key_ref(key), refusals: self.sent.clone() };
         self.phase = Phase::Probing { refusal };
         Next::Ask { key_id: key.guard().to_owned(), request }
@@ -1674,7 +1674,7 @@ impl Isolate {
     fn count_refusal(&mut self, hash: &[u8; 32], reason: &str, now: i64, lease_ms: i64, later: &mut Vec<Later>) {
         let Some(e) = self.keys.get_mut(hash) else { return };
         if e.refusals.len() < crate::guard::MAX_REFUSAL_REASONS || e.refusals.contains_key(reason) {
-            let n = e.refusals.entry(reason.to_owned()).or_default();
+            let n = e.refusals.get_or_insert_with(reason.to_owned(), u64::default);
             *n = n.saturating_add(1);
         }
         if e.flush_at.is_none() {
@@ -1691,7 +1691,7 @@ impl Isolate {
         if let Some(e) = self.keys.get_mut(hash) {
             for (reason, n) in refusals {
                 if e.refusals.len() < crate::guard::MAX_REFUSAL_REASONS || e.refusals.contains_key(&reason) {
-                    let c = e.refusals.entry(reason).or_default();
+                    let c = e.refusals.get_or_insert_with(reason, u64::default);
                     *c = c.saturating_add(n);
                 }
             }

@@ -42,8 +42,6 @@
 //! counted here and rolled up to the org's object by an alarm, so the hot
 //! path gains no extra hop.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::authorize::{records_verdict, Config, Records};
@@ -105,7 +103,7 @@ pub struct UsageCounts {
     pub refunded: u64,
     /// Refused, by reason (`rate_limited`, `missing_scope`, …).
     #[serde(default)]
-    pub refused: BTreeMap<String, u64>,
+    pub refused: VecMap<String, u64>,
 }
 
 impl UsageCounts {
@@ -113,8 +111,8 @@ impl UsageCounts {
     pub fn add(&mut self, other: &UsageCounts) {
         self.allowed += other.allowed;
         self.refunded += other.refunded;
-        for (k, v) in &other.refused {
-            *self.refused.entry(k.clone()).or_default() += v;
+        for (k, v) in other.refused.iter() {
+            *self.refused.get_or_insert_with(k.clone(), u64::default) += v;
         }
     }
 }
@@ -127,7 +125,7 @@ fn is_zero(n: &u64) -> bool {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingUsage {
     /// Counts per hour (start of the hour, ms).
-    pub hours: BTreeMap<i64, UsageCounts>,
+    pub hours: VecMap<i64, UsageCounts>,
     /// Time of the last allowed request (ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<i64>,
@@ -144,7 +142,7 @@ impl PendingUsage {
         if !self.hours.contains_key(&hour) && self.hours.len() >= MAX_PENDING_HOURS {
             self.hours.pop_first();
         }
-        self.hours.entry(hour).or_default()
+        self.hours.get_or_insert_with(hour, UsageCounts::default)
     }
 
     fn allowed(&mut self, at: i64, n: u32) {
@@ -156,7 +154,7 @@ impl PendingUsage {
 
     fn refused(&mut self, at: i64, reason: &str, n: u64) {
         if n > 0 {
-            let c = self.hour(at).refused.entry(reason.to_owned()).or_default();
+            let c = self.hour(at).refused.get_or_insert_with(reason.to_owned(), u64::default);
             *c = c.saturating_add(n);
         }
     }
@@ -220,7 +218,7 @@ impl Member {
 
 /// Refusals an isolate answered itself, by reason (lowercase error code),
 /// reported with its next call to the guard.
-pub type Refusals = BTreeMap<String, u64>;
+pub type Refusals = VecMap<String, u64>;
 
 /// The limits a request counts under: the key's own and, for a widget key,
 /// its visitor's.
@@ -365,7 +363,7 @@ pub enum GuardRequest {
         /// Its limits.
         limits: Limits,
         /// Refusals the isolate answered itself since its last report.
-        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        #[serde(default, skip_serializing_if = "VecMap::is_empty")]
         refusals: Refusals,
     },
     /// A leased key: admit the request at hand (if the facts allow a request
@@ -385,7 +383,7 @@ pub enum GuardRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         report: Option<LeaseReport>,
         /// Refusals the isolate answered itself.
-        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        #[serde(default, skip_serializing_if = "VecMap::is_empty")]
         refusals: Refusals,
     },
     /// A lease ended with nothing waiting for a new one.
@@ -395,7 +393,7 @@ pub enum GuardRequest {
         /// The report.
         report: LeaseReport,
         /// Refusals the isolate answered itself.
-        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        #[serde(default, skip_serializing_if = "VecMap::is_empty")]
         refusals: Refusals,
     },
     /// Refusals the isolate answered itself (at least one, the request at
@@ -1079,7 +1077,7 @@ impl GuardState {
                 }
                 let c = self.counters.usage.hour(*counted_at);
                 c.refunded += 1;
-                *c.refused.entry(reason.clone()).or_default() += 1;
+                *c.refused.get_or_insert_with(reason.clone(), u64::default) += 1;
                 GuardReply::Recorded
             }
             // Answered by the object itself (it owns the counters), with a
@@ -1174,7 +1172,7 @@ impl GuardState {
     }
 
     fn note_refusals(&mut self, refusals: &Refusals, now: i64) {
-        for (reason, n) in refusals {
+        for (reason, n) in refusals.iter() {
             self.counters.usage.refused(now, reason, *n);
         }
     }

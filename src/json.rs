@@ -10,6 +10,7 @@ use std::fmt::{self, Display};
 
 use serde::de::{self, DeserializeSeed, Expected, Unexpected, Visitor};
 use serde::forward_to_deserialize_any;
+use serde::Deserialize;
 use serde_json::{Map, Number, Value};
 
 /// The decoder's error: its message, which [`crate::from_json`] hands on as
@@ -448,6 +449,56 @@ impl<'de> de::VariantAccess<'de> for Payload {
             None => Err(de::Error::invalid_type(Unexpected::UnitVariant, &"struct variant")),
         }
     }
+}
+
+/// A struct's members, for a hand-written `Deserialize` that decodes as
+/// serde's derive does from a JSON object (through [`crate::from_json`],
+/// keys in order: a `serde_json::Map` is sorted) but is one decoder, not a
+/// visitor and a field visitor per struct: each member through its type's
+/// decoder ([`Members::fill`]: present members in name order, as the derive
+/// meets them), then the missing required ones in declaration order
+/// ([`missing`]), with the derive's messages. Unknown members are ignored.
+pub(crate) struct Members(Map<String, Value>);
+
+impl Members {
+    /// The members of an object; anything else is refused as the derive
+    /// refuses it (`invalid type: …, expected struct Name`).
+    pub(crate) fn of<'de, D: de::Deserializer<'de>>(d: D, expected: &'static str) -> Result<Members, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Object(m) => Ok(Members(m)),
+            other => Err(de::Error::invalid_type(unexpected(&other), &expected)),
+        }
+    }
+
+    /// Decodes member `k` into `slot` if it is present; whether it was.
+    pub(crate) fn fill<T: serde::de::DeserializeOwned, E: de::Error>(
+        &mut self,
+        k: &str,
+        slot: &mut T,
+    ) -> Result<bool, E> {
+        match self.0.remove(k) {
+            Some(v) => {
+                *slot = T::deserialize(De(v)).map_err(forward)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+/// The derive's error for the first required member not present.
+pub(crate) fn missing<E: de::Error>(required: &[(bool, &'static str)]) -> Result<(), E> {
+    match required.iter().find(|(present, _)| !present) {
+        Some((_, k)) => Err(E::missing_field(k)),
+        None => Ok(()),
+    }
+}
+
+/// A member's error as the outer decoder's (the same message).
+#[cold]
+#[inline(never)]
+fn forward<E: de::Error>(e: Error) -> E {
+    E::custom(*e.0)
 }
 
 // JSON text written directly (no `serde_json::Value` to build first).

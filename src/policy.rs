@@ -17,14 +17,13 @@
 //! `405 METHOD_NOT_ALLOWED` (with `Allow`); a path no route matches gets
 //! `404 ROUTE_NOT_FOUND`. Nothing outside the table is ever forwarded.
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::path::CanonicalPath;
 use crate::ratelimit::{RateLimit, MAX_LIMITS};
 use crate::scope::Scope;
+use crate::vecmap::VecMap;
 
 /// Methods a route may list.
 pub const PROXIED_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
@@ -36,14 +35,14 @@ pub const DEFAULT_POLICY_JSON: &str = include_str!("../policy/policy.json");
 #[derive(Clone, Debug)]
 pub struct Policy {
     scopes: Vec<String>,
-    roles: BTreeMap<String, Vec<Scope>>,
+    roles: VecMap<String, Vec<Scope>>,
     routes: Vec<Route>,
     default_rate_limits: Vec<RateLimit>,
     widget_scopes: Vec<Scope>,
     widget_ip_rate_limits: Vec<RateLimit>,
     key_creating_roles: Vec<String>,
     forwarded_headers: Option<Vec<String>>,
-    session_rate_limits: BTreeMap<String, Vec<RateLimit>>,
+    session_rate_limits: VecMap<String, Vec<RateLimit>>,
     control_write_scope: Option<String>,
 }
 
@@ -86,7 +85,7 @@ enum Segment {
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     scopes: Vec<String>,
-    roles: BTreeMap<String, Vec<String>>,
+    roles: VecMap<String, Vec<String>>,
     routes: Vec<RawRoute>,
     #[serde(default)]
     default_rate_limits: Vec<RateLimit>,
@@ -104,7 +103,7 @@ struct RawPolicy {
     /// The limits of JWT sessions, per role (one guard per user counts
     /// them); a role not named here has `default_rate_limits`.
     #[serde(default)]
-    session_rate_limits: BTreeMap<String, Vec<RateLimit>>,
+    session_rate_limits: VecMap<String, Vec<RateLimit>>,
     /// A scope the control API's writes (mint, revoke, revoke sessions)
     /// need besides their route's `control:read`; absent: none.
     #[serde(default)]
@@ -271,7 +270,7 @@ impl Policy {
                 _ => return Err(format!("policy: catalogue scope {s:?} must be a concrete scope")),
             }
         }
-        let mut roles = BTreeMap::new();
+        let mut roles = VecMap::default();
         for (name, granted) in raw.roles {
             let mut list = Vec::new();
             for g in granted {
@@ -391,7 +390,7 @@ impl Policy {
                 return Err(format!("policy: forwarded_headers: {name:?} is never forwarded (credentials, overrides, forwarding claims, hop-by-hop)"));
             }
         }
-        for (role, limits) in &raw.session_rate_limits {
+        for (role, limits) in raw.session_rate_limits.iter() {
             if !roles.contains_key(role) {
                 return Err(format!("policy: session_rate_limits: unknown role {role:?}"));
             }
@@ -737,6 +736,24 @@ mod tests {
         assert_eq!(pol.session_rate_limits("admin"), pol.default_rate_limits());
         let e = with_routes(json!([guarded]), json!({"session_rate_limits": {"root": limits}})).unwrap_err();
         assert!(e.contains("unknown role"), "{e}");
+    }
+
+    #[test]
+    fn roles_are_kept_by_name() {
+        // Listed out of order, one twice (the last wins, as JSON objects
+        // decode): named in order, validated in order.
+        let pol = Policy::from_json(
+            r#"{"scopes":["a:b","a:c"],"roles":{"z":["a:b"],"m":["a:*"],"z":["a:c"]},"routes":[],
+                "session_rate_limits":{"z":[{"name":"m","limit":5,"window_seconds":60}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(pol.role_names().collect::<Vec<_>>(), ["m", "z"]);
+        assert_eq!(pol.role("z").unwrap().iter().map(Scope::as_str).collect::<Vec<_>>(), ["a:c"]);
+        assert_eq!(pol.session_rate_limits("z")[0].limit, 5);
+        let e = Policy::from_json(r#"{"scopes":["a:b"],"roles":{"y":["x:y"],"b":["a:c"]},"routes":[]}"#);
+        assert_eq!(e.unwrap_err(), r#"policy: role b: unknown scope "a:c""#);
+        let e = Policy::from_json(r#"{"scopes":["a:b"],"roles":[],"routes":[]}"#);
+        assert_eq!(e.unwrap_err(), "policy: invalid type: sequence, expected a map");
     }
 
     #[test]

@@ -8,12 +8,20 @@
 use serde::{Deserialize, Serialize};
 
 use crate::cors::OriginPattern;
+use crate::json::{missing, Members};
 use crate::ratelimit::RateLimit;
 use crate::scope::Scope;
 use crate::token::KeyKind;
 
 /// A key, as the edge sees it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Its decoder is written by hand (below) with `json::Members`:
+/// the derived one was the largest decoder in the worker. Through
+/// [`crate::from_json`] (every read in the worker) it decodes and refuses
+/// exactly what the derive does, with the same messages (tested against
+/// it); straight from text (`serde_json::from_str`) it reads a member given
+/// twice as its last value, where the derive would refuse it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct KeyRecord {
     /// ULID.
     pub id: String,
@@ -97,6 +105,81 @@ pub struct KeyRecord {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+impl<'de> Deserialize<'de> for KeyRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut m = Members::of(d, "struct KeyRecord")?;
+        // Over a record with every optional member's default, the members
+        // present in name order (see `Members`).
+        let mut k = KeyRecord::synthetic(String::new(), "", 0);
+        m.fill("allowed_ips", &mut k.allowed_ips)?;
+        m.fill("allowed_origins", &mut k.allowed_origins)?;
+        m.fill("consistency", &mut k.consistency)?;
+        let created_at = m.fill("created_at", &mut k.created_at)?;
+        m.fill("credits", &mut k.credits)?;
+        m.fill("expires_at", &mut k.expires_at)?;
+        m.fill("guard_id", &mut k.guard_id)?;
+        let id = m.fill("id", &mut k.id)?;
+        let kind = m.fill("kind", &mut k.kind)?;
+        let last_four = m.fill("last_four", &mut k.last_four)?;
+        m.fill("leaked_at", &mut k.leaked_at)?;
+        m.fill("meta", &mut k.meta)?;
+        let name = m.fill("name", &mut k.name)?;
+        let org_id = m.fill("org_id", &mut k.org_id)?;
+        m.fill("parent_id", &mut k.parent_id)?;
+        let prefix = m.fill("prefix", &mut k.prefix)?;
+        m.fill("rate_limits", &mut k.rate_limits)?;
+        m.fill("resource_id", &mut k.resource_id)?;
+        m.fill("revoked_at", &mut k.revoked_at)?;
+        m.fill("rolled_to", &mut k.rolled_to)?;
+        let scopes = m.fill("scopes", &mut k.scopes)?;
+        m.fill("turnstile_required", &mut k.turnstile_required)?;
+        m.fill("user_id", &mut k.user_id)?;
+        m.fill("version", &mut k.version)?;
+        m.fill("visitor_rate_limits", &mut k.visitor_rate_limits)?;
+        // The required members, in declaration order: the first missing
+        // one is named.
+        missing(&[
+            (id, "id"),
+            (org_id, "org_id"),
+            (name, "name"),
+            (kind, "kind"),
+            (scopes, "scopes"),
+            (prefix, "prefix"),
+            (last_four, "last_four"),
+            (created_at, "created_at"),
+        ])?;
+        // Every member is read above: this stops the build when one is added.
+        let KeyRecord {
+            id: _,
+            org_id: _,
+            user_id: _,
+            name: _,
+            kind: _,
+            scopes: _,
+            prefix: _,
+            last_four: _,
+            created_at: _,
+            expires_at: _,
+            revoked_at: _,
+            rate_limits: _,
+            allowed_origins: _,
+            resource_id: _,
+            visitor_rate_limits: _,
+            turnstile_required: _,
+            consistency: _,
+            allowed_ips: _,
+            meta: _,
+            parent_id: _,
+            leaked_at: _,
+            guard_id: _,
+            version: _,
+            credits: _,
+            rolled_to: _,
+        } = &k;
+        Ok(k)
+    }
 }
 
 impl KeyRecord {
@@ -226,4 +309,133 @@ pub fn org_kv_key(org_id: &str) -> String {
 /// KV key of a user record.
 pub fn user_kv_key(org_id: &str, user_id: &str) -> String {
     format!("user:{org_id}:{user_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    /// [`super::KeyRecord`] with serde's derived decoder: the oracle of the
+    /// hand-written one (same name, fields and attributes, so the same
+    /// `Debug` text and error messages).
+    mod derived {
+        use serde::Deserialize;
+
+        #[allow(dead_code)] // read through `Debug`
+        #[derive(Debug, Deserialize)]
+        pub(super) struct KeyRecord {
+            id: String,
+            org_id: String,
+            #[serde(default)]
+            user_id: Option<String>,
+            name: String,
+            kind: crate::token::KeyKind,
+            scopes: Vec<crate::scope::Scope>,
+            prefix: String,
+            last_four: String,
+            created_at: i64,
+            #[serde(default)]
+            expires_at: Option<i64>,
+            #[serde(default)]
+            revoked_at: Option<i64>,
+            #[serde(default)]
+            rate_limits: Vec<crate::ratelimit::RateLimit>,
+            #[serde(default)]
+            allowed_origins: Vec<crate::cors::OriginPattern>,
+            #[serde(default)]
+            resource_id: Option<String>,
+            #[serde(default)]
+            visitor_rate_limits: Vec<crate::ratelimit::RateLimit>,
+            #[serde(default)]
+            turnstile_required: bool,
+            #[serde(default)]
+            consistency: super::super::Consistency,
+            #[serde(default)]
+            allowed_ips: Vec<crate::cidr::Cidr>,
+            #[serde(default)]
+            meta: Option<String>,
+            #[serde(default)]
+            parent_id: Option<String>,
+            #[serde(default)]
+            leaked_at: Option<i64>,
+            #[serde(default)]
+            guard_id: Option<String>,
+            #[serde(default)]
+            version: u64,
+            #[serde(default)]
+            credits: Option<crate::credits::CreditSpec>,
+            #[serde(default)]
+            rolled_to: Option<String>,
+        }
+    }
+
+    fn both(v: &Value) -> (Result<String, String>, Result<String, String>) {
+        let text = v.to_string();
+        let ours = crate::from_json::<super::KeyRecord>(&text).map(|k| format!("{k:?}")).map_err(|e| e.to_string());
+        let theirs = crate::from_json::<derived::KeyRecord>(&text).map(|k| format!("{k:?}")).map_err(|e| e.to_string());
+        (ours, theirs)
+    }
+
+    #[test]
+    fn key_records_decode_as_the_derive_does() {
+        let limits = json!([{"name": "m", "limit": 5, "window_seconds": 60}]);
+        let full = json!({
+            "id": "01JQKEY", "org_id": "org_1", "user_id": "u_1", "name": "n", "kind": "widget",
+            "scopes": ["ai:chat", "ai:*"], "prefix": "kw_pub_", "last_four": "abcd", "created_at": 5,
+            "expires_at": 9, "revoked_at": -3, "rate_limits": limits, "allowed_origins": ["https://a.example"],
+            "resource_id": "bot", "visitor_rate_limits": limits, "turnstile_required": true,
+            "consistency": "leased", "allowed_ips": ["203.0.113.0/24"], "meta": "{}", "parent_id": "01JQP",
+            "leaked_at": 7, "guard_id": "01JQG", "version": 3,
+            "credits": {"remaining": 10, "refill": {"amount": 10, "interval": "daily"}, "set_at": 1},
+            "rolled_to": "01JQNEXT",
+            "unknown": [1, {"x": null}],
+        });
+        let (ours, theirs) = both(&full);
+        assert!(ours.is_ok(), "{ours:?}");
+        assert_eq!(ours, theirs);
+        let keys: Vec<String> = full.as_object().unwrap().keys().cloned().collect();
+        let edits = [
+            None,
+            Some(json!(null)),
+            Some(json!("x")),
+            Some(json!(1.5)),
+            Some(json!(-1)),
+            Some(json!(u64::MAX)),
+            Some(json!(true)),
+            Some(json!([])),
+            Some(json!({})),
+            Some(json!(["x"])),
+        ];
+        let edited = |v: &Value, k: &str, e: &Option<Value>| {
+            let mut v = v.clone();
+            match e {
+                None => drop(v.as_object_mut().unwrap().remove(k)),
+                Some(x) => v[k] = x.clone(),
+            }
+            v
+        };
+        // Every member missing or of every type, alone and with a second
+        // defect (which one is named first).
+        for k in &keys {
+            for e in &edits {
+                let one = edited(&full, k, e);
+                let (ours, theirs) = both(&one);
+                assert_eq!(ours, theirs, "{one}");
+                for k2 in &keys {
+                    for e2 in [&edits[0], &edits[2]] {
+                        let two = edited(&one, k2, e2);
+                        let (ours, theirs) = both(&two);
+                        assert_eq!(ours, theirs, "{two}");
+                    }
+                }
+            }
+        }
+        for other in [json!(null), json!(1), json!(-1), json!(1.5), json!("x"), json!(true), json!([]), json!({})] {
+            let (ours, theirs) = both(&other);
+            assert_eq!(ours, theirs, "{other}");
+        }
+        // The records keyward writes read back.
+        let k: super::KeyRecord = crate::from_json(&full.to_string()).unwrap();
+        assert_eq!(crate::from_json::<super::KeyRecord>(&serde_json::to_string(&k).unwrap()).unwrap(), k);
+    }
 }

@@ -195,8 +195,8 @@ async fn check_origins(env: &Env, origins: &[crate::cors::OriginPattern]) -> Res
 /// is older than KV's). None loaded: 503, since a wildcard origin cannot be
 /// checked (never let through unchecked).
 async fn suffix_list(env: &Env) -> Result<SuffixList, Refusal> {
-    let kv = env.kv(KV_BINDING).map_err(|e| unavailable("KV binding", e))?;
-    let Some(text) = kv.get(psl::KV_LIST).text().await.map_err(|e| unavailable("KV read", e))? else {
+    let kv = super::kv::namespace(env, KV_BINDING).map_err(|e| unavailable("KV binding", e))?;
+    let Some(text) = kv.text(psl::KV_LIST).await.map_err(|e| unavailable("KV read", e))? else {
         return Err(ApiError::with_message(
             ErrorCode::ServiceUnavailable,
             "No public suffix list is loaded, so a wildcard origin cannot be checked: an operator must PUT /admin/public_suffix_list.",
@@ -210,7 +210,7 @@ async fn suffix_list(env: &Env) -> Result<SuffixList, Refusal> {
 /// parses) and `GET` (what is loaded). Deployment-wide, so in no org's
 /// audit log.
 async fn public_suffix_list(mut req: Request, env: &Env, request_id: &str, now: i64) -> Result<Response, Refusal> {
-    let kv = env.kv(KV_BINDING).map_err(|e| unavailable("KV binding", e))?;
+    let kv = super::kv::namespace(env, KV_BINDING).map_err(|e| unavailable("KV binding", e))?;
     let info = match req.inner().method().as_str() {
         "PUT" => {
             let body = read_body(&mut req, psl::MAX_LIST_BYTES).await?;
@@ -219,18 +219,13 @@ async fn public_suffix_list(mut req: Request, env: &Env, request_id: &str, now: 
             let info = ListInfo { rules, sha256: crate::hex(&Sha256::digest(&body)), updated_at: ids::rfc3339(now) };
             let info_json = serde_json::to_string(&info).map_err(|e| unavailable("KV encode", e))?;
             // The text first: the info names a list that is there.
-            for (key, value) in [(psl::KV_LIST, &body[..]), (psl::KV_INFO, info_json.as_bytes())] {
-                kv.put_bytes(key, value)
-                    .map_err(|e| unavailable("KV put", e))?
-                    .execute()
-                    .await
-                    .map_err(|e| unavailable("KV put", e))?;
+            for (key, value) in [(psl::KV_LIST, text), (psl::KV_INFO, info_json.as_str())] {
+                kv.put_text(key, value).await.map_err(|e| unavailable("KV put", e))?;
             }
             info_json
         }
         "GET" => kv
-            .get(psl::KV_INFO)
-            .text()
+            .text(psl::KV_INFO)
             .await
             .map_err(|e| unavailable("KV read", e))?
             .ok_or_else(|| Refusal::from(ApiError::new(ErrorCode::ResourceNotFound)))?,

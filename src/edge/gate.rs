@@ -18,6 +18,7 @@ use futures_util::future::{select, Either};
 use worker::{Context, Delay, Env, Fetch, Headers, Method, Request, Response};
 
 use super::faults::Fault;
+use super::kv::KvNamespace;
 use super::{control, count_io, now_ms, settings, unavailable, Io, Settings, KV_BINDING};
 use crate::authorize::{extract_credential, has_body, needs_upload_guard, parse_key, Facts, Grant, Refusal};
 use crate::cors;
@@ -186,7 +187,7 @@ async fn admit(
     exit: &mut Vec<(&'static str, String)>,
 ) -> Result<Admitted, Refusal> {
     // The KV binding only when a step reads (a leased key's hot path never does).
-    let kv = || env.kv(KV_BINDING).map_err(|e| unavailable("KV binding", e));
+    let kv = || super::kv::namespace(env, KV_BINDING).map_err(|e| unavailable("KV binding", e));
     let (policy, config) = (&settings.policy, &settings.config);
     let (mut gate, hash) = match credential {
         Credential::Key(presented) => {
@@ -339,7 +340,7 @@ fn run_later(ctx: &Context, env: &Env, later: Vec<Later>) {
 /// The org record and, for a user-bound key, the user record, read
 /// concurrently.
 async fn read_records(
-    kv: &worker::kv::KvStore,
+    kv: &KvNamespace,
     org_id: &str,
     user_id: Option<&str>,
 ) -> Result<(Option<OrgRecord>, Option<UserRecord>), Refusal> {
@@ -368,12 +369,12 @@ fn logged<T>(reply: Result<T, String>) -> Result<T, String> {
 /// a refusal (503), never an allow. A test build's KV fault replaces what
 /// the read returned ([`Fault::kv_read`]; the key record's read only).
 pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
-    kv: &worker::kv::KvStore,
+    kv: &KvNamespace,
     key: &str,
     fault: Fault,
 ) -> Result<Option<T>, Refusal> {
     count_io(Io::KvRead);
-    let read = kv.get(key).text().await.map_err(|e| e.to_string());
+    let read = kv.text(key).await;
     match fault.kv_read(read).map_err(|e| unavailable("KV read", e))? {
         None => Ok(None),
         Some(t) => crate::from_json(&t).map(Some).map_err(|e| unavailable("KV record decode", e)),

@@ -12,6 +12,7 @@ mod faults;
 mod gate;
 mod guard;
 mod jwt;
+mod kv;
 mod org;
 mod scanning;
 

@@ -13,6 +13,7 @@ use serde_json::Value;
 use worker::{durable_object, DurableObject, Env, Request, Response, SqlStorage, SqlStorageValue, State};
 
 use super::faults::Fault;
+use super::kv::KvNamespace;
 use crate::admin::{OrgCommand, OrgRequest};
 use crate::authorize::Refusal;
 use crate::control::{self, Caller};
@@ -163,7 +164,7 @@ async fn apply(sql: SqlStorage, env: Env, r: OrgRequest, guards: Fault) -> Resul
 }
 
 async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest, guards: Fault) -> Result<(u16, String), Refusal> {
-    let kv = env.kv(super::KV_BINDING).map_err(|e| super::unavailable("KV binding", e))?;
+    let kv = super::kv::namespace(&env, super::KV_BINDING).map_err(|e| super::unavailable("KV binding", e))?;
     let now = r.now_ms;
     let audit = |action: &str, target: &str, detail: String| write_audit(sql, r, action, target, &detail);
     match &r.command {
@@ -847,15 +848,9 @@ fn lease_facts(sql: &SqlStorage, org_id: &str, key_id: &str) -> Result<(u16, Str
     Ok((200, crate::error::success_raw(&data)))
 }
 
-async fn put_kv<T: serde::Serialize>(kv: &worker::kv::KvStore, key: &str, value: &T) -> Result<(), Refusal> {
+async fn put_kv<T: serde::Serialize>(kv: &KvNamespace, key: &str, value: &T) -> Result<(), Refusal> {
     let text = serde_json::to_string(value).map_err(|e| super::unavailable("KV encode", e))?;
-    // Bytes, not `put(key, String)`: the same UTF-8 value in KV, without
-    // worker's generic serde_wasm_bindgen path.
-    kv.put_bytes(key, text.as_bytes())
-        .map_err(|e| super::unavailable("KV put", e))?
-        .execute()
-        .await
-        .map_err(|e| super::unavailable("KV put", e))
+    kv.put_text(key, &text).await.map_err(|e| super::unavailable("KV put", e))
 }
 
 fn load_org(sql: &SqlStorage) -> Result<Option<(OrgRecord, i64)>, Refusal> {

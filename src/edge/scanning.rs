@@ -40,7 +40,7 @@ pub(super) async fn handle(mut req: Request, env: &Env, request_id: &str, now: i
         Err(e) => return Err(unavailable("secret-scanning signature check", e)),
     }
     let batch = core::parse_batch(&body).map_err(|e| ApiError::with_message(ErrorCode::InvalidRequest, e))?;
-    let kv = env.kv(KV_BINDING).map_err(|e| unavailable("KV binding", e))?;
+    let kv = super::kv::namespace(env, KV_BINDING).map_err(|e| unavailable("KV binding", e))?;
     // Every lookup first: a record that cannot be read fails the batch
     // before anything is revoked.
     let mut found = Vec::with_capacity(batch.len());
