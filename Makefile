@@ -23,8 +23,13 @@ WORKER := build/index_bg.wasm
 # nor waits on its lock. Never deployed.
 FAULTS := build-faults/index_bg.wasm
 SOURCES := $(shell find src policy -type f) Cargo.toml Cargo.lock
+# The console (/console): static files served by Workers Static Assets
+# (wrangler.toml [assets]), not by the wasm. console/src → console/dist,
+# app.js bundled by esbuild; console/dist is build output.
+CONSOLE := console/dist/console/index.html
+CONSOLE_SOURCES := $(shell find console/src -type f)
 
-.PHONY: help tools dev test lint deploy clean bench build-faults
+.PHONY: help tools dev test lint deploy clean bench build-faults console
 .PHONY: deploy-check load-psl soak fuzz
 
 help:
@@ -83,7 +88,17 @@ $(WORKER): $(SOURCES) | tools
 	worker-build --release
 	$(WASM_OPT_BIN) $@ -o $@ $(WASM_OPT_PASSES) --strip-debug --strip-producers $(WASM_FEATURES)
 
-build: $(WORKER)
+build: $(WORKER) $(CONSOLE)
+
+$(CONSOLE): $(CONSOLE_SOURCES) | node_modules/.package-lock.json
+	rm -rf console/dist
+	mkdir -p console/dist/console
+	$(ESBUILD_BIN) console/src/app.js --bundle --format=esm --minify --target=es2020 --log-level=warning --outfile=console/dist/console/app.js
+	cp console/src/app.css console/dist/console/app.css
+	cp console/src/_headers console/dist/_headers
+	cp console/src/index.html $@
+
+console: $(CONSOLE)
 
 $(FAULTS): $(SOURCES) | tools
 	worker-build --release --out-dir build-faults -- --features faults --target-dir target/faults
@@ -91,7 +106,7 @@ $(FAULTS): $(SOURCES) | tools
 
 build-faults: $(FAULTS)
 
-dev: tools $(WORKER)
+dev: tools $(WORKER) $(CONSOLE)
 	./scripts/dev.sh
 
 lint: tools
@@ -100,19 +115,19 @@ lint: tools
 	cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
 	cargo clippy --lib --target wasm32-unknown-unknown --features faults -- -D warnings
 
-test: tools .tools/chromium $(WORKER) $(FAULTS) lint deploy-check
+test: tools .tools/chromium $(WORKER) $(FAULTS) $(CONSOLE) lint deploy-check
 	cargo test --all-targets
 
 # Core (divan) and end-to-end (workerd + wrk) benchmarks; installs wrk,
 # builds the baselines and keyward's benchmark build (feature `bench`, with
 # the same final wasm-opt pass as $(WORKER)); writes bench/results.md
 # (bench/README.md).
-bench: tools $(WORKER)
+bench: tools $(WORKER) $(CONSOLE)
 	WASM_OPT_FEATURES="$(WASM_FEATURES)" WASM_OPT_PASSES="$(WASM_OPT_PASSES)" ./bench/run.sh
 
 # wrangler deploy --dry-run (offline, no login) into build/dry-run, then the
 # upload's size against the Workers limits (scripts/deploy-check.sh).
-deploy-check: tools $(WORKER)
+deploy-check: tools $(WORKER) $(CONSOLE)
 	./scripts/deploy-check.sh
 
 # Every parser of untrusted input under libFuzzer for FUZZ_SECONDS each
@@ -126,10 +141,10 @@ fuzz:
 # 10 minutes of steady mixed load against `wrangler dev` (soak/run.sh;
 # SOAK_SECONDS, SOAK_RATE, SOAK_RUNTIME=workerd): writes soak/results.md,
 # exits non-zero on findings.
-soak: tools $(WORKER)
+soak: tools $(WORKER) $(CONSOLE)
 	./soak/run.sh
 
-deploy: tools $(WORKER)
+deploy: tools $(WORKER) $(CONSOLE)
 	node_modules/.bin/wrangler deploy
 
 # Loads data/public_suffix_list.dat into a deployment (once after the first
@@ -142,4 +157,4 @@ load-psl:
 	@echo
 
 clean:
-	rm -rf build build-faults target .tools
+	rm -rf build build-faults target .tools console/dist

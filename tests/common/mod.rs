@@ -115,9 +115,25 @@ fn isolated_config(state: &Path, build: &str) -> PathBuf {
         main = state.join("entry.mjs");
         std::fs::write(&main, entry.replace(import, &to)).unwrap();
     }
+    // The console's static assets (wrangler resolves `directory` against
+    // the config's own directory): absolute, and built (`make` builds them).
+    let assets = root().join("console/dist");
+    assert!(
+        assets.join("console/index.html").exists(),
+        "the console is not built ({} is missing): run `make console` (`make test` builds it)",
+        assets.display()
+    );
     let config: String = original
         .lines()
-        .map(|l| if l.starts_with("main = ") { format!("main = \"{}\"", main.display()) } else { l.to_owned() })
+        .map(|l| {
+            if l.starts_with("main = ") {
+                format!("main = \"{}\"", main.display())
+            } else if l.starts_with("directory = \"./console/dist\"") {
+                format!("directory = \"{}\"", assets.display())
+            } else {
+                l.to_owned()
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n");
     assert!(config.contains(&main.display().to_string()), "wrangler.toml has no `main = ` line");
