@@ -384,6 +384,8 @@ function openDialog(d) {
 
 function closeDialog(d) {
   if (d.open) d.close();
+  // The plaintext leaves the DOM at once (the close event comes later).
+  if (d.id === "secret-dialog") d.replaceChildren();
 }
 
 function onDialogClose(d, fn) {

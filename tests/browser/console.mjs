@@ -1,0 +1,198 @@
+// Drives Debian's Chromium (playwright-core, no browser download) through
+// the keys console for tests/console.rs. One scenario per run; prints one
+// JSON line with what the page showed, and writes screenshots.
+//   node tests/browser/console.mjs <scenario> <edge url> <screenshot dir> '<json args>'
+// Scenarios: create (sign in, create a secret key, read and copy its
+// plaintext once), revoke (sign in, revoke args.key_id, look at usage and
+// audit), viewer (sign in as a viewer), frame (load the console in a frame).
+// With CONSOLE_STUB_ME=1, GET /v1/me is answered by args.me instead of the
+// worker: only for trying the page against a worker without /v1/me.
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { chromium } from "playwright-core";
+
+const [scenario, edge, shots, rawArgs] = process.argv.slice(2);
+const args = JSON.parse(rawArgs || "{}");
+const axeSource = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
+const out = { scenario, dialogs: [], console: [], page_errors: [], screenshots: [], axe: {} };
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+  ],
+});
+
+async function shot(page, name) {
+  const path = `${shots}/${name}.png`;
+  await page.screenshot({ path, fullPage: true });
+  out.screenshots.push(path);
+}
+
+/** axe-core in the page; the violations that are serious or critical. */
+async function axe(page, name) {
+  await page.evaluate(axeSource); // DevTools evaluation: not an inline script, the CSP stays in force
+  const v = await page.evaluate(async () => {
+    const r = await window.axe.run(document, { resultTypes: ["violations"] });
+    return r.violations.map((x) => ({ id: x.id, impact: x.impact, help: x.help, nodes: x.nodes.map((n) => n.target.join(" ")) }));
+  });
+  out.axe[name] = v.filter((x) => x.impact === "serious" || x.impact === "critical");
+  out.axe[`${name}_minor`] = v.filter((x) => !(x.impact === "serious" || x.impact === "critical")).map((x) => x.id);
+}
+
+async function waitReady(page) {
+  await page.waitForFunction(
+    () => document.body.dataset.state === "ready" || !document.getElementById("error").hidden,
+    null, { timeout: 20000 });
+  const s = await page.evaluate(() => ({ state: document.body.dataset.state, error: document.getElementById("error").textContent }));
+  if (s.state !== "ready") throw new Error(`the console did not get ready: ${s.error}`);
+}
+
+async function signIn(page, email, password) {
+  const res = await page.goto(`${edge}/console/`);
+  out.console_headers = await res.allHeaders();
+  await page.waitForFunction(() => document.body.dataset.state === "signed-out");
+  await shot(page, "sign-in");
+  await page.getByLabel("Email").fill(email);
+  await page.getByLabel("Password").fill(password);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await waitReady(page);
+  out.session_storage = await page.evaluate(() => Object.fromEntries(Object.entries(sessionStorage)));
+  out.local_storage_length = await page.evaluate(() => localStorage.length);
+  out.who = await page.evaluate(() => ["org", "user", "role"].map((k) => document.getElementById(`who-${k}`).textContent));
+}
+
+/** Tab through the page: the ids (or labels) of what got the focus. */
+async function tabStops(page, n) {
+  const seen = [];
+  for (let i = 0; i < n; i++) {
+    await page.keyboard.press("Tab");
+    seen.push(await page.evaluate(() => {
+      const a = document.activeElement;
+      return a ? a.id || a.getAttribute("aria-label") || a.textContent.trim().slice(0, 40) : null;
+    }));
+  }
+  return seen;
+}
+
+try {
+  const context = await browser.newContext();
+  await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: edge });
+  const page = await context.newPage();
+  page.on("dialog", async (d) => { out.dialogs.push(`${d.type()}: ${d.message()}`); await d.dismiss(); });
+  page.on("console", (m) => out.console.push(`${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => out.page_errors.push(String(e)));
+  await page.addInitScript(() => {
+    window.__csp = [];
+    document.addEventListener("securitypolicyviolation", (e) => window.__csp.push(e.violatedDirective));
+  });
+  if (process.env.CONSOLE_STUB_ME === "1") {
+    await page.route("**/v1/me", (route) => route.fulfill({ status: 200, contentType: "application/json", body: JSON.stringify({ success: true, data: args.me }) }));
+  }
+
+  if (scenario === "create") {
+    await signIn(page, "admin@demo.test", "demo-admin");
+    // An inline script injected into the page does not run (CSP).
+    out.inline_ran = await page.evaluate(async () => {
+      const s = document.createElement("script");
+      s.textContent = "window.__inlineRan = true";
+      document.body.append(s);
+      await new Promise((r) => setTimeout(r, 200));
+      return window.__inlineRan === true;
+    });
+    out.csp_violations = await page.evaluate(() => window.__csp);
+    await shot(page, "keys");
+    await axe(page, "keys");
+    out.tab_stops = await tabStops(page, 8);
+    // New key, by keyboard where it matters.
+    await page.locator("#new-key").focus();
+    await page.keyboard.press("Enter");
+    await page.locator("#create-dialog[open]").waitFor();
+    out.focus_in_dialog = await page.evaluate(() => document.activeElement.id);
+    out.scope_boxes = await page.evaluate(() => [...document.querySelectorAll("#ck-scopes input")].map((c) => ({ scope: c.value, disabled: c.disabled })));
+    await page.getByLabel("Name").fill(args.name);
+    await page.getByRole("checkbox", { name: "ai:chat" }).check();
+    await shot(page, "new-key");
+    await axe(page, "new_key_dialog");
+    await page.getByRole("button", { name: "Create key" }).click();
+    await page.waitForFunction(() => document.getElementById("secret-value") || !document.querySelector("#create-dialog .form-error").hidden, null, { timeout: 15000 });
+    const formErr = await page.evaluate(() => document.querySelector("#create-dialog .form-error").textContent);
+    if (formErr) throw new Error(`create failed in the page: ${formErr}`);
+    out.plaintext = await page.locator("#secret-value").inputValue();
+    out.warning = await page.locator("#secret-warning").textContent();
+    await page.getByRole("button", { name: "Copy key" }).click();
+    await page.waitForFunction(() => document.getElementById("secret-copied").textContent !== "");
+    out.copied_status = await page.locator("#secret-copied").textContent();
+    out.clipboard = await page.evaluate(() => navigator.clipboard.readText());
+    await shot(page, "key-created");
+    await axe(page, "secret_dialog");
+    await page.getByRole("button", { name: "I have copied it, close" }).click();
+    await page.waitForFunction(() => !document.getElementById("secret-dialog").open);
+    out.plaintext_in_dom_after_close = await page.evaluate((p) => document.documentElement.outerHTML.includes(p) ||
+      [...document.querySelectorAll("input, textarea")].some((i) => i.value.includes(p)), out.plaintext);
+    await page.locator(`#keys-table tr`, { hasText: args.name }).first().waitFor();
+    out.row = await page.locator(`#keys-table tr`, { hasText: args.name }).first().evaluate((tr) => ({ id: tr.dataset.keyId, cells: [...tr.cells].map((c) => c.textContent) }));
+  } else if (scenario === "revoke") {
+    await signIn(page, "admin@demo.test", "demo-admin");
+    // The hostile name renders as text.
+    const hostile = page.locator("#keys-table td.name", { hasText: args.hostile_name });
+    await hostile.first().waitFor();
+    out.hostile_text = await hostile.first().textContent();
+    out.images_in_table = await page.locator("#keys-table img").count();
+    const row = page.locator(`#keys-table tr[data-key-id="${args.key_id}"]`);
+    await row.getByRole("button", { name: /^Revoke / }).click();
+    await page.locator("#confirm-dialog[open]").waitFor();
+    out.confirm_text = await page.locator("#confirm-text").textContent();
+    out.focus_in_confirm = await page.evaluate(() => document.activeElement.textContent);
+    await shot(page, "revoke-confirm");
+    await axe(page, "revoke_dialog");
+    await page.getByRole("button", { name: "Yes, revoke" }).click();
+    await page.waitForFunction(() => !document.getElementById("confirm-dialog").open || !document.querySelector("#confirm-dialog .form-error").hidden);
+    const err = await page.evaluate(() => document.querySelector("#confirm-dialog .form-error").textContent);
+    if (err) throw new Error(`revoke failed in the page: ${err}`);
+    await row.waitFor({ state: "detached" });
+    out.revoked_row_gone = true;
+    await page.getByRole("button", { name: "Usage" }).click();
+    await page.waitForFunction(() => document.body.dataset.view === "usage" && document.getElementById("usage-list").childElementCount > 0);
+    out.usage_keys = await page.evaluate(() => [...document.querySelectorAll("#usage-list figure")].map((f) => f.dataset.keyId));
+    out.usage_bars = await page.locator("#usage-list svg rect").count();
+    out.headroom = await page.locator("#usage-headroom").textContent();
+    await shot(page, "usage");
+    await axe(page, "usage");
+    await page.getByRole("button", { name: "Audit log" }).click();
+    await page.waitForFunction(() => document.body.dataset.view === "audit" && document.querySelector("#audit-table tbody tr"));
+    out.audit_rows = await page.evaluate(() => [...document.querySelectorAll("#audit-table tbody tr")].map((tr) => [...tr.cells].map((c) => c.textContent)));
+    await shot(page, "audit");
+    await axe(page, "audit");
+    await page.getByRole("button", { name: "Sign out" }).click();
+    out.session_storage_after_sign_out = await page.evaluate(() => sessionStorage.length);
+    out.signed_out = await page.evaluate(() => document.body.dataset.state);
+  } else if (scenario === "viewer") {
+    await signIn(page, "viewer@demo.test", "demo-viewer");
+    out.new_key_visible = await page.locator("#new-key").isVisible();
+    out.revoke_buttons = await page.getByRole("button", { name: /^Revoke / }).count();
+    out.note = await page.locator("#keys-note").isVisible();
+    await shot(page, "keys-viewer");
+    await axe(page, "viewer");
+  } else if (scenario === "frame") {
+    // Another origin (about:blank under a data page) frames the console.
+    await page.setContent(`<!doctype html><title>framer</title><iframe id="f" title="console" src="${edge}/console/"></iframe>`);
+    await page.waitForTimeout(1500);
+    out.frames = await Promise.all(page.frames().slice(1).map(async (f) => {
+      let hasSignIn = false;
+      try { hasSignIn = await f.evaluate(() => !!document.getElementById("signin-form")); } catch { /* blocked */ }
+      return { url: f.url(), has_sign_in: hasSignIn };
+    }));
+    await shot(page, "framed");
+  } else {
+    throw new Error(`unknown scenario ${scenario}`);
+  }
+  console.log(JSON.stringify(out));
+} catch (e) {
+  out.failure = String(e && e.stack || e);
+  console.log(JSON.stringify(out));
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}

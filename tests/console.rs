@@ -1,0 +1,230 @@
+//! End to end: the keys console (`/console`, static assets next to the
+//! worker) in a real headless Chromium (Debian's, driven by playwright-core
+//! through `tests/browser/console.mjs`): a person signs in with the demo
+//! identity provider, creates a key, sees and copies its plaintext once,
+//! the key works against the edge, the person revokes it in the page and
+//! the key is refused; a viewer sees no create button; hostile key names
+//! render as text; the CSP blocks inline scripts; the token is never in
+//! localStorage; the page cannot be framed; axe-core finds no serious or
+//! critical violation. Screenshots: target/console-screenshots/.
+//!
+//! `KEYWARD_CONSOLE_ALLOW_EDGE=1` also lists the edge's own origin in
+//! `JWT_ALLOWED_ORIGINS`, and `CONSOLE_STUB_ME=1` answers `GET /v1/me` in
+//! the browser: both only to try the page on a worker that does not yet
+//! accept a session from its own origin or serve `/v1/me`.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::SystemTime;
+
+use common::*;
+use serde_json::{json, Value};
+
+const ORG: &str = "org_demo";
+const HOSTILE: &str = "<img src=x onerror=alert(1)>";
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; \
+                   frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn newest(dir: &Path) -> SystemTime {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| if e.path().is_dir() { newest(&e.path()) } else { e.metadata().unwrap().modified().unwrap() })
+        .max()
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+fn h() -> &'static Harness {
+    static H: OnceLock<Harness> = OnceLock::new();
+    H.get_or_init(|| {
+        let built = std::fs::metadata(root().join("console/dist/console/index.html"))
+            .and_then(|m| m.modified())
+            .expect("the console is not built: run `make console` (`make test` builds it)");
+        assert!(
+            newest(&root().join("console/src")) <= built,
+            "console/dist is older than console/src: run `make console`"
+        );
+        let mut vars = vec![
+            ("JWT_ISSUER", "https://idp.keyward.test".to_owned()),
+            ("JWT_AUDIENCE", "keyward-demo".to_owned()),
+            ("JWT_JWKS_URL", "{origin}/.well-known/jwks.json".to_owned()),
+        ];
+        if std::env::var("KEYWARD_CONSOLE_ALLOW_EDGE").as_deref() == Ok("1") {
+            vars.push(("JWT_ALLOWED_ORIGINS", "{edge}".to_owned()));
+        }
+        let h = Harness::start(Options { origin_url: None, vars });
+        // The demo org and users of `make dev` (demo/origin.mjs signs them in).
+        for (path, body) in [
+            (format!("/admin/orgs/{ORG}"), json!({"name": "Demo Org", "baa_active": true})),
+            (format!("/admin/orgs/{ORG}/users/user_demo"), json!({"role": "admin"})),
+            (format!("/admin/orgs/{ORG}/users/user_viewer"), json!({"role": "viewer"})),
+        ] {
+            let r = h.admin("PUT", &path, Some(body));
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+        }
+        h
+    })
+}
+
+/// One browser at a time (2 cores; and the login route's per-address limit).
+fn browse(scenario: &str, args: Value) -> Value {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let shots = root().join("target/console-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let edge = format!("http://127.0.0.1:{}", h().port);
+    let out = std::process::Command::new("node")
+        .current_dir(root())
+        .args(["tests/browser/console.mjs", scenario, &edge, &shots.display().to_string(), &args.to_string()])
+        .output()
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = stdout.lines().last().and_then(|l| serde_json::from_str(l).ok()).unwrap_or_else(|| {
+        panic!("browser run {scenario} printed no result: {stdout}\n{}", String::from_utf8_lossy(&out.stderr))
+    });
+    assert!(out.status.success() && v.get("failure").is_none(), "browser run {scenario} failed: {v:#}");
+    assert_eq!(v["dialogs"], json!([]), "a dialog (alert) fired: {v:#}");
+    assert_eq!(v["page_errors"], json!([]), "{v:#}");
+    for (name, violations) in v["axe"].as_object().unwrap() {
+        if !name.ends_with("_minor") {
+            assert_eq!(violations, &json!([]), "axe-core: serious or critical violations on {name}");
+        }
+    }
+    v
+}
+
+/// What `/v1/me` answers, for `CONSOLE_STUB_ME=1` only.
+fn me(user: &str, role: &str) -> Value {
+    let all = ["ai:chat", "ai:documents", "ai:embeddings", "ai:summarize", "control:read", "control:webhooks"];
+    json!({"org_id": ORG, "user_id": user, "role": role, "scopes": all,
+           "may_create_keys": role == "admin", "grantable_scopes": if role == "admin" { json!(all) } else { json!([]) }})
+}
+
+fn assert_signed_in(v: &Value, user: &str, role: &str) {
+    assert_eq!(v["who"], json!([ORG, user, role]), "the header shows org, user and role");
+    let stored = v["session_storage"].as_object().unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert!(stored.values().next().unwrap().as_str().unwrap().starts_with("eyJ"), "the access token in sessionStorage");
+    assert_eq!(v["local_storage_length"], 0, "nothing in localStorage");
+    assert_eq!(v["console_headers"]["content-security-policy"], CSP);
+}
+
+fn chat(key: &str) -> Resp {
+    let auth = format!("Bearer {key}");
+    h().send("POST", "/v1/ai/chat", &[("authorization", &auth), ("content-type", "application/json")], Some(b"{}"))
+}
+
+#[test]
+fn console_is_served_with_its_headers() {
+    let r = h().send("GET", "/console", &[], None);
+    assert!(matches!(r.status, 301..=308), "{}", r.status);
+    assert_eq!(r.header("location"), Some("/console/"));
+    for path in ["/console/", "/console/app.js", "/console/app.css"] {
+        let r = h().send("GET", path, &[], None);
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.header("content-security-policy"), Some(CSP), "{path}");
+        assert_eq!(r.header("x-frame-options"), Some("DENY"), "{path}");
+        assert_eq!(r.header("referrer-policy"), Some("no-referrer"), "{path}");
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{path}");
+        assert_eq!(r.header("cache-control"), Some("no-store"), "{path}");
+    }
+    let page = h().send("GET", "/console/", &[], None).text();
+    assert!(page.contains("<script type=\"module\" src=\"/console/app.js\"></script>"), "{page}");
+    assert!(!page.contains("<script>") && !page.contains("style="), "no inline script or style");
+    for external in ["src=\"http", "href=\"http", "src=\"//", "href=\"//"] {
+        assert!(!page.contains(external), "no third-party request: {external}");
+    }
+    let js = h().send("GET", "/console/app.js", &[], None).text();
+    assert!(!js.contains("eval(") && !js.contains("new Function"), "no eval");
+    assert!(!js.contains("innerHTML"), "API text goes through textContent and DOM APIs");
+    // The API is still the worker's.
+    h().send("GET", "/v1/api_keys", &[], None).assert_error(401, "INVALID_API_KEY");
+}
+
+#[test]
+fn a_person_creates_copies_uses_and_revokes_a_key_in_the_page() {
+    let name = unique("console-key");
+    let v = browse("create", json!({"name": name, "me": me("user_demo", "admin")}));
+    assert_signed_in(&v, "user_demo", "admin");
+    // The CSP blocked the injected inline script.
+    assert_eq!(v["inline_ran"], false, "{v:#}");
+    assert!(
+        v["csp_violations"].as_array().unwrap().iter().any(|d| d.as_str().unwrap().starts_with("script-src")),
+        "{v:#}"
+    );
+    assert_eq!(v["focus_in_dialog"], "ck-name", "the dialog takes the focus");
+    let stops: Vec<&str> = v["tab_stops"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    for want in ["sign-out", "API keys", "new-key"] {
+        assert!(stops.contains(&want), "{want} is reachable by keyboard: {stops:?}");
+    }
+    // Shown once, copied, with the warning; gone from the page once closed.
+    let plaintext = v["plaintext"].as_str().unwrap().to_owned();
+    assert!(plaintext.starts_with("kw_live_") && plaintext.len() == 44, "{plaintext}");
+    assert_eq!(v["clipboard"], plaintext.as_str());
+    assert!(v["warning"].as_str().unwrap().contains("will not be shown again"), "{v:#}");
+    assert_eq!(v["plaintext_in_dom_after_close"], false);
+    let key_id = v["row"]["id"].as_str().unwrap().to_owned();
+    let cells = v["row"]["cells"].as_array().unwrap();
+    assert_eq!(cells[0], name.as_str());
+    assert_eq!(cells[1], format!("kw_live_…{}", &plaintext[plaintext.len() - 4..]).as_str());
+    assert_eq!(cells[2], "secret");
+    assert_eq!(cells[3], "ai:chat");
+
+    // The key works with a plain HTTP client against the edge.
+    let r = chat(&plaintext);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rid = r.header("x-request-id").unwrap().to_owned();
+    let seen = h().origin_saw(&rid).expect("the origin saw the request");
+    assert_eq!(seen["headers"]["x-keyward-key-id"], key_id.as_str());
+    assert_eq!(seen["headers"]["x-keyward-user"], "user_demo", "a key minted by a session is bound to its user");
+
+    // A hostile name (made by the admin API) renders as text in the page.
+    let (_, _hostile_id) = h().key(ORG, json!({"name": HOSTILE, "scopes": ["ai:chat"]}));
+
+    // Revoke in the page: the key is refused on its next request.
+    std::thread::sleep(std::time::Duration::from_millis(1500)); // usage rolls up every second
+    let v = browse("revoke", json!({"key_id": key_id, "hostile_name": HOSTILE, "me": me("user_demo", "admin")}));
+    assert_eq!(v["hostile_text"], HOSTILE, "rendered as text");
+    assert_eq!(v["images_in_table"], 0);
+    assert!(v["confirm_text"].as_str().unwrap().contains(&name), "{v:#}");
+    assert_eq!(v["focus_in_confirm"], "Cancel", "the confirmation starts on Cancel");
+    assert_eq!(v["revoked_row_gone"], true);
+    chat(&plaintext).assert_error(401, "INVALID_API_KEY");
+    // Usage shows the key's hour; the audit log its creation and revocation.
+    assert!(v["usage_keys"].as_array().unwrap().iter().any(|k| k == key_id.as_str()), "{v:#}");
+    assert!(v["usage_bars"].as_u64().unwrap() > 0);
+    let audit = v["audit_rows"].as_array().unwrap();
+    for action in ["key.created", "key.revoked"] {
+        assert!(
+            audit.iter().any(|r| r[1] == "user:user_demo" && r[2] == action && r[3] == key_id.as_str()),
+            "{action} by user:user_demo in the audit log: {audit:?}"
+        );
+    }
+    assert!(audit.iter().all(|r| r[4].as_str().unwrap().starts_with("req_") || r[4] == "—"), "{audit:?}");
+    assert_eq!(v["session_storage_after_sign_out"], 0, "sign-out clears the token");
+    assert_eq!(v["signed_out"], "signed-out");
+}
+
+#[test]
+fn a_viewer_sees_the_keys_without_the_create_button() {
+    let v = browse("viewer", json!({"me": me("user_viewer", "viewer")}));
+    assert_signed_in(&v, "user_viewer", "viewer");
+    assert_eq!(v["new_key_visible"], false);
+    assert_eq!(v["revoke_buttons"], 0);
+    assert_eq!(v["note"], true);
+}
+
+#[test]
+fn the_console_cannot_be_framed() {
+    let v = browse("frame", json!({}));
+    let frames = v["frames"].as_array().unwrap();
+    assert!(!frames.is_empty(), "{v:#}");
+    assert!(frames.iter().all(|f| f["has_sign_in"] == false), "the console rendered in a frame: {v:#}");
+}
