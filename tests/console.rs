@@ -213,6 +213,30 @@ fn a_person_creates_copies_uses_and_revokes_a_key_in_the_page() {
 }
 
 #[test]
+fn a_widget_keys_snippet_works_on_its_allowed_origin_and_the_key_rolls() {
+    let name = unique("console-widget");
+    let page_port = free_port();
+    let v = browse("widget", json!({"name": name, "page_port": page_port, "me": me("user_demo", "admin")}));
+    let plaintext = v["plaintext"].as_str().unwrap();
+    assert!(plaintext.starts_with("kw_pub_"), "{plaintext}");
+    let snippet = v["snippet"].as_str().unwrap();
+    assert!(
+        snippet.contains(plaintext) && snippet.contains(&format!("http://127.0.0.1:{}/v1/ai/chat", h().port)),
+        "{snippet}"
+    );
+    assert_eq!(v["plaintext_in_dom_after_escape"], false);
+    assert!(v["snippet_origins"].as_str().unwrap().contains(&format!("http://127.0.0.1:{page_port}")), "{v:#}");
+    // The page on the allowed origin got the origin's answer through the edge.
+    let answer: Value = serde_json::from_str(v["widget_answer"].as_str().unwrap()).expect("the origin's JSON answer");
+    assert_eq!(answer["echo"]["headers"]["x-keyward-key-id"], v["key_id"]);
+    assert_eq!(answer["echo"]["headers"]["x-keyward-key-kind"], "widget");
+    // Rolled in the page: a new key shown once, the old one alive for its grace.
+    let rolled = v["rolled_plaintext"].as_str().unwrap();
+    assert!(rolled.starts_with("kw_pub_") && rolled != plaintext, "{rolled}");
+    assert!(v["rolled_text"].as_str().unwrap().contains("The old key keeps working until"), "{v:#}");
+}
+
+#[test]
 fn a_viewer_sees_the_keys_without_the_create_button() {
     let v = browse("viewer", json!({"me": me("user_viewer", "viewer")}));
     assert_signed_in(&v, "user_viewer", "viewer");

@@ -366,7 +366,7 @@ function usageChart(keyId, name, rows, from) {
     if (i % 6 === 0) chart.append(svg("text", { x, y: H + 16, class: "tick" }, when));
   });
   return el("figure", { class: "card", dataset: { keyId } },
-    el("figcaption", {}, el("strong", {}, name || keyId), " ", el("code", {}, keyId), el("br"), desc),
+    el("figcaption", {}, name ? [el("strong", {}, name), " "] : null, el("code", {}, keyId), el("br"), desc),
     chart,
     el("p", { class: "legend", "aria-hidden": "true" }, el("span", { class: "sw allowed" }), " allowed ", el("span", { class: "sw refused" }), " refused"));
 }

@@ -168,6 +168,65 @@ try {
     await page.getByRole("button", { name: "Sign out" }).click();
     out.session_storage_after_sign_out = await page.evaluate(() => sessionStorage.length);
     out.signed_out = await page.evaluate(() => document.body.dataset.state);
+  } else if (scenario === "widget") {
+    // A widget key made in the page; its snippet, pasted into a page on the
+    // allowed origin (served here on args.page_port), gets its answer.
+    await signIn(page, "admin@demo.test", "demo-admin");
+    await page.getByRole("button", { name: "New key" }).click();
+    await page.getByLabel("Name").fill(args.name);
+    await page.getByRole("checkbox", { name: "ai:chat" }).check();
+    await page.getByRole("radio", { name: /^Widget/ }).check();
+    await page.getByLabel(/^Allowed origins/).fill(`http://127.0.0.1:${args.page_port}`);
+    await page.getByRole("button", { name: "Create key" }).click();
+    await page.waitForFunction(() => document.getElementById("secret-snippet") || !document.querySelector("#create-dialog .form-error").hidden, null, { timeout: 15000 });
+    const formErr = await page.evaluate(() => document.querySelector("#create-dialog .form-error").textContent);
+    if (formErr) throw new Error(`create failed in the page: ${formErr}`);
+    out.plaintext = await page.locator("#secret-value").inputValue();
+    const snippet = await page.locator("#secret-snippet").inputValue();
+    out.snippet = snippet;
+    await shot(page, "widget-created");
+    await axe(page, "widget_dialog");
+    await page.keyboard.press("Escape"); // closing by Escape removes the plaintext too
+    await page.waitForFunction(() => !document.getElementById("secret-dialog").open);
+    await page.waitForTimeout(100);
+    out.plaintext_in_dom_after_escape = await page.evaluate((p) => document.documentElement.outerHTML.includes(p), out.plaintext);
+    const row = page.locator("#keys-table tr", { hasText: args.name }).first();
+    await row.waitFor();
+    out.key_id = await row.evaluate((tr) => tr.dataset.keyId);
+    await row.getByRole("button", { name: /^Embed snippet/ }).click();
+    out.snippet_origins = await page.locator("#snippet-origins").textContent();
+    await shot(page, "widget-snippet");
+    await axe(page, "snippet_dialog");
+    await page.locator("#snippet-dialog").getByRole("button", { name: "Close" }).click();
+    // The pasted snippet on the allowed origin.
+    const { createServer } = await import("node:http");
+    const server = createServer((req, res) => {
+      res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+      res.end(`<!doctype html><html lang="en"><head><title>shop</title></head><body>${snippet}</body></html>`);
+    });
+    await new Promise((r) => server.listen(args.page_port, "127.0.0.1", r));
+    try {
+      const shop = await context.newPage();
+      await shop.goto(`http://127.0.0.1:${args.page_port}/`);
+      await shop.getByLabel("Message").fill("hello from the snippet");
+      await shop.getByRole("button", { name: "Send" }).click();
+      await shop.waitForFunction(() => document.getElementById("kw-answer").textContent !== "", null, { timeout: 15000 });
+      out.widget_answer = await shop.locator("#kw-answer").textContent();
+      await shot(shop, "widget-on-shop");
+    } finally {
+      server.close();
+    }
+    // Roll it in the page: a new plaintext, once.
+    await row.getByRole("button", { name: /^Roll / }).click();
+    await page.getByLabel(/^Grace period/).fill("60");
+    await page.locator("#roll-dialog").getByRole("button", { name: "Roll" }).click();
+    await page.waitForFunction(() => document.getElementById("secret-value") || !document.querySelector("#roll-dialog .form-error").hidden, null, { timeout: 15000 });
+    const rollErr = await page.evaluate(() => document.querySelector("#roll-dialog .form-error").textContent);
+    if (rollErr) throw new Error(`roll failed in the page: ${rollErr}`);
+    out.rolled_plaintext = await page.locator("#secret-value").inputValue();
+    out.rolled_text = await page.locator("#secret-dialog").textContent();
+    await shot(page, "key-rolled");
+    await page.getByRole("button", { name: "I have copied it, close" }).click();
   } else if (scenario === "viewer") {
     await signIn(page, "viewer@demo.test", "demo-viewer");
     out.new_key_visible = await page.locator("#new-key").isVisible();
