@@ -83,6 +83,9 @@ echo "$LEASED_ID" > .wrangler/demo-leased-key-id
 cat <<MSG
 
   keyward is running on $base  (origin: $ORIGIN_URL)
+
+  keys console: $base/console/
+    sign in as admin@demo.test / demo-admin (admin) or viewer@demo.test / demo-viewer (viewer)
   demo org: org_demo (BAA active), user: user_demo (admin)
   demo secret key (shown once): $KEY
 
