@@ -93,7 +93,11 @@ fn browse(scenario: &str, args: Value) -> Value {
     assert_eq!(v["dialogs"], json!([]), "a dialog (alert) fired: {v:#}");
     assert_eq!(v["page_errors"], json!([]), "{v:#}");
     for (name, violations) in v["axe"].as_object().unwrap() {
-        if !name.ends_with("_minor") {
+        if name.ends_with("_minor") {
+            if violations != &json!([]) {
+                eprintln!("axe-core, moderate or minor on {name}: {violations}");
+            }
+        } else {
             assert_eq!(violations, &json!([]), "axe-core: serious or critical violations on {name}");
         }
     }
@@ -170,6 +174,7 @@ fn a_person_creates_copies_uses_and_revokes_a_key_in_the_page() {
     assert_eq!(v["clipboard"], plaintext.as_str());
     assert!(v["warning"].as_str().unwrap().contains("will not be shown again"), "{v:#}");
     assert_eq!(v["plaintext_in_dom_after_close"], false);
+    assert_eq!(v["focus_after_close"], "new-key", "the focus returns to what opened the dialogs");
     let key_id = v["row"]["id"].as_str().unwrap().to_owned();
     let cells = v["row"]["cells"].as_array().unwrap();
     assert_eq!(cells[0], name.as_str());
@@ -196,6 +201,7 @@ fn a_person_creates_copies_uses_and_revokes_a_key_in_the_page() {
     assert!(v["confirm_text"].as_str().unwrap().contains(&name), "{v:#}");
     assert_eq!(v["focus_in_confirm"], "Cancel", "the confirmation starts on Cancel");
     assert_eq!(v["revoked_row_gone"], true);
+    assert_eq!(v["focus_after_revoke"], "main", "the revoked row is gone: the focus goes to the main region");
     chat(&plaintext).assert_error(401, "INVALID_API_KEY");
     // Usage shows the key's hour; the audit log its creation and revocation.
     assert!(v["usage_keys"].as_array().unwrap().iter().any(|k| k == key_id.as_str()), "{v:#}");

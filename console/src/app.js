@@ -373,10 +373,15 @@ function usageChart(keyId, name, rows, from) {
 
 // -------------------------------------------------------------- dialogs
 
-let lastFocus = null;
+// Each dialog returns the focus to what opened it (a dialog opened from
+// another one returns it to what opened the first), or to the main region
+// when that is gone (a revoked key's row).
+const returnTo = new Map();
 
 function openDialog(d) {
-  lastFocus = document.activeElement;
+  const active = document.activeElement;
+  const from = active && active.closest ? active.closest("dialog") : null;
+  returnTo.set(d, from ? returnTo.get(from) : active);
   d.showModal();
   const first = d.querySelector("input:not([disabled]):not([type=hidden]), textarea, select, button");
   if (first) first.focus();
@@ -391,7 +396,10 @@ function closeDialog(d) {
 function onDialogClose(d, fn) {
   d.addEventListener("close", () => {
     if (fn) fn();
-    if (lastFocus && document.contains(lastFocus)) lastFocus.focus();
+    if (document.querySelector("dialog[open]")) return; // another dialog has the focus
+    const to = returnTo.get(d);
+    if (to && to.isConnected && !to.closest("[hidden]") && to !== document.body) to.focus();
+    else $("main").focus();
   });
 }
 
@@ -456,6 +464,7 @@ async function submitCreate(ev) {
     const res = await api("POST", "/v1/api_keys", body);
     closeDialog($("create-dialog"));
     showSecret(res.data, "created");
+    $("keys-status").textContent = `Created “${res.data.name}”.`;
     refreshKeys();
   } catch (e) {
     formError(form, e);
@@ -545,7 +554,10 @@ async function confirmRevoke() {
   try {
     await api("DELETE", `/v1/api_keys/${encodeURIComponent(revoking.id)}`);
     closeDialog(d);
-    refreshKeys();
+    $("keys-status").textContent = `Revoked “${revoking.name}”.`;
+    await refreshKeys();
+    // Its row (and the button that opened the dialog) is gone.
+    if (!document.activeElement || document.activeElement === document.body) $("main").focus();
   } catch (e) {
     formError(d, e);
   } finally {
@@ -578,7 +590,7 @@ async function submitRoll(ev) {
 function refreshKeys() {
   state.keys.page = 0;
   state.keys.cursors = [""];
-  loadKeys().catch(showError);
+  return loadKeys().catch(showError);
 }
 
 // ----------------------------------------------------------------- boot

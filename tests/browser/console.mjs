@@ -129,6 +129,8 @@ try {
     await axe(page, "secret_dialog");
     await page.getByRole("button", { name: "I have copied it, close" }).click();
     await page.waitForFunction(() => !document.getElementById("secret-dialog").open);
+    await page.waitForTimeout(100);
+    out.focus_after_close = await page.evaluate(() => document.activeElement.id);
     out.plaintext_in_dom_after_close = await page.evaluate((p) => document.documentElement.outerHTML.includes(p) ||
       [...document.querySelectorAll("input, textarea")].some((i) => i.value.includes(p)), out.plaintext);
     await page.locator(`#keys-table tr`, { hasText: args.name }).first().waitFor();
@@ -152,6 +154,7 @@ try {
     const err = await page.evaluate(() => document.querySelector("#confirm-dialog .form-error").textContent);
     if (err) throw new Error(`revoke failed in the page: ${err}`);
     await row.waitFor({ state: "detached" });
+    out.focus_after_revoke = await page.evaluate(() => document.activeElement.id);
     out.revoked_row_gone = true;
     await page.getByRole("button", { name: "Usage" }).click();
     await page.waitForFunction(() => document.body.dataset.view === "usage" && document.getElementById("usage-list").childElementCount > 0);
