@@ -107,8 +107,12 @@ fn browse(scenario: &str, args: Value) -> Value {
 /// What `/v1/me` answers, for `CONSOLE_STUB_ME=1` only.
 fn me(user: &str, role: &str) -> Value {
     let all = ["ai:chat", "ai:documents", "ai:embeddings", "ai:summarize", "control:read", "control:webhooks"];
-    json!({"org_id": ORG, "user_id": user, "role": role, "scopes": all,
-           "may_create_keys": role == "admin", "grantable_scopes": if role == "admin" { json!(all) } else { json!([]) }})
+    let (scopes, grantable) = match role {
+        "admin" => (json!(all), json!(all)),
+        _ => (json!(["ai:chat", "ai:embeddings", "ai:summarize"]), json!([])),
+    };
+    json!({"org_id": ORG, "user_id": user, "role": role, "scopes": scopes,
+           "may_create_keys": role == "admin", "grantable_scopes": grantable})
 }
 
 fn assert_signed_in(v: &Value, user: &str, role: &str) {
@@ -164,10 +168,12 @@ fn a_person_creates_copies_uses_and_revokes_a_key_in_the_page() {
         "{v:#}"
     );
     assert_eq!(v["focus_in_dialog"], "ck-name", "the dialog takes the focus");
-    let stops: Vec<&str> = v["tab_stops"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
-    for want in ["sign-out", "API keys", "new-key"] {
-        assert!(stops.contains(&want), "{want} is reachable by keyboard: {stops:?}");
-    }
+    assert_eq!(v["focus_after_sign_in"], "main", "signed in: the focus moves to the main region");
+    assert_eq!(
+        v["tab_stops"],
+        json!(["sign-out", "API keys", "Usage", "Audit log", "new-key"]),
+        "reachable by keyboard, in order"
+    );
     // Shown once, copied, with the warning; gone from the page once closed.
     let plaintext = v["plaintext"].as_str().unwrap().to_owned();
     assert!(plaintext.starts_with("kw_live_") && plaintext.len() == 44, "{plaintext}");
@@ -191,12 +197,26 @@ fn a_person_creates_copies_uses_and_revokes_a_key_in_the_page() {
     assert_eq!(seen["headers"]["x-keyward-user"], "user_demo", "a key minted by a session is bound to its user");
 
     // A hostile name (made by the admin API) renders as text in the page.
-    let (_, _hostile_id) = h().key(ORG, json!({"name": HOSTILE, "scopes": ["ai:chat"]}));
+    let (_, hostile_id) = h().key(ORG, json!({"name": HOSTILE, "scopes": ["ai:chat"]}));
+
+    // More keys than a page holds (20).
+    for i in 0..21 {
+        h().key(ORG, json!({"name": format!("page-key-{i}"), "scopes": ["ai:chat"]}));
+    }
 
     // Revoke in the page: the key is refused on its next request.
     std::thread::sleep(std::time::Duration::from_millis(1500)); // usage rolls up every second
-    let v = browse("revoke", json!({"key_id": key_id, "hostile_name": HOSTILE, "me": me("user_demo", "admin")}));
+    let v = browse("revoke", json!({"key_id": key_id, "hostile_id": hostile_id, "me": me("user_demo", "admin")}));
     assert_eq!(v["hostile_text"], HOSTILE, "rendered as text");
+    assert_eq!(v["first_page_rows"], 20, "pages of 20");
+    assert_eq!(v["next_enabled"], true);
+    assert_eq!(v["prev_enabled"], true);
+    let (first, second) = (v["first_page_ids"].as_array().unwrap(), v["second_page_ids"].as_array().unwrap());
+    assert!(
+        !second.is_empty() && second.iter().all(|id| !first.contains(id)),
+        "the next page through the cursor: {v:#}"
+    );
+    assert_eq!(v["back_ids"], v["first_page_ids"], "back to the first page");
     assert_eq!(v["images_in_table"], 0);
     assert!(v["confirm_text"].as_str().unwrap().contains(&name), "{v:#}");
     assert_eq!(v["focus_in_confirm"], "Cancel", "the confirmation starts on Cancel");
@@ -206,7 +226,10 @@ fn a_person_creates_copies_uses_and_revokes_a_key_in_the_page() {
     // Usage shows the key's hour; the audit log its creation and revocation.
     assert!(v["usage_keys"].as_array().unwrap().iter().any(|k| k == key_id.as_str()), "{v:#}");
     assert!(v["usage_bars"].as_u64().unwrap() > 0);
-    let audit = v["audit_rows"].as_array().unwrap();
+    let (page1, page2) = (v["audit_rows"].as_array().unwrap(), v["audit_rows_page_2"].as_array().unwrap());
+    assert_eq!(page1.len(), 20, "pages of 20");
+    assert!(page2.iter().all(|r| !page1.contains(r)), "the next page through the cursor");
+    let audit: Vec<&Value> = page1.iter().chain(page2).collect();
     for action in ["key.created", "key.revoked"] {
         assert!(
             audit.iter().any(|r| r[1] == "user:user_demo" && r[2] == action && r[3] == key_id.as_str()),
@@ -243,12 +266,18 @@ fn a_widget_keys_snippet_works_on_its_allowed_origin_and_the_key_rolls() {
 }
 
 #[test]
-fn a_viewer_sees_the_keys_without_the_create_button() {
+fn a_viewer_sees_no_create_button() {
     let v = browse("viewer", json!({"me": me("user_viewer", "viewer")}));
     assert_signed_in(&v, "user_viewer", "viewer");
     assert_eq!(v["new_key_visible"], false);
     assert_eq!(v["revoke_buttons"], 0);
     assert_eq!(v["note"], true);
+    assert_eq!(
+        v["note_text"],
+        "Your role (viewer) may neither view nor create keys, usage or the audit log: ask an admin."
+    );
+    assert_eq!(v["error_shown"], false, "no call the role cannot make: {v:#}");
+    assert_eq!(v["visible_tabs"], json!(["API keys"]));
 }
 
 #[test]

@@ -179,14 +179,25 @@ async function start() {
   $("who").hidden = false;
   $("tabs").hidden = false;
   $("view-signin").hidden = true;
+  state.canRead = covers(me.scopes || [], "control:read");
   $("new-key").hidden = !me.may_create_keys;
   $("keys-note").hidden = !!me.may_create_keys;
+  $("keys-note").textContent = state.canRead
+    ? "Your role may view keys but not create them."
+    : `Your role (${me.role}) may neither view nor create keys, usage or the audit log: ask an admin.`;
+  for (const b of $("tabs").querySelectorAll("button")) b.hidden = !state.canRead && b.dataset.view !== "keys";
   showError(null);
   await show("keys");
   document.body.dataset.state = "ready";
+  $("main").focus();
 }
 
 // ---------------------------------------------------------------- views
+
+/** Whether `scopes` (patterns like "*" or "control:*") grant `scope`. */
+function covers(scopes, scope) {
+  return scopes.some((s) => s === "*" || s === scope || (s.endsWith(":*") && scope.startsWith(s.slice(0, -1))));
+}
 
 async function show(view) {
   state.view = view;
@@ -197,6 +208,9 @@ async function show(view) {
   for (const v of ["keys", "usage", "audit"]) $(`view-${v}`).hidden = v !== view;
   showError(null);
   document.body.dataset.view = view;
+  $("keys-table").closest(".scroll").hidden = !state.canRead;
+  $("keys-prev").parentElement.hidden = !state.canRead;
+  if (!state.canRead) return;
   try {
     if (view === "keys") await loadKeys();
     else if (view === "usage") await loadUsage();
@@ -258,6 +272,8 @@ async function loadKeys() {
   }
   $("keys-prev").disabled = k.page === 0;
   $("keys-next").disabled = !k.nextCursor;
+  document.body.dataset.keysPage = String(k.page);
+  document.body.dataset.keysLoads = String(Number(document.body.dataset.keysLoads || 0) + 1);
 }
 
 async function loadAudit() {

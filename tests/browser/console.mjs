@@ -63,6 +63,24 @@ async function signIn(page, email, password) {
   out.who = await page.evaluate(() => ["org", "user", "role"].map((k) => document.getElementById(`who-${k}`).textContent));
 }
 
+/** Clicks a pager button of the keys table and waits for the new page. */
+async function keysPage(page, which) {
+  const loads = await page.evaluate(() => Number(document.body.dataset.keysLoads || 0));
+  await page.locator(`#keys-${which}`).click();
+  await page.waitForFunction((n) => Number(document.body.dataset.keysLoads) > n, loads);
+}
+
+/** The keys table's row matching `selector`, paging through the cursor from the first page. */
+async function findRow(page, selector) {
+  while (!(await page.locator("#keys-prev").isDisabled())) await keysPage(page, "prev");
+  for (;;) {
+    const row = page.locator(selector).first();
+    if (await row.count()) return row;
+    if (await page.locator("#keys-next").isDisabled()) throw new Error(`no row ${selector} on any page`);
+    await keysPage(page, "next");
+  }
+}
+
 /** Tab through the page: the ids (or labels) of what got the focus. */
 async function tabStops(page, n) {
   const seen = [];
@@ -104,7 +122,9 @@ try {
     out.csp_violations = await page.evaluate(() => window.__csp);
     await shot(page, "keys");
     await axe(page, "keys");
-    out.tab_stops = await tabStops(page, 8);
+    out.focus_after_sign_in = await page.evaluate(() => document.activeElement.id);
+    await page.locator(".skip").focus();
+    out.tab_stops = await tabStops(page, 5);
     // New key, by keyboard where it matters.
     await page.locator("#new-key").focus();
     await page.keyboard.press("Enter");
@@ -133,16 +153,26 @@ try {
     out.focus_after_close = await page.evaluate(() => document.activeElement.id);
     out.plaintext_in_dom_after_close = await page.evaluate((p) => document.documentElement.outerHTML.includes(p) ||
       [...document.querySelectorAll("input, textarea")].some((i) => i.value.includes(p)), out.plaintext);
-    await page.locator(`#keys-table tr`, { hasText: args.name }).first().waitFor();
-    out.row = await page.locator(`#keys-table tr`, { hasText: args.name }).first().evaluate((tr) => ({ id: tr.dataset.keyId, cells: [...tr.cells].map((c) => c.textContent) }));
+    await page.waitForFunction(() => document.getElementById("keys-status").textContent.startsWith("Created"));
+    await page.waitForTimeout(300); // the list's reload after the creation
+    out.row = await (await findRow(page, `#keys-table tr:has(td.name:text-is("${args.name}"))`)).evaluate((tr) => ({ id: tr.dataset.keyId, cells: [...tr.cells].map((c) => c.textContent) }));
   } else if (scenario === "revoke") {
     await signIn(page, "admin@demo.test", "demo-admin");
     // The hostile name renders as text.
-    const hostile = page.locator("#keys-table td.name", { hasText: args.hostile_name });
-    await hostile.first().waitFor();
-    out.hostile_text = await hostile.first().textContent();
+    const hostile = await findRow(page, `#keys-table tr[data-key-id="${args.hostile_id}"]`);
+    out.hostile_text = await hostile.locator("td.name").textContent();
     out.images_in_table = await page.locator("#keys-table img").count();
-    const row = page.locator(`#keys-table tr[data-key-id="${args.key_id}"]`);
+    // Pages of 20 through the API's cursor.
+    while (!(await page.locator("#keys-prev").isDisabled())) await keysPage(page, "prev");
+    out.first_page_rows = await page.locator("#keys-table tbody tr").count();
+    out.first_page_ids = await page.evaluate(() => [...document.querySelectorAll("#keys-table tbody tr")].map((tr) => tr.dataset.keyId));
+    out.next_enabled = !(await page.locator("#keys-next").isDisabled());
+    await keysPage(page, "next");
+    out.second_page_ids = await page.evaluate(() => [...document.querySelectorAll("#keys-table tbody tr")].map((tr) => tr.dataset.keyId));
+    out.prev_enabled = !(await page.locator("#keys-prev").isDisabled());
+    await keysPage(page, "prev");
+    out.back_ids = await page.evaluate(() => [...document.querySelectorAll("#keys-table tbody tr")].map((tr) => tr.dataset.keyId));
+    const row = await findRow(page, `#keys-table tr[data-key-id="${args.key_id}"]`);
     await row.getByRole("button", { name: /^Revoke / }).click();
     await page.locator("#confirm-dialog[open]").waitFor();
     out.confirm_text = await page.locator("#confirm-text").textContent();
@@ -165,9 +195,18 @@ try {
     await axe(page, "usage");
     await page.getByRole("button", { name: "Audit log" }).click();
     await page.waitForFunction(() => document.body.dataset.view === "audit" && document.querySelector("#audit-table tbody tr"));
-    out.audit_rows = await page.evaluate(() => [...document.querySelectorAll("#audit-table tbody tr")].map((tr) => [...tr.cells].map((c) => c.textContent)));
+    const auditRows = () => page.evaluate(() => [...document.querySelectorAll("#audit-table tbody tr")].map((tr) => [...tr.cells].map((c) => c.textContent)));
+    out.audit_rows = await auditRows();
     await shot(page, "audit");
     await axe(page, "audit");
+    // The next page of the audit log through its cursor.
+    const first = JSON.stringify(out.audit_rows[0]);
+    await page.locator("#audit-next").click();
+    await page.waitForFunction((f) => {
+      const tr = document.querySelector("#audit-table tbody tr");
+      return tr && JSON.stringify([...tr.cells].map((c) => c.textContent)) !== f;
+    }, first);
+    out.audit_rows_page_2 = await auditRows();
     await page.getByRole("button", { name: "Sign out" }).click();
     out.session_storage_after_sign_out = await page.evaluate(() => sessionStorage.length);
     out.signed_out = await page.evaluate(() => document.body.dataset.state);
@@ -193,8 +232,8 @@ try {
     await page.waitForFunction(() => !document.getElementById("secret-dialog").open);
     await page.waitForTimeout(100);
     out.plaintext_in_dom_after_escape = await page.evaluate((p) => document.documentElement.outerHTML.includes(p), out.plaintext);
-    const row = page.locator("#keys-table tr", { hasText: args.name }).first();
-    await row.waitFor();
+    await page.waitForTimeout(300); // the list's reload after the creation
+    let row = await findRow(page, `#keys-table tr:has(td.name:text-is("${args.name}"))`);
     out.key_id = await row.evaluate((tr) => tr.dataset.keyId);
     await row.getByRole("button", { name: /^Embed snippet/ }).click();
     out.snippet_origins = await page.locator("#snippet-origins").textContent();
@@ -220,6 +259,7 @@ try {
       server.close();
     }
     // Roll it in the page: a new plaintext, once.
+    row = await findRow(page, `#keys-table tr[data-key-id="${out.key_id}"]`);
     await row.getByRole("button", { name: /^Roll / }).click();
     await page.getByLabel(/^Grace period/).fill("60");
     await page.locator("#roll-dialog").getByRole("button", { name: "Roll" }).click();
@@ -235,6 +275,9 @@ try {
     out.new_key_visible = await page.locator("#new-key").isVisible();
     out.revoke_buttons = await page.getByRole("button", { name: /^Revoke / }).count();
     out.note = await page.locator("#keys-note").isVisible();
+    out.note_text = await page.locator("#keys-note").textContent();
+    out.error_shown = await page.locator("#error").isVisible();
+    out.visible_tabs = await page.evaluate(() => [...document.querySelectorAll("#tabs button")].filter((b) => !b.hidden).map((b) => b.textContent));
     await shot(page, "keys-viewer");
     await axe(page, "viewer");
   } else if (scenario === "frame") {
