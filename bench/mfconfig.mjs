@@ -48,8 +48,12 @@ const UNMAPPED = [
   "services", "r2_buckets", "d1_databases", "queues", "hyperdrive", "analytics_engine_datasets",
   "vectorize", "ai", "browser", "workflows", "text_blobs", "data_blobs", "wasm_modules",
   "unsafe", "send_email", "ratelimits", "secrets_store_secrets", "dispatch_namespaces",
-  "mtls_certificates", "tail_consumers", "containers", "assets", "version_metadata",
+  "mtls_certificates", "tail_consumers", "containers", "version_metadata",
 ];
+// [assets] (the console's static files) is not served here: Static Assets
+// answer their paths before the worker runs, so the worker sees the same
+// requests either way; only a binding would change what it sees.
+if (c.assets && c.assets.binding) die(`${configPath}: assets.binding is set, and bench/mfconfig.mjs does not map it`);
 for (const k of UNMAPPED) {
   const v = c[k];
   const empty = k === "queues" ? EMPTY(v?.producers) && EMPTY(v?.consumers) : EMPTY(v);
