@@ -220,7 +220,9 @@ start_with_retry "the origin" start_origin PG_ORIGIN ORIGIN_PORT /__origin/log "
 # bundle), and the bundles wrangler keeps next to its config (.wrangler/tmp)
 # are this run's alone.
 grep -q '^main = ' wrangler.toml || die "wrangler.toml has no \`main = \` line"
-sed "s#^main = .*#main = \"$APP/worker/entry.mjs\"#" wrangler.toml >"$TMP/wrangler.toml"
+# The console's assets (make builds them), by absolute path.
+sed -e "s#^main = .*#main = \"$APP/worker/entry.mjs\"#" \
+  -e "s#^directory = \"\./console/dist\"\$#directory = \"$(pwd)/console/dist\"#" wrangler.toml >"$TMP/wrangler.toml"
 grep -q "^main = \"$APP/worker/entry.mjs\"$" "$TMP/wrangler.toml" || die "could not point main at the copy"
 printf 'ADMIN_TOKEN=%s\nORIGIN_SIGNING_SECRET=%s\n' "$ADMIN_TOKEN" "$SIGNING_SECRET" >"$TMP/soak.env"
 # SOAK_RUNTIME=workerd: the same config, bundle, state and vars as Miniflare
