@@ -246,6 +246,8 @@ fn a_widget_keys_snippet_works_on_its_allowed_origin_and_the_key_rolls() {
     let name = unique("console-widget");
     let page_port = free_port();
     let v = browse("widget", json!({"name": name, "page_port": page_port, "me": me("user_demo", "admin")}));
+    let err = v["create_error"].as_str().unwrap();
+    assert!(err.starts_with("VALIDATION_FAILED: allowed_origins[0]") && err.contains("(request id req_"), "{err}");
     let plaintext = v["plaintext"].as_str().unwrap();
     assert!(plaintext.starts_with("kw_pub_"), "{plaintext}");
     let snippet = v["snippet"].as_str().unwrap();
@@ -281,8 +283,10 @@ fn a_viewer_sees_no_create_button() {
 }
 
 #[test]
-fn the_console_cannot_be_framed() {
+fn a_wrong_password_is_refused_and_the_console_cannot_be_framed() {
     let v = browse("frame", json!({}));
+    assert!(v["sign_in_error"].as_str().unwrap().contains("Invalid email or password"), "{v:#}");
+    assert_eq!(v["session_storage_length"], 0);
     let frames = v["frames"].as_array().unwrap();
     assert!(!frames.is_empty(), "{v:#}");
     assert!(frames.iter().all(|f| f["has_sign_in"] == false), "the console rendered in a frame: {v:#}");

@@ -455,6 +455,7 @@ function lines(text) {
 async function submitCreate(ev) {
   ev.preventDefault();
   const form = ev.currentTarget;
+  formError(form, null);
   const body = { name: $("ck-name").value.trim(), scopes: [...form.querySelectorAll("input[name=scope]:checked")].map((c) => c.value) };
   const kind = form.elements.kind.value;
   body.kind = kind;
@@ -566,6 +567,7 @@ function openRevoke(key) {
 async function confirmRevoke() {
   const d = $("confirm-dialog");
   const b = $("confirm-yes");
+  formError(d, null);
   b.disabled = true;
   try {
     await api("DELETE", `/v1/api_keys/${encodeURIComponent(revoking.id)}`);
@@ -593,6 +595,7 @@ function openRoll(key) {
 async function submitRoll(ev) {
   ev.preventDefault();
   const form = ev.currentTarget;
+  formError(form, null);
   try {
     const res = await api("POST", `/v1/api_keys/${encodeURIComponent(rolling.id)}/roll`, { grace_seconds: Number($("roll-grace").value) });
     closeDialog($("roll-dialog"));

@@ -218,6 +218,12 @@ try {
     await page.getByLabel("Name").fill(args.name);
     await page.getByRole("checkbox", { name: "ai:chat" }).check();
     await page.getByRole("radio", { name: /^Widget/ }).check();
+    // An API error is shown in the dialog with its message and request id.
+    await page.getByLabel(/^Allowed origins/).fill("*");
+    await page.getByRole("button", { name: "Create key" }).click();
+    await page.waitForFunction(() => !document.querySelector("#create-dialog .form-error").hidden, null, { timeout: 15000 });
+    out.create_error = await page.locator("#create-dialog .form-error").textContent();
+    await shot(page, "create-error");
     await page.getByLabel(/^Allowed origins/).fill(`http://127.0.0.1:${args.page_port}`);
     await page.getByRole("button", { name: "Create key" }).click();
     await page.waitForFunction(() => document.getElementById("secret-snippet") || !document.querySelector("#create-dialog .form-error").hidden, null, { timeout: 15000 });
@@ -281,6 +287,16 @@ try {
     await shot(page, "keys-viewer");
     await axe(page, "viewer");
   } else if (scenario === "frame") {
+    // A wrong password first: the identity provider's refusal is shown.
+    await page.goto(`${edge}/console/`);
+    await page.waitForFunction(() => document.body.dataset.state === "signed-out");
+    await page.getByLabel("Email").fill("admin@demo.test");
+    await page.getByLabel("Password").fill("not-the-password");
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.waitForFunction(() => !document.getElementById("error").hidden);
+    out.sign_in_error = await page.locator("#error").textContent();
+    out.session_storage_length = await page.evaluate(() => sessionStorage.length);
+    await shot(page, "sign-in-refused");
     // Another origin (about:blank under a data page) frames the console.
     await page.setContent(`<!doctype html><title>framer</title><iframe id="f" title="console" src="${edge}/console/"></iframe>`);
     await page.waitForTimeout(1500);
