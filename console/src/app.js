@@ -151,6 +151,8 @@ async function signIn(ev) {
     $("signin-password").value = "";
     await start();
   } catch (e) {
+    // Signed in at the provider but the console could not start: keep nothing.
+    if (state.token) setToken(null);
     showError(e);
   } finally {
     button.disabled = false;
