@@ -136,6 +136,10 @@ pub struct Facts<'a> {
     pub turnstile_token: Option<&'a str>,
     /// The client's address ([`crate::cors::client_ip`]), or `unknown`.
     pub client_ip: &'a str,
+    /// The browser's `Origin` is keyward's own (the request URL's): a page
+    /// keyward serves itself (the console). JWT sessions and public routes
+    /// are accepted from it; secret keys stay refused from every browser.
+    pub same_origin: bool,
 }
 
 impl<'a> Facts<'a> {
@@ -153,6 +157,7 @@ impl<'a> Facts<'a> {
             visitor_token: None,
             turnstile_token: None,
             client_ip: "unknown",
+            same_origin: false,
         }
     }
 }
@@ -316,6 +321,8 @@ pub(crate) fn kind_rules(facts: &Facts<'_>, key: &KeyRecord) -> Result<Option<Br
     Ok(match key.kind {
         // A JWT session's record carries `JWT_ALLOWED_ORIGINS`: a browser
         // on one of them may use it (its answers carry CORS headers).
+        // The console (keyward's own origin) signs in with JWT sessions.
+        KeyKind::Secret if facts.same_origin && crate::jwt::is_session_guard(&key.id) => None,
         KeyKind::Secret if facts.origin.is_some() && crate::jwt::is_session_guard(&key.id) => {
             match cors::request_origin(facts.origin, None).filter(|o| key.allowed_origins.iter().any(|p| p.matches(o))) {
                 Some(o) => Some(o),
@@ -528,6 +535,19 @@ mod tests {
     }
 
     #[test]
+    fn keywards_own_origin_admits_sessions_never_secret_keys() {
+        let path = CanonicalPath::parse("/v1/ai/chat").unwrap();
+        let own = Facts { origin: Some("https://edge.example"), same_origin: true, ..Facts::bare("POST", &path) };
+        let mut session = KeyRecord::synthetic(crate::jwt::session_guard_id("org_1", "u_1"), "org_1", 0);
+        assert_eq!(kind_rules(&own, &session).map(|o| o.is_none()), Ok(true), "no CORS needed on the same origin");
+        // Elsewhere a session needs JWT_ALLOWED_ORIGINS.
+        let other = Facts { same_origin: false, ..own };
+        assert_eq!(kind_rules(&other, &session).unwrap_err().error.code, ErrorCode::OriginNotAllowed);
+        session.id = "01JQSECRETKEY".into();
+        assert_eq!(kind_rules(&own, &session).unwrap_err().error.code, ErrorCode::OriginNotAllowed, "a secret key");
+    }
+
+    #[test]
     fn allows_with_scope() {
         let w = world();
         let g = decide(&w, "POST", "/v1/ai/chat", None, false).unwrap();
@@ -622,15 +642,16 @@ mod tests {
         let mut w = world();
         w.key.user_id = Some("u1".into());
         w.key.scopes = vec![Scope::parse("*").unwrap()];
-        // viewer: ai:chat yes, control:read no.
+        // viewer: ai:chat and control:read (read-only: its role creates no
+        // keys) yes, ai:documents no.
         let g = decide(&w, "POST", "/v1/ai/chat", None, true).unwrap();
-        assert_eq!(g.scopes_header(), "ai:chat ai:embeddings ai:summarize");
+        assert_eq!(g.scopes_header(), "ai:chat ai:embeddings ai:summarize control:read");
         assert_eq!(g.user_id.as_deref(), Some("u1"));
-        let e = decide(&w, "GET", "/v1/api_keys", None, true).unwrap_err();
-        assert_eq!(e.error, ApiError::missing_scope("control:read"));
+        let e = decide(&w, "GET", "/v1/documents", None, true).unwrap_err();
+        assert_eq!(e.error, ApiError::missing_scope("ai:documents"));
         // Upgrade to admin: now allowed.
         w.user.role = "admin".into();
-        assert!(decide(&w, "GET", "/v1/api_keys", None, true).is_ok());
+        assert!(decide(&w, "GET", "/v1/documents", None, true).is_ok());
         // Disabled or missing user: 401.
         w.user.disabled = true;
         assert_eq!(code(decide(&w, "POST", "/v1/ai/chat", None, true)), ErrorCode::InvalidApiKey);

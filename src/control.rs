@@ -221,6 +221,30 @@ fn check_manage(policy: &Policy, caller: &Caller<'_>, target: &KeyRecord, verb: 
         .map_err(|e| no(&format!("a key it could not have created: {}", e.message())))
 }
 
+/// `GET /v1/me`: who the caller is, as the console shows it — org, user and
+/// role, effective scopes, whether it may create keys (a key-creating role
+/// or no user; no credits; not rolled; the policy's write scope if any) and
+/// the catalogue scopes it may grant (its scopes' concrete members).
+pub fn me(policy: &Policy, grant: &crate::authorize::Grant, key: &KeyRecord) -> String {
+    use crate::json::{array, obj, text};
+    let may_create = grant.user_role.as_deref().is_none_or(|r| policy.role_creates_keys(r))
+        && (grant.user_id.is_none() || grant.user_role.is_some())
+        && key.credits.is_none()
+        && key.rolled_to.is_none()
+        && check_write_scope(policy, &grant.scopes).is_ok();
+    let grantable: Vec<String> =
+        policy.scopes().iter().filter(|s| crate::scope::grants(&grant.scopes, s)).map(text).collect();
+    let scopes: Vec<String> = grant.scopes.iter().map(|s| text(s.as_str())).collect();
+    obj(&[
+        ("grantable_scopes", array(&grantable)),
+        ("may_create_keys", text(&may_create)),
+        ("org_id", text(&grant.org_id)),
+        ("role", text(&grant.user_role)),
+        ("scopes", array(&scopes)),
+        ("user_id", text(&grant.user_id)),
+    ])
+}
+
 /// Whether a caller holding `scopes` may revoke the sessions of another
 /// user whose role is `target_role`: only if it holds every scope of that
 /// role (an org-level key with `control:read` cannot sign an admin out, nor

@@ -1352,7 +1352,7 @@ pub fn public_question(
 ) -> Result<(String, GuardRequest), Refusal> {
     let limits = route.public_limits().ok_or(ErrorCode::RouteNotFound)?;
     route.accepts_body(facts.has_body, facts.content_type)?;
-    if facts.origin.is_some() && public_cors(facts, config).is_none() {
+    if facts.origin.is_some() && !facts.same_origin && public_cors(facts, config).is_none() {
         return Err(ApiError::with_message(
             ErrorCode::OriginNotAllowed,
             "Public routes are accepted from a browser only on the origins in JWT_ALLOWED_ORIGINS.",

@@ -145,6 +145,14 @@ pub fn split_url(url: &str) -> (&str, &str) {
     target.split_once('?').unwrap_or((target, ""))
 }
 
+/// The origin (`scheme://host[:port]`) of an absolute URL as the runtime
+/// gives it: what a browser sends as `Origin` from a page at that URL.
+pub fn own_origin(url: &str) -> &str {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..].find(['/', '?', '#']).map_or(url.len(), |i| start + i);
+    &url[..end]
+}
+
 /// `ORIGIN_URL` split into its origin (`https://host[:port]`) and a base path
 /// (`""` or `/base`, no trailing slash) that prefixes every forwarded path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -304,6 +312,14 @@ mod tests {
     fn refused(p: &str) {
         let e = CanonicalPath::parse(p).expect_err(p);
         assert_eq!(e.code, ErrorCode::InvalidRequest, "{p:?}");
+    }
+
+    #[test]
+    fn own_origins() {
+        assert_eq!(own_origin("https://edge.example.com/console/?x=1"), "https://edge.example.com");
+        assert_eq!(own_origin("http://127.0.0.1:8787/v1/api_keys"), "http://127.0.0.1:8787");
+        assert_eq!(own_origin("http://127.0.0.1:8787"), "http://127.0.0.1:8787");
+        assert_eq!(own_origin("http://h?q"), "http://h");
     }
 
     #[test]

@@ -891,6 +891,7 @@ mod tests {
             ("DELETE", "/v1/users/{user_id}/sessions"),
             ("GET", "/v1/api_keys"),
             ("GET", "/v1/audit"),
+            ("GET", "/v1/me"),
             ("GET", "/v1/usage"),
             ("PATCH", "/v1/api_keys/{key_id}"),
             ("POST", "/v1/api_keys"),

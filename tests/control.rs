@@ -186,10 +186,24 @@ fn no_privilege_escalation() {
     // The operator's `*` key is capped by the role: no control:webhooks to give away.
     call(&op_key, "POST", "/v1/api_keys", Some(json!({"name": "x", "scopes": ["control:webhooks"]})))
         .assert_error(403, "MISSING_SCOPE");
-    // A viewer may not mint (and has no control:read anyway).
+    // A viewer reads (control:read) but may not mint: its role creates no keys.
     let (view_key, _) = h().key(&org, json!({"name": "v", "scopes": ["*"], "user_id": "u_view"}));
-    call(&view_key, "POST", "/v1/api_keys", Some(json!({"name": "x", "scopes": ["ai:chat"]})))
-        .assert_error(403, "MISSING_SCOPE");
+    assert_eq!(call(&view_key, "GET", "/v1/api_keys", None).status, 200);
+    let v = call(&view_key, "POST", "/v1/api_keys", Some(json!({"name": "x", "scopes": ["ai:chat"]})))
+        .assert_error(403, "PERMISSION_DENIED");
+    assert!(v["error"]["message"].as_str().unwrap().contains("may not create API keys"), "{v}");
+    // Who am I: what the console shows (org, user, role, whether it may create keys).
+    let me = call(&view_key, "GET", "/v1/me", None);
+    assert_eq!(me.status, 200, "{}", me.text());
+    let d = &me.json()["data"];
+    assert_eq!(
+        (d["org_id"].as_str(), d["user_id"].as_str(), d["role"].as_str()),
+        (Some(org.as_str()), Some("u_view"), Some("viewer"))
+    );
+    assert_eq!(d["may_create_keys"], false);
+    assert_eq!(d["grantable_scopes"], json!(["ai:chat", "ai:embeddings", "ai:summarize", "control:read"]));
+    let d = call(&op_key, "GET", "/v1/me", None).json()["data"].clone();
+    assert_eq!((d["role"].as_str(), d["may_create_keys"].as_bool()), (Some("operator"), Some(true)));
     // An org-level key cannot mint a key bound to a user: the origin would
     // see that user's identity.
     let v = call(&key, "POST", "/v1/api_keys", Some(json!({"name": "x", "scopes": ["ai:chat"], "user_id": "u_op"})))
@@ -208,10 +222,10 @@ fn role_changes_take_effect_on_the_next_request() {
     let org = h().org(true);
     assert_eq!(h().admin("PUT", &format!("/admin/orgs/{org}/users/u1"), Some(json!({"role": "admin"}))).status, 200);
     let (key, _) = h().key(&org, json!({"name": "u", "scopes": ["*"], "user_id": "u1"}));
-    assert_eq!(call(&key, "GET", "/v1/api_keys", None).status, 200);
+    assert_eq!(call(&key, "GET", "/v1/documents", None).status, 200);
     assert_eq!(h().admin("PUT", &format!("/admin/orgs/{org}/users/u1"), Some(json!({"role": "viewer"}))).status, 200);
-    let v = call(&key, "GET", "/v1/api_keys", None).assert_error(403, "MISSING_SCOPE");
-    assert_eq!(v["error"]["message"], "This API key lacks the required scope: control:read");
+    let v = call(&key, "GET", "/v1/documents", None).assert_error(403, "MISSING_SCOPE");
+    assert_eq!(v["error"]["message"], "This API key lacks the required scope: ai:documents");
     assert_eq!(call(&key, "POST", "/v1/ai/chat", Some(json!({}))).status, 200, "viewer keeps ai:chat");
     // Disabling the user, then a role change without `disabled`: still disabled.
     assert_eq!(

@@ -113,9 +113,9 @@ fn x_api_key_header_works_and_user_bound_key_forwards_user() {
     assert_eq!(hd["x-keyward-user"], "u_1");
     assert_eq!(hd["x-keyward-key-id"], key_id.as_str());
     // `*` narrowed to the viewer role.
-    assert_eq!(hd["x-keyward-scopes"], "ai:chat ai:embeddings ai:summarize");
+    assert_eq!(hd["x-keyward-scopes"], "ai:chat ai:embeddings ai:summarize control:read");
     let canonical = format!(
-        "keyward-v1\n{}\nPOST\n/v1/ai/chat\n\n{}\n{org}\n{key_id}\nsecret\nai:chat ai:embeddings ai:summarize\nu_1\n",
+        "keyward-v1\n{}\nPOST\n/v1/ai/chat\n\n{}\n{org}\n{key_id}\nsecret\nai:chat ai:embeddings ai:summarize control:read\nu_1\n",
         hd["x-keyward-timestamp"].as_str().unwrap(),
         hd["x-request-id"].as_str().unwrap()
     );
@@ -123,14 +123,14 @@ fn x_api_key_header_works_and_user_bound_key_forwards_user() {
         hd["x-keyward-signature"],
         format!("v1={}", hmac_sha256_hex(SIGNING_SECRET.as_bytes(), canonical.as_bytes())).as_str()
     );
-    // The role caps the key: control:read is not in viewer.
-    let r = h().send("GET", "/v1/api_keys", &[("x-api-key", &key)], None);
+    // The role caps the key: ai:documents is not in viewer.
+    let r = h().send("GET", "/v1/documents", &[("x-api-key", &key)], None);
     let v = r.assert_error(403, "MISSING_SCOPE");
-    assert_eq!(v["error"]["message"], "This API key lacks the required scope: control:read");
+    assert_eq!(v["error"]["message"], "This API key lacks the required scope: ai:documents");
     // Upgrading the user's role takes effect on the next request.
     let r = h().admin("PUT", &format!("/admin/orgs/{org}/users/u_1"), Some(json!({"role": "admin"})));
     assert_eq!(r.status, 200);
-    let r = h().send("GET", "/v1/api_keys", &[("x-api-key", &key)], None);
+    let r = h().send("GET", "/v1/documents", &[("x-api-key", &key)], None);
     assert_eq!(r.status, 200, "{}", r.text());
     // Disabling the user: 401.
     let r = h().admin("PUT", &format!("/admin/orgs/{org}/users/u_1"), Some(json!({"role": "admin", "disabled": true})));

@@ -245,6 +245,20 @@ fn every_bad_token_is_the_same_401_and_nothing_reaches_the_origin() {
     let r = call(h(), token, "POST", "/v1/ai/chat", &[("origin", "https://app.example.com")]);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example.com"));
+    // keyward's own origin (the console): a session is accepted, with no
+    // CORS headers (same origin); a secret key stays refused.
+    let own = format!("http://127.0.0.1:{}", h().port);
+    let r = call(h(), token, "POST", "/v1/ai/chat", &[("origin", &own)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    let (secret, _) = h().key(&org, json!({"name": "s", "scopes": ["ai:chat"]}));
+    let r = h().send(
+        "POST",
+        "/v1/ai/chat",
+        &[("authorization", &format!("Bearer {secret}")), ("content-type", "application/json"), ("origin", &own)],
+        Some(b"{}"),
+    );
+    r.assert_error(403, "ORIGIN_NOT_ALLOWED");
 }
 
 #[test]
@@ -339,6 +353,12 @@ fn the_demo_identity_provider_walk_through_and_the_login_limit_per_address() {
     let _ = h().admin("PUT", &format!("/admin/orgs/{org}/users/{user}"), Some(json!({"role": "admin"})));
     let body = json!({"email": "admin@demo.test", "password": "demo-admin"}).to_string();
     let ip = [("content-type", "application/json"), ("cf-connecting-ip", "198.51.100.77")];
+    // From keyward's own origin (the console's sign-in form) too.
+    let own = format!("http://127.0.0.1:{}", h().port);
+    let own_ip =
+        [("content-type", "application/json"), ("cf-connecting-ip", "198.51.100.78"), ("origin", own.as_str())];
+    let r = h().send("POST", "/api/v1/auth/login", &own_ip, Some(body.as_bytes()));
+    assert_eq!(r.status, 200, "{}", r.text());
     let r = h().send("POST", "/api/v1/auth/login", &ip, Some(body.as_bytes()));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("ratelimit-limit"), Some("10"));

@@ -13,6 +13,7 @@
 //! | DELETE | `/v1/users/{user_id}/sessions` | revoke a user's JWT sessions (one's own; another's with a role that manages keys) |
 //! | GET | `/v1/audit?cursor=&limit=` | the org's audit log, newest first |
 //! | GET | `/v1/usage?from=&to=` | allowed and refused requests per key and hour |
+//! | GET | `/v1/me` | the caller: org, user, role, scopes, whether it may create keys, the scopes it may grant |
 
 use worker::{Env, Request, Response};
 
@@ -36,6 +37,7 @@ pub(super) enum Route {
     RevokeSessions(String),
     Audit,
     Usage,
+    Me,
 }
 
 /// The control route for an authorized request, if the policy says keyward
@@ -55,6 +57,7 @@ pub(super) fn route(grant: &Grant, method: &str, path: &CanonicalPath) -> Option
         }
         ("GET", "/v1/audit") => Some(Route::Audit),
         ("GET", "/v1/usage") => Some(Route::Usage),
+        ("GET", "/v1/me") => Some(Route::Me),
         _ => None,
     }
 }
@@ -242,6 +245,10 @@ async fn serve(
         Route::Usage => {
             let (from, to) = rules::range(query, caller.now)?;
             OrgCommand::Usage { org_id: org_id.into(), from, to }
+        }
+        Route::Me => {
+            let data = rules::me(&settings.policy, caller.grant, caller.key);
+            return Ok(json_response(200, crate::error::success(&data, None), caller.request_id));
         }
     };
     let request = OrgRequest { command, actor: actor.into(), request_id: caller.request_id.into(), now_ms: caller.now };

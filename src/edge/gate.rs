@@ -25,7 +25,7 @@ use crate::cors;
 use crate::error::{ApiError, ErrorCode};
 use crate::flow::{Admitted, Gate, Isolate, Later, Next, SlotId};
 use crate::guard::QuotaWire;
-use crate::path::{check_query, split_url, CanonicalPath};
+use crate::path::{check_query, own_origin, split_url, CanonicalPath};
 use crate::records::{org_kv_key, user_kv_key, OrgRecord, UserRecord};
 use crate::reply::{cache_control, dropped_response_header};
 use crate::signing::{forwarded_headers, identity_headers};
@@ -115,6 +115,7 @@ pub(super) async fn handle(
         visitor_token: visitor_token.as_deref(),
         turnstile_token: turnstile_token.as_deref(),
         client_ip: &incoming.client_ip,
+        same_origin: origin.as_deref().is_some_and(|o| o == own_origin(&url)),
     };
     let mut later = Vec::new();
     let mut exit = Vec::new();

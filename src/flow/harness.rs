@@ -268,6 +268,7 @@ pub(crate) fn gate<'r>(env: &'r Env, r: &'r Req) -> Gate<'r> {
         visitor_token: r.visitor_token.as_deref(),
         turnstile_token: r.turnstile.as_deref(),
         client_ip: &r.ip,
+        same_origin: false,
     };
     Gate::new(facts, presented.kind(), presented.hash(), &r.ip, &env.policy, &env.config, env.settings)
 }

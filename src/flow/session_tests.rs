@@ -207,6 +207,9 @@ fn public_routes_count_per_client_address_and_forward_no_identity() {
     let browser = Facts { origin: Some("https://evil.example"), ..json };
     let e = public_question(&browser, route, "198.51.100.7", &env.config).unwrap_err();
     assert_eq!(e.error.code, ErrorCode::OriginNotAllowed);
+    // keyward's own origin (the console's sign-in) is accepted.
+    let console = Facts { origin: Some("https://edge.example"), same_origin: true, ..json };
+    assert!(public_question(&console, route, "198.51.100.7", &env.config).is_ok());
     // Ten admitted, the eleventh limited with its headers; no answer is a 503.
     let mut store = Store::default();
     for i in 0..11 {
