@@ -429,7 +429,9 @@ function openCreate() {
   box.querySelectorAll("label, p").forEach((n) => n.remove());
   const me = state.me;
   const grantable = new Set(me.grantable_scopes || []);
-  const all = [...new Set([...(me.scopes || []), ...(me.grantable_scopes || [])])].sort();
+  // The scopes the role may grant, and its other concrete scopes (disabled;
+  // wildcard patterns such as "*" are not scopes one can tick).
+  const all = [...new Set([...(me.grantable_scopes || []), ...(me.scopes || []).filter((s) => !s.includes("*"))])].sort();
   for (const s of all) {
     const ok = grantable.has(s);
     const id = `ck-scope-${s.replace(/[^A-Za-z0-9]/g, "-")}`;

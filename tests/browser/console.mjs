@@ -282,6 +282,7 @@ try {
     out.revoke_buttons = await page.getByRole("button", { name: /^Revoke / }).count();
     out.note = await page.locator("#keys-note").isVisible();
     out.note_text = await page.locator("#keys-note").textContent();
+    out.rows = await page.locator("#keys-table tbody tr[data-key-id]").count();
     out.error_shown = await page.locator("#error").isVisible();
     out.visible_tabs = await page.evaluate(() => [...document.querySelectorAll("#tabs button")].filter((b) => !b.hidden).map((b) => b.textContent));
     await shot(page, "keys-viewer");
