@@ -7,11 +7,6 @@
 //! render as text; the CSP blocks inline scripts; the token is never in
 //! localStorage; the page cannot be framed; axe-core finds no serious or
 //! critical violation. Screenshots: target/console-screenshots/.
-//!
-//! `KEYWARD_CONSOLE_ALLOW_EDGE=1` also lists the edge's own origin in
-//! `JWT_ALLOWED_ORIGINS`, and `CONSOLE_STUB_ME=1` answers `GET /v1/me` in
-//! the browser: both only to try the page on a worker that does not yet
-//! accept a session from its own origin or serve `/v1/me`.
 #![allow(clippy::disallowed_methods)]
 
 mod common;
@@ -51,14 +46,11 @@ fn h() -> &'static Harness {
             newest(&root().join("console/src")) <= built,
             "console/dist is older than console/src: run `make console`"
         );
-        let mut vars = vec![
+        let vars = vec![
             ("JWT_ISSUER", "https://idp.keyward.test".to_owned()),
             ("JWT_AUDIENCE", "keyward-demo".to_owned()),
             ("JWT_JWKS_URL", "{origin}/.well-known/jwks.json".to_owned()),
         ];
-        if std::env::var("KEYWARD_CONSOLE_ALLOW_EDGE").as_deref() == Ok("1") {
-            vars.push(("JWT_ALLOWED_ORIGINS", "{edge}".to_owned()));
-        }
         let h = Harness::start(Options { origin_url: None, vars });
         // The demo org and users of `make dev` (demo/origin.mjs signs them in).
         for (path, body) in [
@@ -102,17 +94,6 @@ fn browse(scenario: &str, args: Value) -> Value {
         }
     }
     v
-}
-
-/// What `/v1/me` answers, for `CONSOLE_STUB_ME=1` only.
-fn me(user: &str, role: &str) -> Value {
-    let all = ["ai:chat", "ai:documents", "ai:embeddings", "ai:summarize", "control:read", "control:webhooks"];
-    let (scopes, grantable) = match role {
-        "admin" => (json!(all), json!(all)),
-        _ => (json!(["ai:chat", "ai:embeddings", "ai:summarize", "control:read"]), json!([])),
-    };
-    json!({"org_id": ORG, "user_id": user, "role": role, "scopes": scopes,
-           "may_create_keys": role == "admin", "grantable_scopes": grantable})
 }
 
 fn assert_signed_in(v: &Value, user: &str, role: &str) {
@@ -159,7 +140,7 @@ fn console_is_served_with_its_headers() {
 #[test]
 fn a_person_creates_copies_uses_and_revokes_a_key_in_the_page() {
     let name = unique("console-key");
-    let v = browse("create", json!({"name": name, "me": me("user_demo", "admin")}));
+    let v = browse("create", json!({"name": name}));
     assert_signed_in(&v, "user_demo", "admin");
     // The CSP blocked the injected inline script.
     assert_eq!(v["inline_ran"], false, "{v:#}");
@@ -206,7 +187,7 @@ fn a_person_creates_copies_uses_and_revokes_a_key_in_the_page() {
 
     // Revoke in the page: the key is refused on its next request.
     std::thread::sleep(std::time::Duration::from_millis(1500)); // usage rolls up every second
-    let v = browse("revoke", json!({"key_id": key_id, "hostile_id": hostile_id, "me": me("user_demo", "admin")}));
+    let v = browse("revoke", json!({"key_id": key_id, "hostile_id": hostile_id}));
     assert_eq!(v["hostile_text"], HOSTILE, "rendered as text");
     assert_eq!(v["first_page_rows"], 20, "pages of 20");
     assert_eq!(v["next_enabled"], true);
@@ -245,7 +226,7 @@ fn a_person_creates_copies_uses_and_revokes_a_key_in_the_page() {
 fn a_widget_keys_snippet_works_on_its_allowed_origin_and_the_key_rolls() {
     let name = unique("console-widget");
     let page_port = free_port();
-    let v = browse("widget", json!({"name": name, "page_port": page_port, "me": me("user_demo", "admin")}));
+    let v = browse("widget", json!({"name": name, "page_port": page_port}));
     let err = v["create_error"].as_str().unwrap();
     assert!(err.starts_with("VALIDATION_FAILED: allowed_origins[0]") && err.contains("(request id req_"), "{err}");
     let plaintext = v["plaintext"].as_str().unwrap();
@@ -270,7 +251,7 @@ fn a_widget_keys_snippet_works_on_its_allowed_origin_and_the_key_rolls() {
 #[test]
 fn a_viewer_sees_no_create_button() {
     h().key(ORG, json!({"name": "for-the-viewer", "scopes": ["ai:chat"]}));
-    let v = browse("viewer", json!({"me": me("user_viewer", "viewer")}));
+    let v = browse("viewer", json!({}));
     assert_signed_in(&v, "user_viewer", "viewer");
     assert_eq!(v["new_key_visible"], false);
     assert_eq!(v["revoke_buttons"], 0);

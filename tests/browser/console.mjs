@@ -5,8 +5,6 @@
 // Scenarios: create (sign in, create a secret key, read and copy its
 // plaintext once), revoke (sign in, revoke args.key_id, look at usage and
 // audit), viewer (sign in as a viewer), frame (load the console in a frame).
-// With CONSOLE_STUB_ME=1, GET /v1/me is answered by args.me instead of the
-// worker: only for trying the page against a worker without /v1/me.
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { chromium } from "playwright-core";
@@ -105,10 +103,6 @@ try {
     window.__csp = [];
     document.addEventListener("securitypolicyviolation", (e) => window.__csp.push(e.violatedDirective));
   });
-  if (process.env.CONSOLE_STUB_ME === "1") {
-    await page.route("**/v1/me", (route) => route.fulfill({ status: 200, contentType: "application/json", body: JSON.stringify({ success: true, data: args.me }) }));
-  }
-
   if (scenario === "create") {
     await signIn(page, "admin@demo.test", "demo-admin");
     // An inline script injected into the page does not run (CSP).

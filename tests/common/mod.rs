@@ -266,15 +266,10 @@ impl Harness {
         args.push("--var".into());
         args.push("USAGE_ROLLUP_SECONDS:1".into());
         // `{origin}` in a var's value stands for the origin's URL (the demo
-        // origin also serves a fake Turnstile siteverify), `{edge}` for the
-        // worker's own (as first chosen: a retry on another port does not
-        // follow it).
+        // origin also serves a fake Turnstile siteverify).
         for (k, v) in &opts.vars {
             args.push("--var".into());
-            args.push(format!(
-                "{k}:{}",
-                v.replace("{origin}", &origin_url).replace("{edge}", &format!("http://127.0.0.1:{port}"))
-            ));
+            args.push(format!("{k}:{}", v.replace("{origin}", &origin_url)));
         }
         Harness { port, origin_port, children, worker: None, worker_args: args, mfconfig: None, state }
     }
