@@ -149,6 +149,25 @@ fn a_person_creates_copies_uses_and_revokes_a_key_in_the_page() {
         "{v:#}"
     );
     assert_eq!(v["focus_in_dialog"], "ck-name", "the dialog takes the focus");
+    let stops: Vec<&str> = v["dialog_tab_stops"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(stops.iter().all(|s| !s.starts_with("OUTSIDE:")), "the focus stays in the modal dialog: {stops:?}");
+    for want in [
+        "ck-name",
+        "ck-scope-ai-chat",
+        "kind=secret",
+        "ck-expiry",
+        "ck-minute",
+        "ck-hour",
+        "ck-credits",
+        "ck-refill",
+        "ck-refill-interval",
+        "ck-ips",
+        "ck-consistency",
+        "Cancel",
+        "ck-submit",
+    ] {
+        assert!(stops.contains(&want), "{want} is reachable by keyboard in the dialog: {stops:?}");
+    }
     assert_eq!(v["focus_after_sign_in"], "main", "signed in: the focus moves to the main region");
     assert_eq!(
         v["tab_stops"],

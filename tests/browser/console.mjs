@@ -124,6 +124,18 @@ try {
     await page.keyboard.press("Enter");
     await page.locator("#create-dialog[open]").waitFor();
     out.focus_in_dialog = await page.evaluate(() => document.activeElement.id);
+    // Tab through the modal dialog: every control, nothing behind it.
+    out.dialog_tab_stops = [];
+    for (let i = 0; i < 30; i++) {
+      await page.keyboard.press("Tab");
+      out.dialog_tab_stops.push(await page.evaluate(() => {
+        const a = document.activeElement;
+        if (!a || a === document.body) return null;
+        const where = a.closest("#create-dialog") ? "" : "OUTSIDE:";
+        return where + (a.id || (a.name ? `${a.name}=${a.value}` : a.textContent.trim()));
+      }));
+    }
+    await page.locator("#ck-name").focus();
     out.scope_boxes = await page.evaluate(() => [...document.querySelectorAll("#ck-scopes input")].map((c) => ({ scope: c.value, disabled: c.disabled })));
     await page.getByLabel("Name").fill(args.name);
     await page.getByRole("checkbox", { name: "ai:chat" }).check();
