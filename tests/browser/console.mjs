@@ -316,6 +316,7 @@ try {
   } else {
     throw new Error(`unknown scenario ${scenario}`);
   }
+  out.csp_violations_at_end = await page.evaluate(() => window.__csp).catch(() => null);
   console.log(JSON.stringify(out));
 } catch (e) {
   out.failure = String(e && e.stack || e);
