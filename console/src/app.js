@@ -377,7 +377,8 @@ function usageChart(keyId, name, rows, from) {
     const ha = (h.allowed / max) * (H - 10);
     const hr = (h.refused / max) * (H - 10);
     const when = new Date(from.getTime() + i * 3600000).toISOString().slice(11, 16);
-    const g = svg("g", {}, svg("title", {}, `${when} UTC: ${h.allowed} allowed, ${h.refused} refused`));
+    const why = Object.entries(h.reasons).map(([k, v]) => `${k} ${v}`).join(", ");
+    const g = svg("g", {}, svg("title", {}, `${when} UTC: ${h.allowed} allowed, ${h.refused} refused${why ? ` (${why})` : ""}`));
     if (ha > 0) g.append(svg("rect", { x, y: H - ha, width: bw - 2, height: ha, class: "allowed" }));
     if (hr > 0) g.append(svg("rect", { x, y: H - ha - hr, width: bw - 2, height: hr, class: "refused" }));
     chart.append(g);
