@@ -223,8 +223,9 @@ fn check_manage(policy: &Policy, caller: &Caller<'_>, target: &KeyRecord, verb: 
 
 /// `GET /v1/me`: who the caller is, as the console shows it — org, user and
 /// role, effective scopes, whether it may create keys (a key-creating role
-/// or no user; no credits; not rolled; the policy's write scope if any) and
-/// the catalogue scopes it may grant (its scopes' concrete members).
+/// or no user; no credits; not rolled; the policy's write scope if any), the
+/// catalogue scopes it may grant (its scopes' concrete members) and the
+/// whole catalogue (a console shows the others disabled).
 pub fn me(policy: &Policy, grant: &crate::authorize::Grant, key: &KeyRecord) -> String {
     use crate::json::{array, obj, text};
     let may_create = grant.user_role.as_deref().is_none_or(|r| policy.role_creates_keys(r))
@@ -235,7 +236,9 @@ pub fn me(policy: &Policy, grant: &crate::authorize::Grant, key: &KeyRecord) -> 
     let grantable: Vec<String> =
         policy.scopes().iter().filter(|s| crate::scope::grants(&grant.scopes, s)).map(text).collect();
     let scopes: Vec<String> = grant.scopes.iter().map(|s| text(s.as_str())).collect();
+    let catalogue: Vec<String> = policy.scopes().iter().map(text).collect();
     obj(&[
+        ("catalogue_scopes", array(&catalogue)),
         ("grantable_scopes", array(&grantable)),
         ("may_create_keys", text(&may_create)),
         ("org_id", text(&grant.org_id)),

@@ -202,6 +202,7 @@ fn no_privilege_escalation() {
     );
     assert_eq!(d["may_create_keys"], false);
     assert_eq!(d["grantable_scopes"], json!(["ai:chat", "ai:embeddings", "ai:summarize", "control:read"]));
+    assert_eq!(d["catalogue_scopes"].as_array().map(Vec::len), Some(6), "the policy's whole catalogue: {d}");
     let d = call(&op_key, "GET", "/v1/me", None).json()["data"].clone();
     assert_eq!((d["role"].as_str(), d["may_create_keys"].as_bool()), (Some("operator"), Some(true)));
     // An org-level key cannot mint a key bound to a user: the origin would

@@ -430,9 +430,9 @@ function openCreate() {
   box.querySelectorAll("label, p").forEach((n) => n.remove());
   const me = state.me;
   const grantable = new Set(me.grantable_scopes || []);
-  // The scopes the role may grant, and its other concrete scopes (disabled;
-  // wildcard patterns such as "*" are not scopes one can tick).
-  const all = [...new Set([...(me.grantable_scopes || []), ...(me.scopes || []).filter((s) => !s.includes("*"))])].sort();
+  // Every scope of the policy's catalogue: those the role may grant, and
+  // the others disabled with the reason.
+  const all = [...new Set([...(me.catalogue_scopes || []), ...(me.grantable_scopes || [])])].sort();
   for (const s of all) {
     const ok = grantable.has(s);
     const id = `ck-scope-${s.replace(/[^A-Za-z0-9]/g, "-")}`;
