@@ -642,10 +642,11 @@ mod tests {
         let mut w = world();
         w.key.user_id = Some("u1".into());
         w.key.scopes = vec![Scope::parse("*").unwrap()];
-        // viewer: ai:chat and control:read (read-only: its role creates no
-        // keys) yes, ai:documents no.
+        // viewer: ai:chat yes, ai:documents and control:read no.
         let g = decide(&w, "POST", "/v1/ai/chat", None, true).unwrap();
-        assert_eq!(g.scopes_header(), "ai:chat ai:embeddings ai:summarize control:read");
+        assert_eq!(g.scopes_header(), "ai:chat ai:embeddings ai:summarize");
+        let e = decide(&w, "GET", "/v1/api_keys", None, true).unwrap_err();
+        assert_eq!(e.error, ApiError::missing_scope("control:read"));
         assert_eq!(g.user_id.as_deref(), Some("u1"));
         let e = decide(&w, "GET", "/v1/documents", None, true).unwrap_err();
         assert_eq!(e.error, ApiError::missing_scope("ai:documents"));

@@ -186,25 +186,26 @@ fn no_privilege_escalation() {
     // The operator's `*` key is capped by the role: no control:webhooks to give away.
     call(&op_key, "POST", "/v1/api_keys", Some(json!({"name": "x", "scopes": ["control:webhooks"]})))
         .assert_error(403, "MISSING_SCOPE");
-    // A viewer reads (control:read) but may not mint: its role creates no keys.
+    // A viewer may not mint (and has no control:read anyway: seeds/003).
     let (view_key, _) = h().key(&org, json!({"name": "v", "scopes": ["*"], "user_id": "u_view"}));
-    assert_eq!(call(&view_key, "GET", "/v1/api_keys", None).status, 200);
-    let v = call(&view_key, "POST", "/v1/api_keys", Some(json!({"name": "x", "scopes": ["ai:chat"]})))
-        .assert_error(403, "PERMISSION_DENIED");
-    assert!(v["error"]["message"].as_str().unwrap().contains("may not create API keys"), "{v}");
+    call(&view_key, "POST", "/v1/api_keys", Some(json!({"name": "x", "scopes": ["ai:chat"]})))
+        .assert_error(403, "MISSING_SCOPE");
+    call(&view_key, "GET", "/v1/me", None).assert_error(403, "MISSING_SCOPE");
     // Who am I: what the console shows (org, user, role, whether it may create keys).
-    let me = call(&view_key, "GET", "/v1/me", None);
+    let me = call(&op_key, "GET", "/v1/me", None);
     assert_eq!(me.status, 200, "{}", me.text());
     let d = &me.json()["data"];
     assert_eq!(
         (d["org_id"].as_str(), d["user_id"].as_str(), d["role"].as_str()),
-        (Some(org.as_str()), Some("u_view"), Some("viewer"))
+        (Some(org.as_str()), Some("u_op"), Some("operator"))
     );
-    assert_eq!(d["may_create_keys"], false);
-    assert_eq!(d["grantable_scopes"], json!(["ai:chat", "ai:embeddings", "ai:summarize", "control:read"]));
+    assert_eq!(d["may_create_keys"], true);
+    assert_eq!(
+        d["grantable_scopes"],
+        json!(["ai:chat", "ai:documents", "ai:embeddings", "ai:summarize", "control:read"]),
+        "the role caps the key's `*`"
+    );
     assert_eq!(d["catalogue_scopes"].as_array().map(Vec::len), Some(6), "the policy's whole catalogue: {d}");
-    let d = call(&op_key, "GET", "/v1/me", None).json()["data"].clone();
-    assert_eq!((d["role"].as_str(), d["may_create_keys"].as_bool()), (Some("operator"), Some(true)));
     // An org-level key cannot mint a key bound to a user: the origin would
     // see that user's identity.
     let v = call(&key, "POST", "/v1/api_keys", Some(json!({"name": "x", "scopes": ["ai:chat"], "user_id": "u_op"})))

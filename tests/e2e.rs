@@ -113,9 +113,9 @@ fn x_api_key_header_works_and_user_bound_key_forwards_user() {
     assert_eq!(hd["x-keyward-user"], "u_1");
     assert_eq!(hd["x-keyward-key-id"], key_id.as_str());
     // `*` narrowed to the viewer role.
-    assert_eq!(hd["x-keyward-scopes"], "ai:chat ai:embeddings ai:summarize control:read");
+    assert_eq!(hd["x-keyward-scopes"], "ai:chat ai:embeddings ai:summarize");
     let canonical = format!(
-        "keyward-v1\n{}\nPOST\n/v1/ai/chat\n\n{}\n{org}\n{key_id}\nsecret\nai:chat ai:embeddings ai:summarize control:read\nu_1\n",
+        "keyward-v1\n{}\nPOST\n/v1/ai/chat\n\n{}\n{org}\n{key_id}\nsecret\nai:chat ai:embeddings ai:summarize\nu_1\n",
         hd["x-keyward-timestamp"].as_str().unwrap(),
         hd["x-request-id"].as_str().unwrap()
     );

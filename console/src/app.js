@@ -6,14 +6,21 @@ const TOKEN_KEY = "keyward.console.token";
 const PAGE_SIZE = 20;
 const $ = (id) => document.getElementById(id);
 
-const state = {
-  token: null,
-  me: null,
-  keys: { cursors: [""], page: 0, nextCursor: null, items: [] },
-  audit: { cursors: [""], page: 0, nextCursor: null },
-  view: "keys",
-  headroom: null,
-};
+/** What a signed-in session holds; signing out starts again from this. */
+function freshState() {
+  return {
+    token: null,
+    me: null,
+    keys: { cursors: [""], page: 0, nextCursor: null, items: [] },
+    audit: { cursors: [""], page: 0, nextCursor: null },
+    view: "keys",
+    headroom: null,
+  };
+}
+
+const state = freshState();
+/** Bumped at every sign-in and sign-out: an answer to an earlier session's request is dropped. */
+let session = 0;
 
 // ------------------------------------------------------------------ DOM
 
@@ -86,6 +93,8 @@ class ApiError extends Error {
 }
 
 async function api(method, path, body) {
+  const mine = session;
+  if (!state.token) throw new ApiError(401, { code: "INVALID_TOKEN", message: "Not signed in." });
   const headers = { authorization: `Bearer ${state.token}` };
   if (body !== undefined) headers["content-type"] = "application/json";
   let res;
@@ -105,6 +114,10 @@ async function api(method, path, body) {
   } catch {
     // not JSON: reported below
   }
+  if (mine !== session) {
+    // Signed out (or in as someone else) meanwhile: nothing of it shows.
+    throw new ApiError(0, { message: "The session changed." });
+  }
   if (!res.ok || !json || json.success === false) {
     const err = new ApiError(res.status, json && json.error, res.headers.get("X-Request-Id"));
     if (res.status === 401 && err.code === "INVALID_TOKEN") {
@@ -116,6 +129,16 @@ async function api(method, path, body) {
 }
 
 // -------------------------------------------------------------- session
+
+/** The token's claims, read for display only (keyward verifies the token). */
+function tokenClaims(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4)));
+  } catch {
+    return {};
+  }
+}
 
 function setToken(t) {
   state.token = t;
@@ -160,9 +183,15 @@ async function signIn(ev) {
 }
 
 function signOut(message) {
+  session++;
   setToken(null);
-  state.me = null;
+  // Nothing of the signed-out user stays: its state, tables and header.
+  Object.assign(state, freshState());
   for (const d of document.querySelectorAll("dialog")) closeDialog(d);
+  for (const tbody of document.querySelectorAll("tbody")) tbody.replaceChildren();
+  $("usage-list").replaceChildren();
+  $("keys-status").textContent = "";
+  for (const id of ["who-org", "who-user", "who-role"]) $(id).textContent = "";
   $("who").hidden = true;
   $("tabs").hidden = true;
   for (const v of ["keys", "usage", "audit"]) $(`view-${v}`).hidden = true;
@@ -173,7 +202,19 @@ function signOut(message) {
 }
 
 async function start() {
-  const me = (await api("GET", "/v1/me")).data;
+  session++;
+  let me;
+  try {
+    me = (await api("GET", "/v1/me")).data;
+  } catch (e) {
+    if (e.code !== "MISSING_SCOPE") throw e;
+    // A role without control:read (the shipped viewer, seeds/003: no audit
+    // log, no changes) may see nothing here: say so, with who it is (the
+    // token's own claims, for display only), and make no call that would
+    // be refused.
+    const claims = tokenClaims(state.token);
+    me = { org_id: claims.org_id || "", user_id: claims.sub || "", role: "—", scopes: [], may_create_keys: false };
+  }
   state.me = me;
   $("who-org").textContent = me.org_id;
   $("who-user").textContent = me.user_id;
@@ -186,7 +227,7 @@ async function start() {
   $("keys-note").hidden = !!me.may_create_keys;
   $("keys-note").textContent = state.canRead
     ? "Your role may view keys but not create them."
-    : `Your role (${me.role}) may neither view nor create keys, usage or the audit log: ask an admin.`;
+    : "Your role may neither view nor create API keys, usage or the audit log (it lacks control:read): ask an admin.";
   for (const b of $("tabs").querySelectorAll("button")) b.hidden = !state.canRead && b.dataset.view !== "keys";
   showError(null);
   await show("keys");
@@ -544,7 +585,7 @@ function widgetSnippet(key) {
     e.preventDefault();
     const res = await fetch(${JSON.stringify(`${edge}/v1/ai/chat`)}, {
       method: "POST",
-      headers: { "Authorization": "Bearer ${key}", "Content-Type": "application/json" },
+      headers: { "Authorization": ${JSON.stringify(`Bearer ${key}`)}, "Content-Type": "application/json" },
       body: JSON.stringify({ messages: [{ role: "user", content: document.getElementById("kw-msg").value }] }),
     });
     const body = await res.json();

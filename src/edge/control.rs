@@ -228,6 +228,11 @@ async fn serve(
             if !ids::is_ulid(&key_id) {
                 return Err(ApiError::new(ErrorCode::ResourceNotFound).into());
             }
+            // A roll hands out a new plaintext, as a mint does: a session
+            // rolls only from a fresh sign-in.
+            if crate::jwt::is_session_guard(&caller.key.id) {
+                rules::check_session_may_mint(caller.key.created_at, caller.now)?;
+            }
             let grace_ms = crate::admin::parse_roll(&read_body(&mut req, MAX_BODY_BYTES).await?)?;
             OrgCommand::RollKey { org_id: org_id.into(), key_id, grace_ms, caller: Some(revoke_caller(caller)) }
         }
