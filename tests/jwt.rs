@@ -524,6 +524,16 @@ fn a_session_mints_keys_only_when_fresh_and_a_browser_can_read_its_401() {
     );
     let e = r.assert_error(403, "PERMISSION_DENIED");
     assert!(e["error"]["message"].as_str().unwrap().contains("sign in again"), "{e}");
+    // Nor roll (a roll hands out a new plaintext too).
+    let minted = v["data"]["id"].as_str().unwrap();
+    let r = h().send(
+        "POST",
+        &format!("/v1/api_keys/{minted}/roll"),
+        &[("authorization", &auth), ("content-type", "application/json")],
+        Some(b"{}"),
+    );
+    let e = r.assert_error(403, "PERMISSION_DENIED");
+    assert!(e["error"]["message"].as_str().unwrap().contains("sign in again"), "{e}");
     // A bad token from an allowed page: the 401 carries CORS headers, so the
     // page can read it and sign in again; from another page, none.
     let junk = "eyJhbGciOiJFZERTQSJ9.e30.AAAA";
