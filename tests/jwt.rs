@@ -407,11 +407,22 @@ fn the_demo_identity_provider_walk_through_and_the_login_limit_per_address() {
         })
         .collect();
     let rs: Vec<Resp> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    let passed: Vec<&Resp> = rs.iter().filter(|r| r.status != 429).collect();
-    assert_eq!(passed.len(), 10, "{:?}", rs.iter().map(|r| r.status).collect::<Vec<_>>());
-    assert!(passed.iter().all(|r| r.status == 401 && r.json()["detail"] == "Invalid email or password"));
+    // Exactly 10 reach the origin (its 401); every other one is refused
+    // before it: 429, or — when this binary's other tests load the local
+    // runtime at the same moment — a 503 (keyward failing closed, or
+    // wrangler's dev proxy), which must not have reached the origin either
+    // (seen in CI; the limit itself held exactly).
+    let statuses: Vec<u16> = rs.iter().map(|r| r.status).collect();
+    let passed: Vec<&Resp> = rs.iter().filter(|r| r.status == 401).collect();
+    assert_eq!(passed.len(), 10, "{statuses:?}");
+    assert!(rs.iter().all(|r| [401, 429, 503].contains(&r.status)), "{statuses:?}");
+    assert!(passed.iter().all(|r| r.json()["detail"] == "Invalid email or password"));
     let reached = passed.iter().filter(|r| h().origin_saw(r.header("x-request-id").unwrap()).is_some()).count();
     assert_eq!(reached, 10);
+    let at_origin = |r: &&Resp| r.header("x-request-id").is_some_and(|id| h().origin_saw(id).is_some());
+    let unavailable: Vec<&Resp> = rs.iter().filter(|r| r.status == 503).collect();
+    assert!(!unavailable.iter().any(at_origin), "a 503 reached the origin: {statuses:?}");
+    assert!(rs.iter().filter(|r| r.status == 429).count() >= 40 - unavailable.len(), "{statuses:?}");
     let limited = rs.iter().find(|r| r.status == 429).unwrap();
     limited.assert_error(429, "RATE_LIMITED");
     assert!(limited.header("retry-after").is_some());
