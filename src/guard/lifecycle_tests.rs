@@ -6,35 +6,17 @@ use super::*;
 use crate::credits::{CreditSpec, Interval, Refill};
 use crate::records::Consistency;
 use crate::scope::Scope;
-use crate::token::KeyKind;
 
-fn rec(id: &str, version: u64) -> KeyRecord {
+/// A secret key of the roll family whose first key is `01KEY`.
+pub(super) fn rec(id: &str, version: u64) -> KeyRecord {
     KeyRecord {
-        id: id.into(),
-        org_id: "org_1".into(),
-        user_id: None,
         name: "k".into(),
-        kind: KeyKind::Secret,
         scopes: vec![Scope::parse("ai:chat").unwrap()],
         prefix: "kw_live_".into(),
         last_four: "abcd".into(),
-        created_at: T0 - 1000,
-        expires_at: None,
-        revoked_at: None,
-        rate_limits: Vec::new(),
-        allowed_origins: Vec::new(),
-        resource_id: None,
-        visitor_rate_limits: Vec::new(),
-        turnstile_required: false,
-        consistency: Consistency::Strict,
-        allowed_ips: Vec::new(),
-        meta: None,
-        parent_id: None,
-        leaked_at: None,
         guard_id: (id != "01KEY").then(|| "01KEY".into()),
         version,
-        credits: None,
-        rolled_to: None,
+        ..KeyRecord::synthetic(id.into(), "org_1", T0 - 1000)
     }
 }
 
