@@ -410,6 +410,22 @@ mod tests {
         list.iter().map(|s| Scope::parse(s).unwrap()).collect()
     }
 
+    /// An org-level caller (no user, expiry, limits, addresses, metadata or
+    /// credits; strict) with `scopes`: tests override what they exercise.
+    pub(super) fn org_caller(scopes: &[Scope]) -> Caller<'_> {
+        Caller {
+            scopes,
+            user_id: None,
+            user_role: None,
+            expires_at: None,
+            limits: &[],
+            consistency: Consistency::Strict,
+            allowed_ips: &[],
+            meta: None,
+            credits: false,
+        }
+    }
+
     fn input(scopes: &[&str], user: Option<&str>) -> KeyInput {
         KeyInput {
             name: "k".into(),
@@ -434,17 +450,7 @@ mod tests {
     fn no_escalation_of_scopes() {
         let pol = Policy::default_policy().unwrap();
         let mine = sc(&["ai:chat", "control:read"]);
-        let caller = Caller {
-            scopes: &mine,
-            user_id: None,
-            user_role: None,
-            expires_at: None,
-            limits: &[],
-            consistency: Consistency::Strict,
-            allowed_ips: &[],
-            meta: None,
-            credits: false,
-        };
+        let caller = org_caller(&mine);
         assert!(check_create(&pol, &caller, &mut input(&["ai:chat"], None)).is_ok());
         assert!(check_create(&pol, &caller, &mut input(&["ai:chat", "control:read"], None)).is_ok());
         for (want, missing) in
@@ -455,17 +461,7 @@ mod tests {
             assert!(e.message().ends_with(missing), "{}", e.message());
         }
         let wild = sc(&["ai:*", "control:read"]);
-        let caller = Caller {
-            scopes: &wild,
-            user_id: None,
-            user_role: None,
-            expires_at: None,
-            limits: &[],
-            consistency: Consistency::Strict,
-            allowed_ips: &[],
-            meta: None,
-            credits: false,
-        };
+        let caller = org_caller(&wild);
         assert!(check_create(&pol, &caller, &mut input(&["ai:embeddings", "ai:*"], None)).is_ok());
     }
 
@@ -475,17 +471,7 @@ mod tests {
         let mine = sc(&["ai:chat", "control:read"]);
         let lim = |name: &str, limit| RateLimit { name: name.into(), limit, window_seconds: 60 };
         let tight = [lim("minute", 20)];
-        let caller = |limits| Caller {
-            scopes: &mine,
-            user_id: None,
-            user_role: None,
-            expires_at: None,
-            limits,
-            consistency: Consistency::Strict,
-            allowed_ips: &[],
-            meta: None,
-            credits: false,
-        };
+        let caller = |limits| Caller { limits, ..org_caller(&mine) };
         let widget = || KeyInput { kind: KeyKind::Widget, ..input(&["ai:chat"], None) };
         // The policy's 10 per visitor fits the policy's 60, not the 20 the
         // caller passes on.
@@ -501,34 +487,14 @@ mod tests {
     fn user_bound_callers_mint_only_for_their_user_and_role() {
         let pol = Policy::default_policy().unwrap();
         let mine = sc(&["ai:chat", "control:read"]);
-        let op = Caller {
-            scopes: &mine,
-            user_id: Some("u1"),
-            user_role: Some("operator"),
-            expires_at: None,
-            limits: &[],
-            consistency: Consistency::Strict,
-            allowed_ips: &[],
-            meta: None,
-            credits: false,
-        };
+        let op = Caller { user_id: Some("u1"), user_role: Some("operator"), ..org_caller(&mine) };
         let mut i = input(&["ai:chat"], None);
         check_create(&pol, &op, &mut i).unwrap();
         assert_eq!(i.user_id.as_deref(), Some("u1"), "bound to the caller's user");
         assert!(check_create(&pol, &op, &mut input(&["ai:chat"], Some("u1"))).is_ok());
         let e = check_create(&pol, &op, &mut input(&["ai:chat"], Some("u2"))).unwrap_err();
         assert_eq!(e.code, ErrorCode::PermissionDenied);
-        let viewer = Caller {
-            scopes: &mine,
-            user_id: Some("u1"),
-            user_role: Some("viewer"),
-            expires_at: None,
-            limits: &[],
-            consistency: Consistency::Strict,
-            allowed_ips: &[],
-            meta: None,
-            credits: false,
-        };
+        let viewer = Caller { user_id: Some("u1"), user_role: Some("viewer"), ..org_caller(&mine) };
         assert_eq!(
             check_create(&pol, &viewer, &mut input(&["ai:chat"], None)).unwrap_err().code,
             ErrorCode::PermissionDenied
@@ -539,31 +505,11 @@ mod tests {
     fn org_keys_cannot_mint_for_users_and_children_never_outlive_or_outpace() {
         let pol = Policy::default_policy().unwrap();
         let mine = sc(&["ai:chat", "control:read"]);
-        let org_key = Caller {
-            scopes: &mine,
-            user_id: None,
-            user_role: None,
-            expires_at: None,
-            limits: &[],
-            consistency: Consistency::Strict,
-            allowed_ips: &[],
-            meta: None,
-            credits: false,
-        };
+        let org_key = org_caller(&mine);
         let e = check_create(&pol, &org_key, &mut input(&["ai:chat"], Some("u_admin"))).unwrap_err();
         assert_eq!(e.code, ErrorCode::PermissionDenied);
         let limits = [RateLimit { name: "minute".into(), limit: 5, window_seconds: 60 }];
-        let parent = Caller {
-            scopes: &mine,
-            user_id: None,
-            user_role: None,
-            expires_at: Some(1_000),
-            limits: &limits,
-            consistency: Consistency::Strict,
-            allowed_ips: &[],
-            meta: None,
-            credits: false,
-        };
+        let parent = Caller { expires_at: Some(1_000), limits: &limits, ..org_caller(&mine) };
         let mut i = input(&["ai:chat"], None);
         check_create(&pol, &parent, &mut i).unwrap();
         assert_eq!(i.expires_at, Some(1_000), "inherits the caller's expiry");
@@ -593,17 +539,7 @@ mod tests {
     fn minted_keys_are_never_laxer_than_their_parent() {
         let pol = Policy::default_policy().unwrap();
         let mine = sc(&["ai:chat", "control:read"]);
-        let strict = Caller {
-            scopes: &mine,
-            user_id: None,
-            user_role: None,
-            expires_at: None,
-            limits: &[],
-            consistency: Consistency::Strict,
-            allowed_ips: &[],
-            meta: None,
-            credits: false,
-        };
+        let strict = org_caller(&mine);
         let leased = Caller { consistency: Consistency::Leased, ..strict };
         let mut asked = input(&["ai:chat"], None);
         (asked.consistency, asked.consistency_given) = (Consistency::Leased, true);
@@ -653,17 +589,7 @@ mod tests {
             rolled_to: None,
         };
         let mine = sc(&["ai:*", "control:read"]);
-        let org_key = Caller {
-            scopes: &mine,
-            user_id: None,
-            user_role: None,
-            expires_at: None,
-            limits: &[],
-            consistency: Consistency::Strict,
-            allowed_ips: &[],
-            meta: None,
-            credits: false,
-        };
+        let org_key = org_caller(&mine);
         let pol = Policy::default_policy().unwrap();
         let revoke = |c: &Caller<'_>, t: &KeyRecord| check_revoke(&pol, c, t).map_err(|e| e.code);
         assert!(revoke(&org_key, &target(&["ai:chat"], None)).is_ok());
@@ -671,17 +597,7 @@ mod tests {
         // say): it may not revoke one either.
         assert_eq!(revoke(&org_key, &target(&["ai:chat"], Some("u9"))), Err(ErrorCode::PermissionDenied));
         assert_eq!(revoke(&org_key, &target(&["*"], None)), Err(ErrorCode::PermissionDenied));
-        let user_key = Caller {
-            scopes: &mine,
-            user_id: Some("u1"),
-            user_role: Some("admin"),
-            expires_at: None,
-            limits: &[],
-            consistency: Consistency::Strict,
-            allowed_ips: &[],
-            meta: None,
-            credits: false,
-        };
+        let user_key = Caller { user_id: Some("u1"), user_role: Some("admin"), ..org_caller(&mine) };
         assert!(revoke(&user_key, &target(&["ai:chat"], Some("u1"))).is_ok());
         assert_eq!(revoke(&user_key, &target(&["ai:chat"], Some("u2"))), Err(ErrorCode::PermissionDenied));
         assert_eq!(revoke(&user_key, &target(&["ai:chat"], None)), Err(ErrorCode::PermissionDenied));
@@ -719,17 +635,7 @@ mod tests {
         let pol = Policy::default_policy().unwrap();
         let mine = sc(&["ai:*", "control:read"]);
         let ips = [crate::cidr::Cidr::parse("203.0.113.0/24").unwrap()];
-        let caller = Caller {
-            scopes: &mine,
-            user_id: None,
-            user_role: None,
-            expires_at: None,
-            limits: &[],
-            consistency: Consistency::Strict,
-            allowed_ips: &ips,
-            meta: Some(r#"{"plan":"pro"}"#),
-            credits: false,
-        };
+        let caller = Caller { allowed_ips: &ips, meta: Some(r#"{"plan":"pro"}"#), ..org_caller(&mine) };
         let mut i = input(&["ai:chat"], None);
         check_create(&pol, &caller, &mut i).unwrap();
         assert_eq!((i.allowed_ips.as_slice(), i.meta.as_deref()), (&ips[..], Some(r#"{"plan":"pro"}"#)), "inherited");
@@ -830,6 +736,7 @@ mod lifecycle_review_tests {
     use super::*;
     use crate::scope::Scope;
     use crate::token::KeyKind;
+    use tests::org_caller;
 
     fn me(scopes: &[&str], meta: Option<&str>) -> KeyRecord {
         KeyRecord {
@@ -868,17 +775,7 @@ mod lifecycle_review_tests {
         let pol = Policy::default_policy().unwrap();
         let scopes: Vec<Scope> = ["ai:*", "control:read"].iter().map(|s| Scope::parse(s).unwrap()).collect();
         let limits = pol.default_rate_limits().to_vec();
-        let ops = Caller {
-            scopes: &scopes,
-            user_id: None,
-            user_role: None,
-            expires_at: None,
-            limits: &limits,
-            consistency: Consistency::Strict,
-            allowed_ips: &[],
-            meta: None,
-            credits: false,
-        };
+        let ops = Caller { limits: &limits, ..org_caller(&scopes) };
         let before = KeyRecord { id: "01TARGET".into(), ..me(&["ai:chat"], None) };
         let after = KeyRecord { meta: Some(r#"{"plan":"enterprise"}"#.into()), ..before.clone() };
         let mut mint = KeyInput {
@@ -910,17 +807,7 @@ mod lifecycle_review_tests {
         let pol = Policy::default_policy().unwrap();
         let k = me(&["ai:*", "control:read"], None);
         let limits = pol.default_rate_limits().to_vec();
-        let caller = Caller {
-            scopes: &k.scopes,
-            user_id: None,
-            user_role: None,
-            expires_at: None,
-            limits: &limits,
-            consistency: k.consistency,
-            allowed_ips: &[],
-            meta: None,
-            credits: false,
-        };
+        let caller = Caller { limits: &limits, consistency: k.consistency, ..org_caller(&k.scopes) };
         // Allowed, but the successor is the caller's child: revoking the
         // caller (say, as leaked) revokes it (tests/lifecycle.rs end to end).
         assert!(check_roll(&pol, &caller, &k).is_ok());
@@ -937,17 +824,7 @@ mod lifecycle_review_tests {
         let pol = Policy::default_policy().unwrap();
         let scopes: Vec<Scope> = ["ai:*", "control:read"].iter().map(|s| Scope::parse(s).unwrap()).collect();
         let limits = pol.default_rate_limits().to_vec();
-        let c = Caller {
-            scopes: &scopes,
-            user_id: None,
-            user_role: None,
-            expires_at: None,
-            limits: &limits,
-            consistency: Consistency::Strict,
-            allowed_ips: &[],
-            meta: Some(r#"{"account":"acct_7"}"#),
-            credits: false,
-        };
+        let c = Caller { limits: &limits, meta: Some(r#"{"account":"acct_7"}"#), ..org_caller(&scopes) };
         let target = KeyRecord { id: "01TARGET".into(), ..me(&["ai:chat"], Some(r#"{"account":"acct_42"}"#)) };
         assert!(check_roll(&pol, &c, &target).is_err(), "acct_7's key obtains a new acct_42 key");
     }

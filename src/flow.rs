@@ -469,6 +469,9 @@ pub struct Gate<'r> {
     /// A visitor token issued to this request's visitor.
     issued: Option<String>,
     turnstile_reply: Option<Result<(u16, String), String>>,
+    /// The matched route's credit cost, once a usage-limited key asked for
+    /// it (one route match per request, however often limits are built).
+    cost: std::cell::OnceCell<u32>,
     steps: u8,
     later: Vec<Later>,
 }
@@ -507,6 +510,7 @@ impl<'r> Gate<'r> {
             visitor_verified: false,
             issued: None,
             turnstile_reply: None,
+            cost: std::cell::OnceCell::new(),
             steps: 0,
             later: Vec::new(),
         }
@@ -771,7 +775,7 @@ impl<'r> Gate<'r> {
     /// Credits this request spends from a usage-limited key: its route's
     /// cost (1 when no route matches: nothing is admitted then).
     fn cost(&self) -> u32 {
-        self.policy.route(self.facts.method, self.facts.path).map_or(1, |r| r.cost())
+        *self.cost.get_or_init(|| self.policy.route(self.facts.method, self.facts.path).map_or(1, |r| r.cost()))
     }
 
     fn slot(&self, key: &KeyRecord) -> SlotId {

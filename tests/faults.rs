@@ -233,12 +233,25 @@ fn a_roll_or_an_update_whose_guard_fails_is_a_503_and_a_retry_completes_it() {
     };
     assert_eq!(chat(&app, &[]).status, 200);
     let before = listed().len();
+    let kv_before = h().kv_names("key:");
     // Roll: nothing changes.
     let roll = format!("/v1/api_keys/{app_id}/roll");
     let r = call("POST", &roll, json!({"grace_seconds": 0}), &fault("org-guard-throw"));
     let v = assert_unavailable_any(&r);
     assert!(v["error"]["message"].as_str().unwrap().contains("nothing was changed"), "{v}");
     assert_eq!(listed().len(), before, "no new key left behind");
+    // Nor in KV: the withdrawn key's record (written before its old key's
+    // guard was told) is deleted. Other tests add keys meanwhile: of the
+    // records new since, none is this org's.
+    let new: Vec<String> = h().kv_names("key:").into_iter().filter(|n| !kv_before.contains(n)).collect();
+    if !new.is_empty() {
+        let values = h().kv_values(&new);
+        for name in &new {
+            let text = values[name]["value"].as_str().unwrap_or("null");
+            let record: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+            assert_ne!(record["org_id"], org.as_str(), "the withdrawn key's KV record is left: {name} {record}");
+        }
+    }
     let mine = listed().into_iter().find(|k| k["id"] == app_id.as_str()).unwrap();
     assert_eq!(mine["expires_at"], Value::Null, "the old key was not ended");
     assert_eq!(chat(&app, &[]).status, 200, "the old key works");
@@ -249,6 +262,10 @@ fn a_roll_or_an_update_whose_guard_fails_is_a_503_and_a_retry_completes_it() {
     assert!(v["error"]["message"].as_str().unwrap().contains("The change is saved"), "{v}");
     let mine = listed().into_iter().find(|k| k["id"] == app_id.as_str()).unwrap();
     assert_eq!(mine["scopes"], json!(["ai:embeddings"]), "saved in the system of record");
+    // …and in KV, where isolates without the record read it.
+    let stored = h().kv(&["get", &format!("key:{}", sha256_hex(app.as_bytes()))]);
+    let record: Value = serde_json::from_str(stored.trim()).unwrap_or_else(|e| panic!("{e}: {stored}"));
+    assert_eq!((&record["scopes"], &record["id"]), (&json!(["ai:embeddings"]), &json!(app_id)), "{record}");
     let r = call("PATCH", &path, json!({"scopes": ["ai:embeddings"]}), &[]);
     assert_eq!(r.status, 200, "{}", r.text());
     chat(&app, &[]).assert_error(403, "MISSING_SCOPE");

@@ -213,9 +213,20 @@ try {
       return tr && JSON.stringify([...tr.cells].map((c) => c.textContent)) !== f;
     }, first);
     out.audit_rows_page_2 = await auditRows();
+    // What of the signed-in user the page holds (hidden views included),
+    // before and after sign-out: table rows, charts, the header's
+    // org/user/role, the keys' names anywhere in the document.
+    const held = () => page.evaluate((probe) => ({
+      rows: document.querySelectorAll("tbody tr").length,
+      charts: document.querySelectorAll("#usage-list > *").length,
+      header: ["who-org", "who-user", "who-role"].map((id) => document.getElementById(id).textContent).join(""),
+      key_name_in_page: document.body.textContent.includes(probe),
+    }), args.probe);
+    out.held_before_sign_out = await held();
     await page.getByRole("button", { name: "Sign out" }).click();
     out.session_storage_after_sign_out = await page.evaluate(() => sessionStorage.length);
     out.signed_out = await page.evaluate(() => document.body.dataset.state);
+    out.held_after_sign_out = await held();
   } else if (scenario === "widget") {
     // A widget key made in the page; its snippet, pasted into a page on the
     // allowed origin (served here on args.page_port), gets its answer.

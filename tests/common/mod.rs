@@ -368,12 +368,38 @@ impl Harness {
 
     /// Runs `wrangler kv key <args>` against this worker's local KV state.
     pub fn kv(&self, args: &[&str]) -> String {
+        self.wrangler_kv("key", args)
+    }
+
+    /// The KV entries under `prefix` (names only).
+    pub fn kv_names(&self, prefix: &str) -> Vec<String> {
+        let listed: Value = serde_json::from_str(&self.kv(&["list", "--prefix", prefix])).expect("kv list JSON");
+        listed.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_owned()).collect()
+    }
+
+    /// The values of `names` in one `wrangler kv bulk get`: name →
+    /// `{"value": text or null}`.
+    pub fn kv_values(&self, names: &[String]) -> Value {
+        let file = self.state.join(format!("bulk-{}.json", unique("get")));
+        std::fs::write(&file, serde_json::to_string(names).unwrap()).unwrap();
+        let out = self.wrangler_kv("bulk", &["get", &file.display().to_string()]);
+        // The JSON object, without what wrangler may print around it (a
+        // beta warning before, `Success!` after).
+        let json = out
+            .find('{')
+            .zip(out.rfind('}'))
+            .map(|(a, b)| &out[a..=b])
+            .unwrap_or_else(|| panic!("kv bulk get printed no object: {out}"));
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("kv bulk get ({e}): {out}"))
+    }
+
+    fn wrangler_kv(&self, group: &str, args: &[&str]) -> String {
         let persist = self.state.join("wrangler-state");
         let out = Command::new("node_modules/.bin/wrangler")
             .current_dir(root())
             .env("CI", "true")
             .env("WRANGLER_SEND_METRICS", "false")
-            .args(["kv", "key"])
+            .args(["kv", group])
             .args(args)
             .arg("--config")
             .arg(self.state.join("wrangler.toml"))
