@@ -307,6 +307,7 @@ fn a_wrong_password_is_refused_and_the_console_cannot_be_framed() {
     let v = browse("frame", json!({}));
     assert!(v["sign_in_error"].as_str().unwrap().contains("Invalid email or password"), "{v:#}");
     assert_eq!(v["session_storage_length"], 0);
+    assert_eq!(v["framer_origin"], "null", "the framing page is of another (opaque) origin: {v:#}");
     let frames = v["frames"].as_array().unwrap();
     assert!(!frames.is_empty(), "{v:#}");
     assert!(frames.iter().all(|f| f["has_sign_in"] == false), "the console rendered in a frame: {v:#}");

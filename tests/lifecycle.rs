@@ -219,13 +219,47 @@ fn minting_caps_and_cascade_revocation() {
     let _ = (a_id, aa_id, c_id);
     // Per org: MAX_KEYS_PER_ORG=8 live keys.
     let org2 = h().org(true);
-    for i in 0..8 {
-        h().key(&org2, json!({"name": format!("k{i}"), "scopes": ["ai:chat"]}));
-    }
-    let r =
-        h().admin("POST", &format!("/admin/orgs/{org2}/api_keys"), Some(json!({"name": "k8", "scopes": ["ai:chat"]})));
-    let v = r.assert_error(409, "KEY_LIMIT_REACHED");
+    let keys: Vec<(String, String)> =
+        (0..8).map(|i| h().key(&org2, json!({"name": format!("k{i}"), "scopes": ["ai:chat"]}))).collect();
+    let create_k8 = || {
+        h().admin("POST", &format!("/admin/orgs/{org2}/api_keys"), Some(json!({"name": "k8", "scopes": ["ai:chat"]})))
+    };
+    let v = create_k8().assert_error(409, "KEY_LIMIT_REACHED");
     assert!(v["error"]["message"].as_str().unwrap().contains("MAX_KEYS_PER_ORG"), "{v}");
+    // At the cap, a roll with a grace period would add a ninth live key:
+    // refused. With none, the old key ends as the new one starts: rolled,
+    // and the org still holds 8 live keys.
+    let roll = |grace: u64| {
+        let path = format!("/admin/orgs/{org2}/api_keys/{}/roll", keys[0].1);
+        h().admin("POST", &path, Some(json!({"grace_seconds": grace})))
+    };
+    let v = roll(60).assert_error(409, "KEY_LIMIT_REACHED");
+    assert!(v["error"]["message"].as_str().unwrap().contains("MAX_KEYS_PER_ORG"), "{v}");
+    assert_eq!(chat_from(&keys[0].0, None, &[]).status, 200, "the refused roll changed nothing");
+    let r = roll(0);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let next = r.json()["data"]["plaintext"].as_str().unwrap().to_owned();
+    assert_eq!(chat_from(&next, None, &[]).status, 200);
+    chat_from(&keys[0].0, None, &[]).assert_error(401, "INVALID_API_KEY");
+    create_k8().assert_error(409, "KEY_LIMIT_REACHED");
+    // Per parent the same: a key at MAX_KEYS_PER_PARENT=2 rolls its child
+    // (the successor is its child too) only with no grace.
+    let org3 = h().org(true);
+    let (boss, _) = h().key(&org3, json!({"name": "boss", "scopes": ["ai:*", "control:read"]}));
+    let (x, _) = child(&boss, "x");
+    let (_, y_id) = child(&boss, "y");
+    let roll_y = |grace: u64| {
+        let (auth, body) = (format!("Bearer {boss}"), json!({"grace_seconds": grace}).to_string());
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        h().send("POST", &format!("/v1/api_keys/{y_id}/roll"), &headers, Some(body.as_bytes()))
+    };
+    let v = roll_y(60).assert_error(409, "KEY_LIMIT_REACHED");
+    assert!(v["error"]["message"].as_str().unwrap().contains("MAX_KEYS_PER_PARENT"), "{v}");
+    let r = roll_y(0);
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(chat_from(&x, None, &[]).status, 200);
+    let v = mint_with(&boss, json!({"name": "z", "scopes": ["ai:chat"]})).assert_error(409, "KEY_LIMIT_REACHED");
+    assert!(v["error"]["message"].as_str().unwrap().contains("MAX_KEYS_PER_PARENT"), "{v}");
 }
 
 #[test]

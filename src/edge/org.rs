@@ -253,7 +253,7 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest, guards: Fault) -> Resul
             if let Some(uid) = creator {
                 may_manage_keys(sql, &env, uid)?;
             }
-            room_for_key(sql, &env, now, record.parent_id.as_deref())?;
+            room_for_key(sql, &env, now, record.parent_id.as_deref(), None)?;
             if let Some(uid) = &record.user_id {
                 if load_user(sql, uid)?.is_none() {
                     return Err(ApiError::validation("user_id", "no such user in this org").into());
@@ -441,12 +441,18 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest, guards: Fault) -> Resul
                 caller_rules(sql, &env, c, &|policy, who| control::check_roll(policy, who, &old))?;
             }
             let parent = control::rolled_parent(caller.as_ref().and_then(|c| c.key_id.as_deref()), &old);
-            room_for_key(sql, &env, now, parent.as_deref())?;
+            // With no grace the old key ends as the new one starts: the
+            // roll adds no live key to the org, its parent or its family.
+            let replaced = (*grace_ms == 0).then_some(&old);
+            room_for_key(sql, &env, now, parent.as_deref(), replaced)?;
             let settings = super::settings(&env)?;
             let family_id = old.guard().to_owned();
             let members = rows(sql, FAMILY_ALL, Some(vec![family_id.as_str().into()]))?;
-            let live_members =
-                family(sql, &family_id)?.iter().filter(|(_, k)| k.expires_at.is_none_or(|e| e > now)).count();
+            let live_members = family(sql, &family_id)?
+                .iter()
+                .filter(|(_, k)| k.expires_at.is_none_or(|e| e > now))
+                .count()
+                .saturating_sub(usize::from(replaced.is_some()));
             if members.len() >= crate::guard::MAX_MEMBERS || live_members >= crate::guard::MAX_LIVE_MEMBERS {
                 let message = format!(
                     "This key was rolled {} times and has {live_members} live versions (at most {} rolls, {} live): create a new key instead.",
@@ -945,10 +951,17 @@ fn caller_rules(
 }
 
 /// Caps on live keys, for one more (minted, or rolled): per org, and per
-/// minting key, which must itself be live.
-fn room_for_key(sql: &SqlStorage, env: &Env, now: i64, parent: Option<&str>) -> Result<(), Refusal> {
+/// minting key, which must itself be live. `replaced`: a live key that ends
+/// as this one is added (a roll with no grace), so it holds no place.
+fn room_for_key(
+    sql: &SqlStorage,
+    env: &Env,
+    now: i64,
+    parent: Option<&str>,
+    replaced: Option<&KeyRecord>,
+) -> Result<(), Refusal> {
     let settings = super::settings(env)?;
-    let live = count(sql, LIVE_KEYS, now, None)?;
+    let live = count(sql, LIVE_KEYS, now, None)?.saturating_sub(u32::from(replaced.is_some()));
     if live >= settings.max_keys_per_org {
         let message =
             format!("This org has {live} live API keys, its limit (MAX_KEYS_PER_ORG): revoke keys before adding more.");
@@ -962,7 +975,8 @@ fn room_for_key(sql: &SqlStorage, env: &Env, now: i64, parent: Option<&str>) -> 
             Some((_, k)) if k.revoked_at.is_none() => {}
             _ => return Err(ApiError::new(ErrorCode::InvalidApiKey).into()),
         }
-        let minted = count(sql, LIVE_CHILDREN, now, Some(parent))?;
+        let same_parent = replaced.is_some_and(|k| k.parent_id.as_deref() == Some(parent));
+        let minted = count(sql, LIVE_CHILDREN, now, Some(parent))?.saturating_sub(u32::from(same_parent));
         if minted >= settings.max_keys_per_parent {
             let message = format!(
                 "The minting key has {minted} live API keys, its limit (MAX_KEYS_PER_PARENT): revoke some first."

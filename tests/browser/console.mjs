@@ -315,8 +315,11 @@ try {
     out.sign_in_error = await page.locator("#error").textContent();
     out.session_storage_length = await page.evaluate(() => sessionStorage.length);
     await shot(page, "sign-in-refused");
-    // Another origin (about:blank under a data page) frames the console.
+    // Another origin frames the console: a page navigated away from the
+    // edge (to about:blank, an opaque origin) writes the iframe.
+    await page.goto("about:blank");
     await page.setContent(`<!doctype html><title>framer</title><iframe id="f" title="console" src="${edge}/console/"></iframe>`);
+    out.framer_origin = await page.evaluate(() => window.origin);
     await page.waitForTimeout(1500);
     out.frames = await Promise.all(page.frames().slice(1).map(async (f) => {
       let hasSignIn = false;
