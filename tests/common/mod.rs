@@ -115,14 +115,19 @@ fn isolated_config(state: &Path, build: &str) -> PathBuf {
         main = state.join("entry.mjs");
         std::fs::write(&main, entry.replace(import, &to)).unwrap();
     }
-    // The console's static assets (wrangler resolves `directory` against
-    // the config's own directory): absolute, and built (`make` builds them).
-    let assets = root().join("console/dist");
+    // The console's static assets, built (`make` builds them), copied into
+    // the harness's own directory: wrangler reloads its runtime on any
+    // change in the assets directory (a running worker then answers its
+    // requests in flight "restarted mid-request"), so nothing outside this
+    // harness can touch its copy.
+    let built = root().join("console/dist");
     assert!(
-        assets.join("console/index.html").exists(),
+        built.join("console/index.html").exists(),
         "the console is not built ({} is missing): run `make console` (`make test` builds it)",
-        assets.display()
+        built.display()
     );
+    let assets = state.join("assets");
+    copy_dir(&built, &assets);
     let config: String = original
         .lines()
         .map(|l| {
@@ -140,6 +145,18 @@ fn isolated_config(state: &Path, build: &str) -> PathBuf {
     let path = state.join("wrangler.toml");
     std::fs::write(&path, config).unwrap();
     path
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
 }
 
 pub fn free_port() -> u16 {
