@@ -247,6 +247,7 @@ fn a_roll_or_an_update_whose_guard_fails_is_a_503_and_a_retry_completes_it() {
     if !new.is_empty() {
         let values = h().kv_values(&new);
         for name in &new {
+            assert!(values[name].is_object(), "kv bulk get's answer for {name}: {values}");
             let text = values[name]["value"].as_str().unwrap_or("null");
             let record: Value = serde_json::from_str(text).unwrap_or(Value::Null);
             assert_ne!(record["org_id"], org.as_str(), "the withdrawn key's KV record is left: {name} {record}");

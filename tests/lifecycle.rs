@@ -16,7 +16,7 @@ fn h() -> &'static Harness {
         Harness::start(Options {
             origin_url: None,
             vars: vec![
-                ("MAX_KEYS_PER_ORG", "8".into()),
+                ("MAX_KEYS_PER_ORG", "10".into()),
                 ("MAX_KEYS_PER_PARENT", "2".into()),
                 ("SECRET_SCANNING_KEYS", scanner().0.clone()),
             ],
@@ -217,18 +217,18 @@ fn minting_caps_and_cascade_revocation() {
         chat_from(key, None, &[]).assert_error(401, "INVALID_API_KEY");
     }
     let _ = (a_id, aa_id, c_id);
-    // Per org: MAX_KEYS_PER_ORG=8 live keys.
+    // Per org: MAX_KEYS_PER_ORG=10 live keys (more than a family's 8).
     let org2 = h().org(true);
     let keys: Vec<(String, String)> =
-        (0..8).map(|i| h().key(&org2, json!({"name": format!("k{i}"), "scopes": ["ai:chat"]}))).collect();
-    let create_k8 = || {
-        h().admin("POST", &format!("/admin/orgs/{org2}/api_keys"), Some(json!({"name": "k8", "scopes": ["ai:chat"]})))
+        (0..10).map(|i| h().key(&org2, json!({"name": format!("k{i}"), "scopes": ["ai:chat"]}))).collect();
+    let create_k10 = || {
+        h().admin("POST", &format!("/admin/orgs/{org2}/api_keys"), Some(json!({"name": "k10", "scopes": ["ai:chat"]})))
     };
-    let v = create_k8().assert_error(409, "KEY_LIMIT_REACHED");
+    let v = create_k10().assert_error(409, "KEY_LIMIT_REACHED");
     assert!(v["error"]["message"].as_str().unwrap().contains("MAX_KEYS_PER_ORG"), "{v}");
-    // At the cap, a roll with a grace period would add a ninth live key:
+    // At the cap, a roll with a grace period would add an eleventh live key:
     // refused. With none, the old key ends as the new one starts: rolled,
-    // and the org still holds 8 live keys.
+    // and the org still holds 10 live keys.
     let roll = |grace: u64| {
         let path = format!("/admin/orgs/{org2}/api_keys/{}/roll", keys[0].1);
         h().admin("POST", &path, Some(json!({"grace_seconds": grace})))
@@ -241,7 +241,7 @@ fn minting_caps_and_cascade_revocation() {
     let next = r.json()["data"]["plaintext"].as_str().unwrap().to_owned();
     assert_eq!(chat_from(&next, None, &[]).status, 200);
     chat_from(&keys[0].0, None, &[]).assert_error(401, "INVALID_API_KEY");
-    create_k8().assert_error(409, "KEY_LIMIT_REACHED");
+    create_k10().assert_error(409, "KEY_LIMIT_REACHED");
     // Per parent the same: a key at MAX_KEYS_PER_PARENT=2 rolls its child
     // (the successor is its child too) only with no grace.
     let org3 = h().org(true);
@@ -260,6 +260,39 @@ fn minting_caps_and_cascade_revocation() {
     assert_eq!(chat_from(&x, None, &[]).status, 200);
     let v = mint_with(&boss, json!({"name": "z", "scopes": ["ai:chat"]})).assert_error(409, "KEY_LIMIT_REACHED");
     assert!(v["error"]["message"].as_str().unwrap().contains("MAX_KEYS_PER_PARENT"), "{v}");
+    // A key that is not boss's: its successor would be boss's child (a
+    // third), so even with no grace the roll needs room boss does not have.
+    let (_, loner_id) = h().key(&org3, json!({"name": "loner", "scopes": ["ai:chat"]}));
+    let (auth, body) = (format!("Bearer {boss}"), json!({"grace_seconds": 0}).to_string());
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let r = h().send("POST", &format!("/v1/api_keys/{loner_id}/roll"), &headers, Some(body.as_bytes()));
+    let v = r.assert_error(409, "KEY_LIMIT_REACHED");
+    assert!(v["error"]["message"].as_str().unwrap().contains("MAX_KEYS_PER_PARENT"), "{v}");
+}
+
+/// A roll family holds at most 8 live keys: at 8, a roll with a grace
+/// period is refused (naming the 8), one with none replaces the latest.
+#[test]
+fn a_family_of_eight_live_keys_rolls_only_with_no_grace() {
+    let org = h().org(true);
+    let (mut key, mut id) = h().key(&org, json!({"name": "fam", "scopes": ["ai:chat"]}));
+    let roll = |id: &str, grace: u64| {
+        h().admin("POST", &format!("/admin/orgs/{org}/api_keys/{id}/roll"), Some(json!({"grace_seconds": grace})))
+    };
+    for _ in 0..7 {
+        let r = roll(&id, 3600);
+        assert_eq!(r.status, 201, "{}", r.text());
+        let d = &r.json()["data"];
+        (key, id) = (d["plaintext"].as_str().unwrap().to_owned(), d["id"].as_str().unwrap().to_owned());
+    }
+    let v = roll(&id, 60).assert_error(409, "KEY_LIMIT_REACHED");
+    assert!(v["error"]["message"].as_str().unwrap().contains("has 8 live versions"), "{v}");
+    assert_eq!(chat_from(&key, None, &[]).status, 200, "the refused roll changed nothing");
+    let r = roll(&id, 0);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let next = r.json()["data"]["plaintext"].as_str().unwrap().to_owned();
+    chat_from(&key, None, &[]).assert_error(401, "INVALID_API_KEY");
+    assert_eq!(chat_from(&next, None, &[]).status, 200);
 }
 
 #[test]

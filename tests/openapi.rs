@@ -3370,18 +3370,21 @@ fn key_limits_are_documented() {
     // (admin and control API), and, a place freed, against the rolled
     // key's parent.
     let (roll, admin_roll) = (find_op("rollApiKey"), find_op("adminRollApiKey"));
-    let roll_as = |caller: &str, id: &str| {
-        send_to(c.port, "POST", &format!("/v1/api_keys/{id}/roll"), &[("x-api-key", caller)], Some("{}"))
+    // (With a grace period: a roll with none replaces its key at once and
+    // holds no place, below.)
+    let roll_as = |caller: &str, id: &str, grace: u32| {
+        let body = json!({"grace_seconds": grace}).to_string();
+        send_to(c.port, "POST", &format!("/v1/api_keys/{id}/roll"), &[("x-api-key", caller)], Some(&body))
     };
     let r =
         c.admin("POST", &format!("/admin/orgs/{org}/api_keys/{fourth_id}/roll"), Some(json!({"grace_seconds": 60})));
     limited(&admin_roll, &r, "MAX_KEYS_PER_ORG", "a roll at the org's cap (admin API)");
-    limited(&roll, &roll_as(&other, &fourth_id), "MAX_KEYS_PER_ORG", "a roll at the org's cap (control API)");
+    limited(&roll, &roll_as(&other, &fourth_id, 60), "MAX_KEYS_PER_ORG", "a roll at the org's cap (control API)");
     let r = c.admin("DELETE", &format!("/admin/orgs/{org}/api_keys/{fourth_id}"), None);
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = c.admin("POST", &format!("/admin/orgs/{org}/api_keys/{again_id}/roll"), None);
+    let r = c.admin("POST", &format!("/admin/orgs/{org}/api_keys/{again_id}/roll"), Some(json!({"grace_seconds": 1})));
     limited(&admin_roll, &r, "MAX_KEYS_PER_PARENT", "a roll of a child at its parent's cap (admin API)");
-    limited(&roll, &roll_as(&root, &again_id), "MAX_KEYS_PER_PARENT", "a roll at its parent's cap (control API)");
+    limited(&roll, &roll_as(&root, &again_id, 60), "MAX_KEYS_PER_PARENT", "a roll at its parent's cap (control API)");
     let r = send_to(c.port, "GET", "/v1/audit?limit=100", &[("x-api-key", &other)], None);
     let entries = conforms(&find_op("listAudit"), &r, "audit after the rolls")["data"].as_array().unwrap().clone();
     let refused = entries
@@ -3389,6 +3392,12 @@ fn key_limits_are_documented() {
         .filter(|e| e["action"] == "key.roll_refused" && e["detail"]["code"] == "KEY_LIMIT_REACHED")
         .count();
     assert_eq!(refused, 4, "{entries:?}");
+    // With no grace the same roll replaces the child: allowed at the cap.
+    let r = roll_as(&root, &again_id, 0);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let v = conforms(&roll, &r, "a roll with no grace at its parent's cap");
+    assert_eq!(v["data"]["rolled_from"], again_id.as_str());
+    limited(&create, &mint(&root, "one more"), "MAX_KEYS_PER_PARENT", "the parent still at its cap");
 }
 
 /// Sends a leaked-key report: `body` with the two GitHub headers (each

@@ -19,6 +19,9 @@ function freshState() {
 }
 
 const state = freshState();
+/** The key the open revoke or roll dialog is about. */
+let revoking = null;
+let rolling = null;
 /** Bumped at every sign-in and sign-out: an answer to an earlier session's request is dropped. */
 let session = 0;
 
@@ -188,6 +191,17 @@ function signOut(message) {
   // Nothing of the signed-out user stays: its state, tables and header.
   Object.assign(state, freshState());
   for (const d of document.querySelectorAll("dialog")) closeDialog(d);
+  // The dialogs' text and forms name the user's keys and scopes.
+  revoking = null;
+  rolling = null;
+  for (const id of ["confirm-text", "roll-text", "snippet-origins"]) $(id).textContent = "";
+  $("snippet-code").value = "";
+  $("secret-dialog").replaceChildren();
+  $("ck-scopes").querySelectorAll("label, p").forEach((n) => n.remove());
+  for (const f of document.querySelectorAll("dialog form")) {
+    f.reset();
+    formError(f, null);
+  }
   for (const tbody of document.querySelectorAll("tbody")) tbody.replaceChildren();
   $("usage-list").replaceChildren();
   $("keys-status").textContent = "";
@@ -601,7 +615,6 @@ function openSnippet(key) {
   openDialog($("snippet-dialog"));
 }
 
-let revoking = null;
 function openRevoke(key) {
   revoking = key;
   formError($("confirm-dialog"), null);
@@ -629,7 +642,6 @@ async function confirmRevoke() {
   }
 }
 
-let rolling = null;
 function openRoll(key) {
   rolling = key;
   formError($("roll-form"), null);

@@ -448,12 +448,11 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest, guards: Fault) -> Resul
             let settings = super::settings(&env)?;
             let family_id = old.guard().to_owned();
             let members = rows(sql, FAMILY_ALL, Some(vec![family_id.as_str().into()]))?;
-            let live_members = family(sql, &family_id)?
-                .iter()
-                .filter(|(_, k)| k.expires_at.is_none_or(|e| e > now))
-                .count()
-                .saturating_sub(usize::from(replaced.is_some()));
-            if members.len() >= crate::guard::MAX_MEMBERS || live_members >= crate::guard::MAX_LIVE_MEMBERS {
+            let live_members =
+                family(sql, &family_id)?.iter().filter(|(_, k)| k.expires_at.is_none_or(|e| e > now)).count();
+            if members.len() >= crate::guard::MAX_MEMBERS
+                || live_members.saturating_sub(usize::from(replaced.is_some())) >= crate::guard::MAX_LIVE_MEMBERS
+            {
                 let message = format!(
                     "This key was rolled {} times and has {live_members} live versions (at most {} rolls, {} live): create a new key instead.",
                     members.len() - 1,
@@ -961,8 +960,8 @@ fn room_for_key(
     replaced: Option<&KeyRecord>,
 ) -> Result<(), Refusal> {
     let settings = super::settings(env)?;
-    let live = count(sql, LIVE_KEYS, now, None)?.saturating_sub(u32::from(replaced.is_some()));
-    if live >= settings.max_keys_per_org {
+    let live = count(sql, LIVE_KEYS, now, None)?;
+    if live.saturating_sub(u32::from(replaced.is_some())) >= settings.max_keys_per_org {
         let message =
             format!("This org has {live} live API keys, its limit (MAX_KEYS_PER_ORG): revoke keys before adding more.");
         return Err(ApiError::with_message(ErrorCode::KeyLimitReached, message).into());
@@ -976,8 +975,8 @@ fn room_for_key(
             _ => return Err(ApiError::new(ErrorCode::InvalidApiKey).into()),
         }
         let same_parent = replaced.is_some_and(|k| k.parent_id.as_deref() == Some(parent));
-        let minted = count(sql, LIVE_CHILDREN, now, Some(parent))?.saturating_sub(u32::from(same_parent));
-        if minted >= settings.max_keys_per_parent {
+        let minted = count(sql, LIVE_CHILDREN, now, Some(parent))?;
+        if minted.saturating_sub(u32::from(same_parent)) >= settings.max_keys_per_parent {
             let message = format!(
                 "The minting key has {minted} live API keys, its limit (MAX_KEYS_PER_PARENT): revoke some first."
             );

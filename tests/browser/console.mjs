@@ -216,12 +216,15 @@ try {
     // What of the signed-in user the page holds (hidden views included),
     // before and after sign-out: table rows, charts, the header's
     // org/user/role, the keys' names anywhere in the document.
-    const held = () => page.evaluate((probe) => ({
+    const held = () => page.evaluate((probes) => ({
       rows: document.querySelectorAll("tbody tr").length,
       charts: document.querySelectorAll("#usage-list > *").length,
       header: ["who-org", "who-user", "who-role"].map((id) => document.getElementById(id).textContent).join(""),
-      key_name_in_page: document.body.textContent.includes(probe),
-    }), args.probe);
+      // Every probe (key names, a key's last four) found in the document,
+      // dialogs and form fields included.
+      found: probes.filter((p) => document.documentElement.textContent.includes(p)
+        || [...document.querySelectorAll("input, textarea")].some((i) => i.value.includes(p))),
+    }), args.probes);
     out.held_before_sign_out = await held();
     await page.getByRole("button", { name: "Sign out" }).click();
     out.session_storage_after_sign_out = await page.evaluate(() => sessionStorage.length);
