@@ -238,7 +238,7 @@ fn a_roll_or_an_update_whose_guard_fails_is_a_503_and_a_retry_completes_it() {
     let roll = format!("/v1/api_keys/{app_id}/roll");
     let r = call("POST", &roll, json!({"grace_seconds": 0}), &fault("org-guard-throw"));
     let v = assert_unavailable_any(&r);
-    assert!(v["error"]["message"].as_str().unwrap().contains("nothing was changed"), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("no new key was made"), "{v}");
     assert_eq!(listed().len(), before, "no new key left behind");
     // Nor in KV: the withdrawn key's record (written before its old key's
     // guard was told) is deleted. Other tests add keys meanwhile: of the

@@ -418,7 +418,7 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest, guards: Fault) -> Resul
             audit("key.updated", key_id, obj(&[("fields", array(&fields))]))?;
             let mut told = Ok(());
             for (_, k) in &changed {
-                if let Err(e) = tell_guard(&env, k, true, guards).await {
+                if let Err(e) = tell_guard(&env, k, guards).await {
                     told = Err(e);
                 }
             }
@@ -505,12 +505,15 @@ async fn run(sql: &SqlStorage, env: Env, r: &OrgRequest, guards: Fault) -> Resul
             // Then the old key's end in its guard (from its answer on, the
             // old key is refused after `ends` everywhere). Should it fail,
             // the new key is withdrawn (its plaintext was never given: a KV
-            // entry left behind matches no token anyone holds) and nothing
-            // changed.
-            if let Err(e) = tell_guard(&env, &ended, false, guards).await {
+            // entry left behind matches no token anyone holds). Whether the
+            // guard took the end is then unknown (its answer may be what
+            // was lost), and an end it took is final: the answer says so,
+            // and a retry of the roll completes it either way.
+            if tell_guard(&env, &ended, guards).await.is_err() {
                 undo();
                 let _ = kv.delete(&key_kv_key(&new_hash)).await;
-                return Err(e);
+                let message = "The key's guard did not confirm the old key's end: no new key was made. Retry the roll: if the guard took the end before its answer was lost, the old key still ends as asked, and only a retry gives it its successor.";
+                return Err(ApiError::with_message(ErrorCode::ServiceUnavailable, message).into());
             }
             let old_json = serde_json::to_string(&ended).map_err(|e| super::unavailable("key encode", e))?;
             sql.exec("UPDATE keys SET record = ? WHERE id = ?", vec![old_json.as_str().into(), key_id.as_str().into()])
@@ -1036,19 +1039,16 @@ fn family(sql: &SqlStorage, guard: &str) -> Result<Vec<(String, KeyRecord)>, Ref
 }
 
 /// Gives a key's guard its new record (an update, a roll's end): 503 if it
-/// does not confirm, saying whether the change is `saved` already.
-async fn tell_guard(env: &Env, k: &KeyRecord, saved: bool, fault: Fault) -> Result<(), Refusal> {
+/// does not confirm, saying the change is saved (an update's; a roll says
+/// its own).
+async fn tell_guard(env: &Env, k: &KeyRecord, fault: Fault) -> Result<(), Refusal> {
     let update = GuardRequest::Update { record: Box::new(k.clone()) };
     match super::guard::call_with(env, k.guard(), &update, None, fault).await {
         Ok(GuardReply::Recorded) => Ok(()),
         Ok(_) => Err(super::unavailable("key guard", "unexpected reply to an update")),
         Err(e) => {
             worker::console_warn!("keyward: the guard of key {} did not take its update: {e}", k.id);
-            let message = if saved {
-                "The change is saved, but the key's guard did not confirm it: until a retry of this request succeeds it may take up to a minute to apply everywhere."
-            } else {
-                "The key's guard did not answer: nothing was changed. Retry shortly."
-            };
+            let message = "The change is saved, but the key's guard did not confirm it: until a retry of this request succeeds it may take up to a minute to apply everywhere.";
             Err(ApiError::with_message(ErrorCode::ServiceUnavailable, message).into())
         }
     }
