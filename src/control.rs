@@ -562,31 +562,12 @@ mod tests {
     #[test]
     fn revoke_only_what_you_could_mint() {
         let target = |scopes: &[&str], user: Option<&str>| KeyRecord {
-            id: "01K".into(),
-            org_id: "o".into(),
             user_id: user.map(Into::into),
             name: "t".into(),
-            kind: KeyKind::Secret,
             scopes: sc(scopes),
             prefix: "kw_live_".into(),
             last_four: "abcd".into(),
-            created_at: 0,
-            expires_at: None,
-            revoked_at: None,
-            rate_limits: vec![],
-            allowed_origins: vec![],
-            resource_id: None,
-            visitor_rate_limits: Vec::new(),
-            turnstile_required: false,
-            consistency: Default::default(),
-            allowed_ips: Vec::new(),
-            meta: None,
-            parent_id: None,
-            leaked_at: None,
-            guard_id: None,
-            version: 0,
-            credits: None,
-            rolled_to: None,
+            ..KeyRecord::synthetic("01K".into(), "o", 0)
         };
         let mine = sc(&["ai:*", "control:read"]);
         let org_key = org_caller(&mine);
@@ -740,31 +721,12 @@ mod lifecycle_review_tests {
 
     fn me(scopes: &[&str], meta: Option<&str>) -> KeyRecord {
         KeyRecord {
-            id: "01CALLER".into(),
-            org_id: "org_1".into(),
-            user_id: None,
             name: "ops".into(),
-            kind: KeyKind::Secret,
             scopes: scopes.iter().map(|s| Scope::parse(s).unwrap()).collect(),
             prefix: "kw_live_".into(),
             last_four: "abcd".into(),
-            created_at: 0,
-            expires_at: None,
-            revoked_at: None,
-            rate_limits: vec![],
-            allowed_origins: vec![],
-            resource_id: None,
-            visitor_rate_limits: Vec::new(),
-            turnstile_required: false,
-            consistency: Consistency::Strict,
-            allowed_ips: Vec::new(),
             meta: meta.map(Into::into),
-            parent_id: None,
-            leaked_at: None,
-            guard_id: None,
-            version: 0,
-            credits: None,
-            rolled_to: None,
+            ..KeyRecord::synthetic("01CALLER".into(), "org_1", 0)
         }
     }
 

@@ -96,35 +96,19 @@ impl Store {
     pub(crate) fn key(&mut self, n: u8, kind: KeyKind, consistency: Consistency, limit: u32) -> Key {
         let k = generate(&TokenFormat::default(), kind, &[n; 32]);
         let record = KeyRecord {
-            id: format!("01KEY{n:03}"),
-            org_id: "org_1".into(),
-            user_id: None,
             name: "k".into(),
             kind,
             scopes: vec![Scope::parse("ai:chat").unwrap()],
             prefix: k.prefix.clone(),
             last_four: k.last_four.clone(),
-            created_at: T0 - 1000,
-            expires_at: None,
-            revoked_at: None,
             rate_limits: vec![RateLimit { name: "minute".into(), limit, window_seconds: 60 }],
             allowed_origins: if kind == KeyKind::Widget {
                 vec![crate::cors::OriginPattern::parse("https://shop.example.com").unwrap()]
             } else {
                 Vec::new()
             },
-            resource_id: None,
-            visitor_rate_limits: Vec::new(),
-            turnstile_required: false,
             consistency,
-            allowed_ips: Vec::new(),
-            meta: None,
-            parent_id: None,
-            leaked_at: None,
-            guard_id: None,
-            version: 0,
-            credits: None,
-            rolled_to: None,
+            ..KeyRecord::synthetic(format!("01KEY{n:03}"), "org_1", T0 - 1000)
         };
         self.kv_keys.insert(k.hash.0, record.clone());
         self.db_keys.insert(record.id.clone(), record.clone());

@@ -1,6 +1,6 @@
 //! Review of issue 12 (rolls, updates, credits): guard-level reproductions.
 use super::lifecycle_tests::rec;
-use super::tests::{key, lim, world, T0};
+use super::tests::{facts_of, key, lim, world, T0};
 use super::*;
 use crate::credits::CreditSpec;
 use crate::records::Consistency;
@@ -110,19 +110,7 @@ fn review_a_same_ms_top_up_adds_the_old_reservation() {
     let w = world();
     let mut s = GuardState::default();
     let leased = KeyRecord { consistency: Consistency::Leased, guard_id: None, ..rec("01KEY", 0) };
-    let f = FetchedFacts {
-        facts: Facts {
-            key: Some(leased.clone()),
-            org: Some(crate::records::OrgRecord {
-                id: "org_1".into(),
-                name: "o".into(),
-                baa_active: true,
-                updated_at: 0,
-            }),
-            user: None,
-        },
-        at: T0,
-    };
+    let f = facts_of(leased.clone(), T0);
     let limits =
         Limits { key: vec![lim("minute", 1000, 60)], credits: spec(100, T0 - 10), cost: 1, ..Limits::default() };
     let lease = GuardRequest::Lease {

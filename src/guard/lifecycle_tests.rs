@@ -1,7 +1,7 @@
 //! Roll families (members, per-key tombstones, expiries, stale records) and
 //! credits (the exact ledger, strict and leased), on a fake clock.
 
-use super::tests::{key, lim, world, T0};
+use super::tests::{facts_of, key, lim, world, T0};
 use super::*;
 use crate::credits::{CreditSpec, Interval, Refill};
 use crate::records::Consistency;
@@ -211,19 +211,7 @@ fn credits_refill_at_the_interval() {
 fn leases_reserve_credits_and_give_back_what_was_not_spent() {
     let w = world();
     let mut s = GuardState::default();
-    let f = FetchedFacts {
-        facts: Facts {
-            key: Some(KeyRecord { consistency: Consistency::Leased, guard_id: None, ..rec("01KEY", 0) }),
-            org: Some(crate::records::OrgRecord {
-                id: "org_1".into(),
-                name: "o".into(),
-                baa_active: true,
-                updated_at: 0,
-            }),
-            user: None,
-        },
-        at: T0,
-    };
+    let f = facts_of(KeyRecord { consistency: Consistency::Leased, guard_id: None, ..rec("01KEY", 0) }, T0);
     let lease = |want: u32, report: Option<LeaseReport>| GuardRequest::Lease {
         key: key(),
         limits: credited(20, None, 1),
@@ -268,19 +256,7 @@ fn a_rolled_leased_key_is_decided_on_its_own_facts() {
     let w = world();
     let mut s = GuardState::default();
     let newer = KeyRecord { consistency: Consistency::Leased, ..rec("01NEW", 0) };
-    let f = FetchedFacts {
-        facts: Facts {
-            key: Some(newer),
-            org: Some(crate::records::OrgRecord {
-                id: "org_1".into(),
-                name: "o".into(),
-                baa_active: true,
-                updated_at: 0,
-            }),
-            user: None,
-        },
-        at: T0,
-    };
+    let f = facts_of(newer, T0);
     // The guard is the family's first key's; the facts are the new key's.
     let lease = GuardRequest::Lease {
         key: member("01NEW", 0),

@@ -3,7 +3,7 @@
 //! of the leased-quota change and now guard its fix; the others pin down
 //! what was checked and found sound.
 
-use super::tests::{key, lim, world, LEASE_MS, T0};
+use super::tests::{facts_of, key, lim, world, LEASE_MS, T0};
 use super::*;
 use crate::ratelimit::tests_support::Rng;
 use crate::records::Consistency;
@@ -12,43 +12,18 @@ use crate::token::KeyKind;
 
 fn record() -> KeyRecord {
     KeyRecord {
-        id: "01KEY".into(),
-        org_id: "org_1".into(),
-        user_id: None,
         name: "k".into(),
         kind: KeyKind::Widget,
         scopes: vec![Scope::parse("ai:chat").unwrap()],
         prefix: "kw_pub_".into(),
         last_four: "abcd".into(),
-        created_at: T0 - 1000,
-        expires_at: None,
-        revoked_at: None,
-        rate_limits: Vec::new(),
-        allowed_origins: Vec::new(),
-        resource_id: None,
-        visitor_rate_limits: Vec::new(),
-        turnstile_required: false,
         consistency: Consistency::Leased,
-        allowed_ips: Vec::new(),
-        meta: None,
-        parent_id: None,
-        leaked_at: None,
-        guard_id: None,
-        version: 0,
-        credits: None,
-        rolled_to: None,
+        ..KeyRecord::synthetic("01KEY".into(), "org_1", T0 - 1000)
     }
 }
 
 fn facts(at: i64) -> FetchedFacts {
-    FetchedFacts {
-        facts: Facts {
-            key: Some(record()),
-            org: Some(OrgRecord { id: "org_1".into(), name: "o".into(), baa_active: true, updated_at: 0 }),
-            user: None,
-        },
-        at,
-    }
+    facts_of(record(), at)
 }
 
 fn visitor_limits(ip: &str, key_limit: u32, visitor_limit: u32) -> Limits {

@@ -1,7 +1,6 @@
 use super::*;
 use crate::records::Consistency;
 use crate::scope::Scope;
-use crate::token::KeyKind;
 
 pub(super) const T0: i64 = 1_800_000_000_000;
 pub(super) const LEASE_MS: i64 = 1000;
@@ -24,38 +23,24 @@ pub(super) fn check(n: u32) -> GuardRequest {
 
 fn record() -> KeyRecord {
     KeyRecord {
-        id: "01KEY".into(),
-        org_id: "org_1".into(),
-        user_id: None,
         name: "k".into(),
-        kind: KeyKind::Secret,
         scopes: vec![Scope::parse("ai:chat").unwrap()],
         prefix: "kw_live_".into(),
         last_four: "abcd".into(),
-        created_at: T0 - 1000,
-        expires_at: None,
-        revoked_at: None,
-        rate_limits: Vec::new(),
-        allowed_origins: Vec::new(),
-        resource_id: None,
-        visitor_rate_limits: Vec::new(),
-        turnstile_required: false,
         consistency: Consistency::Leased,
-        allowed_ips: Vec::new(),
-        meta: None,
-        parent_id: None,
-        leaked_at: None,
-        guard_id: None,
-        version: 0,
-        credits: None,
-        rolled_to: None,
+        ..KeyRecord::synthetic("01KEY".into(), "org_1", T0 - 1000)
     }
 }
 
 fn facts(at: i64) -> FetchedFacts {
+    facts_of(record(), at)
+}
+
+/// The facts of `key` (org `org_1` with a BAA, no user), fetched `at`.
+pub(super) fn facts_of(key: KeyRecord, at: i64) -> FetchedFacts {
     FetchedFacts {
         facts: Facts {
-            key: Some(record()),
+            key: Some(key),
             org: Some(OrgRecord { id: "org_1".into(), name: "o".into(), baa_active: true, updated_at: 0 }),
             user: None,
         },
