@@ -127,6 +127,14 @@ fn console_is_served_with_its_headers() {
         assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{path}");
         assert_eq!(r.header("cache-control"), Some("no-store"), "{path}");
     }
+    // The headers file configures the assets; it is not one of them: the
+    // request falls through to keyward (with no key: its 401 envelope, as
+    // for any path it does not serve publicly), never the file.
+    for path in ["/_headers", "/console/_headers"] {
+        let r = h().send("GET", path, &[], None);
+        r.assert_error(401, "INVALID_API_KEY");
+        assert!(!r.text().contains("Content-Security-Policy"), "{path}: {}", r.text());
+    }
     let page = h().send("GET", "/console/", &[], None).text();
     assert!(page.contains("<script type=\"module\" src=\"/console/app.js\"></script>"), "{page}");
     assert!(!page.contains("<script>") && !page.contains("style="), "no inline script or style");
