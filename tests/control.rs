@@ -278,13 +278,13 @@ fn a_disabled_or_demoted_user_cannot_manage_keys_even_before_kv_catches_up() {
     // The user is disabled in the system of record; put the stale, enabled
     // user record back into KV (an edge location whose KV lags).
     let user_kv = format!("user:{org}:u1");
-    let stale = h().kv(&["get", &user_kv]);
+    let stale = h().kv_get(&user_kv).expect("the user's KV record");
     assert_eq!(
         h().admin("PUT", &format!("/admin/orgs/{org}/users/u1"), Some(json!({"role": "admin", "disabled": true})))
             .status,
         200
     );
-    h().kv(&["put", &user_kv, stale.trim()]);
+    h().kv_put(&user_kv, &stale);
     let v = call(&key, "POST", "/v1/api_keys", Some(json!({"name": "c2", "scopes": ["ai:chat"]})))
         .assert_error(403, "PERMISSION_DENIED");
     assert!(v["error"]["message"].as_str().unwrap().contains("may not manage"));

@@ -471,10 +471,10 @@ fn unreadable_records_fail_closed() {
     };
     assert_eq!(send(&key).status, 200);
     // A key record that does not decode: refuse.
-    own.kv(&["put", &format!("key:{}", sha256_hex(key2.as_bytes())), "{not json"]);
+    own.kv_put(&format!("key:{}", sha256_hex(key2.as_bytes())), "{not json");
     send(&key2).assert_error(503, "SERVICE_UNAVAILABLE");
     // The org record vanishes from the read model: refuse, do not allow.
-    own.kv(&["delete", &format!("org:{org}")]);
+    own.kv_delete(&format!("org:{org}"));
     let r = send(&key);
     r.assert_error(503, "SERVICE_UNAVAILABLE");
     assert_eq!(r.header("retry-after"), Some("1"));
@@ -482,9 +482,9 @@ fn unreadable_records_fail_closed() {
     // would mean "unlimited") is a 503, never an allow.
     let (key3, _) = own.key(&org, json!({"name": "k3", "scopes": ["ai:chat"]}));
     let kv_key = format!("key:{}", sha256_hex(key3.as_bytes()));
-    let mut record: Value = serde_json::from_str(own.kv(&["get", &kv_key]).trim()).unwrap();
+    let mut record: Value = serde_json::from_str(&own.kv_get(&kv_key).unwrap()).unwrap();
     record["rate_limits"] = json!([{"name": "minute", "limit": 0, "window_seconds": 60}]);
-    own.kv(&["put", &kv_key, &record.to_string()]);
+    own.kv_put(&kv_key, &record.to_string());
     assert_eq!(
         own.admin("PUT", &format!("/admin/orgs/{org}"), Some(json!({"name": "o", "baa_active": true}))).status,
         200

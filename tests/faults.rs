@@ -247,8 +247,7 @@ fn a_roll_or_an_update_whose_guard_fails_is_a_503_and_a_retry_completes_it() {
     if !new.is_empty() {
         let values = h().kv_values(&new);
         for name in &new {
-            assert!(values[name].is_object(), "kv bulk get's answer for {name}: {values}");
-            let text = values[name]["value"].as_str().unwrap_or("null");
+            let text = values[name].as_str().unwrap_or("null");
             let record: Value = serde_json::from_str(text).unwrap_or(Value::Null);
             assert_ne!(record["org_id"], org.as_str(), "the withdrawn key's KV record is left: {name} {record}");
         }
@@ -264,7 +263,7 @@ fn a_roll_or_an_update_whose_guard_fails_is_a_503_and_a_retry_completes_it() {
     let mine = listed().into_iter().find(|k| k["id"] == app_id.as_str()).unwrap();
     assert_eq!(mine["scopes"], json!(["ai:embeddings"]), "saved in the system of record");
     // …and in KV, where isolates without the record read it.
-    let stored = h().kv(&["get", &format!("key:{}", sha256_hex(app.as_bytes()))]);
+    let stored = h().kv_get(&format!("key:{}", sha256_hex(app.as_bytes()))).expect("the key's KV record");
     let record: Value = serde_json::from_str(stored.trim()).unwrap_or_else(|e| panic!("{e}: {stored}"));
     assert_eq!((&record["scopes"], &record["id"]), (&json!(["ai:embeddings"]), &json!(app_id)), "{record}");
     let r = call("PATCH", &path, json!({"scopes": ["ai:embeddings"]}), &[]);

@@ -99,8 +99,8 @@ fn revocation_holds_even_when_kv_still_serves_the_old_record() {
     assert_eq!(chat(h(), &key).status, 200);
     let hash = sha256_hex(key.as_bytes());
     let kv_key = format!("key:{hash}");
-    let before = h().kv(&["get", &kv_key]);
-    let stale: serde_json::Value = serde_json::from_str(before.trim()).unwrap();
+    let before = h().kv_get(&kv_key).expect("the key's KV record");
+    let stale: serde_json::Value = serde_json::from_str(&before).unwrap();
     assert!(stale.get("revoked_at").is_none());
     assert!(!before.contains(&key), "KV never holds the plaintext");
 
@@ -108,8 +108,8 @@ fn revocation_holds_even_when_kv_still_serves_the_old_record() {
     assert_eq!(r.status, 200, "{}", r.text());
     // Simulate an edge location whose KV has not caught up: put the
     // pre-revocation record back.
-    h().kv(&["put", &kv_key, &stale.to_string()]);
-    let now: serde_json::Value = serde_json::from_str(h().kv(&["get", &kv_key]).trim()).unwrap();
+    h().kv_put(&kv_key, &stale.to_string());
+    let now: serde_json::Value = serde_json::from_str(&h().kv_get(&kv_key).unwrap()).unwrap();
     assert_eq!(now, stale, "KV serves the stale, unrevoked record");
     let before = origin_count(h(), &key_id);
     for _ in 0..3 {
@@ -145,14 +145,14 @@ fn counters_and_tombstones_survive_a_restart() {
     }
     assert_eq!(own.admin("DELETE", &format!("/admin/orgs/{org}/api_keys/{revoked_id}"), None).status, 200);
     let hash = sha256_hex(revoked.as_bytes());
-    let stale = own.kv(&["get", &format!("key:{hash}")]);
+    let stale = own.kv_get(&format!("key:{hash}")).expect("the revoked key's KV record");
 
     own.restart_worker();
 
     chat(&own, &key).assert_error(429, "RATE_LIMITED");
     // Even with the stale record put back, the tombstone persisted.
-    let mut v: serde_json::Value = serde_json::from_str(stale.trim()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&stale).unwrap();
     v.as_object_mut().unwrap().remove("revoked_at");
-    own.kv(&["put", &format!("key:{hash}"), &v.to_string()]);
+    own.kv_put(&format!("key:{hash}"), &v.to_string());
     chat(&own, &revoked).assert_error(401, "INVALID_API_KEY");
 }

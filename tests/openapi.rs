@@ -2100,7 +2100,7 @@ fn rate_limits_and_unreadable_records_are_documented() {
         json!({"name": "one", "scopes": ["*"], "rate_limits": [{"name": "minute", "limit": 1, "window_seconds": 60}]});
     let (one, _) = h().key(&org, limited);
     let (broken, _) = h().key(&org, json!({"name": "broken", "scopes": ["*"]}));
-    h().kv(&["put", &format!("key:{}", sha256_hex(broken.as_bytes())), "{not json"]);
+    h().kv_put(&format!("key:{}", sha256_hex(broken.as_bytes())), "{not json");
     let port = h().port;
     let ps = params(&org);
     let first = send_to(port, "POST", "/v1/ai/chat", &[("x-api-key", &one)], Some("{}"));
@@ -3610,7 +3610,7 @@ fn leaked_key_reports_are_documented() {
     // true_positive on the retry (leaked_at in its record).
     let (live, _) = h().key(&org, json!({"name": "live", "scopes": ["ai:chat"]}));
     let (broken, _) = h().key(&org, json!({"name": "broken", "scopes": ["ai:chat"]}));
-    h().kv(&["put", &format!("key:{}", sha256_hex(broken.as_bytes())), "{not json"]);
+    h().kv_put(&format!("key:{}", sha256_hex(broken.as_bytes())), "{not json");
     let partial =
         json!([{"token": live, "type": "k", "url": url}, {"token": broken, "type": "k", "url": url}]).to_string();
     let r = signed_report(port, partial.as_bytes());

@@ -342,7 +342,14 @@ impl Harness {
             let port = if std::mem::take(&mut first) { self.port } else { fresh };
             self.set_worker_port(port);
             let argv: Vec<&str> = self.worker_args.iter().map(String::as_str).collect();
-            (spawn_watched(&argv, &[("CI", "true"), ("WRANGLER_SEND_METRICS", "false")], &log), port)
+            (
+                spawn_watched(
+                    &argv,
+                    &[("CI", "true"), ("WRANGLER_SEND_METRICS", "false"), ("X_LOCAL_EXPLORER", "true")],
+                    &log,
+                ),
+                port,
+            )
         });
         self.port = port;
         self.worker = Some(child);
@@ -383,53 +390,85 @@ impl Harness {
         self.start_worker();
     }
 
-    /// Runs `wrangler kv key <args>` against this worker's local KV state.
-    pub fn kv(&self, args: &[&str]) -> String {
-        self.wrangler_kv("key", args)
+    // This worker's KV namespace, read and written through `wrangler dev`'s
+    // local explorer API (`/cdn-cgi/explorer/api`, on by default in wrangler
+    // 4; the harness sets `X_LOCAL_EXPLORER=true`), which the same workerd
+    // that runs the worker serves. Not `wrangler kv --local`: that starts a
+    // second workerd on the same SQLite files, and writes of the two
+    // processes collide — either side's write fails (the CLI's `KV PUT
+    // failed: 500`, a CI failure; or the worker's own KV put, which keyward
+    // answers 503). Reproduced: 1 to 2 of 40 CLI puts, and two key
+    // creations, failed while two threads created keys. Through the explorer
+    // every write is the one process's, as in production.
+
+    /// `/cdn-cgi/explorer/api/storage/kv/namespaces/{id}/{rest}`.
+    fn kv_path(&self, rest: &str) -> String {
+        let r = self.send("GET", "/cdn-cgi/explorer/api/storage/kv/namespaces", &[], None);
+        assert_eq!(r.status, 200, "the local explorer's namespaces: {}", r.text());
+        let v = r.json();
+        let ns = v["result"].as_array().unwrap().iter().find(|ns| ns["title"] == "KEYWARD_KV");
+        let id = ns.and_then(|ns| ns["id"].as_str()).unwrap_or_else(|| panic!("no KEYWARD_KV namespace: {v}"));
+        format!("/cdn-cgi/explorer/api/storage/kv/namespaces/{id}/{rest}")
+    }
+
+    /// The value stored under `name`, if any.
+    pub fn kv_get(&self, name: &str) -> Option<String> {
+        let r = self.send("GET", &self.kv_path(&format!("values/{}", path_segment(name))), &[], None);
+        match r.status {
+            200 => Some(r.text()),
+            404 => {
+                let v = r.json();
+                assert_eq!(v["errors"][0]["code"], 10009, "a missing value, not a missing namespace: {v}");
+                None
+            }
+            s => panic!("kv get {name}: {s} {}", r.text()),
+        }
+    }
+
+    pub fn kv_put(&self, name: &str, value: &str) {
+        let r = self.send(
+            "PUT",
+            &self.kv_path(&format!("values/{}", path_segment(name))),
+            &[("content-type", "application/octet-stream")],
+            Some(value.as_bytes()),
+        );
+        assert!(r.status == 200 && r.json()["success"] == true, "kv put {name}: {} {}", r.status, r.text());
+    }
+
+    pub fn kv_delete(&self, name: &str) {
+        let r = self.send("DELETE", &self.kv_path(&format!("values/{}", path_segment(name))), &[], None);
+        assert!(r.status == 200 && r.json()["success"] == true, "kv delete {name}: {} {}", r.status, r.text());
     }
 
     /// The KV entries under `prefix` (names only).
     pub fn kv_names(&self, prefix: &str) -> Vec<String> {
-        let listed: Value = serde_json::from_str(&self.kv(&["list", "--prefix", prefix])).expect("kv list JSON");
+        let r = self.send("GET", &self.kv_path(&format!("keys?prefix={}", path_segment(prefix))), &[], None);
+        assert_eq!(r.status, 200, "kv list {prefix}: {}", r.text());
+        let v = r.json();
         let names: Vec<String> =
-            listed.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_owned()).collect();
-        // A local list answers one page (1000 names) and no cursor.
-        assert!(names.len() < 1000, "more KV names under {prefix} than one list answers");
+            v["result"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_owned()).collect();
+        // One page (1000 names): this helper does not follow a cursor.
+        assert_eq!(v["result_info"]["cursor"], "", "more KV names under {prefix} than one list answers: {v}");
         names
     }
 
-    /// The values of `names` in one `wrangler kv bulk get`: name →
-    /// `{"value": text or null}`.
+    /// The values of `names` in one bulk read: name → text, or null when
+    /// there is none.
     pub fn kv_values(&self, names: &[String]) -> Value {
-        let file = self.state.join(format!("bulk-{}.json", unique("get")));
-        std::fs::write(&file, serde_json::to_string(names).unwrap()).unwrap();
-        let out = self.wrangler_kv("bulk", &["get", &file.display().to_string()]);
-        // The JSON object, without what wrangler may print around it (a
-        // beta warning before, `Success!` after).
-        let json = out
-            .find('{')
-            .zip(out.rfind('}'))
-            .map(|(a, b)| &out[a..=b])
-            .unwrap_or_else(|| panic!("kv bulk get printed no object: {out}"));
-        serde_json::from_str(json).unwrap_or_else(|e| panic!("kv bulk get ({e}): {out}"))
-    }
-
-    fn wrangler_kv(&self, group: &str, args: &[&str]) -> String {
-        let persist = self.state.join("wrangler-state");
-        let out = Command::new("node_modules/.bin/wrangler")
-            .current_dir(root())
-            .env("CI", "true")
-            .env("WRANGLER_SEND_METRICS", "false")
-            .args(["kv", group])
-            .args(args)
-            .arg("--config")
-            .arg(self.state.join("wrangler.toml"))
-            .args(["--binding", "KEYWARD_KV", "--local", "--persist-to"])
-            .arg(&persist)
-            .output()
-            .expect("wrangler kv");
-        assert!(out.status.success(), "wrangler kv {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let body = serde_json::json!({ "keys": names }).to_string();
+        let r = self.send(
+            "POST",
+            &self.kv_path("bulk/get"),
+            &[("content-type", "application/json")],
+            Some(body.as_bytes()),
+        );
+        assert_eq!(r.status, 200, "kv bulk get: {}", r.text());
+        let values = r.json()["result"]["values"].clone();
+        assert!(
+            names.iter().all(|n| values.get(n).is_some_and(|v| v.is_string() || v.is_null())),
+            "kv bulk get answers every name with a text or null: {values}"
+        );
+        values
     }
 
     pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
@@ -705,6 +744,17 @@ fn raw_once(port: u16, bytes: &[u8]) -> Resp {
         }
     }
     parse_response(&buf)
+}
+
+/// `s` as one URL path segment (or query value): every byte but the
+/// unreserved ones percent-encoded.
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 pub fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
