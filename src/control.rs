@@ -50,21 +50,13 @@ fn denied(message: &'static str) -> ApiError {
 
 /// Checks a mint request and binds the new key to the caller's user.
 pub fn check_create(policy: &Policy, caller: &Caller<'_>, input: &mut KeyInput) -> Result<(), ApiError> {
-    if caller.credits {
-        // Its keys would spend credits of their own, not its.
-        return Err(denied("A key with credits cannot create or manage API keys."));
-    }
+    may_mint(policy, caller.user_id, caller.user_role, caller.credits)?;
     match caller.user_id {
-        Some(uid) => {
-            if !caller.user_role.is_some_and(|r| policy.role_creates_keys(r)) {
-                return Err(denied("This key's user has a role that may not create API keys."));
-            }
-            match input.user_id.as_deref() {
-                None => input.user_id = Some(uid.to_owned()),
-                Some(u) if u == uid => {}
-                Some(_) => return Err(denied("A key bound to a user can only create keys bound to the same user.")),
-            }
-        }
+        Some(uid) => match input.user_id.as_deref() {
+            None => input.user_id = Some(uid.to_owned()),
+            Some(u) if u == uid => {}
+            Some(_) => return Err(denied("A key bound to a user can only create keys bound to the same user.")),
+        },
         None if input.user_id.is_some() => {
             return Err(denied("A key not bound to a user cannot create keys bound to a user."));
         }
@@ -221,6 +213,19 @@ fn check_manage(policy: &Policy, caller: &Caller<'_>, target: &KeyRecord, verb: 
         .map_err(|e| no(&format!("a key it could not have created: {}", e.message())))
 }
 
+/// Whether a caller may create keys at all, whatever it asks for: not a
+/// usage-limited key (its keys would spend credits of their own, not its),
+/// and a user-bound caller's role must be one that creates keys.
+fn may_mint(policy: &Policy, user_id: Option<&str>, user_role: Option<&str>, credits: bool) -> Result<(), ApiError> {
+    if credits {
+        return Err(denied("A key with credits cannot create or manage API keys."));
+    }
+    if user_id.is_some() && !user_role.is_some_and(|r| policy.role_creates_keys(r)) {
+        return Err(denied("This key's user has a role that may not create API keys."));
+    }
+    Ok(())
+}
+
 /// `GET /v1/me`: who the caller is, as the console shows it — org, user and
 /// role, effective scopes, whether it may create keys (a key-creating role
 /// or no user; no credits; not rolled; the policy's write scope if any), the
@@ -228,9 +233,10 @@ fn check_manage(policy: &Policy, caller: &Caller<'_>, target: &KeyRecord, verb: 
 /// whole catalogue (a console shows the others disabled).
 pub fn me(policy: &Policy, grant: &crate::authorize::Grant, key: &KeyRecord) -> String {
     use crate::json::{array, obj, text};
-    let may_create = grant.user_role.as_deref().is_none_or(|r| policy.role_creates_keys(r))
-        && (grant.user_id.is_none() || grant.user_role.is_some())
-        && key.credits.is_none()
+    // What every mint checks first (check_create, the shell's write scope,
+    // the org object's refusal of a rolled caller), here as a yes or no.
+    let may_create = may_mint(policy, grant.user_id.as_deref(), grant.user_role.as_deref(), key.credits.is_some())
+        .is_ok()
         && key.rolled_to.is_none()
         && check_write_scope(policy, &grant.scopes).is_ok();
     let grantable: Vec<String> =
@@ -669,6 +675,69 @@ mod tests {
         assert!(check_write_scope(&pol, &sc(&["control:*"])).is_ok());
         v["control_write_scope"] = "control:nope".into();
         assert!(Policy::from_json(&v.to_string()).is_err());
+    }
+
+    /// `GET /v1/me`'s answer for a caller with `scopes`, bound to `user`
+    /// with `role` (or org-level), whose own record is `key`.
+    fn me_of(pol: &Policy, scopes: &[&str], user: Option<(&str, &str)>, key: &KeyRecord) -> serde_json::Value {
+        let grant = crate::authorize::Grant {
+            org_id: "org_1".into(),
+            key_id: key.id.clone(),
+            kind: KeyKind::Secret,
+            user_id: user.map(|(u, _)| u.into()),
+            user_role: user.map(|(_, r)| r.into()),
+            scopes: sc(scopes),
+            route_scope: "control:read".into(),
+            route: "/v1/me".into(),
+            local: true,
+            resource_id: None,
+            cors_origin: None,
+            auth: crate::authorize::Auth::Key,
+            meta: None,
+        };
+        serde_json::from_str(&me(pol, &grant, key)).unwrap()
+    }
+
+    #[test]
+    fn me_says_who_the_caller_is_and_whether_it_may_create_keys() {
+        let pol = Policy::default_policy().unwrap();
+        let key = KeyRecord::synthetic("01CALLER".into(), "org_1", 0);
+        let op = me_of(&pol, &["ai:*", "control:read"], Some(("u1", "operator")), &key);
+        assert_eq!(
+            op,
+            serde_json::json!({
+                "catalogue_scopes": pol.scopes(),
+                "grantable_scopes": ["ai:chat", "ai:documents", "ai:embeddings", "ai:summarize", "control:read"],
+                "may_create_keys": true,
+                "org_id": "org_1",
+                "role": "operator",
+                "scopes": ["ai:*", "control:read"],
+                "user_id": "u1",
+            })
+        );
+        let org_key = me_of(&pol, &["ai:chat", "control:read"], None, &key);
+        assert_eq!(
+            (&org_key["may_create_keys"], &org_key["user_id"], &org_key["role"]),
+            (&true.into(), &().into(), &().into())
+        );
+        assert_eq!(org_key["grantable_scopes"], serde_json::json!(["ai:chat", "control:read"]));
+        // Every caller a mint refuses first is told it may not create keys.
+        let no = |v: serde_json::Value, why: &str| assert_eq!(v["may_create_keys"], false, "{why}: {v}");
+        no(me_of(&pol, &["ai:*", "control:read"], Some(("u1", "viewer")), &key), "a role that creates no keys");
+        no(me_of(&pol, &["ai:*", "control:read"], Some(("u1", "no-such-role")), &key), "an unknown role");
+        let credits = KeyRecord {
+            credits: Some(crate::credits::CreditSpec { remaining: 5, refill: None, set_at: 0 }),
+            ..key.clone()
+        };
+        no(me_of(&pol, &["ai:*", "control:read"], None, &credits), "a key with credits");
+        let rolled = KeyRecord { rolled_to: Some("01NEXT".into()), ..key.clone() };
+        no(me_of(&pol, &["ai:*", "control:read"], None, &rolled), "a rolled key");
+        let mut v: serde_json::Value = serde_json::from_str(crate::policy::DEFAULT_POLICY_JSON).unwrap();
+        v["scopes"].as_array_mut().unwrap().push("control:write".into());
+        v["control_write_scope"] = "control:write".into();
+        let strict = Policy::from_json(&v.to_string()).unwrap();
+        no(me_of(&strict, &["ai:*", "control:read"], None, &key), "without the policy's write scope");
+        assert_eq!(me_of(&strict, &["ai:*", "control:*"], None, &key)["may_create_keys"], true);
     }
 
     #[test]
