@@ -33,6 +33,9 @@ pub struct Harness {
     /// on workerd without wrangler ([`Harness::start_on_workerd`]).
     mfconfig: Option<Vec<String>>,
     pub state: PathBuf,
+    /// The id of the KV namespace as the local explorer names it (asked
+    /// once: it is the config's, and a restart keeps it).
+    kv_namespace: std::sync::OnceLock<String>,
 }
 
 impl Drop for Harness {
@@ -300,7 +303,16 @@ impl Harness {
             args.push("--var".into());
             args.push(format!("{k}:{}", v.replace("{origin}", &origin_url)));
         }
-        Harness { port, origin_port, children, worker: None, worker_args: args, mfconfig: None, state }
+        Harness {
+            port,
+            origin_port,
+            children,
+            worker: None,
+            worker_args: args,
+            mfconfig: None,
+            state,
+            kv_namespace: std::sync::OnceLock::new(),
+        }
     }
 
     /// Like [`Harness::start`], but runs the worker on workerd through
@@ -401,14 +413,19 @@ impl Harness {
     // creations, failed while two threads created keys. Through the explorer
     // every write is the one process's, as in production.
 
-    /// `/cdn-cgi/explorer/api/storage/kv/namespaces/{id}/{rest}`.
+    /// `/cdn-cgi/explorer/api/storage/kv/namespaces/{id}/{rest}` (a
+    /// `wrangler dev` harness's: a worker on bare workerd has no explorer).
     fn kv_path(&self, rest: &str) -> String {
-        let r = self.send("GET", "/cdn-cgi/explorer/api/storage/kv/namespaces", &[], None);
-        assert_eq!(r.status, 200, "the local explorer's namespaces: {}", r.text());
-        let v = r.json();
-        let ns = v["result"].as_array().unwrap().iter().find(|ns| ns["title"] == "KEYWARD_KV");
-        let id = ns.and_then(|ns| ns["id"].as_str()).unwrap_or_else(|| panic!("no KEYWARD_KV namespace: {v}"));
-        format!("/cdn-cgi/explorer/api/storage/kv/namespaces/{id}/{rest}")
+        const API: &str = "/cdn-cgi/explorer/api/storage/kv/namespaces";
+        let id = self.kv_namespace.get_or_init(|| {
+            assert!(self.mfconfig.is_none(), "KV helpers need wrangler dev's local explorer");
+            let r = self.send("GET", API, &[], None);
+            assert_eq!(r.status, 200, "the local explorer's namespaces: {}", r.text());
+            let v = r.json();
+            let ns = v["result"].as_array().unwrap().iter().find(|ns| ns["title"] == "KEYWARD_KV");
+            ns.and_then(|ns| ns["id"].as_str()).unwrap_or_else(|| panic!("no KEYWARD_KV namespace: {v}")).to_owned()
+        });
+        format!("{API}/{id}/{rest}")
     }
 
     /// The value stored under `name`, if any.
