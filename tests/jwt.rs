@@ -359,6 +359,8 @@ fn the_demo_identity_provider_walk_through_and_the_login_limit_per_address() {
         [("content-type", "application/json"), ("cf-connecting-ip", "198.51.100.78"), ("origin", own.as_str())];
     let r = h().send("POST", "/api/v1/auth/login", &own_ip, Some(body.as_bytes()));
     assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["access_token"].is_string(), "{}", r.text());
+    assert_eq!(r.header("access-control-allow-origin"), None, "same origin: no CORS headers");
     let r = h().send("POST", "/api/v1/auth/login", &ip, Some(body.as_bytes()));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("ratelimit-limit"), Some("10"));
